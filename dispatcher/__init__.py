@@ -1,0 +1,1 @@
+"""The Flotilla dispatcher: HTTP API, function registry, jobs and the AMQP client."""

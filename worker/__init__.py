@@ -1,0 +1,1 @@
+"""The Flotilla worker: sandboxes, host interfaces and the queue consumer."""
