@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
@@ -114,7 +114,7 @@ class FunctionConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able form, the inverse of `from_dict`."""
-        out = asdict(self)
+        out: dict[str, Any] = {name: getattr(self, name) for name in FIELDS}
         out["env"] = dict(self.env)
         for key in ("allowed_hosts", "s3_buckets", "dynamodb_tables"):
             out[key] = list(out[key])

@@ -1,0 +1,1 @@
+"""One module per `flotilla` subcommand; see `flotilla.cli`."""
