@@ -1,0 +1,108 @@
+"""Prometheus metrics of both processes, in one place: `flotilla_` namespace, units, bounded labels.
+
+Labels never carry invocation ids; function names are bounded by the registry. Each process
+builds one `WorkerMetrics` or `DispatcherMetrics` on its own `CollectorRegistry` (passed
+in, so tests can read values without a global registry).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# Sandbox phases are microseconds to milliseconds; end-to-end up to the 900 s timeout cap.
+FAST_BUCKETS = (
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
+    0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
+)
+
+
+class WorkerMetrics:
+    """Metrics of a worker process."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.invocations = Counter(
+            "flotilla_invocations_total", "Invocations finished, by function and outcome",
+            ["function", "outcome"], registry=r,
+        )
+        self.queue_wait = Histogram(
+            "flotilla_queue_wait_seconds", "Time from publish to the start of the invocation",
+            ["function"], buckets=FAST_BUCKETS, registry=r,
+        )
+        self.instantiate = Histogram(
+            "flotilla_instantiate_seconds", "New store plus instantiation of a component",
+            ["function"], buckets=FAST_BUCKETS, registry=r,
+        )
+        self.execution = Histogram(
+            "flotilla_execution_seconds", "Time inside the guest's handle call",
+            ["function"], buckets=FAST_BUCKETS, registry=r,
+        )
+        self.total = Histogram(
+            "flotilla_invocation_duration_seconds", "Delivery to reply published",
+            ["function"], buckets=FAST_BUCKETS, registry=r,
+        )
+        self.host_calls = Counter(
+            "flotilla_host_calls_total", "Host calls by interface, operation and outcome",
+            ["interface", "operation", "outcome"], registry=r,
+        )
+        self.host_call_duration = Histogram(
+            "flotilla_host_call_duration_seconds", "Host call latency",
+            ["interface", "operation"], buckets=FAST_BUCKETS, registry=r,
+        )
+        self.artifact_cache = Counter(
+            "flotilla_artifact_cache_total", "Artifact lookups by tier and result",
+            ["tier", "result"], registry=r,
+        )
+        self.compiles = Counter(
+            "flotilla_compiles_total", "Components compiled by this process", registry=r,
+        )
+        self.in_flight = Gauge(
+            "flotilla_invocations_in_flight", "Invocations running now", registry=r,
+        )
+        self.dead_lettered = Counter(
+            "flotilla_dead_lettered_total", "Deliveries rejected to the dead-letter queue",
+            ["reason"], registry=r,
+        )
+        self.expired = Counter(
+            "flotilla_expired_total", "Envelopes not run because their deadline had passed",
+            registry=r,
+        )
+
+    def observe_host_call(
+        self, interface: str, operation: str, outcome: str, seconds: float
+    ) -> None:
+        """Record one host call (the hook host clients call)."""
+        self.host_calls.labels(interface, operation, outcome).inc()
+        self.host_call_duration.labels(interface, operation).observe(seconds)
+
+
+class DispatcherMetrics:
+    """Metrics of a dispatcher process."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "flotilla_http_requests_total", "HTTP requests by route and status",
+            ["route", "status"], registry=r,
+        )
+        self.request_duration = Histogram(
+            "flotilla_http_request_duration_seconds", "HTTP request latency by route",
+            ["route"], buckets=FAST_BUCKETS, registry=r,
+        )
+        self.in_flight = Gauge(
+            "flotilla_callers_in_flight", "Synchronous callers waiting for a reply", registry=r,
+        )
+        self.reply_latency = Histogram(
+            "flotilla_reply_latency_seconds", "Publish to reply received",
+            buckets=FAST_BUCKETS, registry=r,
+        )
+        self.stray_replies = Counter(
+            "flotilla_stray_replies_total", "Replies for unknown (late, duplicate) correlation ids",
+            registry=r,
+        )
+        self.publishes = Counter(
+            "flotilla_publishes_total", "Envelope publishes by result (confirmed, rejected, failed)",
+            ["result"], registry=r,
+        )
