@@ -1,0 +1,139 @@
+"""`MemoryTransport`: the `Transport` protocol in one process, for dev mode and unit tests.
+
+Envelopes go through an asyncio queue (bounded: a full queue raises `QueueFull`, like the
+broker's `reject-publish`) to worker tasks that run the same `EnvelopeHandler` the AMQP
+consumer runs, on a thread pool. Replies are routed the way the consumer routes them: to the
+waiting caller's future, or to the job-results handler. Envelopes still travel as bytes, so
+dev mode exercises the real wire format.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from concurrent.futures import Executor, ThreadPoolExecutor
+from typing import Self
+
+from dispatcher.transport import BrokerUnavailable, CallTimeout, JobResultHandler, QueueFull
+from flotilla.envelope import REPLY_JOB, REPLY_QUEUE, Envelope, Reply
+from flotilla.topology import Topology
+from worker.handler import EnvelopeHandler, Handled, Settle
+
+log = logging.getLogger(__name__)
+
+REPLY_QUEUE_NAME = "memory.reply"
+
+
+class MemoryTransport:
+    """In-process transport driving an `EnvelopeHandler` with `concurrency` worker tasks."""
+
+    def __init__(
+        self,
+        handler: EnvelopeHandler,
+        *,
+        topology: Topology | None = None,
+        concurrency: int = 4,
+        max_length: int = 10_000,
+        executor: Executor | None = None,
+    ) -> None:
+        self._handler = handler
+        self._topology = topology or Topology()
+        self._concurrency = concurrency
+        self._queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=max_length)
+        self._own_executor = executor is None
+        self._executor = executor or ThreadPoolExecutor(concurrency, "flotilla-memory")
+        self._futures: dict[str, asyncio.Future[Reply]] = {}
+        self._job_handler: JobResultHandler | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.reply_queue_name = REPLY_QUEUE_NAME
+        self.dead_letters: list[bytes] = []
+        self.stray_replies = 0
+
+    async def start(self) -> None:
+        """Start the worker tasks."""
+        self._tasks = [asyncio.create_task(self._work()) for _ in range(self._concurrency)]
+
+    async def close(self) -> None:
+        """Stop the worker tasks and fail pending calls."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        futures, self._futures = self._futures, {}
+        for fut in futures.values():
+            if not fut.done():
+                fut.set_exception(BrokerUnavailable("transport closed"))
+        if self._own_executor:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def call(self, envelope: Envelope, timeout: float) -> Reply:
+        """Queue `envelope` and wait for its reply."""
+        envelope = dataclasses.replace(
+            envelope, reply_mode=REPLY_QUEUE, reply_to=self.reply_queue_name
+        )
+        fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._futures[envelope.correlation_id] = fut
+        try:
+            self._publish(envelope)
+            return await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            raise CallTimeout(
+                f"no reply for invocation {envelope.invocation_id} within {timeout:.3f}s"
+            ) from None
+        finally:
+            self._futures.pop(envelope.correlation_id, None)
+
+    async def submit(self, envelope: Envelope) -> None:
+        """Queue a job envelope."""
+        if envelope.reply_mode != REPLY_JOB:
+            raise ValueError("submit() needs an envelope with reply_mode='job'")
+        self._publish(envelope)
+
+    async def consume_job_results(self, handler: JobResultHandler) -> None:
+        """Send every job reply to `handler`."""
+        self._job_handler = handler
+
+    def _publish(self, envelope: Envelope) -> None:
+        if not self._tasks:
+            raise BrokerUnavailable("memory transport not started")
+        try:
+            self._queue.put_nowait(envelope.encode())
+        except asyncio.QueueFull:
+            raise QueueFull("the in-memory invocation queue is full; retry later") from None
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            body = await self._queue.get()
+            handled = await loop.run_in_executor(self._executor, self._handler.handle, body)
+            try:
+                await self._route(handled)
+            except Exception:
+                log.exception("routing a reply failed")
+            if handled.settle is Settle.REJECT:
+                self.dead_letters.append(body)
+
+    async def _route(self, handled: Handled) -> None:
+        reply = handled.reply
+        if reply is None:
+            return
+        if handled.route == self._topology.job_results:
+            if self._job_handler is not None:
+                await self._job_handler(reply)
+            else:
+                log.warning("no job-result handler; dropping result %s", reply.invocation_id)
+            return
+        fut = self._futures.pop(reply.correlation_id, None)
+        if fut is None or fut.done():
+            self.stray_replies += 1
+            log.info("dropping late or stray reply %s", reply.correlation_id)
+            return
+        fut.set_result(reply)

@@ -1,0 +1,246 @@
+"""How a dispatcher hands envelopes to workers: the `Transport` protocol and `AmqpTransport`.
+
+A transport does three things:
+
+- `call(envelope, timeout) -> Reply`: publish a synchronous invocation and wait for its reply
+  on the caller's own reply queue, matched by correlation id;
+- `submit(envelope)`: publish a job (publisher-confirmed: once it returns, the broker has it);
+- `consume_job_results(handler)`: feed job replies to an async callback; a result is acked
+  only after the callback returned, so it survives a dispatcher dying mid-way.
+
+Publishing errors are typed: `QueueFull` (the invocations queue is at `x-max-length` and
+rejected the publish) and `BrokerUnavailable` (no connection); both become 503 upstream.
+`CallTimeout` means no reply came in time (504 upstream).
+
+`dispatcher/memory.py` implements the same protocol in-process for dev mode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Protocol, Self
+
+import aio_pika
+import aiormq
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
+
+from flotilla.envelope import REPLY_JOB, REPLY_QUEUE, Envelope, EnvelopeError, Reply, now_ms
+from flotilla.errors import FlotillaError
+from flotilla.topology import Topology, message_ttl_ms
+
+log = logging.getLogger(__name__)
+
+JobResultHandler = Callable[[Reply], Awaitable[None]]
+
+
+class TransportError(FlotillaError):
+    """Base class of the errors a transport raises."""
+
+
+class BrokerUnavailable(TransportError):
+    """The broker cannot be reached (or the connection broke while publishing); retry later."""
+
+
+class QueueFull(TransportError):
+    """The invocations queue is full and rejected the envelope; retry later."""
+
+
+class CallTimeout(TransportError):
+    """No reply arrived within the caller's timeout (the invocation may still run)."""
+
+
+class Transport(Protocol):
+    """What the dispatcher (and the Python client) need from a message transport."""
+
+    async def start(self) -> None:
+        """Connect and declare what is needed; call once before anything else."""
+
+    async def close(self) -> None:
+        """Fail pending calls with BrokerUnavailable and release connections."""
+
+    async def call(self, envelope: Envelope, timeout: float) -> Reply:
+        """Run `envelope` synchronously; its `reply_to` is replaced by this transport's own."""
+
+    async def submit(self, envelope: Envelope) -> None:
+        """Queue `envelope` as a job (reply mode must be "job"); returns once accepted."""
+
+    async def consume_job_results(self, handler: JobResultHandler) -> None:
+        """Start feeding job replies to `handler` (each acked after `handler` returns)."""
+
+
+class AmqpTransport:
+    """`Transport` over RabbitMQ: one robust connection, one confirmed publishing channel,
+    one exclusive reply queue per transport, futures keyed by correlation id."""
+
+    def __init__(
+        self,
+        amqp_url: str,
+        topology: Topology,
+        *,
+        connection_name: str = "flotilla-dispatcher",
+        declare: bool = True,
+    ) -> None:
+        self._url = amqp_url
+        self._topology = topology
+        self._connection_name = connection_name
+        self._declare = declare
+        self._connection: AbstractRobustConnection | None = None
+        self._channel: AbstractChannel | None = None
+        self._reply_queue: AbstractQueue | None = None
+        self._job_channel: AbstractChannel | None = None
+        self._futures: dict[str, asyncio.Future[Reply]] = {}
+        # A stable name, so the robust connection re-declares the same queue after a reconnect.
+        self.reply_queue_name = f"{topology.prefix}.reply.{uuid.uuid4().hex}"
+        self.stray_replies = 0
+        self.malformed_replies = 0
+
+    async def start(self) -> None:
+        """Connect, declare the topology (unless told not to) and the reply queue."""
+        try:
+            self._connection = await aio_pika.connect_robust(
+                self._url, client_properties={"connection_name": self._connection_name}
+            )
+            self._channel = await self._connection.channel(publisher_confirms=True)
+            if self._declare:
+                await self._topology.declare(self._channel)
+            reply_channel = await self._connection.channel(publisher_confirms=False)
+            self._reply_queue = await reply_channel.declare_queue(
+                self.reply_queue_name, exclusive=True, auto_delete=True
+            )
+            await self._reply_queue.consume(self._on_reply, no_ack=True)
+        except (aiormq.exceptions.AMQPError, ConnectionError, OSError) as exc:
+            await self.close()
+            raise BrokerUnavailable(f"cannot connect to RabbitMQ: {exc}") from exc
+
+    async def close(self) -> None:
+        """Fail pending calls, then close the connection."""
+        futures, self._futures = self._futures, {}
+        for fut in futures.values():
+            if not fut.done():
+                fut.set_exception(BrokerUnavailable("transport closed"))
+        if self._connection is not None:
+            await self._connection.close()
+            self._connection = None
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def call(self, envelope: Envelope, timeout: float) -> Reply:
+        """Publish with reply_to + correlation id, then await the matching reply."""
+        if envelope.reply_mode != REPLY_QUEUE or envelope.reply_to != self.reply_queue_name:
+            envelope = dataclasses.replace(
+                envelope, reply_mode=REPLY_QUEUE, reply_to=self.reply_queue_name
+            )
+        cid = envelope.correlation_id
+        fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._futures[cid] = fut
+        try:
+            await self._publish(envelope)
+            return await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            raise CallTimeout(
+                f"no reply for invocation {envelope.invocation_id} within {timeout:.3f}s"
+            ) from None
+        finally:
+            self._futures.pop(cid, None)
+
+    async def submit(self, envelope: Envelope) -> None:
+        """Publish a job envelope and wait for the broker's confirm."""
+        if envelope.reply_mode != REPLY_JOB:
+            raise ValueError("submit() needs an envelope with reply_mode='job'")
+        await self._publish(envelope)
+
+    async def consume_job_results(self, handler: JobResultHandler) -> None:
+        """Consume the durable job-results queue on a channel of its own."""
+        if self._connection is None:
+            raise BrokerUnavailable("transport not started")
+        self._job_channel = await self._connection.channel()
+        await self._job_channel.set_qos(prefetch_count=64)
+        queue = await self._job_channel.declare_queue(
+            self._topology.job_results,
+            durable=True,
+            arguments=self._topology.job_result_arguments(),
+        )
+
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            try:
+                reply = Reply.decode(message.body)
+            except EnvelopeError as exc:
+                log.warning("dropping malformed job result to the DLQ: %s", exc)
+                await message.reject(requeue=False)
+                return
+            try:
+                await handler(reply)
+            except Exception:
+                # Requeued; the queue's delivery limit parks a result that always fails.
+                log.exception("job result handler failed for %s", reply.invocation_id)
+                await message.nack(requeue=True)
+                return
+            await message.ack()
+
+        await queue.consume(on_message)
+
+    @property
+    def pending(self) -> int:
+        """Calls waiting for a reply."""
+        return len(self._futures)
+
+    async def _publish(self, envelope: Envelope) -> None:
+        if self._channel is None:
+            raise BrokerUnavailable("transport not started")
+        ttl = message_ttl_ms(envelope.reply_mode, envelope.remaining_ms(now_ms()))
+        message = aio_pika.Message(
+            envelope.encode(),
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            correlation_id=envelope.correlation_id,
+            reply_to=envelope.reply_to or None,
+            expiration=ttl / 1000 if ttl is not None else None,
+            content_type="application/msgpack",
+        )
+        try:
+            confirmation = await self._channel.default_exchange.publish(
+                message, routing_key=self._topology.invocations, mandatory=True
+            )
+        except aio_pika.exceptions.DeliveryError as exc:
+            raise _delivery_error(exc) from exc
+        except (aiormq.exceptions.AMQPError, ConnectionError, OSError, RuntimeError) as exc:
+            raise BrokerUnavailable(f"publish failed: {exc}") from exc
+        if isinstance(confirmation, aiormq.spec.Basic.Nack):
+            raise QueueFull(f"queue {self._topology.invocations} rejected the envelope")
+        if isinstance(confirmation, aiormq.spec.Basic.Return):
+            raise BrokerUnavailable(f"queue {self._topology.invocations} does not exist")
+
+    def _on_reply(self, message: AbstractIncomingMessage) -> Awaitable[None] | None:
+        try:
+            reply = Reply.decode(message.body)
+        except EnvelopeError as exc:
+            self.malformed_replies += 1
+            log.warning("dropping malformed reply: %s", exc)
+            return None
+        fut = self._futures.pop(reply.correlation_id, None)
+        if fut is None or fut.done():
+            self.stray_replies += 1
+            log.info("dropping late or stray reply %s", reply.correlation_id)
+            return None
+        fut.set_result(reply)
+        return None
+
+
+def _delivery_error(exc: aio_pika.exceptions.DeliveryError) -> TransportError:
+    frame = getattr(exc, "frame", None)
+    if isinstance(frame, aiormq.spec.Basic.Return):
+        return BrokerUnavailable(f"envelope was not routable: {frame.reply_text}")
+    return QueueFull("the invocations queue is full; retry later")

@@ -1,0 +1,250 @@
+"""The wire format between dispatchers and workers: `Envelope` in, `Reply` out.
+
+Both are frozen dataclasses encoded as msgpack maps (`use_bin_type=True`, so bodies stay
+bytes and text stays str). Decoding checks every field; anything malformed (random bytes,
+truncated msgpack, an unknown format version, a missing or wrongly typed field) raises
+one `EnvelopeError`, so a consumer has a single thing to catch before rejecting a delivery
+to the dead-letter queue.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import msgpack
+
+from flotilla.errors import FlotillaError
+
+FORMAT_VERSION = 1
+
+Headers = tuple[tuple[str, str], ...]
+
+# Reply modes: who waits for the result.
+REPLY_QUEUE = "reply"  # a synchronous caller's own reply queue (`reply_to`)
+REPLY_JOB = "job"  # the durable job-results queue the dispatchers consume
+REPLY_MODES = (REPLY_QUEUE, REPLY_JOB)
+
+# Outcomes: the sandbox's six, then the ones the worker decides before or around it.
+OK = "ok"
+TIMEOUT = "timeout"
+MEMORY_LIMIT = "memory_limit"
+TRAP = "trap"
+FUNCTION_ERROR = "function_error"
+BAD_RESPONSE = "bad_response"
+EXPIRED = "expired"  # the deadline had passed before the worker could start it
+NOT_FOUND = "not_found"  # the worker has no artifact for (function, digest)
+INTERNAL = "internal"  # a worker-side failure that is not the guest's fault
+OUTCOMES = (
+    OK, TIMEOUT, MEMORY_LIMIT, TRAP, FUNCTION_ERROR, BAD_RESPONSE, EXPIRED, NOT_FOUND, INTERNAL,
+)
+
+
+class EnvelopeError(FlotillaError, ValueError):
+    """Bytes that are not a valid envelope or reply of this format version."""
+
+
+def now_ms() -> int:
+    """Wall-clock time in epoch milliseconds (deadlines are absolute, across machines)."""
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """One invocation request, as queued for a worker."""
+
+    invocation_id: str
+    correlation_id: str
+    function: str
+    digest: str  # the exact version digest the dispatcher resolved
+    headers: Headers
+    body: bytes
+    deadline_ms: int  # absolute, epoch milliseconds
+    attempt: int = 1
+    reply_mode: str = REPLY_QUEUE
+    reply_to: str = ""  # the reply queue when reply_mode == "reply"
+    version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        # reply_to may stay empty until a transport's `call` fills in its own reply queue.
+        if self.reply_mode not in REPLY_MODES:
+            raise EnvelopeError(f"reply_mode must be one of {REPLY_MODES}, got {self.reply_mode!r}")
+
+    def encode(self) -> bytes:
+        """msgpack bytes of this envelope."""
+        return _pack(
+            {
+                "v": self.version,
+                "id": self.invocation_id,
+                "cid": self.correlation_id,
+                "fn": self.function,
+                "dg": self.digest,
+                "h": [list(h) for h in self.headers],
+                "b": self.body,
+                "dl": self.deadline_ms,
+                "at": self.attempt,
+                "rm": self.reply_mode,
+                "rt": self.reply_to,
+            }
+        )
+
+    @classmethod
+    def decode(cls, data: bytes) -> Envelope:
+        """Parse msgpack bytes; raises `EnvelopeError` on anything malformed."""
+        m = _unpack(data, "envelope")
+        if m.get("rm") == REPLY_QUEUE and not m.get("rt"):
+            raise EnvelopeError("field 'rt' (reply_to) is required when reply mode is 'reply'")
+        return cls(
+            invocation_id=_get(m, "id", str),
+            correlation_id=_get(m, "cid", str),
+            function=_get(m, "fn", str),
+            digest=_get(m, "dg", str),
+            headers=_headers(m, "h"),
+            body=_get(m, "b", bytes),
+            deadline_ms=_get(m, "dl", int),
+            attempt=_get(m, "at", int),
+            reply_mode=_get(m, "rm", str),
+            reply_to=_get(m, "rt", str),
+            version=m["v"],
+        )
+
+    def remaining_ms(self, now: int) -> int:
+        """Milliseconds left before the deadline at wall-clock `now` (negative when past)."""
+        return self.deadline_ms - now
+
+
+@dataclass(frozen=True)
+class Reply:
+    """The outcome of one invocation, sent to the caller's reply queue or the job results."""
+
+    invocation_id: str
+    correlation_id: str
+    outcome: str
+    status: int = 0  # the function's status when outcome == "ok", else 0
+    headers: Headers = ()
+    body: bytes = b""
+    error: str = ""
+    logs: tuple[tuple[str, str, int], ...] = ()  # (level, message, time_ms)
+    timings: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        if self.outcome not in OUTCOMES:
+            raise EnvelopeError(f"outcome must be one of {OUTCOMES}, got {self.outcome!r}")
+        object.__setattr__(self, "timings", MappingProxyType(dict(self.timings)))
+
+    @property
+    def ok(self) -> bool:
+        """True when the function returned a response."""
+        return self.outcome == OK
+
+    def encode(self) -> bytes:
+        """msgpack bytes of this reply."""
+        return _pack(
+            {
+                "v": self.version,
+                "id": self.invocation_id,
+                "cid": self.correlation_id,
+                "o": self.outcome,
+                "s": self.status,
+                "h": [list(h) for h in self.headers],
+                "b": self.body,
+                "e": self.error,
+                "l": [list(r) for r in self.logs],
+                "t": dict(self.timings),
+            }
+        )
+
+    @classmethod
+    def decode(cls, data: bytes) -> Reply:
+        """Parse msgpack bytes; raises `EnvelopeError` on anything malformed."""
+        m = _unpack(data, "reply")
+        logs = _get(m, "l", list)
+        for r in logs:
+            if not (
+                isinstance(r, list)
+                and len(r) == 3
+                and isinstance(r[0], str)
+                and isinstance(r[1], str)
+                and _is_int(r[2])
+            ):
+                raise EnvelopeError("reply field 'l' must hold [level, message, time_ms] lists")
+        timings = _get(m, "t", dict)
+        for k, v in timings.items():
+            if not isinstance(k, str) or not (isinstance(v, float) or _is_int(v)):
+                raise EnvelopeError("reply field 't' must map names to numbers")
+        return cls(
+            invocation_id=_get(m, "id", str),
+            correlation_id=_get(m, "cid", str),
+            outcome=_get(m, "o", str),
+            status=_get(m, "s", int),
+            headers=_headers(m, "h"),
+            body=_get(m, "b", bytes),
+            error=_get(m, "e", str),
+            logs=tuple((r[0], r[1], r[2]) for r in logs),
+            timings={k: float(v) for k, v in timings.items()},
+            version=m["v"],
+        )
+
+
+def reply_to(envelope: Envelope, outcome: str, error: str = "", **fields: Any) -> Reply:
+    """A reply to `envelope` (same ids) with the given outcome and fields."""
+    return Reply(
+        invocation_id=envelope.invocation_id,
+        correlation_id=envelope.correlation_id,
+        outcome=outcome,
+        error=error,
+        **fields,
+    )
+
+
+def _pack(value: dict[str, Any]) -> bytes:
+    # packb builds a packer per call: a shared Packer would not be safe across worker threads.
+    return bytes(msgpack.packb(value, use_bin_type=True))
+
+
+def _unpack(data: bytes, what: str) -> dict[str, Any]:
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise EnvelopeError(f"{what} must be bytes, got {type(data).__name__}")
+    try:
+        value = msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types for bad input
+        raise EnvelopeError(f"{what} is not valid msgpack: {exc}") from exc
+    if not isinstance(value, dict):
+        raise EnvelopeError(f"{what} must be a msgpack map, got {type(value).__name__}")
+    version = value.get("v")
+    if version != FORMAT_VERSION:
+        raise EnvelopeError(
+            f"{what} format version {version!r} is not supported (expected {FORMAT_VERSION})"
+        )
+    return value
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _get(m: Mapping[str, Any], key: str, kind: type) -> Any:
+    if key not in m:
+        raise EnvelopeError(f"field {key!r} is missing")
+    v = m[key]
+    if kind is int:
+        ok = _is_int(v)
+    else:
+        ok = isinstance(v, kind)
+    if not ok:
+        raise EnvelopeError(f"field {key!r} must be {kind.__name__}, got {type(v).__name__}")
+    return v
+
+
+def _headers(m: Mapping[str, Any], key: str) -> Headers:
+    raw = _get(m, key, list)
+    out = []
+    for h in raw:
+        if not (isinstance(h, list) and len(h) == 2 and all(isinstance(x, str) for x in h)):
+            raise EnvelopeError(f"field {key!r} must hold [name, value] string pairs")
+        out.append((h[0], h[1]))
+    return tuple(out)

@@ -1,0 +1,112 @@
+"""Queue and exchange names and arguments: one place, derived from `queue_prefix`.
+
+- `<prefix>.invocations`: durable quorum queue every worker consumes. Publishes use the
+  default exchange (routing key = queue name), persistent delivery mode, publisher confirms.
+  `x-delivery-limit` dead-letters a message that keeps crashing workers (every redelivery
+  after a lost channel counts); `x-max-length` + `x-overflow: reject-publish` makes a full
+  queue nack publishes so the dispatcher answers 503 instead of buffering without bound.
+- `<prefix>.dlx` (fanout exchange) -> `<prefix>.dead` (durable quorum queue): envelopes a
+  worker rejected (malformed), that hit the delivery limit, or whose message TTL expired.
+- `<prefix>.job-results`: durable quorum queue of job replies; the dispatchers consume it,
+  so a result survives the dispatcher that submitted the job dying.
+- Sync replies go to each caller's own exclusive, auto-delete, server-named queue.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractQueue
+
+from flotilla.envelope import REPLY_JOB
+
+DEFAULT_DELIVERY_LIMIT = 5
+DEFAULT_MAX_LENGTH = 100_000
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Names and arguments of every queue and exchange of one deployment (one prefix)."""
+
+    prefix: str = "flotilla"
+    delivery_limit: int = DEFAULT_DELIVERY_LIMIT
+    max_length: int = DEFAULT_MAX_LENGTH
+
+    @property
+    def invocations(self) -> str:
+        """The queue of pending invocation envelopes."""
+        return f"{self.prefix}.invocations"
+
+    @property
+    def dead_letter_exchange(self) -> str:
+        """Exchange receiving rejected, over-delivered and expired envelopes."""
+        return f"{self.prefix}.dlx"
+
+    @property
+    def dead_letters(self) -> str:
+        """Queue bound to the dead-letter exchange (inspect it; nothing consumes it)."""
+        return f"{self.prefix}.dead"
+
+    @property
+    def job_results(self) -> str:
+        """Durable queue of replies to jobs, consumed by the dispatchers."""
+        return f"{self.prefix}.job-results"
+
+    def invocation_arguments(self) -> dict[str, Any]:
+        """`x-` arguments of the invocations queue."""
+        return {
+            "x-queue-type": "quorum",
+            "x-dead-letter-exchange": self.dead_letter_exchange,
+            "x-delivery-limit": self.delivery_limit,
+            "x-max-length": self.max_length,
+            "x-overflow": "reject-publish",
+        }
+
+    def job_result_arguments(self) -> dict[str, Any]:
+        """`x-` arguments of the job-results queue (a result that crashes dispatchers is parked)."""
+        return {
+            "x-queue-type": "quorum",
+            "x-dead-letter-exchange": self.dead_letter_exchange,
+            "x-delivery-limit": self.delivery_limit,
+        }
+
+    def queue_names(self) -> tuple[str, ...]:
+        """Every durable queue of this deployment (tests delete them afterwards)."""
+        return (self.invocations, self.dead_letters, self.job_results)
+
+    async def declare(self, channel: AbstractChannel) -> AbstractQueue:
+        """Declare everything (idempotent); returns the invocations queue."""
+        dlx = await channel.declare_exchange(
+            self.dead_letter_exchange, aio_pika.ExchangeType.FANOUT, durable=True
+        )
+        dead = await channel.declare_queue(
+            self.dead_letters, durable=True, arguments={"x-queue-type": "quorum"}
+        )
+        await dead.bind(dlx)
+        await channel.declare_queue(
+            self.job_results, durable=True, arguments=self.job_result_arguments()
+        )
+        return await channel.declare_queue(
+            self.invocations, durable=True, arguments=self.invocation_arguments()
+        )
+
+    async def delete(self, channel: AbstractChannel) -> None:
+        """Delete every queue and exchange of this prefix (tests and `flotilla` teardown)."""
+        for name in self.queue_names():
+            await channel.queue_delete(name)
+        await channel.exchange_delete(self.dead_letter_exchange)
+
+
+def message_ttl_ms(reply_mode: str, remaining_ms: int, grace_ms: int = 1_000) -> int | None:
+    """Per-message TTL of an envelope, or None for no expiry.
+
+    Synchronous calls: nobody waits once the deadline passed, so the broker dead-letters the
+    message instead of handing a worker work nobody wants; `grace_ms` keeps clock skew from
+    expiring messages a worker could still answer in time. Jobs get no TTL: a worker records
+    an `expired` result for them, so the job does not stay pending forever.
+    """
+    if reply_mode == REPLY_JOB:
+        return None
+    return max(1, remaining_ms + grace_ms)

@@ -1,0 +1,148 @@
+"""The worker's AMQP consumer: a thin layer between RabbitMQ and `EnvelopeHandler`.
+
+Each delivery is handled on a thread of the invocation pool (wasm releases the GIL), then
+its reply is published and only then is the delivery settled; every delivery is settled
+exactly once, in one `finally`, on every path. A semaphore bounds the invocations running at
+once; deliveries waiting for it when shutdown starts are requeued for other workers.
+
+Stop order (see `WorkerService`): `stop_consuming()` (the broker stops sending),
+`drain(timeout)` (in-flight invocations finish, publish their replies and are acked),
+`close()` (the channel; unacked leftovers return to the queue).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import Executor
+
+import aio_pika
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
+
+from flotilla.topology import Topology
+from worker.handler import EnvelopeHandler, Handled, Settle
+
+log = logging.getLogger(__name__)
+
+
+class Consumer:
+    """Consumes the invocations queue of one topology with manual acks and bounded prefetch."""
+
+    def __init__(
+        self,
+        connection: AbstractRobustConnection,
+        topology: Topology,
+        handler: EnvelopeHandler,
+        executor: Executor,
+        *,
+        concurrency: int,
+        prefetch: int,
+    ) -> None:
+        self._connection = connection
+        self._topology = topology
+        self._handler = handler
+        self._executor = executor
+        self._prefetch = prefetch
+        self._slots = asyncio.Semaphore(concurrency)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._channel: AbstractChannel | None = None
+        self._queue: AbstractQueue | None = None
+        self._tag: str | None = None
+        self._stopping = False
+        self.settled = {s: 0 for s in Settle}
+
+    async def start(self) -> None:
+        """Open the channel, declare the topology and start consuming."""
+        # The robust channel re-applies qos, re-declares and re-consumes after a reconnect.
+        self._channel = await self._connection.channel(publisher_confirms=True)
+        await self._channel.set_qos(prefetch_count=self._prefetch)
+        self._queue = await self._topology.declare(self._channel)
+        self._tag = await self._queue.consume(self._on_message)
+
+    @property
+    def in_flight(self) -> int:
+        """Deliveries received and not yet settled."""
+        return len(self._tasks)
+
+    async def stop_consuming(self) -> None:
+        """Ask the broker to stop sending; deliveries not yet started will be requeued."""
+        self._stopping = True
+        if self._queue is not None and self._tag is not None:
+            try:
+                await self._queue.cancel(self._tag)
+            except Exception as exc:  # noqa: BLE001 - the channel may be gone; leftovers requeue
+                log.warning("cancelling the consumer failed: %s", exc)
+            self._tag = None
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait up to `timeout` s for in-flight deliveries to settle; True if all did."""
+        if not self._tasks:
+            return True
+        _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
+        return not pending
+
+    async def close(self) -> None:
+        """Close the channel; unacked deliveries return to the queue."""
+        for task in list(self._tasks):
+            task.cancel()
+        if self._channel is not None and not self._channel.is_closed:
+            await self._channel.close()
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        task = asyncio.create_task(self._process(message))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _process(self, message: AbstractIncomingMessage) -> None:
+        decision = Settle.REQUEUE
+        try:
+            async with self._slots:
+                if self._stopping:
+                    return
+                loop = asyncio.get_running_loop()
+                handled = await loop.run_in_executor(
+                    self._executor, self._handler.handle, message.body
+                )
+                # Shielded: once the function ran, its reply goes out even during shutdown.
+                await asyncio.shield(self._reply(handled, message))
+                decision = handled.settle
+        except asyncio.CancelledError:
+            decision = Settle.REQUEUE
+            raise
+        except Exception:
+            log.exception("publishing a reply failed; the delivery will be redelivered")
+            decision = Settle.REQUEUE
+        finally:
+            await asyncio.shield(self._settle(message, decision))
+
+    async def _reply(self, handled: Handled, message: AbstractIncomingMessage) -> None:
+        if handled.reply is None or not handled.route:
+            return
+        assert self._channel is not None
+        await self._channel.default_exchange.publish(
+            aio_pika.Message(
+                handled.reply.encode(),
+                correlation_id=handled.reply.correlation_id,
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                content_type="application/msgpack",
+            ),
+            routing_key=handled.route,
+        )
+
+    async def _settle(self, message: AbstractIncomingMessage, decision: Settle) -> None:
+        try:
+            if decision is Settle.ACK:
+                await message.ack()
+            elif decision is Settle.REJECT:
+                await message.reject(requeue=False)
+            else:
+                await message.nack(requeue=True)
+            self.settled[decision] += 1
+        except Exception as exc:  # noqa: BLE001
+            # The channel died: the broker already returned the delivery to the queue.
+            log.warning("could not %s delivery %s: %s", decision.value, message.delivery_tag, exc)

@@ -1,0 +1,104 @@
+"""Per-envelope handling, independent of any transport: bytes in, (reply, settle decision) out.
+
+`EnvelopeHandler.handle(body)` is what both the AMQP consumer (`worker/consumer.py`) and the
+in-process `MemoryTransport` run for each delivery, on a worker thread:
+
+- malformed bytes -> no reply, REJECT (without requeue: the broker dead-letters it);
+- deadline already passed -> `expired` reply, ACK (the function is not run);
+- otherwise the `Runner` runs it -> its reply (ok, guest failure, not_found...), ACK;
+- the runner raising -> `internal` reply, ACK (retrying a worker bug would not help).
+
+The transport then publishes the reply (if any) to `route` and settles the delivery: reply
+first, ack second, so a worker dying in between causes a redelivery, never a lost reply.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from flotilla.envelope import (
+    EXPIRED,
+    INTERNAL,
+    REPLY_JOB,
+    Envelope,
+    EnvelopeError,
+    Reply,
+    now_ms,
+    reply_to,
+)
+
+log = logging.getLogger(__name__)
+
+
+class Settle(enum.Enum):
+    """How a delivery is settled once handled."""
+
+    ACK = "ack"  # done (whatever the outcome): remove it from the queue
+    REJECT = "reject"  # unusable (malformed): dead-letter it, never redeliver
+    REQUEUE = "requeue"  # not started (shutting down): give it back for another worker
+
+
+@dataclass(frozen=True)
+class Handled:
+    """The result of handling one delivery: what to publish where, and how to settle."""
+
+    settle: Settle
+    reply: Reply | None = None
+    route: str = ""  # queue to publish `reply` to ("" when there is no reply)
+
+
+class Runner(Protocol):
+    """Runs one envelope's function and says how it went (blocking; called from a thread)."""
+
+    def run(self, envelope: Envelope, timeout_ms: int) -> Reply:
+        """Invoke `envelope.function` at `envelope.digest` for at most `timeout_ms`."""
+
+
+def run_timeout_ms(remaining_ms: int) -> int | None:
+    """Time budget of an invocation from its deadline; None when it should not start."""
+    return remaining_ms if remaining_ms > 0 else None
+
+
+class EnvelopeHandler:
+    """Decodes, checks the deadline, runs, and decides how to settle one delivery."""
+
+    def __init__(
+        self,
+        runner: Runner,
+        *,
+        job_results: str,
+        clock: Callable[[], int] = now_ms,
+    ) -> None:
+        self._runner = runner
+        self._job_results = job_results
+        self._clock = clock
+
+    def handle(self, body: bytes) -> Handled:
+        """Handle one delivery's body; never raises."""
+        try:
+            envelope = Envelope.decode(body)
+        except EnvelopeError as exc:
+            log.warning("rejecting malformed envelope to the DLQ: %s", exc)
+            return Handled(Settle.REJECT)
+        route = self._job_results if envelope.reply_mode == REPLY_JOB else envelope.reply_to
+        budget = run_timeout_ms(envelope.remaining_ms(self._clock()))
+        if budget is None:
+            reply = reply_to(envelope, EXPIRED, "the invocation's deadline passed before it ran")
+            return Handled(Settle.ACK, reply, route)
+        started = time.perf_counter()
+        try:
+            reply = self._runner.run(envelope, budget)
+        except Exception as exc:
+            log.exception("invocation %s failed in the worker", envelope.invocation_id)
+            reply = reply_to(
+                envelope,
+                INTERNAL,
+                f"worker error: {type(exc).__name__}: {exc}",
+                timings={"total_ms": (time.perf_counter() - started) * 1000},
+            )
+        return Handled(Settle.ACK, reply, route)
