@@ -1,0 +1,1 @@
+"""Test guests: Python guests (tests/guests/python, built by `tests.guests.build`) and WAT guests."""
