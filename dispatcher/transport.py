@@ -223,20 +223,19 @@ class AmqpTransport:
         if isinstance(confirmation, aiormq.spec.Basic.Return):
             raise BrokerUnavailable(f"queue {self._topology.invocations} does not exist")
 
-    def _on_reply(self, message: AbstractIncomingMessage) -> Awaitable[None] | None:
+    async def _on_reply(self, message: AbstractIncomingMessage) -> None:
         try:
             reply = Reply.decode(message.body)
         except EnvelopeError as exc:
             self.malformed_replies += 1
             log.warning("dropping malformed reply: %s", exc)
-            return None
+            return
         fut = self._futures.pop(reply.correlation_id, None)
         if fut is None or fut.done():
             self.stray_replies += 1
             log.info("dropping late or stray reply %s", reply.correlation_id)
-            return None
+            return
         fut.set_result(reply)
-        return None
 
 
 def _delivery_error(exc: aio_pika.exceptions.DeliveryError) -> TransportError:

@@ -94,11 +94,10 @@ class Consumer:
             await self._channel.close()
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
-        task = asyncio.create_task(self._process(message))
+        # aio-pika runs each delivery's callback in a task of its own: track it for drain().
+        task = asyncio.current_task()
+        assert task is not None
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _process(self, message: AbstractIncomingMessage) -> None:
         decision = Settle.REQUEUE
         try:
             async with self._slots:
@@ -118,7 +117,10 @@ class Consumer:
             log.exception("publishing a reply failed; the delivery will be redelivered")
             decision = Settle.REQUEUE
         finally:
-            await asyncio.shield(self._settle(message, decision))
+            try:
+                await asyncio.shield(self._settle(message, decision))
+            finally:
+                self._tasks.discard(task)
 
     async def _reply(self, handled: Handled, message: AbstractIncomingMessage) -> None:
         if handled.reply is None or not handled.route:

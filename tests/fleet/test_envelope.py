@@ -1,0 +1,176 @@
+"""Envelope and Reply: round trips, and every malformed input raises EnvelopeError."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+import pytest
+
+from flotilla.envelope import (
+    FORMAT_VERSION,
+    OUTCOMES,
+    REPLY_JOB,
+    Envelope,
+    EnvelopeError,
+    Reply,
+    reply_to,
+)
+from flotilla.errors import FlotillaError
+from flotilla.topology import Topology, message_ttl_ms
+
+ENVELOPE = Envelope(
+    invocation_id="inv-1",
+    correlation_id="cid-1",
+    function="echo",
+    digest="ab" * 32,
+    headers=(("content-type", "text/plain"), ("x-a", "1"), ("x-a", "2")),
+    body=b"\x00\xffhello",
+    deadline_ms=1_700_000_000_000,
+    attempt=2,
+    reply_to="flotilla.reply.abc",
+)
+REPLY = Reply(
+    invocation_id="inv-1",
+    correlation_id="cid-1",
+    outcome="ok",
+    status=201,
+    headers=(("x", "y"),),
+    body=b"\x01\x02",
+    logs=(("info", "hi", 1_700_000_000_001),),
+    timings={"call_ms": 1.25, "total_ms": 2},
+)
+
+
+def test_envelope_round_trip() -> None:
+    assert Envelope.decode(ENVELOPE.encode()) == ENVELOPE
+
+
+def test_job_envelope_round_trip_without_reply_to() -> None:
+    job = Envelope("i", "c", "f", "d", (), b"", 5, reply_mode=REPLY_JOB)
+    assert Envelope.decode(job.encode()) == job
+
+
+@pytest.mark.parametrize("outcome", OUTCOMES)
+def test_reply_round_trip(outcome: str) -> None:
+    reply = Reply("i", "c", outcome, error="boom" if outcome != "ok" else "")
+    assert Reply.decode(reply.encode()) == reply
+
+
+def test_reply_round_trip_with_everything() -> None:
+    decoded = Reply.decode(REPLY.encode())
+    assert decoded == REPLY
+    assert decoded.timings["total_ms"] == 2.0
+
+
+def test_reply_to_copies_ids() -> None:
+    r = reply_to(ENVELOPE, "expired", "late")
+    assert (r.invocation_id, r.correlation_id, r.outcome, r.error) == ("inv-1", "cid-1", "expired", "late")
+
+
+def test_envelope_error_is_a_flotilla_error() -> None:
+    assert issubclass(EnvelopeError, FlotillaError)
+
+
+def _envelope_map(**changes: Any) -> bytes:
+    m = msgpack.unpackb(ENVELOPE.encode(), raw=False)
+    for k, v in changes.items():
+        if v is _DROP:
+            del m[k]
+        else:
+            m[k] = v
+    return msgpack.packb(m, use_bin_type=True)
+
+
+def _reply_map(**changes: Any) -> bytes:
+    m = msgpack.unpackb(REPLY.encode(), raw=False)
+    for k, v in changes.items():
+        if v is _DROP:
+            del m[k]
+        else:
+            m[k] = v
+    return msgpack.packb(m, use_bin_type=True)
+
+
+_DROP = object()
+GOOD = ENVELOPE.encode()
+
+MALFORMED_ENVELOPES = [
+    ("empty", b""),
+    ("random bytes", bytes(range(256)) * 3),
+    ("truncated", GOOD[: len(GOOD) // 2]),
+    ("trailing garbage", GOOD + b"\xc1"),
+    ("not a map", msgpack.packb([1, 2, 3])),
+    ("a string", msgpack.packb("hello")),
+    ("wrong version", _envelope_map(v=FORMAT_VERSION + 1)),
+    ("missing version", _envelope_map(v=_DROP)),
+    ("version as string", _envelope_map(v="1")),
+    ("missing id", _envelope_map(id=_DROP)),
+    ("missing cid", _envelope_map(cid=_DROP)),
+    ("missing function", _envelope_map(fn=_DROP)),
+    ("missing digest", _envelope_map(dg=_DROP)),
+    ("missing body", _envelope_map(b=_DROP)),
+    ("missing deadline", _envelope_map(dl=_DROP)),
+    ("missing attempt", _envelope_map(at=_DROP)),
+    ("missing reply mode", _envelope_map(rm=_DROP)),
+    ("id as int", _envelope_map(id=5)),
+    ("body as str", _envelope_map(b="text")),
+    ("deadline as float", _envelope_map(dl=1.5)),
+    ("deadline as bool", _envelope_map(dl=True)),
+    ("attempt as str", _envelope_map(at="1")),
+    ("headers not a list", _envelope_map(h={"a": "b"})),
+    ("header not a pair", _envelope_map(h=[["a"]])),
+    ("header value bytes", _envelope_map(h=[["a", b"b"]])),
+    ("unknown reply mode", _envelope_map(rm="carrier-pigeon")),
+    ("reply mode without reply_to", _envelope_map(rt="")),
+    ("non-str map key", msgpack.packb({1: 2})),
+    ("bin instead of str id", _envelope_map(id=b"inv")),
+]
+
+
+@pytest.mark.parametrize(("case", "data"), MALFORMED_ENVELOPES, ids=[c for c, _ in MALFORMED_ENVELOPES])
+def test_malformed_envelope_raises_envelope_error(case: str, data: bytes) -> None:
+    with pytest.raises(EnvelopeError):
+        Envelope.decode(data)
+
+
+MALFORMED_REPLIES = [
+    ("random bytes", b"\x93\x01"),
+    ("wrong version", _reply_map(v=0)),
+    ("unknown outcome", _reply_map(o="maybe")),
+    ("status as str", _reply_map(s="200")),
+    ("missing body", _reply_map(b=_DROP)),
+    ("log not a triple", _reply_map(l=[["info", "x"]])),
+    ("log time as str", _reply_map(l=[["info", "x", "now"]])),
+    ("timings not a map", _reply_map(t=[1])),
+    ("timing not a number", _reply_map(t={"a": "1"})),
+]
+
+
+@pytest.mark.parametrize(("case", "data"), MALFORMED_REPLIES, ids=[c for c, _ in MALFORMED_REPLIES])
+def test_malformed_reply_raises_envelope_error(case: str, data: bytes) -> None:
+    with pytest.raises(EnvelopeError):
+        Reply.decode(data)
+
+
+def test_decode_rejects_non_bytes() -> None:
+    with pytest.raises(EnvelopeError):
+        Envelope.decode("text")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("mode", "remaining", "expected"),
+    [("reply", 5_000, 6_000), ("reply", -5_000, 1), ("job", 5_000, None)],
+)
+def test_message_ttl(mode: str, remaining: int, expected: int | None) -> None:
+    assert message_ttl_ms(mode, remaining) == expected
+
+
+def test_topology_names_derive_from_prefix() -> None:
+    t = Topology("abc", delivery_limit=3, max_length=10)
+    assert t.queue_names() == ("abc.invocations", "abc.dead", "abc.job-results")
+    args = t.invocation_arguments()
+    assert args["x-queue-type"] == "quorum"
+    assert args["x-overflow"] == "reject-publish"
+    assert (args["x-delivery-limit"], args["x-max-length"]) == (3, 10)
+    assert args["x-dead-letter-exchange"] == "abc.dlx"

@@ -1,0 +1,66 @@
+"""`SandboxRunner`: the `Runner` that runs envelopes in the wasm sandbox.
+
+Looks the function up in the artifact cache, caps its timeout by the envelope's deadline,
+invokes it, and turns the `InvocationResult` into a `Reply`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+from flotilla.envelope import NOT_FOUND, Envelope, Reply, reply_to
+from worker.artifacts import ArtifactCache, ArtifactNotFound
+
+
+def capped_timeout_ms(config_timeout_ms: int, budget_ms: int) -> int:
+    """The invocation's timeout: the function's own, shortened to the time left before the deadline."""
+    return max(1, min(config_timeout_ms, budget_ms))
+
+
+class SandboxRunner:
+    """Runs envelopes in a `Sandbox` with code from an `ArtifactCache` (thread-safe)."""
+
+    def __init__(self, sandbox: Any, artifacts: ArtifactCache) -> None:
+        self._sandbox = sandbox
+        self._artifacts = artifacts
+
+    def run(self, envelope: Envelope, timeout_ms: int) -> Reply:
+        """Invoke the envelope's function version; `not_found` when it does not exist."""
+        from worker.sandbox.results import Request
+
+        started = time.perf_counter()
+        try:
+            fn, config = self._artifacts.get(envelope.function, envelope.digest)
+        except ArtifactNotFound as exc:
+            return reply_to(envelope, NOT_FOUND, str(exc))
+        load_ms = (time.perf_counter() - started) * 1000
+        timeout = capped_timeout_ms(config.timeout_ms, timeout_ms)
+        if timeout != config.timeout_ms:
+            config = dataclasses.replace(config, timeout_ms=timeout)
+        request = Request(
+            invocation_id=envelope.invocation_id,
+            function_name=envelope.function,
+            headers=envelope.headers,
+            body=envelope.body,
+        )
+        result = self._sandbox.invoke(fn, config, request)
+        response = result.response
+        timings = {
+            "load_ms": load_ms,
+            "instantiate_ms": result.timings.instantiate_us / 1000,
+            "call_ms": result.timings.call_us / 1000,
+            "total_ms": (time.perf_counter() - started) * 1000,
+        }
+        return Reply(
+            invocation_id=envelope.invocation_id,
+            correlation_id=envelope.correlation_id,
+            outcome=str(result.outcome.value),
+            status=response.status if response is not None else 0,
+            headers=tuple(response.headers) if response is not None else (),
+            body=bytes(response.body) if response is not None else b"",
+            error=result.error or "",
+            logs=tuple((r.level, r.message, r.time_ms) for r in result.logs),
+            timings=timings,
+        )
