@@ -1,0 +1,81 @@
+"""Pure job policies: callback backoff, allowed callback hosts, id timestamps."""
+
+from __future__ import annotations
+
+import pytest
+
+from dispatcher.jobs import (
+    callback_allowed,
+    deliver_callback,
+    id_time_ms,
+    new_id,
+    next_delay,
+    parse_hosts,
+)
+
+
+@pytest.mark.parametrize(
+    "attempt, delay",
+    [(0, None), (1, 0.5), (2, 1.0), (3, 2.0), (4, 4.0), (5, 8.0), (6, None), (99, None)],
+)
+def test_next_delay(attempt: int, delay: float | None) -> None:
+    assert next_delay(attempt) == delay
+
+
+@pytest.mark.parametrize(
+    "url, allowed",
+    [
+        ("https://hooks.example.com/x", True),
+        ("http://HOOKS.example.com:80/x", True),
+        ("http://local:8080/cb", True),
+        ("http://local:9090/cb", False),
+        ("http://local/cb", False),
+        ("https://evil.com/?hooks.example.com", False),
+        ("https://hooks.example.com.evil.com/", False),
+        ("ftp://hooks.example.com/", False),
+        ("https://user@hooks.example.com/", True),
+        ("http://[::1", False),
+        ("", False),
+    ],
+)
+def test_callback_allowed(url: str, allowed: bool) -> None:
+    hosts = parse_hosts(" hooks.example.com, local:8080 ,")
+    assert hosts == ("hooks.example.com", "local:8080")
+    assert callback_allowed(url, hosts) is allowed
+
+
+def test_ids_embed_their_time() -> None:
+    assert id_time_ms(new_id(now_ms=123_456)) == 123_456
+    assert id_time_ms("xyz") is None
+    assert id_time_ms("g" * 32) is None
+    assert new_id() != new_id()
+
+
+async def test_deliver_callback_retries_then_gives_up() -> None:
+    statuses = [500, 503]
+    sleeps: list[float] = []
+
+    async def post(url: str, doc: dict) -> int:
+        if statuses:
+            return statuses.pop(0)
+        raise ConnectionError("refused")
+
+    async def sleep(s: float) -> None:
+        sleeps.append(s)
+
+    assert await deliver_callback("http://x", {}, post, sleep=sleep) is False
+    assert sleeps == [0.5, 1.0, 2.0, 4.0, 8.0]
+
+
+async def test_deliver_callback_stops_on_success() -> None:
+    statuses = [502, 204]
+    sleeps: list[float] = []
+
+    async def post(url: str, doc: dict) -> int:
+        return statuses.pop(0)
+
+    async def sleep(s: float) -> None:
+        sleeps.append(s)
+
+    assert await deliver_callback("http://x", {}, post, sleep=sleep) is True
+    assert sleeps == [0.5]
