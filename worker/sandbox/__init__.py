@@ -1,0 +1,22 @@
+"""The worker sandbox: one Engine and Linker per process, a new store and instance per call.
+
+Modules: `engine` (Config, pooling allocator, epoch ticker), `linker` (WASI 0.2 + host
+interfaces), `components` (validation, compile cache), `abi` (fast C value conversions),
+`wasi` (per-invocation WASI context), `outcomes` (failure classification), `results`
+(Request, Response, InvocationResult), `sandbox` (Sandbox.invoke).
+"""
+
+from worker.sandbox.results import InvocationResult, Outcome, Request, Response, Timings
+from worker.sandbox.sandbox import LoadedFunction, RequestTooLarge, Sandbox, new_request
+
+__all__ = [
+    "InvocationResult",
+    "LoadedFunction",
+    "Outcome",
+    "Request",
+    "RequestTooLarge",
+    "Response",
+    "Sandbox",
+    "Timings",
+    "new_request",
+]

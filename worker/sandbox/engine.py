@@ -1,0 +1,173 @@
+"""The process-wide wasmtime Engine: pooling allocator, epoch interruption, one ticker thread.
+
+An engine is expensive (it owns the compiled-code cache and the instance pool), so the worker
+builds exactly one at startup. Its settings also decide whether a serialized artifact can be
+loaded, so they feed `fingerprint`, which keys the compile cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from dataclasses import dataclass
+
+import wasmtime
+from wasmtime import _ffi as ffi
+
+MIB = 1024 * 1024
+GIB = 1024 * MIB
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """Knobs of the engine; every field is part of the artifact fingerprint."""
+
+    tick_ms: float = 1.0  # epoch ticker period: the granularity of timeouts
+    pooling: bool = True
+    # Pool sizes: one invocation holds one component instance and its core instances.
+    total_component_instances: int = 256
+    total_core_instances: int = 2048
+    total_memories: int = 512
+    total_tables: int = 512
+    total_stacks: int = 256
+    max_core_instances_per_component: int = 64
+    max_memories_per_component: int = 8
+    max_tables_per_component: int = 16
+    max_memory_size: int = 4 * GIB  # per memory; the per-function cap is the store limiter
+    max_component_instance_size: int = 8 * MIB
+    max_core_instance_size: int = 8 * MIB
+    table_elements: int = 100_000
+    # Pages kept resident in a freed slot and reset with memset instead of madvise: a fresh
+    # Python guest touches a few MiB of its heap; without this it page-faults on each one.
+    linear_memory_keep_resident: int = 16 * MIB
+    table_keep_resident: int = 1 * MIB
+    max_unused_warm_slots: int = 64
+    max_wasm_stack: int = 1 * MIB
+
+    def fingerprint_data(self) -> dict[str, object]:
+        """The settings that change generated code or its layout (serialized into the key)."""
+        return {
+            "pooling": self.pooling,
+            "max_memory_size": self.max_memory_size,
+            "max_wasm_stack": self.max_wasm_stack,
+            "epoch": True,
+        }
+
+
+def wasmtime_version() -> str:
+    """Installed wasmtime-py version (artifacts only load on the version that made them)."""
+    from importlib.metadata import version
+
+    return version("wasmtime")
+
+
+def engine_fingerprint(settings: EngineSettings) -> str:
+    """Stable id of (wasmtime version, code-affecting engine settings)."""
+    data = json.dumps(
+        {"wasmtime": wasmtime_version(), **settings.fingerprint_data()}, sort_keys=True
+    )
+    return f"wasmtime-{wasmtime_version()}-{hashlib.sha256(data.encode()).hexdigest()[:16]}"
+
+
+def build_config(settings: EngineSettings) -> wasmtime.Config:
+    """A wasmtime Config for `settings` (epoch interruption on, pooling allocator if asked)."""
+    config = wasmtime.Config()
+    config.epoch_interruption = True
+    config.wasm_component_model = True
+    config.max_wasm_stack = settings.max_wasm_stack
+    if settings.pooling:
+        _set_pooling(config, settings)
+    return config
+
+
+def _set_pooling(config: wasmtime.Config, s: EngineSettings) -> None:
+    pool = ffi.wasmtime_pooling_allocation_config_new()
+    try:
+        ffi.wasmtime_pooling_allocation_config_total_component_instances_set(
+            pool, s.total_component_instances
+        )
+        ffi.wasmtime_pooling_allocation_config_total_core_instances_set(pool, s.total_core_instances)
+        ffi.wasmtime_pooling_allocation_config_total_memories_set(pool, s.total_memories)
+        ffi.wasmtime_pooling_allocation_config_total_tables_set(pool, s.total_tables)
+        ffi.wasmtime_pooling_allocation_config_total_stacks_set(pool, s.total_stacks)
+        ffi.wasmtime_pooling_allocation_config_max_core_instances_per_component_set(
+            pool, s.max_core_instances_per_component
+        )
+        ffi.wasmtime_pooling_allocation_config_max_memories_per_component_set(
+            pool, s.max_memories_per_component
+        )
+        ffi.wasmtime_pooling_allocation_config_max_tables_per_component_set(
+            pool, s.max_tables_per_component
+        )
+        ffi.wasmtime_pooling_allocation_config_max_memory_size_set(pool, s.max_memory_size)
+        ffi.wasmtime_pooling_allocation_config_max_component_instance_size_set(
+            pool, s.max_component_instance_size
+        )
+        ffi.wasmtime_pooling_allocation_config_max_core_instance_size_set(
+            pool, s.max_core_instance_size
+        )
+        ffi.wasmtime_pooling_allocation_config_table_elements_set(pool, s.table_elements)
+        ffi.wasmtime_pooling_allocation_config_linear_memory_keep_resident_set(
+            pool, s.linear_memory_keep_resident
+        )
+        ffi.wasmtime_pooling_allocation_config_table_keep_resident_set(pool, s.table_keep_resident)
+        ffi.wasmtime_pooling_allocation_config_max_unused_warm_slots_set(
+            pool, s.max_unused_warm_slots
+        )
+        ffi.wasmtime_pooling_allocation_strategy_set(config.ptr(), pool)
+    finally:
+        ffi.wasmtime_pooling_allocation_config_delete(pool)
+
+
+class EpochTicker:
+    """One daemon thread per engine that increments its epoch every `tick_ms`."""
+
+    def __init__(self, engine: wasmtime.Engine, tick_ms: float) -> None:
+        self._engine = engine
+        self._period = tick_ms / 1000.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="flotilla-epoch", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._period):
+            self._engine.increment_epoch()
+
+    def close(self) -> None:
+        """Stop the thread (the engine must outlive this call)."""
+        self._stop.set()
+        self._thread.join()
+
+
+@dataclass
+class EngineHandle:
+    """An engine with its ticker and the fingerprint of its settings."""
+
+    engine: wasmtime.Engine
+    settings: EngineSettings
+    fingerprint: str
+    ticker: EpochTicker
+
+    def ticks_for(self, timeout_ms: int) -> int:
+        """Epoch ticks covering `timeout_ms` (rounded up, at least one)."""
+        return max(1, -(-int(timeout_ms) // max(1, int(self.settings.tick_ms))) + 1)
+
+    def close(self) -> None:
+        """Stop the ticker."""
+        self.ticker.close()
+
+
+def build_engine(settings: EngineSettings | None = None) -> EngineHandle:
+    """Create the engine, start its epoch ticker, compute its fingerprint."""
+    settings = settings or EngineSettings()
+    engine = wasmtime.Engine(build_config(settings))
+    return EngineHandle(
+        engine=engine,
+        settings=settings,
+        fingerprint=engine_fingerprint(settings),
+        ticker=EpochTicker(engine, settings.tick_ms),
+    )
+
+
+__all__ = ["EngineSettings", "EngineHandle", "build_engine", "engine_fingerprint"]
