@@ -1,0 +1,157 @@
+"""Process wiring of `flotilla dispatcher`: build the collaborators, serve, shut down in order.
+
+Startup: Redis client, artifact store (S3, bucket created when missing), a sandbox used only
+to validate and precompile deploys, the AMQP transport (declares the topology), the job
+results consumer, then the HTTP server. Shutdown (SIGINT/SIGTERM handled by uvicorn): stop
+serving, let pending callbacks finish briefly, close the transport (fails waiting callers),
+then the clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from dispatcher.app import ApiOptions, create_app
+from dispatcher.artifacts import ArtifactStore, S3Backend
+from dispatcher.jobs import JobStore, PostFn, ResultRecorder, parse_hosts
+from dispatcher.registry import Deployer, Registry
+from flotilla.errors import SettingsError
+from flotilla.settings import DispatcherSettings
+
+log = logging.getLogger(__name__)
+
+CALLBACK_TIMEOUT_S = 10.0
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """"host:port" (or "[v6]:port") as (host, port); SettingsError when malformed."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise SettingsError(f"listen must be host:port, got {listen!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def options_from(settings: DispatcherSettings) -> ApiOptions:
+    """The API options from the process settings."""
+    return ApiOptions(
+        reply_margin_ms=settings.reply_margin_ms,
+        job_ttl_s=settings.job_ttl_s,
+        callback_hosts=parse_hosts(settings.callback_hosts),
+    )
+
+
+def callback_poster(client: httpx.AsyncClient) -> PostFn:
+    """A PostFn sending the job document as JSON with `client`; returns the HTTP status."""
+
+    async def post(url: str, document: dict[str, Any]) -> int:
+        response = await client.post(url, json=document, timeout=CALLBACK_TIMEOUT_S)
+        return response.status_code
+
+    return post
+
+
+def compile_step(cache_dir: str) -> tuple[Any, Any]:
+    """A sandbox used only to validate and precompile deploys: (sandbox, compile function).
+
+    It links the host interfaces (a component that imports them must link) but never runs
+    guest code, so dev-mode host clients (no connections) are enough.
+    """
+    from worker.hosts.clients import HostClients
+    from worker.sandbox import Sandbox
+    from flotilla.settings import WorkerSettings
+
+    sandbox = Sandbox(HostClients.for_dev(WorkerSettings()), cache_dir=cache_dir)
+    return sandbox, sandbox.compile
+
+
+@dataclass
+class Dispatcher:
+    """The collaborators of one dispatcher process (built by `build`, closed by `close`)."""
+
+    app: Any
+    redis: Any
+    transport: Any
+    recorder: ResultRecorder
+    http: httpx.AsyncClient
+    sandbox: Any
+
+    async def start(self) -> None:
+        """Connect the transport and start consuming job results."""
+        await self.transport.start()
+        await self.transport.consume_job_results(self.recorder.handle)
+
+    async def close(self) -> None:
+        """Finish callbacks briefly, then close transport and clients (in that order)."""
+        await self.recorder.drain(timeout=5.0)
+        await self.transport.close()
+        await self.http.aclose()
+        await self.redis.aclose()
+        if self.sandbox is not None:
+            self.sandbox.close()
+
+
+def build(settings: DispatcherSettings) -> Dispatcher:
+    """Build (without connecting) everything a dispatcher process needs."""
+    import redis.asyncio as aioredis
+
+    from dispatcher.transport import AmqpTransport
+    from flotilla.topology import Topology
+
+    if not settings.artifact_key:
+        raise SettingsError(
+            "FLOTILLA_ARTIFACT_KEY (--artifact-key) is required: it authenticates compiled "
+            "artifacts, which workers load as native code"
+        )
+    redis = aioredis.from_url(settings.redis_url)
+    backend = S3Backend.from_settings(
+        bucket=settings.artifact_bucket,
+        endpoint_url=settings.aws_endpoint_url,
+        region=settings.aws_region,
+    )
+    artifacts = ArtifactStore(backend, settings.artifact_key)
+    registry = Registry(redis, prefix=settings.queue_prefix)
+    jobs = JobStore(redis, prefix=settings.queue_prefix, ttl_s=settings.job_ttl_s)
+    sandbox, compile = compile_step(settings.cache_dir)
+    transport = AmqpTransport(settings.amqp_url, Topology(prefix=settings.queue_prefix))
+    http = httpx.AsyncClient(follow_redirects=False)
+    app = create_app(
+        registry=registry,
+        deployer=Deployer(
+            registry, artifacts, compile=compile, engine_fingerprint=sandbox.engine_fingerprint
+        ),
+        jobs=jobs,
+        transport=transport,
+        options=options_from(settings),
+    )
+    return Dispatcher(app, redis, transport, ResultRecorder(jobs, callback_poster(http)), http,
+                      sandbox)
+
+
+async def serve(dispatcher: Dispatcher, listen: str, *, log_level: str = "info") -> None:
+    """Start the dispatcher, serve HTTP on `listen` until a signal, then close everything."""
+    import uvicorn
+
+    host, port = split_listen(listen)
+    await dispatcher.start()
+    try:
+        server = uvicorn.Server(
+            uvicorn.Config(dispatcher.app, host=host, port=port, log_level=log_level.lower(),
+                           lifespan="off")
+        )
+        await server.serve()
+    finally:
+        await dispatcher.close()
+
+
+def run(settings: DispatcherSettings) -> int:
+    """Entry point of `flotilla dispatcher`: serve until SIGINT/SIGTERM; the exit status."""
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    dispatcher = build(settings)
+    asyncio.run(serve(dispatcher, settings.listen, log_level=settings.log_level))
+    return 0
