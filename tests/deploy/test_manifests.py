@@ -1,0 +1,292 @@
+"""The kustomize layouts render, validate offline against the schemas, and hang together."""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Callable
+from typing import Any
+
+import kubernetes_validate
+import pytest
+from referencing import Registry
+
+from tests.deploy import checks
+from tests.deploy.crd_schemas import SCHEMAS, custom_resource_errors
+from tests.deploy.kustomize import Manifest
+
+# Oldest and newest Kubernetes releases the manifests must validate against.
+KUBERNETES_VERSIONS = ("1.29", kubernetes_validate.utils.latest_version())
+
+
+def _builtin_errors(obj: Manifest, version: str) -> list[str]:
+    try:
+        kubernetes_validate.validate(obj, version, strict=True)
+    except kubernetes_validate.ValidationError as exc:
+        path = ".".join(str(p) for p in exc.absolute_path)
+        return [f"{path}: {exc.message}"]
+    except kubernetes_validate.SchemaNotFoundError as exc:
+        return [exc.message]
+    return []
+
+
+def schema_errors(obj: Manifest, version: str, registry: Registry) -> list[str]:
+    """Schema violations of one object: Kubernetes' own schema, or ours for custom kinds."""
+    if (obj["apiVersion"], obj["kind"]) in SCHEMAS:
+        return custom_resource_errors(obj, registry)
+    return _builtin_errors(obj, version)
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_every_manifest_validates(
+    layout: tuple[str, list[Manifest]], version: str, k8s_registry: Registry
+) -> None:
+    name, objects = layout
+    problems = {
+        f"{o['kind']}/{o['metadata']['name']}": errors
+        for o in objects
+        if (errors := schema_errors(o, version, k8s_registry))
+    }
+    assert problems == {}, f"{name} against Kubernetes {version}"
+
+
+def test_layout_has_every_part(layout: tuple[str, list[Manifest]]) -> None:
+    _, objects = layout
+    kinds = {(o["kind"], o["metadata"]["name"]) for o in objects}
+    assert kinds >= {
+        ("Namespace", "flotilla"),
+        ("Secret", "flotilla"),
+        ("ConfigMap", "flotilla-common"),
+        ("Deployment", "flotilla-dispatcher"),
+        ("Service", "flotilla-dispatcher"),
+        ("HorizontalPodAutoscaler", "flotilla-dispatcher"),
+        ("PodDisruptionBudget", "flotilla-dispatcher"),
+        ("Deployment", "flotilla-worker"),
+        ("PodDisruptionBudget", "flotilla-worker"),
+        ("ScaledObject", "flotilla-worker"),
+        ("TriggerAuthentication", "flotilla-rabbitmq"),
+        ("RabbitmqCluster", "flotilla-rabbitmq"),
+        ("Deployment", "flotilla-redis"),
+        ("Service", "flotilla-redis"),
+    }
+    namespaced = [o for o in objects if o["kind"] != "Namespace"]
+    assert {o["metadata"].get("namespace") for o in namespaced} == {"flotilla"}
+
+
+@pytest.mark.parametrize("check", checks.ALL_CHECKS, ids=lambda c: c.__name__)
+def test_cross_references(
+    layout: tuple[str, list[Manifest]], check: Callable[[list[Manifest]], list[str]]
+) -> None:
+    _, objects = layout
+    assert check(objects) == []
+
+
+# --- every check fails on a broken copy --------------------------------------------------------
+
+
+def _obj(objects: list[Manifest], kind: str, name: str) -> Manifest:
+    return checks.find(objects, kind, name)[0]
+
+
+def _worker(objects: list[Manifest]) -> Manifest:
+    return checks.pod_spec(_obj(objects, "Deployment", "flotilla-worker"))["containers"][0]
+
+
+def _dispatcher(objects: list[Manifest]) -> Manifest:
+    return checks.pod_spec(_obj(objects, "Deployment", "flotilla-dispatcher"))["containers"][0]
+
+
+def _cm(objects: list[Manifest], name: str) -> dict[str, Any]:
+    data: dict[str, Any] = _obj(objects, "ConfigMap", name)["data"]
+    return data
+
+
+def _so(objects: list[Manifest]) -> dict[str, Any]:
+    spec: dict[str, Any] = _obj(objects, "ScaledObject", "flotilla-worker")["spec"]
+    return spec
+
+
+BREAKAGES: list[tuple[str, Callable[[list[Manifest]], Any], Callable[..., list[str]], str]] = [
+    ("typo in a setting name",
+     lambda o: _cm(o, "flotilla-worker").update(FLOTILLA_CONCURENCY="2"),
+     checks.check_setting_names, "FLOTILLA_CONCURENCY is not a field of WorkerSettings"),
+    ("dispatcher-only setting given to the worker",
+     lambda o: _cm(o, "flotilla-worker").update(FLOTILLA_LISTEN="0.0.0.0:1"),
+     checks.check_setting_names, "FLOTILLA_LISTEN is not a field of WorkerSettings"),
+    ("unparsable setting value",
+     lambda o: _cm(o, "flotilla-worker").update(FLOTILLA_DRAIN_TIMEOUT_S="30s"),
+     checks.check_setting_names, "settings do not load"),
+    ("envFrom a missing ConfigMap",
+     lambda o: _worker(o)["envFrom"][0]["configMapRef"].update(name="nope"),
+     checks.check_env_references, "'nope' does not exist"),
+    ("credential in a ConfigMap",
+     lambda o: _cm(o, "flotilla-common").update(FLOTILLA_ARTIFACT_KEY="k"),
+     checks.check_secrets_placement, "holds credential FLOTILLA_ARTIFACT_KEY"),
+    ("Service selector matching nothing",
+     lambda o: _obj(o, "Service", "flotilla-dispatcher")["spec"]["selector"].update(
+         {"app.kubernetes.io/name": "flotilla-dispatch"}),
+     checks.check_services, "matches no Deployment"),
+    ("Service targetPort that is no container port",
+     lambda o: _obj(o, "Service", "flotilla-dispatcher")["spec"]["ports"][0].update(
+         targetPort="web"),
+     checks.check_services, "targetPort 'web'"),
+    ("readiness on the liveness path",
+     lambda o: _worker(o)["readinessProbe"]["httpGet"].update(path="/healthz"),
+     checks.check_probes, "readinessProbe must GET /readyz"),
+    ("worker metrics port moved but probes not",
+     lambda o: _cm(o, "flotilla-worker").update(FLOTILLA_METRICS_PORT="9200"),
+     checks.check_probes, "serves on 9200"),
+    ("probe on a numeric port the process does not serve",
+     lambda o: _dispatcher(o)["livenessProbe"]["httpGet"].update(port=9090),
+     checks.check_probes, "livenessProbe port 9090"),
+    ("dispatcher on its loopback default",
+     lambda o: _cm(o, "flotilla-dispatcher").pop("FLOTILLA_LISTEN"),
+     checks.check_dispatcher_listens_everywhere, "unreachable"),
+    ("drain deadline longer than the grace period",
+     lambda o: _cm(o, "flotilla-worker").update(FLOTILLA_DRAIN_TIMEOUT_S="120"),
+     checks.check_drain_fits_grace_period, "is not longer than FLOTILLA_DRAIN_TIMEOUT_S 120"),
+    ("cache dir not on a volume",
+     lambda o: _cm(o, "flotilla-common").update(FLOTILLA_CACHE_DIR="/home/flotilla/.cache"),
+     checks.check_writable_paths, "/home/flotilla/.cache is not a mounted volume"),
+    ("writable root filesystem",
+     lambda o: _worker(o)["securityContext"].update(readOnlyRootFilesystem=False),
+     checks.check_security_contexts, "root filesystem is writable"),
+    ("capabilities kept",
+     lambda o: _dispatcher(o)["securityContext"].pop("capabilities"),
+     checks.check_security_contexts, "capabilities are not dropped"),
+    ("no memory limit",
+     lambda o: _worker(o)["resources"]["limits"].pop("memory"),
+     checks.check_resources, "no memory limit"),
+    ("PDB selecting nothing",
+     lambda o: _obj(o, "PodDisruptionBudget", "flotilla-worker")["spec"]["selector"].update(
+         matchLabels={"app": "worker"}),
+     checks.check_disruption_budgets, "selects 0 Deployments"),
+    ("PDB that blocks every eviction",
+     lambda o: _obj(o, "PodDisruptionBudget", "flotilla-worker")["spec"].update(
+         minAvailable=checks.min_replicas(o, "flotilla-worker")),
+     checks.check_disruption_budgets, "blocks every eviction"),
+    ("HPA on the wrong Deployment",
+     lambda o: _obj(o, "HorizontalPodAutoscaler", "flotilla-dispatcher")["spec"][
+         "scaleTargetRef"].update(name="flotilla-worker"),
+     checks.check_dispatcher_autoscaler, "no single HorizontalPodAutoscaler"),
+    ("ScaledObject on the wrong Deployment",
+     lambda o: _so(o)["scaleTargetRef"].update(name="worker"),
+     checks.check_worker_autoscaler, "no single ScaledObject"),
+    ("trigger on another queue",
+     lambda o: _so(o)["triggers"][0]["metadata"].update(queueName="invocations"),
+     checks.check_worker_autoscaler, "queueName 'invocations'"),
+    ("queue prefix changed but trigger not",
+     lambda o: _cm(o, "flotilla-common").update(FLOTILLA_QUEUE_PREFIX="prod"),
+     checks.check_worker_autoscaler, "is not 'prod.invocations'"),
+    ("trigger authentication reading a missing key",
+     lambda o: _obj(o, "TriggerAuthentication", "flotilla-rabbitmq")["spec"][
+         "secretTargetRef"][0].update(key="AMQP_URL"),
+     checks.check_worker_autoscaler, "flotilla/AMQP_URL does not exist"),
+    ("trigger on another vhost",
+     lambda o: _so(o)["triggers"][0]["metadata"].update(vhostName="flotilla"),
+     checks.check_worker_autoscaler, "vhostName 'flotilla'"),
+    ("scale-down without a stabilization window",
+     lambda o: _so(o)["advanced"]["horizontalPodAutoscalerConfig"]["behavior"][
+         "scaleDown"].update(stabilizationWindowSeconds=0),
+     checks.check_worker_autoscaler, "stabilization window"),
+    ("Redis URL naming no Service",
+     lambda o: _obj(o, "Secret", "flotilla")["stringData"].update(
+         FLOTILLA_REDIS_URL="redis://redis:6379/0"),
+     checks.check_service_urls, "FLOTILLA_REDIS_URL points at redis:6379"),
+]
+
+
+@pytest.mark.parametrize(
+    "breakage,check,expected",
+    [(b[1], b[2], b[3]) for b in BREAKAGES],
+    ids=[b[0] for b in BREAKAGES],
+)
+def test_check_catches(
+    base: list[Manifest],
+    breakage: Callable[[list[Manifest]], Any],
+    check: Callable[[list[Manifest]], list[str]],
+    expected: str,
+) -> None:
+    # Given a correct layout, when one thing is broken, then its check names the problem.
+    objects = copy.deepcopy(base)
+    breakage(objects)
+    problems = check(objects)
+    assert any(expected in p for p in problems), problems
+
+
+@pytest.mark.parametrize(
+    "kind,name,change,expected",
+    [
+        ("ScaledObject", "flotilla-worker",
+         lambda s: s["triggers"][0]["metadata"].update(mode="queueLength"), "mode"),
+        ("ScaledObject", "flotilla-worker",
+         lambda s: s["triggers"][0]["metadata"].update(value=8), "value"),
+        ("ScaledObject", "flotilla-worker", lambda s: s.update(minReplicas=1), "minReplicas"),
+        ("ScaledObject", "flotilla-worker",
+         lambda s: s["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"][
+             "policies"][0].update(periodSecond=60), "periodSecond"),
+        ("TriggerAuthentication", "flotilla-rabbitmq",
+         lambda s: s["secretTargetRef"][0].pop("key"), "key"),
+        ("RabbitmqCluster", "flotilla-rabbitmq", lambda s: s.update(replica=3), "replica"),
+        ("RabbitmqCluster", "flotilla-rabbitmq",
+         lambda s: s["resources"].update(limit={"cpu": "1"}), "limit"),
+    ],
+)
+def test_custom_resource_schema_catches(
+    base: list[Manifest], k8s_registry: Registry, kind: str, name: str,
+    change: Callable[[dict[str, Any]], Any], expected: str,
+) -> None:
+    obj = copy.deepcopy(_obj(base, kind, name))
+    change(obj["spec"])
+    errors = custom_resource_errors(obj, k8s_registry)
+    assert any(expected in e for e in errors), errors
+
+
+def test_builtin_schema_catches_a_misspelt_field(base: list[Manifest]) -> None:
+    obj = copy.deepcopy(_obj(base, "Deployment", "flotilla-worker"))
+    checks.pod_spec(obj)["terminationGracePeriod"] = 45
+    assert "terminationGracePeriod" in " ".join(_builtin_errors(obj, KUBERNETES_VERSIONS[0]))
+
+
+# --- layout-specific facts ---------------------------------------------------------------------
+
+
+def test_base_runs_three_rabbitmq_nodes(base: list[Manifest]) -> None:
+    assert _obj(base, "RabbitmqCluster", "flotilla-rabbitmq")["spec"]["replicas"] == 3
+    assert checks.min_replicas(base, "flotilla-worker") >= 2
+    assert checks.min_replicas(base, "flotilla-dispatcher") >= 2
+
+
+def test_dev_scales_down(dev: list[Manifest]) -> None:
+    assert _obj(dev, "RabbitmqCluster", "flotilla-rabbitmq")["spec"]["replicas"] == 1
+    assert checks.min_replicas(dev, "flotilla-worker") == 1
+    assert checks.min_replicas(dev, "flotilla-dispatcher") == 1
+    assert _worker(dev)["image"] == "flotilla-worker:dev"
+
+
+def test_dev_broker_credentials_match_the_cluster(dev: list[Manifest]) -> None:
+    config = _obj(dev, "RabbitmqCluster", "flotilla-rabbitmq")["spec"]["rabbitmq"][
+        "additionalConfig"]
+    settings = dict(re.findall(r"^(default_user|default_pass) = (\S+)$", config, re.M))
+    url = _obj(dev, "Secret", "flotilla")["stringData"]["FLOTILLA_AMQP_URL"]
+    assert url.startswith(f"amqp://{settings['default_user']}:{settings['default_pass']}@")
+
+
+def test_base_secret_holds_only_placeholders(base: list[Manifest]) -> None:
+    # Nothing real is committed: every credential must be replaced before deploying.
+    data = _obj(base, "Secret", "flotilla")["stringData"]
+    for key in ("FLOTILLA_AMQP_URL", "FLOTILLA_ARTIFACT_KEY", "AWS_SECRET_ACCESS_KEY"):
+        assert "CHANGE-ME" in data[key]
+
+
+def test_rabbitmq_config_lines_are_key_value(layout: tuple[str, list[Manifest]]) -> None:
+    _, objects = layout
+    config = _obj(objects, "RabbitmqCluster", "flotilla-rabbitmq")["spec"]["rabbitmq"][
+        "additionalConfig"]
+    lines = [ln for ln in config.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    assert lines
+    bad = [ln for ln in lines if not re.fullmatch(r"[a-z0-9_.]+ = \S.*", ln)]
+    assert bad == []
+    # Deliveries must outlive the longest function timeout (900 s) plus the worker's drain.
+    timeout_ms = int(re.search(r"^consumer_timeout = (\d+)$", config, re.M).group(1))  # type: ignore[union-attr]
+    assert timeout_ms >= (900 + 60) * 1000
