@@ -223,7 +223,9 @@ class HttpHost:
             data = bytearray()
             while True:
                 _set_read_timeout(response, deadline)
-                chunk = response.read(min(READ_CHUNK, limit + 1 - len(data)))
+                # read1: one socket read at most, so the deadline is checked between reads
+                # (read(n) would loop until n bytes arrive).
+                chunk = response.read1(min(READ_CHUNK, limit + 1 - len(data)))
                 if not chunk:
                     break
                 data += chunk
