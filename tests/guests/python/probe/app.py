@@ -26,7 +26,8 @@ Ops (arguments with their defaults):
   counter                           -> value of a module global after += 1 (1 when fresh)
   loop                              -> never returns (CPU spin)
   memory_bomb chunk_mb=1 catch=false -> keeps allocating; with catch, returns MiB held at MemoryError
-  recursion depth=100000 limit=null -> recurses depth deep (sets recursionlimit if given)
+  recursion depth=100000 limit=null -> recurses depth deep; over the recursion limit (default
+                                       1000) RecursionError traps; raise `limit` to go deeper
   sleep    ms=100                   -> busy-waits ms, returns elapsed ms
   err      message="probe error"    -> handle returns err(message)
   raise    message="probe exception" -> raises RuntimeError (uncaught: traps)
@@ -43,6 +44,7 @@ Ops (arguments with their defaults):
 """
 
 import base64
+import encodings.idna  # noqa: F401 - socket.getaddrinfo needs it and the build only bundles imports
 import json
 import os
 import socket
@@ -200,8 +202,11 @@ def system_op(cmd: dict):
         with open(cmd.get("path", "/tmp/probe"), "w") as handle:
             return handle.write(str(cmd.get("data", "probe")))
     if op == "tcp_connect":
-        address = (cmd.get("host", "127.0.0.1"), int(cmd.get("port", 6379)))
-        with socket.create_connection(address, timeout=float(cmd.get("timeout_s", 2))) as sock:
+        # A plain connect: no name lookup for IP literals, so a denied lookup and a
+        # denied connect are told apart (use getaddrinfo to probe lookups).
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.settimeout(float(cmd.get("timeout_s", 2)))
+            sock.connect((cmd.get("host", "127.0.0.1"), int(cmd.get("port", 6379))))
             return list(sock.getpeername())
     if op == "udp_send":
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
