@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import time
+import struct
 import uuid
 from ctypes import byref
 from dataclasses import dataclass
 from pathlib import Path
+from time import monotonic, perf_counter
 from typing import Any
 
 import wasmtime
@@ -23,20 +24,16 @@ from wasmtime.component import Component, ExportIndex
 from flotilla.config import MIB, FunctionConfig
 from flotilla.errors import ArtifactError, ComponentError, FlotillaError
 from worker.hosts.base import InvocationContext
-from worker.sandbox import abi
-from worker.sandbox.components import ArtifactCache, check_binary, check_world, sha256_hex
+from worker.sandbox import abi, capi
+from worker.sandbox.components import ArtifactCache, check_world
 from worker.sandbox.engine import EngineHandle, EngineSettings, build_engine
 from worker.sandbox.linker import HostLinker
 from worker.sandbox.outcomes import check_response, classify_error
 from worker.sandbox.results import InvocationResult, Outcome, Request, Response, Timings
-from worker.sandbox.wasi import CapturedOutput, OutputRouter, guest_env
+from worker.sandbox.wasi import CapturedOutput, GuestEnv, OutputRouter
 
 log = logging.getLogger(__name__)
 
-REQUEST_FIELDS = (b"invocation-id", b"function-name", b"headers", b"body")
-_func_call = ffi.wasmtime_component_func_call
-_post_return = ffi.wasmtime_component_func_post_return
-_get_func = ffi.wasmtime_component_instance_get_func
 _instantiate = ffi.wasmtime_component_linker_instantiate
 
 
@@ -51,6 +48,21 @@ class LoadedFunction:
     sha256: str
     component: Component
     handle: ExportIndex
+    component_ptr: int = 0  # raw addresses for the hot path (kept valid by the objects above)
+    handle_ptr: int = 0
+
+
+MAX_PREPARED_CONFIGS = 512
+
+
+@dataclass(frozen=True)
+class _PreparedConfig:
+    """Per-config values computed once: the guest env arrays, the limits in engine units."""
+
+    config: FunctionConfig
+    env: GuestEnv
+    memory_bytes: int
+    ticks: int
 
 
 class Sandbox:
@@ -64,6 +76,10 @@ class Sandbox:
         self._linker = HostLinker(self.engine, hosts)
         self.cache = ArtifactCache(self.engine, cache_dir, self.engine_fingerprint)
         self._output = OutputRouter()
+        self._engine_ptr = capi.address(self.engine.ptr())
+        self._linker_ptr = capi.address(self._linker.linker.ptr())
+        self._current = self._linker.current
+        self._configs: dict[int, _PreparedConfig] = {}
 
     # ---- loading ------------------------------------------------------------------------
 
@@ -97,7 +113,8 @@ class Sandbox:
         if handle is None:
             raise ComponentError("component does not export `handle`")
         self._trial_instantiate(component)
-        return LoadedFunction(sha, component, handle)
+        return LoadedFunction(sha, component, handle, capi.address(component.ptr()),
+                              capi.address(handle.ptr()))
 
     def _trial_instantiate(self, component: Component) -> None:
         # Catches imports the Linker cannot satisfy (unknown wasi interface, wrong signature).
@@ -126,100 +143,83 @@ class Sandbox:
                 f"request body of {len(request.body)} bytes exceeds "
                 f"max_body_bytes={config.max_body_bytes}"
             )
-        t0 = time.perf_counter()
-        ctx = InvocationContext(
-            config=config,
-            invocation_id=request.invocation_id,
-            deadline=time.monotonic() + config.timeout_ms / 1000.0,
-        )
+        t0 = perf_counter()
+        ctx = InvocationContext(config, request.invocation_id,
+                                monotonic() + config.timeout_ms / 1000.0)
         output = CapturedOutput(ctx)
         key = self._output.register(output)
-        store = wasmtime.Store(self.engine)
+        store = capi.store_new(self._engine_ptr, None, None)
         try:
-            context = store._context()
-            ffi.wasmtime_context_set_wasi(
-                context, self._output.wasi_config(key, guest_env(ctx))._consume()
-            )
-            ffi.wasmtime_store_limiter(store.ptr(), config.memory_limit_mb * MIB, -1, -1, -1, -1)
-            ffi.wasmtime_context_set_epoch_deadline(
-                context, self._engine.ticks_for(config.timeout_ms)
-            )
-            t1 = time.perf_counter()
-            return self._run(fn, config, request, ctx, output, store, context, t0, t1)
+            context = capi.store_context(store)
+            prepared = self._prepared(config)
+            wasi = self._output.raw_wasi_config(key, prepared.env, request.invocation_id)
+            err = capi.context_set_wasi(context, wasi)
+            if err:
+                raise capi.error_from(err)
+            capi.store_limiter(store, prepared.memory_bytes, -1, -1, -1, -1)
+            capi.set_epoch_deadline(context, prepared.ticks)
+            return self._run(fn, config, request, ctx, output, context, t0)
         finally:
-            store.close()
+            capi.store_delete(store)
             self._output.unregister(key)
 
     def _run(self, fn: LoadedFunction, config: FunctionConfig, request: Request,
-             ctx: InvocationContext, output: CapturedOutput, store: wasmtime.Store,
-             context: Any, t0: float, t1: float) -> InvocationResult:
-        timings = {"store_us": (t1 - t0) * 1e6}
+             ctx: InvocationContext, output: CapturedOutput, context: int,
+             t0: float) -> InvocationResult:
+        t1 = perf_counter()
+        phases = [t0, t1, t1, t1, t1]
 
         def finish(outcome: Outcome, response: Response | None = None,
                    error: str | None = None) -> InvocationResult:
-            timings["total_us"] = (time.perf_counter() - t0) * 1e6
-            return InvocationResult(
-                outcome=outcome, response=response, error=error,
-                logs=tuple(ctx.logs.records), logs_dropped=ctx.logs.dropped + (
-                    1 if output.dropped else 0),
-                timings=Timings(**timings),
+            now = perf_counter()
+            timings = Timings(
+                store_us=(phases[1] - t0) * 1e6,
+                instantiate_us=(phases[2] - phases[1]) * 1e6,
+                call_us=(phases[3] - phases[2]) * 1e6,
+                post_return_us=(now - phases[3]) * 1e6 if phases[3] > phases[2] else 0.0,
+                total_us=(now - t0) * 1e6,
             )
+            logs = ctx.logs
+            return InvocationResult(outcome, response, error, tuple(logs.records),
+                                    logs.dropped + (1 if output.dropped else 0), timings)
 
-        def failure(err: Any) -> InvocationResult:
-            error = wasmtime.WasmtimeError._from_ptr(err)
+        def failure(err: int) -> InvocationResult:
+            error = capi.error_from(err)
             message = str(error)
             if isinstance(error, wasmtime.ExitTrap):
-                return finish(Outcome.TRAP, error=f"guest exited with code {error.code}: "
-                                                  f"{message}")
+                return finish(Outcome.TRAP,
+                              error=f"guest exited with code {error.code}: {message}")
             outcome = classify_error(
                 message, output.stderr_tail.decode("utf-8", "replace"),
-                past_deadline=time.monotonic() >= ctx.deadline,
+                past_deadline=monotonic() >= ctx.deadline,
             )
             return finish(outcome, error=message)
 
-        instance = ffi.wasmtime_component_instance_t()
-        err = _instantiate(self._linker.linker.ptr(), context, fn.component.ptr(),
-                           byref(instance))
-        t2 = time.perf_counter()
-        timings["instantiate_us"] = (t2 - t1) * 1e6
+        scratch = bytearray(SCRATCH_SIZE)
+        base = ctypes.addressof(ctypes.c_char.from_buffer(scratch))
+        instance, func, result = base, base + capi.INSTANCE_SIZE, base + RESULT_OFFSET
+        err = capi.linker_instantiate(self._linker_ptr, context, fn.component_ptr, instance)
+        phases[2] = phases[3] = perf_counter()
         if err:
             return failure(err)
-        func = ffi.wasmtime_component_func_t()
-        if not _get_func(byref(instance), context, fn.handle.ptr(), byref(func)):
+        if not capi.instance_get_func(instance, context, fn.handle_ptr, func):
             return finish(Outcome.TRAP, error="instance has no `handle` function")
-
-        params = (abi.Val * 1)()
-        result = abi.Val()
-        _lower_request(params[0], request)
-        current = self._linker.current
+        params = abi.BorrowedRequest(request.invocation_id, request.function_name,
+                                     request.headers, request.body)
+        current = self._current
         current.ctx = ctx
         try:
-            err = _func_call(byref(func), context, params, 1, byref(result), 1)
+            err = capi.func_call(func, context, params.address, 1, result, 1)
         finally:
             current.ctx = None
-            abi.delete(params[0])
-        t3 = time.perf_counter()
-        timings["call_us"] = (t3 - t2) * 1e6
+        phases[3] = perf_counter()
         if err:
             return failure(err)
         try:
-            is_ok, payload = abi.get_result(result)
-            if is_ok:
-                assert payload is not None
-                status_v, headers_v, body_v = abi.get_fields(payload)
-                status = abi.get_u16(status_v)
-                body_len = body_v.of.list.size
-                problem = check_response(status, body_len, config.max_body_bytes)
-                response = None if problem else Response(
-                    status, tuple(abi.get_headers(headers_v)), abi.get_bytes(body_v))
-                error = None
-            else:
-                problem = None
-                error = abi.get_string(payload) if payload is not None else ""
+            response, error, problem = _lift_result(result, config.max_body_bytes)
         finally:
-            abi.delete(result)
-        err = _post_return(byref(func), context)
-        timings["post_return_us"] = (time.perf_counter() - t3) * 1e6
+            capi.val_delete(result)
+        err = capi.func_post_return(func, context)
         if err:
             return failure(err)
         if problem:
@@ -228,17 +228,56 @@ class Sandbox:
             return finish(Outcome.FUNCTION_ERROR, error=error)
         return finish(Outcome.OK, response=response)
 
+    def _prepared(self, config: FunctionConfig) -> _PreparedConfig:
+        # Keyed by identity: configs are frozen and the worker reuses one per function.
+        entry = self._configs.get(id(config))
+        if entry is None or entry.config is not config:
+            entry = _PreparedConfig(config, GuestEnv(config), config.memory_limit_mb * MIB,
+                                    self._engine.ticks_for(config.timeout_ms))
+            if len(self._configs) >= MAX_PREPARED_CONFIGS:
+                self._configs.pop(next(iter(self._configs)), None)
+            self._configs[id(config)] = entry
+        return entry
+
     def close(self) -> None:
         """Stop the epoch ticker (loaded functions stay usable until garbage-collected)."""
         self._engine.close()
 
 
-def _lower_request(val: abi.Val, request: Request) -> None:
-    inv, name, headers, body = abi.start_record(val, REQUEST_FIELDS)
-    abi.put_string(inv, request.invocation_id)
-    abi.put_string(name, request.function_name)
-    abi.put_headers(headers, request.headers)
-    abi.put_bytes(body, request.body)
+RESULT_OFFSET = 64  # instance (16 bytes) and func (24 bytes) come first
+SCRATCH_SIZE = RESULT_OFFSET + abi.VAL_SIZE
+assert capi.INSTANCE_SIZE + capi.FUNC_SIZE <= RESULT_OFFSET
+# result<response, string>: kind, pad, is_ok (bool) at 8, payload pointer at 16
+_RESULT = struct.Struct("<B7x?7xQ")
+# response record: 3 entries of (name size, name ptr, kind, pad, payload 24 bytes)
+_ENTRY = struct.Struct("<QQB7xQQ8x")
+
+
+def _lift_result(result: int, max_body: int) -> tuple[Response | None, str | None, str | None]:
+    """(response, function error, bad-response reason) read from the handle's result value."""
+    kind, is_ok, payload = _RESULT.unpack(ctypes.string_at(result, _RESULT.size))
+    if kind != abi.K_RESULT:
+        return None, None, f"handle returned a value of kind {kind}, not a result"
+    if not is_ok:
+        return None, (abi.get_string(abi.Val.from_address(payload)) if payload else ""), None
+    nfields, entries = capi.read_vec(payload + 8)
+    if nfields != 3:
+        return None, None, "response record has the wrong shape"
+    raw = ctypes.string_at(entries, 3 * _ENTRY.size)
+    status = int.from_bytes(raw[24:26], "little")
+    _, _, _, n_headers, headers_ptr = _ENTRY.unpack_from(raw, _ENTRY.size)
+    _, _, _, n_body, body_ptr = _ENTRY.unpack_from(raw, 2 * _ENTRY.size)
+    problem = check_response(status, n_body, max_body)
+    if problem:
+        return None, None, problem
+    headers: tuple[tuple[str, str], ...] = ()
+    if n_headers:
+        headers = tuple(abi.get_headers(abi.Val.from_address(entries + _ENTRY.size + 16)))
+    body = b""
+    if n_body:
+        arr = (ctypes.c_ubyte * (n_body * abi.VAL_SIZE)).from_address(body_ptr)
+        body = memoryview(arr).cast("B")[abi.PAYLOAD::abi.VAL_SIZE].tobytes()
+    return Response(status, headers, body), None, None
 
 
 def new_request(function_name: str, body: bytes = b"",

@@ -17,7 +17,9 @@ from typing import Any
 import wasmtime
 from wasmtime import _ffi as ffi
 
+from flotilla.config import FunctionConfig
 from worker.hosts.base import InvocationContext
+from worker.sandbox import capi
 
 OUTPUT_CAP = 64 * 1024
 _OutputFn = ctypes.CFUNCTYPE(ctypes.c_ssize_t, ctypes.c_void_p, ctypes.POINTER(ctypes.c_ubyte),
@@ -61,6 +63,9 @@ class OutputRouter:
         self._stdout = _OutputFn(self._make("stdout"))
         self._stderr = _OutputFn(self._make("stderr"))
         self._finalize = _FinalizeFn(lambda _data: None)
+        self._stdout_addr = ctypes.cast(self._stdout, ctypes.c_void_p).value
+        self._stderr_addr = ctypes.cast(self._stderr, ctypes.c_void_p).value
+        self._finalize_addr = ctypes.cast(self._finalize, ctypes.c_void_p).value
 
     def _make(self, stream: str) -> Any:
         sinks = self._sinks
@@ -87,6 +92,17 @@ class OutputRouter:
         """Forget a key once its store is gone."""
         self._sinks.pop(key, None)
 
+    def raw_wasi_config(self, key: int, env: "GuestEnv", invocation_id: str) -> int:
+        """A raw wasi_config_t* (consumed by set_wasi): `env` + the invocation id, output to `key`."""
+        cfg = capi.wasi_config_new()
+        values = env.values_type(*env.values, invocation_id.encode("utf-8"))
+        if not capi.wasi_config_set_env(cfg, env.count, env.names_address,
+                                        ctypes.addressof(values)):
+            raise wasmtime.WasmtimeError("failed to configure the guest environment")
+        capi.wasi_config_set_stdout_custom(cfg, self._stdout_addr, key, self._finalize_addr)
+        capi.wasi_config_set_stderr_custom(cfg, self._stderr_addr, key, self._finalize_addr)
+        return cfg  # type: ignore[no-any-return]
+
     def wasi_config(self, key: int, env: Mapping[str, str]) -> wasmtime.WasiConfig:
         """A WasiConfig with exactly `env`, empty stdin, output routed to `key`, no network."""
         wasi = wasmtime.WasiConfig()
@@ -103,3 +119,18 @@ def guest_env(ctx: InvocationContext) -> dict[str, str]:
     env["FLOTILLA_FUNCTION_NAME"] = ctx.config.name
     env["FLOTILLA_INVOCATION_ID"] = ctx.invocation_id
     return env
+
+
+class GuestEnv:
+    """A function's environment as C arrays, built once per config; the invocation id is last."""
+
+    def __init__(self, config: FunctionConfig) -> None:
+        env = dict(config.env)
+        env["FLOTILLA_FUNCTION_NAME"] = config.name
+        names = [k.encode("utf-8") for k in env] + [b"FLOTILLA_INVOCATION_ID"]
+        self.values = [v.encode("utf-8") for v in env.values()]
+        self.count = len(names)
+        self.values_type = ctypes.c_char_p * self.count
+        self._names = self.values_type(*names)
+        self._keep = names
+        self.names_address = ctypes.addressof(self._names)
