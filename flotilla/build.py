@@ -154,7 +154,9 @@ def componentize_py_version(command: str) -> str:
             return metadata.version("componentize-py")
         except metadata.PackageNotFoundError:
             pass
-    done = subprocess.run([command, "--version"], capture_output=True, text=True, timeout=30)
+    done = subprocess.run(
+        [command, "--version"], check=False, capture_output=True, text=True, timeout=30
+    )
     return done.stdout.strip()
 
 
@@ -231,7 +233,7 @@ def _componentize(
 
 def _run(argv: Sequence[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        list(argv), cwd=cwd, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S
+        list(argv), check=False, cwd=cwd, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S
     )
 
 

@@ -63,4 +63,6 @@ class WitWorld(wit_world.WitWorld):
             cache.set(f"token:{token}", caller.encode(), token_ttl_ms)
         except Err as exc:
             return reply(503, {"error": f"token store unavailable: {exc.value}"})
-        return reply(200, {"token": token, "remaining": limit - count, "expires_in_ms": token_ttl_ms})
+        return reply(
+            200, {"token": token, "remaining": limit - count, "expires_in_ms": token_ttl_ms}
+        )

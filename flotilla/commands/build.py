@@ -46,5 +46,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     size_mb = result.path.stat().st_size / 1e6
     how = "cache hit" if result.cached else "built"
-    print(f"{result.path} ({size_mb:.1f} MB, {how} in {result.seconds:.2f} s, key {result.key[:12]})")
+    print(
+        f"{result.path} ({size_mb:.1f} MB, {how} in {result.seconds:.2f} s, key {result.key[:12]})"
+    )
     return 0
