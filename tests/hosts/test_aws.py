@@ -11,7 +11,7 @@ import pytest
 
 from tests.hosts.conftest import MakeCtx, closed_port
 from worker.hosts.aws import aws_clients
-from worker.hosts.base import HostError, InvocationContext
+from worker.hosts.base import HostError
 from worker.hosts.dynamodb import DynamoDbHost
 from worker.hosts.s3 import S3Host
 
@@ -180,7 +180,8 @@ def test_dynamodb_put_get_delete_round_trip(
     assert sorted(got["blobs"]["BS"]) == ["AA==", "AQ=="]
     dynamodb.put_item(ctx, table, json.dumps({"pk": {"S": "user#1"}, "v": {"N": "2"}}))
     assert json.loads(dynamodb.get_item(ctx, table, key) or "null") == {
-        "pk": {"S": "user#1"}, "v": {"N": "2"}
+        "pk": {"S": "user#1"},
+        "v": {"N": "2"},
     }
     dynamodb.delete_item(ctx, table, key)
     assert dynamodb.get_item(ctx, table, key) is None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import redis
@@ -141,7 +141,7 @@ def test_increment_rejects_non_integers_and_overflow(
 def test_limits_are_invalid_argument_and_nothing_is_written(
     cache: CacheHost, client: redis.Redis, ctx: InvocationContext, unique: str
 ) -> None:
-    calls = [
+    calls: list[Callable[[], object]] = [
         lambda: cache.get(ctx, "k" * (MAX_CACHE_KEY_BYTES + 1)),
         lambda: cache.set(ctx, "k" * (MAX_CACHE_KEY_BYTES + 1), b"v", 0),
         lambda: cache.set(ctx, "big", b"v" * (MAX_CACHE_VALUE_BYTES + 1), 0),

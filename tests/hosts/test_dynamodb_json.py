@@ -19,8 +19,14 @@ from worker.hosts.dynamodb import MAX_DEPTH, dump_attributes, parse_attributes
         ('{"n": {"N": "1e3"}}', {"n": {"N": "1e3"}}),
         ('{"b": {"B": "aGk="}}', {"b": {"B": b"hi"}}),
         ('{"bs": {"BS": ["aGk=", ""]}}', {"bs": {"BS": [b"hi", b""]}}),
-        ('{"s": {"SS": ["a"]}, "ns": {"NS": ["1", "2"]}}', {"s": {"SS": ["a"]}, "ns": {"NS": ["1", "2"]}}),
-        ('{"t": {"BOOL": false}, "z": {"NULL": true}}', {"t": {"BOOL": False}, "z": {"NULL": True}}),
+        (
+            '{"s": {"SS": ["a"]}, "ns": {"NS": ["1", "2"]}}',
+            {"s": {"SS": ["a"]}, "ns": {"NS": ["1", "2"]}},
+        ),
+        (
+            '{"t": {"BOOL": false}, "z": {"NULL": true}}',
+            {"t": {"BOOL": False}, "z": {"NULL": True}},
+        ),
         ('{"l": {"L": [{"B": "AA=="}, {"M": {}}]}}', {"l": {"L": [{"B": b"\x00"}, {"M": {}}]}}),
         ('{"m": {"M": {"x": {"S": "y"}}}}', {"m": {"M": {"x": {"S": "y"}}}}),
     ],
@@ -75,10 +81,18 @@ def test_nesting_at_the_limit_is_fine() -> None:
 
 
 def test_dump_attributes_encodes_bytes_and_round_trips() -> None:
-    item = {"b": {"B": b"hi"}, "bs": {"BS": [b"\x00"]}, "l": {"L": [{"B": b"\xff"}]}, "s": {"S": "é"}}
+    item = {
+        "b": {"B": b"hi"},
+        "bs": {"BS": [b"\x00"]},
+        "l": {"L": [{"B": b"\xff"}]},
+        "s": {"S": "é"},
+    }
     text = dump_attributes(item)
     assert json.loads(text) == {
-        "b": {"B": "aGk="}, "bs": {"BS": ["AA=="]}, "l": {"L": [{"B": "/w=="}]}, "s": {"S": "é"}
+        "b": {"B": "aGk="},
+        "bs": {"BS": ["AA=="]},
+        "l": {"L": [{"B": "/w=="}]},
+        "s": {"S": "é"},
     }
     assert parse_attributes(text) == item
 

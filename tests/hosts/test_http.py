@@ -43,8 +43,12 @@ def test_post_round_trip_keeps_headers_body_and_repeats(
     http: HttpHost, ctx: InvocationContext, base: str
 ) -> None:
     status, headers, body = http.invoke(
-        ctx, "POST", f"{base}/echo?q=1", [("X-A", "1"), ("X-A", "2"), ("Host", "evil")],
-        b"payload", None,
+        ctx,
+        "POST",
+        f"{base}/echo?q=1",
+        [("X-A", "1"), ("X-A", "2"), ("Host", "evil")],
+        b"payload",
+        None,
     )
     assert status == 200
     assert [v for k, v in headers if k == "X-Multi"] == ["1", "2"]
@@ -67,9 +71,7 @@ def test_keep_alive_connection_is_reused(
     assert len(ports) == 1
 
 
-def test_name_is_resolved_then_pinned_with_host_header(
-    make_ctx: MakeCtx, http_server: Any
-) -> None:
+def test_name_is_resolved_then_pinned_with_host_header(make_ctx: MakeCtx, http_server: Any) -> None:
     port = http_server.server_address[1]
     calls: list[tuple[str, int]] = []
 
@@ -127,8 +129,11 @@ def test_hosts_outside_allowed_hosts_are_denied(
     http: HttpHost, ctx: InvocationContext, http_server: Any, url: str, detail: str
 ) -> None:
     seen = len(http_server.seen)
-    error = fails(lambda: http.invoke(ctx, "GET", url.format(port=http_server.server_address[1]),
-                                      [], b"", None))
+    error = fails(
+        lambda: http.invoke(
+            ctx, "GET", url.format(port=http_server.server_address[1]), [], b"", None
+        )
+    )
     assert error.case == "denied" and detail in (error.detail or "")
     assert len(http_server.seen) == seen
 
@@ -159,8 +164,9 @@ def test_allowed_names_resolving_to_forbidden_addresses_are_denied(
 
 def test_metadata_ip_literal_is_denied_even_when_listed(http: HttpHost, make_ctx: MakeCtx) -> None:
     ctx = make_ctx(allowed_hosts=("169.254.169.254",))
-    error = fails(lambda: http.invoke(ctx, "GET", "http://169.254.169.254/latest/meta-data/",
-                                      [], b"", None))
+    error = fails(
+        lambda: http.invoke(ctx, "GET", "http://169.254.169.254/latest/meta-data/", [], b"", None)
+    )
     assert error.case == "denied" and "metadata" in (error.detail or "")
 
 
@@ -174,7 +180,12 @@ def test_metadata_ip_literal_is_denied_even_when_listed(http: HttpHost, make_ctx
         ("GET", "not a url", [], "bad URL"),
         ("GET", "http://127.0.0.1:{port}/echo", [("X-Evil", "a\r\nInjected: 1")], "CR, LF"),
         ("GET", "http://127.0.0.1:{port}/echo", [("Bad Name", "v")], "token"),
-        ("GET", "http://127.0.0.1:{port}/echo", [("Transfer-Encoding", "chunked")], "cannot be set"),
+        (
+            "GET",
+            "http://127.0.0.1:{port}/echo",
+            [("Transfer-Encoding", "chunked")],
+            "cannot be set",
+        ),
         ("GE T", "http://127.0.0.1:{port}/echo", [], "method"),
         ("CONNECT", "http://127.0.0.1:{port}/echo", [], "CONNECT"),
     ],
@@ -295,8 +306,9 @@ def test_concurrent_invocations_share_the_pool(
     def work(n: int) -> None:
         try:
             for i in range(10):
-                status, _, body = http.invoke(ctx, "POST", f"{base}/echo", [], f"{n}-{i}".encode(),
-                                              None)
+                status, _, body = http.invoke(
+                    ctx, "POST", f"{base}/echo", [], f"{n}-{i}".encode(), None
+                )
                 assert json.loads(body)["body"] == f"{n}-{i}"
                 results.append(status)
         except BaseException as exc:  # noqa: BLE001 - surfaced by the assertion below

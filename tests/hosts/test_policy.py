@@ -205,8 +205,16 @@ def test_forbidden_address_with_loopback_allowed(address: str, reason: str | Non
 
 @pytest.mark.parametrize(
     ("method", "ok"),
-    [("GET", True), ("post", True), ("PROPFIND", True), ("", False), ("GE T", False),
-     ("GET\r\n", False), ("CONNECT", False), ("X" * 33, False)],
+    [
+        ("GET", True),
+        ("post", True),
+        ("PROPFIND", True),
+        ("", False),
+        ("GE T", False),
+        ("GET\r\n", False),
+        ("CONNECT", False),
+        ("X" * 33, False),
+    ],
 )
 def test_check_method(method: str, ok: bool) -> None:
     assert (check_method(method) is None) is ok
@@ -245,8 +253,14 @@ def test_cache_key_is_namespaced() -> None:
 
 @pytest.mark.parametrize(
     ("key", "ok"),
-    [("k", True), ("é" * 512, True), ("é" * 513, False), ("x" * MAX_CACHE_KEY_BYTES, True),
-     ("x" * (MAX_CACHE_KEY_BYTES + 1), False), ("", False)],
+    [
+        ("k", True),
+        ("é" * 512, True),
+        ("é" * 513, False),
+        ("x" * MAX_CACHE_KEY_BYTES, True),
+        ("x" * (MAX_CACHE_KEY_BYTES + 1), False),
+        ("", False),
+    ],
 )
 def test_check_cache_key(key: str, ok: bool) -> None:
     assert (check_cache_key(key) is None) is ok
@@ -260,8 +274,15 @@ def test_check_cache_value(size: int, ok: bool) -> None:
 
 
 @pytest.mark.parametrize(
-    ("ttl", "ok"), [(0, True), (1, True), (MAX_CACHE_TTL_MS, True), (MAX_CACHE_TTL_MS + 1, False),
-                    (-1, False), (2**64 - 1, False)]
+    ("ttl", "ok"),
+    [
+        (0, True),
+        (1, True),
+        (MAX_CACHE_TTL_MS, True),
+        (MAX_CACHE_TTL_MS + 1, False),
+        (-1, False),
+        (2**64 - 1, False),
+    ],
 )
 def test_check_ttl_ms(ttl: int, ok: bool) -> None:
     assert (check_ttl_ms(ttl) is None) is ok
@@ -276,8 +297,13 @@ def test_check_object_key(key: str, ok: bool) -> None:
 
 @pytest.mark.parametrize(
     ("url", "host_header"),
-    [("http://a.com/", "a.com"), ("https://a.com:443/", "a.com"), ("http://a.com:8080/", "a.com:8080"),
-     ("https://a.com:80/", "a.com:80"), ("http://[::1]:81/", "[::1]:81")],
+    [
+        ("http://a.com/", "a.com"),
+        ("https://a.com:443/", "a.com"),
+        ("http://a.com:8080/", "a.com:8080"),
+        ("https://a.com:80/", "a.com:80"),
+        ("http://[::1]:81/", "[::1]:81"),
+    ],
 )
 def test_host_header(url: str, host_header: str) -> None:
     assert parse_url(url).host_header == host_header

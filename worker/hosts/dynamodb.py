@@ -52,7 +52,7 @@ def _value(value: Any, path: str, depth: int) -> dict[str, Any]:
         raise ValueError(f"{path} is nested deeper than {MAX_DEPTH} levels")
     if not isinstance(value, dict) or len(value) != 1:
         raise ValueError(f'{path} must be a typed value like {{"S": "text"}}')
-    (kind, inner), = value.items()
+    ((kind, inner),) = value.items()
     if kind in SCALAR_STRING_TYPES and isinstance(inner, str):
         return {kind: inner}
     if kind in STRING_SET_TYPES and _all(inner, str):

@@ -125,9 +125,7 @@ class HttpHost:
             last: HostError | None = None
             for address in addresses[:MAX_ADDRESSES_TRIED]:
                 try:
-                    return self._send(
-                        ctx, target, address, method, send_headers, body, deadline
-                    )
+                    return self._send(ctx, target, address, method, send_headers, body, deadline)
                 except _ConnectFailed as exc:
                     last = exc.error  # nothing was sent: the next address is safe to try
             assert last is not None

@@ -20,7 +20,7 @@ _NULL: AbstractContextManager[None] = nullcontext()
 
 
 class _Span(AbstractContextManager[None]):
-    __slots__ = ("_observe", "_interface", "_op", "_start")
+    __slots__ = ("_interface", "_observe", "_op", "_start")
 
     def __init__(self, observe: Observe, interface: str, op: str) -> None:
         self._observe = observe

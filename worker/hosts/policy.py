@@ -41,7 +41,15 @@ MAX_HEADER_BYTES = 64 * 1024
 # desynchronise a keep-alive connection shared with other functions (request smuggling).
 HOST_SET_HEADERS = frozenset({"host", "content-length"})
 FORBIDDEN_HEADERS = frozenset(
-    {"connection", "keep-alive", "transfer-encoding", "te", "upgrade", "proxy-connection", "trailer"}
+    {
+        "connection",
+        "keep-alive",
+        "transfer-encoding",
+        "te",
+        "upgrade",
+        "proxy-connection",
+        "trailer",
+    }
 )
 
 MAX_CACHE_KEY_BYTES = 1024
@@ -142,8 +150,7 @@ def _split_host_port(netloc: str, default_port: int) -> tuple[str, int]:
 
 def _check_name(name: str) -> str:
     host = name.lower()
-    if host.endswith("."):
-        host = host[:-1]
+    host = host.removesuffix(".")
     if not host or len(host) > 253:
         raise ValueError("host name is empty or longer than 253 characters")
     labels = host.split(".")
