@@ -12,13 +12,14 @@ from dataclasses import fields
 from typing import Any
 from urllib.parse import urlsplit
 
+from flotilla.errors import SettingsError
 from flotilla.settings import DispatcherSettings, WorkerSettings
 from flotilla.topology import Topology
 
 Manifest = dict[str, Any]
 
 # Which settings class each of our Deployments loads (its process), by Deployment name.
-PROCESSES: dict[str, type[WorkerSettings] | type[DispatcherSettings]] = {
+PROCESSES: dict[str, type[WorkerSettings | DispatcherSettings]] = {
     "flotilla-worker": WorkerSettings,
     "flotilla-dispatcher": DispatcherSettings,
 }
@@ -46,12 +47,14 @@ def find(objects: list[Manifest], kind: str, name: str | None = None) -> list[Ma
 
 def pod_spec(workload: Manifest) -> Manifest:
     """The pod template spec of a Deployment."""
-    return workload["spec"]["template"]["spec"]
+    spec: Manifest = workload["spec"]["template"]["spec"]
+    return spec
 
 
 def pod_labels(workload: Manifest) -> Mapping[str, str]:
     """The labels of a Deployment's pod template."""
-    return workload["spec"]["template"]["metadata"].get("labels", {})
+    labels: Mapping[str, str] = workload["spec"]["template"]["metadata"].get("labels", {})
+    return labels
 
 
 def container_env(objects: list[Manifest], container: Manifest) -> dict[str, str]:
@@ -115,7 +118,7 @@ def check_setting_names(objects: list[Manifest]) -> list[str]:
                 problems.append(f"{name}: {var} is read by nothing we know")
         try:
             settings_class.from_env({k: v for k, v in env.items() if k in known})
-        except Exception as exc:  # SettingsError, or TypeError from a bad field
+        except (SettingsError, ValueError) as exc:
             problems.append(f"{name}: settings do not load: {exc}")
     return problems
 
@@ -286,7 +289,7 @@ _SUFFIXES = {"m": 1e-3, "": 1, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12,
              "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
 
 
-def quantity(value: str | int | float) -> float:
+def quantity(value: str | float) -> float:
     """A Kubernetes quantity ("500m", "2", "768Mi") as a number."""
     text = str(value)
     for suffix in sorted(_SUFFIXES, key=len, reverse=True):

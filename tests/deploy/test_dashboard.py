@@ -29,7 +29,7 @@ def defined_series() -> dict[str, frozenset[str]]:
                 continue
             # prometheus_client keeps the name without `_total` and the label names privately.
             labels = frozenset(metric._labelnames)
-            for suffix in SUFFIXES[metric._type]:
+            for suffix in SUFFIXES[str(metric._type)]:
                 extra = {"le"} if suffix == "_bucket" else set()
                 series[metric._name + suffix] = labels | extra
     return series

@@ -6,7 +6,6 @@ import argparse
 import json
 import shlex
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 

@@ -88,12 +88,17 @@ def _obj(objects: list[Manifest], kind: str, name: str) -> Manifest:
     return checks.find(objects, kind, name)[0]
 
 
+def _container(objects: list[Manifest], deployment: str) -> Manifest:
+    container: Manifest = checks.pod_spec(_obj(objects, "Deployment", deployment))["containers"][0]
+    return container
+
+
 def _worker(objects: list[Manifest]) -> Manifest:
-    return checks.pod_spec(_obj(objects, "Deployment", "flotilla-worker"))["containers"][0]
+    return _container(objects, "flotilla-worker")
 
 
 def _dispatcher(objects: list[Manifest]) -> Manifest:
-    return checks.pod_spec(_obj(objects, "Deployment", "flotilla-dispatcher"))["containers"][0]
+    return _container(objects, "flotilla-dispatcher")
 
 
 def _cm(objects: list[Manifest], name: str) -> dict[str, Any]:
@@ -267,7 +272,7 @@ def test_dev_scales_down(dev: list[Manifest]) -> None:
 def test_dev_broker_credentials_match_the_cluster(dev: list[Manifest]) -> None:
     config = _obj(dev, "RabbitmqCluster", "flotilla-rabbitmq")["spec"]["rabbitmq"][
         "additionalConfig"]
-    settings = dict(re.findall(r"^(default_user|default_pass) = (\S+)$", config, re.M))
+    settings = dict(re.findall(r"^(default_user|default_pass) = (\S+)$", config, re.MULTILINE))
     url = _obj(dev, "Secret", "flotilla")["stringData"]["FLOTILLA_AMQP_URL"]
     assert url.startswith(f"amqp://{settings['default_user']}:{settings['default_pass']}@")
 
@@ -288,5 +293,5 @@ def test_rabbitmq_config_lines_are_key_value(layout: tuple[str, list[Manifest]])
     bad = [ln for ln in lines if not re.fullmatch(r"[a-z0-9_.]+ = \S.*", ln)]
     assert bad == []
     # Deliveries must outlive the longest function timeout (900 s) plus the worker's drain.
-    timeout_ms = int(re.search(r"^consumer_timeout = (\d+)$", config, re.M).group(1))  # type: ignore[union-attr]
+    timeout_ms = int(re.search(r"^consumer_timeout = (\d+)$", config, re.MULTILINE).group(1))  # type: ignore[union-attr]
     assert timeout_ms >= (900 + 60) * 1000
