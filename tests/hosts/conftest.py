@@ -33,11 +33,11 @@ def make_ctx() -> MakeCtx:
     return make
 
 
-class _Handler(BaseHTTPRequestHandler):
+class RoutesHandler(BaseHTTPRequestHandler):
     """Routes: /echo, /slow?ms=, /trickle?n=&ms=, /big?n=, /chunked?n=, /redirect, /status/N."""
 
     protocol_version = "HTTP/1.1"
-    server: _Server
+    server: RoutesServer
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -111,16 +111,16 @@ class _Handler(BaseHTTPRequestHandler):
             pass
 
 
-class _Server(ThreadingHTTPServer):
+class RoutesServer(ThreadingHTTPServer):
     daemon_threads = True
     seen: list[tuple[str, int, str | None]]
     stop: threading.Event
 
 
 @pytest.fixture(scope="session")
-def http_server() -> Iterator[_Server]:
+def http_server() -> Iterator[RoutesServer]:
     """A local HTTP/1.1 keep-alive server on 127.0.0.1 with test routes; `.seen` logs requests."""
-    server = _Server(("127.0.0.1", 0), _Handler)
+    server = RoutesServer(("127.0.0.1", 0), RoutesHandler)
     server.seen = []
     server.stop = threading.Event()
     thread = threading.Thread(target=server.serve_forever, daemon=True)
