@@ -412,7 +412,7 @@ def check_worker_autoscaler(objects: list[Manifest]) -> list[str]:
 
 
 def check_service_urls(objects: list[Manifest]) -> list[str]:
-    """The broker and Redis URLs name a Service (or RabbitmqCluster) and port that exist."""
+    """Broker, Redis and AWS endpoint URLs name a Service (or RabbitmqCluster) and port here."""
     ports: dict[str, set[int]] = {}
     for svc in find(objects, "Service"):
         ports[svc["metadata"]["name"]] = {int(p["port"]) for p in svc["spec"]["ports"]}
@@ -422,7 +422,10 @@ def check_service_urls(objects: list[Manifest]) -> list[str]:
     problems = []
     for name, container in _flotilla_containers(objects):
         env = container_env(objects, container)
-        for key, default_port in (("FLOTILLA_AMQP_URL", 5672), ("FLOTILLA_REDIS_URL", 6379)):
+        urls = [("FLOTILLA_AMQP_URL", 5672), ("FLOTILLA_REDIS_URL", 6379)]
+        if env.get("FLOTILLA_AWS_ENDPOINT_URL"):
+            urls.append(("FLOTILLA_AWS_ENDPOINT_URL", 443))
+        for key, default_port in urls:
             parts = urlsplit(env.get(key, ""))
             host = (parts.hostname or "").split(".")[0]
             if (parts.port or default_port) not in ports.get(host, set()):

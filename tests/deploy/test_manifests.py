@@ -198,6 +198,9 @@ BREAKAGES: list[tuple[str, Callable[[list[Manifest]], Any], Callable[..., list[s
      lambda o: _obj(o, "Secret", "flotilla")["stringData"].update(
          FLOTILLA_REDIS_URL="redis://redis:6379/0"),
      checks.check_service_urls, "FLOTILLA_REDIS_URL points at redis:6379"),
+    ("AWS endpoint naming no Service",
+     lambda o: _cm(o, "flotilla-common").update(FLOTILLA_AWS_ENDPOINT_URL="http://minio:9000"),
+     checks.check_service_urls, "FLOTILLA_AWS_ENDPOINT_URL points at minio:9000"),
 ]
 
 
@@ -267,6 +270,8 @@ def test_dev_scales_down(dev: list[Manifest]) -> None:
     assert checks.min_replicas(dev, "flotilla-worker") == 1
     assert checks.min_replicas(dev, "flotilla-dispatcher") == 1
     assert _worker(dev)["image"] == "flotilla-worker:dev"
+    endpoint = checks.container_env(dev, _worker(dev))["FLOTILLA_AWS_ENDPOINT_URL"]
+    assert endpoint == "http://flotilla-aws:5000"
 
 
 def test_dev_broker_credentials_match_the_cluster(dev: list[Manifest]) -> None:
