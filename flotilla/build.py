@@ -221,7 +221,8 @@ def _componentize(
         except subprocess.TimeoutExpired as exc:
             raise BuildError(f"componentize-py took over {exc.timeout:.0f} s on {app}") from exc
         if done.returncode != 0 or tmp.stat().st_size == 0:
-            details = "\n".join(s.strip() for s in (done.stderr, done.stdout) if s and s.strip())
+            output = (done.stderr or "") + "\n" + (done.stdout or "")
+            details = output.split("\nStack backtrace:")[0].strip()
             raise BuildError(
                 f"componentize-py failed on {app} (exit {done.returncode}):\n{details}"
             )
@@ -232,8 +233,16 @@ def _componentize(
 
 
 def _run(argv: Sequence[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    # A Rust backtrace of componentize-py itself buries the guest's Python traceback.
+    env = {**os.environ, "RUST_BACKTRACE": "0", "RUST_LIB_BACKTRACE": "0"}
     return subprocess.run(
-        list(argv), check=False, cwd=cwd, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S
+        list(argv),
+        check=False,
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=BUILD_TIMEOUT_S,
     )
 
 
