@@ -1,0 +1,208 @@
+"""The worker process: settings -> HostClients -> Sandbox -> artifact cache -> consumer.
+
+`WorkerService.run()` consumes until `stop()` is called (the SIGTERM/SIGINT handler only
+calls it), then shuts down in this order, each step for a reason:
+
+1. stop consuming: the broker sends nothing new; prefetched deliveries not yet started are
+   requeued for other workers;
+2. drain: in-flight invocations finish (within `drain_timeout_s`), publish their replies and
+   are acked, so callers get answers and nothing runs twice;
+3. close the channel and the connection: anything still unacked returns to the queue;
+4. close the runtime (host clients, sandbox), which no invocation uses any more.
+
+A second signal (`stop()` again) skips what is left of the drain: the process exits at once
+and the broker redelivers its unacked work to other workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import aio_pika
+
+from flotilla.settings import WorkerSettings
+from flotilla.topology import Topology
+from worker.consumer import Consumer
+from worker.handler import EnvelopeHandler, Runner
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    """What runs envelopes, plus what to close once the last invocation finished."""
+
+    runner: Runner
+    closers: list[Callable[[], Any]] = field(default_factory=list)
+
+    def close(self) -> None:
+        """Close in reverse order of construction."""
+        for close in reversed(self.closers):
+            try:
+                close()
+            except Exception:
+                log.exception("closing %r failed", close)
+
+
+RuntimeFactory = Callable[[WorkerSettings, asyncio.AbstractEventLoop], Runtime]
+
+
+def sandbox_runtime(settings: WorkerSettings, loop: asyncio.AbstractEventLoop) -> Runtime:
+    """The production runtime: host clients, sandbox, registry + S3 artifact store, cache."""
+    import redis.asyncio
+
+    from dispatcher.artifacts import ArtifactStore, S3Backend, artifact_tag
+    from dispatcher.registry import Registry
+    from worker.artifacts import ArtifactCache, StoreArtifactSource
+    from worker.hosts.clients import HostClients
+    from worker.runner import SandboxRunner
+    from worker.sandbox import Sandbox
+
+    hosts = HostClients.from_settings(settings)
+    runtime = Runtime(runner=None, closers=[hosts.close])  # type: ignore[arg-type]
+    try:
+        sandbox = Sandbox(hosts, cache_dir=settings.cache_dir)
+        runtime.closers.append(sandbox.close)
+        redis_client = redis.asyncio.from_url(settings.redis_url)
+        registry = Registry(redis_client, prefix=settings.queue_prefix)
+        backend = S3Backend.from_settings(
+            bucket=settings.artifact_bucket,
+            endpoint_url=settings.aws_endpoint_url,
+            region=settings.aws_region,
+        )
+        store = ArtifactStore(backend, settings.artifact_key)
+        fingerprint = sandbox.engine_fingerprint
+        source = StoreArtifactSource(
+            registry, store, engine_fingerprint=fingerprint, loop=loop
+        )
+        cache = ArtifactCache(
+            source,
+            sandbox,
+            cache_dir=settings.cache_dir,
+            tag=lambda data: artifact_tag(store.key, fingerprint, data),
+        )
+        runtime.runner = SandboxRunner(sandbox, cache)
+    except BaseException:
+        runtime.close()
+        raise
+    return runtime
+
+
+class WorkerService:
+    """One worker process's lifecycle; `run()` returns the exit status."""
+
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        *,
+        runtime_factory: RuntimeFactory = sandbox_runtime,
+        topology: Topology | None = None,
+    ) -> None:
+        self.settings = settings
+        self.topology = topology or Topology(settings.queue_prefix)
+        self._runtime_factory = runtime_factory
+        self.stop_requested = asyncio.Event()
+        self._force = asyncio.Event()
+        self.ready = asyncio.Event()
+        self.consumer: Consumer | None = None
+
+    @property
+    def forced(self) -> bool:
+        """True once a second stop request asked to skip the drain."""
+        return self._force.is_set()
+
+    def stop(self) -> None:
+        """Begin a graceful shutdown; called a second time, skip the rest of the drain."""
+        if self.stop_requested.is_set():
+            self._force.set()
+        self.stop_requested.set()
+
+    def install_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> None:
+        """SIGTERM and SIGINT call `stop()` (and do nothing else)."""
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop)
+
+    async def run(self) -> int:
+        """Consume until stopped, then shut down in order; 0 on a clean drain."""
+        loop = asyncio.get_running_loop()
+        settings = self.settings
+        runtime = self._runtime_factory(settings, loop)
+        executor = ThreadPoolExecutor(settings.effective_concurrency(), "flotilla-invoke")
+        connection = None
+        try:
+            handler = EnvelopeHandler(runtime.runner, job_results=self.topology.job_results)
+            connection = await aio_pika.connect_robust(
+                settings.amqp_url,
+                client_properties={"connection_name": f"flotilla-worker-{settings.queue_prefix}"},
+            )
+            self.consumer = Consumer(
+                connection,
+                self.topology,
+                handler,
+                executor,
+                concurrency=settings.effective_concurrency(),
+                prefetch=settings.effective_prefetch(),
+            )
+            await self.consumer.start()
+            self.ready.set()
+            log.info("worker consuming %s", self.topology.invocations)
+            await self.stop_requested.wait()
+            status = await self._shutdown()
+            return status
+        finally:
+            if self.consumer is not None:
+                await self.consumer.close()
+            if connection is not None:
+                await connection.close()
+            # After a forced exit or a drain timeout, threads still running guest code are
+            # abandoned rather than joined (each is bounded by its function's timeout anyway).
+            drained = self.consumer is None or self.consumer.in_flight == 0
+            executor.shutdown(wait=drained and not self._force.is_set(), cancel_futures=True)
+            runtime.close()
+
+    async def _shutdown(self) -> int:
+        assert self.consumer is not None
+        log.info("stopping: %d deliveries in flight", self.consumer.in_flight)
+        await self.consumer.stop_consuming()
+        if self._force.is_set():
+            return 1
+        drain = asyncio.create_task(self.consumer.drain(self.settings.drain_timeout_s))
+        force = asyncio.create_task(self._force.wait())
+        await asyncio.wait({drain, force}, return_when=asyncio.FIRST_COMPLETED)
+        force.cancel()
+        if drain.done() and drain.result():
+            log.info("drained; exiting")
+            return 0
+        drain.cancel()
+        log.warning("exiting with %d deliveries unsettled", self.consumer.in_flight)
+        return 1
+
+
+def run_process(settings: WorkerSettings, runtime_factory: RuntimeFactory = sandbox_runtime) -> int:
+    """Run a worker in this process until SIGTERM/SIGINT; returns the exit status."""
+
+    service: WorkerService | None = None
+
+    async def main() -> int:
+        nonlocal service
+        service = WorkerService(settings, runtime_factory=runtime_factory)
+        service.install_signal_handlers(asyncio.get_running_loop())
+        return await service.run()
+
+    status = asyncio.run(main())
+    if service is not None and service.forced:
+        exit_now(status)
+    return status
+
+
+def exit_now(status: int) -> None:
+    """Exit without joining invocation threads (Python would wait for running guests)."""
+    logging.shutdown()
+    os._exit(status)
