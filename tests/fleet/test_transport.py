@@ -1,0 +1,66 @@
+"""AmqpTransport against a real RabbitMQ: full queue, unreachable broker, declared topology."""
+
+from __future__ import annotations
+
+import aio_pika
+import pytest
+
+from dispatcher.transport import AmqpTransport, BrokerUnavailable, QueueFull
+from flotilla.topology import Topology
+from tests.fleet.fakes import envelope
+from tests.services import free_port
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+
+async def test_full_queue_rejects_publishes(amqp_url: str, unique: str) -> None:
+    topology = Topology(unique, max_length=2)
+    try:
+        async with AmqpTransport(amqp_url, topology) as t:
+            # Quorum queues check the limit before enqueueing, so one publish may overshoot.
+            accepted = 0
+            with pytest.raises(QueueFull):
+                for _ in range(4):
+                    await t.submit(envelope(job=True))
+                    accepted += 1
+            assert accepted in (2, 3)
+            with pytest.raises(QueueFull):
+                await t.call(envelope(), timeout=5)
+            assert t.pending == 0
+    finally:
+        await _delete(amqp_url, topology)
+
+
+async def test_unreachable_broker_is_broker_unavailable() -> None:
+    t = AmqpTransport(f"amqp://guest:guest@127.0.0.1:{free_port()}/", Topology("nobroker"))
+    with pytest.raises(BrokerUnavailable):
+        await t.start()
+
+
+async def test_publish_before_start_is_broker_unavailable() -> None:
+    with pytest.raises(BrokerUnavailable):
+        await AmqpTransport("amqp://unused/", Topology("x")).submit(envelope(job=True))
+
+
+async def test_declared_queues_have_the_topology_arguments(amqp_url: str, topology: Topology) -> None:
+    async with AmqpTransport(amqp_url, topology):
+        pass
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        # Re-declaring with the same arguments succeeds; different ones would be refused.
+        queue = await channel.declare_queue(
+            topology.invocations, durable=True, arguments=topology.invocation_arguments()
+        )
+        assert queue.declaration_result.message_count == 0
+        channel = await connection.channel()
+        with pytest.raises(aio_pika.exceptions.ChannelPreconditionFailed):
+            await channel.declare_queue(
+                topology.invocations, durable=True, arguments={"x-queue-type": "classic"}
+            )
+
+
+async def _delete(amqp_url: str, topology: Topology) -> None:
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        await topology.delete(await connection.channel())
