@@ -1,0 +1,197 @@
+"""Dev mode wiring: dispatcher and worker in one process, with no services to install.
+
+Stand-ins, each behind the same interface the fleet uses:
+
+- `MemoryTransport` for RabbitMQ (the worker's own `EnvelopeHandler` and `SandboxRunner`);
+- fakeredis for Redis (registry and jobs here; the guest cache in `HostClients.for_dev`);
+- a local directory (`LocalBackend`) for the S3 artifact store; its HMAC key is generated
+  once and kept in `<cache_dir>/dev-artifact-key`, so the worker's disk cache stays valid.
+
+At startup the examples (`examples/*/app.py` + `config.json`) are built (cached by content)
+and deployed, and curl lines are printed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dispatcher.app import create_app
+from dispatcher.artifacts import ArtifactStore, LocalBackend, artifact_tag
+from dispatcher.jobs import JobStore, ResultRecorder
+from dispatcher.registry import Deployer, FunctionVersion, Registry
+from dispatcher.service import callback_poster, options_from, split_listen
+from flotilla.config import FunctionConfig
+from flotilla.settings import DispatcherSettings, WorkerSettings
+
+log = logging.getLogger(__name__)
+
+EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "examples"
+KEY_FILE = "dev-artifact-key"
+
+
+def dev_artifact_key(cache_dir: str | Path) -> str:
+    """The dev-mode HMAC key: read from the cache dir, created (mode 0600) on first use."""
+    path = Path(cache_dir) / KEY_FILE
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_hex(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key)
+    return key
+
+
+def find_examples(root: Path) -> list[Path]:
+    """Example directories under `root` holding both app.py and config.json, sorted."""
+    if not root.is_dir():
+        return []
+    return sorted(d for d in root.iterdir() if (d / "app.py").is_file()
+                  and (d / "config.json").is_file())
+
+
+@dataclass
+class DevStack:
+    """Everything `flotilla dev` runs, built by `build_dev`, closed by `close`."""
+
+    app: Any
+    registry: Registry
+    deployer: Deployer
+    transport: Any
+    recorder: ResultRecorder
+    closers: list[Callable[[], Any]] = field(default_factory=list)
+    async_closers: list[Callable[[], Any]] = field(default_factory=list)
+
+    async def start(self) -> None:
+        """Start the in-memory transport and route job results to the job store."""
+        await self.transport.start()
+        await self.transport.consume_job_results(self.recorder.handle)
+
+    async def close(self) -> None:
+        """Stop the transport (no more invocations), then close clients and the sandbox."""
+        await self.recorder.drain(timeout=2.0)
+        await self.transport.close()
+        for aclose in reversed(self.async_closers):
+            await aclose()
+        for close in reversed(self.closers):
+            try:
+                close()
+            except Exception:
+                log.exception("closing %r failed", close)
+
+    async def deploy_example(self, example: Path, cache_dir: str) -> FunctionVersion:
+        """Build (cached) and deploy one example directory."""
+        from flotilla.build import build_guest
+
+        config = FunctionConfig.from_dict(json.loads((example / "config.json").read_text()))
+        wasm_path = await asyncio.to_thread(build_guest, example / "app.py", cache_dir=cache_dir)
+        version, _ = await self.deployer.deploy(config, wasm_path.read_bytes())
+        return version
+
+
+def build_dev(
+    settings: DispatcherSettings, *, loop: asyncio.AbstractEventLoop, concurrency: int = 4
+) -> DevStack:
+    """Build the dev stack on the running `loop` (the worker's registry reads run on it)."""
+    import fakeredis
+    import httpx
+
+    from dispatcher.memory import MemoryTransport
+    from flotilla.topology import Topology
+    from worker.artifacts import ArtifactCache, StoreArtifactSource
+    from worker.handler import EnvelopeHandler
+    from worker.hosts.clients import HostClients
+    from worker.runner import SandboxRunner
+    from worker.sandbox import Sandbox
+
+    cache_dir = settings.cache_dir
+    redis = fakeredis.FakeAsyncRedis()
+    store = ArtifactStore(
+        LocalBackend(Path(cache_dir) / "dev-store"),
+        settings.artifact_key or dev_artifact_key(cache_dir),
+    )
+    registry = Registry(redis, prefix=settings.queue_prefix)
+    jobs = JobStore(redis, prefix=settings.queue_prefix, ttl_s=settings.job_ttl_s)
+    worker_settings = WorkerSettings(cache_dir=cache_dir, concurrency=concurrency)
+    hosts = HostClients.for_dev(worker_settings)
+    closers: list[Callable[[], Any]] = [hosts.close]
+    try:
+        sandbox = Sandbox(hosts, cache_dir=cache_dir)
+        closers.append(sandbox.close)
+        fingerprint = sandbox.engine_fingerprint
+        source = StoreArtifactSource(registry, store, engine_fingerprint=fingerprint, loop=loop)
+        cache = ArtifactCache(
+            source, sandbox, cache_dir=cache_dir,
+            tag=lambda data: artifact_tag(store.key, fingerprint, data),
+        )
+        topology = Topology(prefix=settings.queue_prefix)
+        handler = EnvelopeHandler(SandboxRunner(sandbox, cache), job_results=topology.job_results)
+        transport = MemoryTransport(handler, topology=topology, concurrency=concurrency)
+    except BaseException:
+        for close in reversed(closers):
+            close()
+        raise
+    http = httpx.AsyncClient(follow_redirects=False)
+    deployer = Deployer(registry, store, compile=sandbox.compile, engine_fingerprint=fingerprint)
+    app = create_app(
+        registry=registry, deployer=deployer, jobs=jobs, transport=transport,
+        options=options_from(settings),
+    )
+    return DevStack(
+        app, registry, deployer, transport, ResultRecorder(jobs, callback_poster(http)),
+        closers=closers, async_closers=[http.aclose, redis.aclose],
+    )
+
+
+def curl_lines(base_url: str, versions: list[FunctionVersion]) -> list[str]:
+    """What to print once the examples are deployed."""
+    lines = [f"Flotilla dev mode on {base_url}  (OpenAPI: {base_url}/docs)"]
+    for v in versions:
+        lines.append(
+            f"  curl -s -X POST {base_url}/v1/functions/{v.name}/invoke -d 'hello'"
+        )
+    lines.append(f"  curl -s {base_url}/v1/functions")
+    return lines
+
+
+async def serve_dev(
+    settings: DispatcherSettings,
+    *,
+    examples: Path | None = EXAMPLES_DIR,
+    concurrency: int = 4,
+    print_fn: Callable[[str], None] = print,
+) -> None:
+    """Run dev mode until interrupted: build, start, deploy the examples, serve HTTP."""
+    import uvicorn
+
+    host, port = split_listen(settings.listen)
+    stack = build_dev(settings, loop=asyncio.get_running_loop(), concurrency=concurrency)
+    await stack.start()
+    try:
+        versions = []
+        for example in find_examples(examples) if examples is not None else []:
+            try:
+                versions.append(await stack.deploy_example(example, settings.cache_dir))
+                print_fn(f"deployed {example.name}")
+            except Exception as exc:  # one broken example must not stop dev mode
+                print_fn(f"could not deploy example {example.name}: {exc}")
+        server = uvicorn.Server(
+            uvicorn.Config(stack.app, host=host, port=port, log_level=settings.log_level.lower(),
+                           lifespan="off")
+        )
+        base = f"http://{settings.listen}"
+        for line in curl_lines(base, versions):
+            print_fn(line)
+        await server.serve()
+    finally:
+        await stack.close()
