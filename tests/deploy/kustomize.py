@@ -13,7 +13,7 @@ layout that starts using more of kustomize fails loudly here instead of renderin
   which agrees with this on everything but lists of named items (our CRD patches have none).
 
 Order as in kustomize: resources (recursively rendered), then patches, then images, then
-namespace. The real `kustomize build` renders the same layout to the same objects.
+namespace. `test_kustomize.py` compares the result with `kubectl kustomize` where kubectl exists.
 """
 
 from __future__ import annotations

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from tests.deploy.conftest import LAYOUTS
 from tests.deploy.kustomize import UnsupportedKustomization, image_name, render, strategic_merge
 
 
@@ -114,3 +118,24 @@ def test_render_refuses_what_it_does_not_implement(
     })
     with pytest.raises(UnsupportedKustomization, match=message.replace("[", r"\[")):
         render(tmp_path)
+
+
+KUBECTL = shutil.which("kubectl")
+
+
+@pytest.mark.skipif(KUBECTL is None, reason="no kubectl here to compare with the real kustomize")
+@pytest.mark.parametrize("name", sorted(LAYOUTS))
+def test_renders_like_the_real_kustomize(name: str) -> None:
+    # Where kubectl exists, its embedded kustomize must render exactly what the subset does.
+    assert KUBECTL is not None
+    result = subprocess.run(
+        [KUBECTL, "kustomize", str(LAYOUTS[name])],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    real = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+    def by_key(objects: list[dict[str, Any]]) -> dict[tuple[str, str, str], dict[str, Any]]:
+        return {(o["apiVersion"], o["kind"], o["metadata"]["name"]): o for o in objects}
+
+    assert by_key(render(LAYOUTS[name])) == by_key(real)
