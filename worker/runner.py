@@ -13,10 +13,20 @@ from typing import Any
 from flotilla.envelope import NOT_FOUND, Envelope, Reply, reply_to
 from worker.artifacts import ArtifactCache, ArtifactNotFound
 
+DEADLINE_SLACK_MS = 1_000
 
-def capped_timeout_ms(config_timeout_ms: int, budget_ms: int) -> int:
-    """The invocation's timeout: the function's own, shortened to the time left before the deadline."""
-    return max(1, min(config_timeout_ms, budget_ms))
+
+def capped_timeout_ms(config_timeout_ms: int, budget_ms: int, slack_ms: int = DEADLINE_SLACK_MS) -> int:
+    """The invocation's timeout: the function's own, cut to the time left before the deadline
+    once less than `config_timeout_ms - slack_ms` is left.
+
+    Dispatchers set deadline = publish time + the function's timeout and wait a margin longer,
+    so a short queue wait keeps the function's own timeout: the sandbox then reuses the same
+    config object (and its prepared limits) for every invocation.
+    """
+    if budget_ms >= config_timeout_ms - slack_ms:
+        return config_timeout_ms
+    return max(1, budget_ms)
 
 
 class SandboxRunner:

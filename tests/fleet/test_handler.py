@@ -64,7 +64,15 @@ def test_run_timeout(remaining: int, expected: int | None) -> None:
 
 
 @pytest.mark.parametrize(
-    ("config_ms", "budget_ms", "expected"), [(30_000, 5_000, 5_000), (100, 5_000, 100), (100, 0, 1)]
+    ("config_ms", "budget_ms", "expected"),
+    [
+        (30_000, 5_000, 5_000),
+        (30_000, 29_500, 30_000),  # a short queue wait keeps the function's own timeout
+        (30_000, 28_999, 28_999),
+        (100, 5_000, 100),
+        (100, 0, 100),
+        (5_000, 0, 1),
+    ],
 )
 def test_capped_timeout(config_ms: int, budget_ms: int, expected: int) -> None:
     assert capped_timeout_ms(config_ms, budget_ms) == expected
