@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -10,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.hosts.conftest import MakeCtx, closed_port
+from tests.hosts.conftest import MakeCtx, RoutesHandler, RoutesServer, closed_port
 from worker.hosts.base import HostError, InvocationContext
 from worker.hosts.http import HttpHost
 
@@ -320,3 +321,36 @@ def test_concurrent_invocations_share_the_pool(
     for t in threads:
         t.join()
     assert errors == [] and results == [200] * 80
+
+
+@pytest.fixture(scope="module")
+def ipv6_server() -> Iterator[Any]:
+    class Server(RoutesServer):
+        address_family = socket.AF_INET6
+
+    try:
+        server = Server(("::1", 0), RoutesHandler)
+    except OSError:
+        pytest.skip("no IPv6 loopback on this machine")
+    server.seen = []
+    server.stop = threading.Event()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.stop.set()
+    server.shutdown()
+    server.server_close()
+
+
+def test_ipv6_answers_are_pinned_and_ipv6_literals_need_a_pattern(
+    http: HttpHost, make_ctx: MakeCtx, ipv6_server: Any
+) -> None:
+    port = ipv6_server.server_address[1]
+    host = HttpHost(resolve=lambda h, p: ["::1"])
+    try:
+        ctx = make_ctx(allowed_hosts=(f"localhost:{port}",))
+        assert host.invoke(ctx, "GET", f"http://localhost:{port}/echo", [], b"", None)[0] == 200
+        assert ipv6_server.seen[-1][2] == f"localhost:{port}"
+        error = fails(lambda: http.invoke(ctx, "GET", f"http://[::1]:{port}/", [], b"", None))
+        assert error.case == "denied" and f"[::1]:{port}" in (error.detail or "")
+    finally:
+        host.close()

@@ -113,7 +113,7 @@ class HttpHost:
             target = self._check_request(ctx, method, url, headers, body)
             pattern = match_host(target.host, target.port, target.scheme, ctx.config.allowed_hosts)
             if pattern is None:
-                where = f"{target.host}:{target.port}"
+                where = target.authority
                 raise HostError("denied", f"{where} is not in the function's allowed_hosts")
             addresses = self._addresses(target, deadline)
             allow_loopback = is_loopback_pattern(pattern)
@@ -288,7 +288,7 @@ def _unwrap(exc: BaseException) -> BaseException:
 
 def _map_error(exc: BaseException, target: Target) -> HostError:
     exc = _unwrap(exc)
-    where = f"{target.host}:{target.port}"
+    where = target.authority
     if isinstance(exc, NewConnectionError):
         return HostError("connection", f"cannot connect to {where}: {_reason(exc)}")
     if isinstance(exc, (ConnectTimeoutError, ReadTimeoutError, TimeoutError, socket.timeout)):

@@ -88,6 +88,12 @@ class Target:
         return _ip_or_none(self.host) is not None
 
     @property
+    def authority(self) -> str:
+        """host:port, with the host bracketed when it is IPv6 (for messages)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    @property
     def host_header(self) -> str:
         """The Host header value: host (bracketed for IPv6), with the port when not default."""
         host = f"[{self.host}]" if ":" in self.host else self.host
