@@ -120,6 +120,12 @@ def check_setting_names(objects: list[Manifest]) -> list[str]:
             settings_class.from_env({k: v for k, v in env.items() if k in known})
         except (SettingsError, ValueError) as exc:
             problems.append(f"{name}: settings do not load: {exc}")
+    # Also keys no container reads (yet): a misspelt name must not hide in an unused map.
+    every_setting = frozenset().union(*(setting_env_names(c) for c in PROCESSES.values()))
+    for obj in find(objects, "ConfigMap") + find(objects, "Secret"):
+        for key in sorted(_data(obj)):
+            if key.startswith("FLOTILLA_") and key not in every_setting:
+                problems.append(f"{obj['kind']} {obj['metadata']['name']}: {key} is no setting")
     return problems
 
 
