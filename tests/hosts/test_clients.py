@@ -87,3 +87,19 @@ def test_log_is_capped_by_the_sink(make_ctx: MakeCtx) -> None:
     for i in range(5):
         log.log(ctx, "info", str(i))
     assert [r.message for r in ctx.logs.records] == ["0", "1"] and ctx.logs.dropped == 3
+
+
+def test_a_failing_observe_hook_does_not_fail_the_call(make_ctx: MakeCtx) -> None:
+    def broken(*event: object) -> None:
+        raise RuntimeError("metrics backend down")
+
+    clients = HostClients.for_dev(observe=broken)
+    try:
+        ctx = make_ctx(name="obs")
+        clients.cache.set(ctx, "k", b"v", 0)
+        assert clients.cache.get(ctx, "k") == b"v"
+        with pytest.raises(HostError) as info:  # the guest's error still wins
+            clients.cache.get(ctx, "")
+        assert info.value.case == "invalid-argument"
+    finally:
+        clients.close()

@@ -5,7 +5,9 @@ Each request goes through these steps, in order (the rules are in `worker.hosts.
 1. budget: timeout = min(timeout-ms, the invocation's remaining time), for connect, each
    read and the whole body; nothing left is `timeout`;
 2. parse the URL once (`invalid-request` for anything malformed or ambiguous, including
-   userinfo) and check the method, headers (no CR/LF/NUL, no hop-by-hop headers) and body size;
+   userinfo) and check the method, headers (no CR/LF/NUL, no hop-by-hop headers such as
+   Connection or Transfer-Encoding) and body size (at most `max_body_bytes`); Host and
+   Content-Length are always set by the host from the URL and body (guest values dropped);
 3. match host:port against `allowed_hosts`, else `denied`;
 4. resolve the name here and check every address (link-local, metadata, ... are `denied`);
 5. connect to the address just checked, sending the name as Host header, TLS SNI and the

@@ -2,17 +2,20 @@
 
 A host wraps each call in `Meter.measure(op)`; the outcome is `ok`, the HostError's WIT case
 (`denied`, `timeout`, ...) or `error` for anything unexpected (a bug). With no hook the
-wrapper costs one attribute check.
+wrapper costs one attribute check; a hook that raises is logged and otherwise ignored.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from types import TracebackType
 
 from worker.hosts.base import HostError
+
+log = logging.getLogger(__name__)
 
 Observe = Callable[[str, str, str, float], None]
 
@@ -43,7 +46,11 @@ class _Span(AbstractContextManager[None]):
             outcome = exc.case
         else:
             outcome = "error"
-        self._observe(self._interface, self._op, outcome, time.perf_counter() - self._start)
+        try:
+            self._observe(self._interface, self._op, outcome, time.perf_counter() - self._start)
+        except Exception:
+            # A broken metrics hook must not turn a guest's successful call into a failure.
+            log.exception("observe hook failed for %s.%s", self._interface, self._op)
 
 
 class Meter:
