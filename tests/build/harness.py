@@ -130,12 +130,14 @@ class Runner:
         body: bytes | dict[str, Any],
         headers: list[tuple[str, str]] | None = None,
         env: dict[str, str] | None = None,
+        memory_limit_mb: int = 256,
     ) -> Reply:
         """Invoke `handle` once in a brand-new store; traps raise wasmtime errors."""
         if isinstance(body, dict):
             body = json.dumps(body).encode()
         store = wasmtime.Store(self.engine)
         store.set_epoch_deadline(1_000_000)
+        store.set_limits(memory_size=memory_limit_mb * 1024 * 1024)
         wasi = wasmtime.WasiConfig()
         wasi.env = list((env or {}).items())
         store.set_wasi(wasi)

@@ -290,7 +290,8 @@ class WitWorld(wit_world.WitWorld):
     def handle(self, request: types.Request) -> types.Response:
         """Run the op named by the JSON body, or echo a non-command body."""
         try:
-            cmd = json.loads(request.body)
+            # Decode first: json.loads(bytes) sniffs UTF-16/32, codecs the build leaves out.
+            cmd = json.loads(request.body.decode("utf-8"))
         except ValueError:
             cmd = None
         if not isinstance(cmd, dict) or "op" not in cmd:
