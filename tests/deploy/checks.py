@@ -7,6 +7,7 @@ tests run every check on every layout and feed each check a broken copy to show 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import fields
 from typing import Any
@@ -304,6 +305,26 @@ def quantity(value: str | float) -> float:
     return float(text)
 
 
+def check_worker_concurrency(objects: list[Manifest]) -> list[str]:
+    """Worker concurrency is explicit and fits the CPU limit (os.cpu_count() sees the node)."""
+    problems = []
+    for deployment in find(objects, "Deployment", "flotilla-worker"):
+        for c in pod_spec(deployment)["containers"]:
+            env = container_env(objects, c)
+            known = setting_env_names(WorkerSettings)
+            settings = WorkerSettings.from_env({k: v for k, v in env.items() if k in known})
+            cpu_limit = c.get("resources", {}).get("limits", {}).get("cpu")
+            if settings.concurrency == 0:
+                problems.append("FLOTILLA_CONCURRENCY is 0: the worker would use the node's "
+                                "core count, not the pod's CPU limit")
+            elif cpu_limit is not None and settings.concurrency > math.ceil(quantity(cpu_limit)):
+                problems.append(f"FLOTILLA_CONCURRENCY {settings.concurrency} exceeds the CPU "
+                                f"limit {cpu_limit}")
+            if settings.effective_prefetch() < settings.effective_concurrency():
+                problems.append("FLOTILLA_PREFETCH below the concurrency leaves slots idle")
+    return problems
+
+
 def check_disruption_budgets(objects: list[Manifest]) -> list[str]:
     """Each PDB selects exactly one Deployment's pods and can never block a node drain."""
     problems = []
@@ -451,6 +472,7 @@ ALL_CHECKS = (
     check_writable_paths,
     check_security_contexts,
     check_resources,
+    check_worker_concurrency,
     check_disruption_budgets,
     check_dispatcher_autoscaler,
     check_worker_autoscaler,

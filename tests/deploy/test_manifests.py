@@ -166,6 +166,12 @@ BREAKAGES: list[tuple[str, Callable[[list[Manifest]], Any], Callable[..., list[s
     ("no memory limit",
      lambda o: _worker(o)["resources"]["limits"].pop("memory"),
      checks.check_resources, "no memory limit"),
+    ("worker concurrency left to the node's core count",
+     lambda o: _cm(o, "flotilla-worker").update(FLOTILLA_CONCURRENCY="0"),
+     checks.check_worker_concurrency, "FLOTILLA_CONCURRENCY is 0"),
+    ("worker concurrency above its CPU limit",
+     lambda o: _cm(o, "flotilla-worker").update(FLOTILLA_CONCURRENCY="8"),
+     checks.check_worker_concurrency, "FLOTILLA_CONCURRENCY 8 exceeds the CPU limit"),
     ("PDB selecting nothing",
      lambda o: _obj(o, "PodDisruptionBudget", "flotilla-worker")["spec"]["selector"].update(
          matchLabels={"app": "worker"}),
