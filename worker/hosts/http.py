@@ -16,7 +16,11 @@ Each request goes through these steps, in order (the rules are in `worker.hosts.
 6. never follow redirects: a 3xx goes back to the guest, which may call again (and pass the
    allow-list again);
 7. stream the body without decoding it (Content-Encoding is the guest's business) and stop
-   at the function's `max_body_bytes`: one byte more is `too-large`.
+   at the function's `max_body_bytes`: one byte more is `too-large`; the response headers
+   go back as received, minus the connection's framing (Transfer-Encoding, Connection,
+   Keep-Alive).
+
+Outbound requests never go through a proxy (HTTP_PROXY and friends are ignored).
 
 One urllib3 PoolManager (thread-safe, keep-alive, pools keyed by address, port and name) and
 one small resolver thread pool serve every invocation of the process.
@@ -58,6 +62,8 @@ HttpResult = tuple[int, list[tuple[str, str]], bytes]
 USER_AGENT = "flotilla-function/0.1"
 READ_CHUNK = 64 * 1024
 MAX_ADDRESSES_TRIED = 3
+# Framing of the upstream connection, not of the body the guest gets (already de-chunked).
+HOP_BY_HOP_RESPONSE_HEADERS = frozenset({"transfer-encoding", "connection", "keep-alive"})
 
 
 def system_resolve(host: str, port: int) -> list[str]:
@@ -234,7 +240,11 @@ class HttpHost:
                 if time.monotonic() >= deadline:
                     raise HostError("timeout")
             complete = True
-            headers = [(str(k), str(v)) for k, v in response.headers.items()]
+            headers = [
+                (str(k), str(v))
+                for k, v in response.headers.items()
+                if k.lower() not in HOP_BY_HOP_RESPONSE_HEADERS
+            ]
             return response.status, headers, bytes(data)
         except HostError:
             raise
