@@ -23,16 +23,14 @@ Each request goes through these steps, in order (the rules are in `worker.hosts.
 Outbound requests never go through a proxy (HTTP_PROXY and friends are ignored).
 
 One urllib3 PoolManager (thread-safe, keep-alive, pools keyed by address, port and name) and
-one small resolver thread pool serve every invocation of the process.
+one Resolver (a few lookup threads and a short answer cache) serve every invocation of the
+process.
 """
 
 from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 
 import urllib3
 from urllib3.exceptions import (
@@ -55,8 +53,8 @@ from worker.hosts.policy import (
     match_host,
     parse_url,
 )
+from worker.hosts.resolver import DEFAULT_TTL, ResolveFn, Resolver, system_resolve
 
-Resolver = Callable[[str, int], list[str]]
 HttpResult = tuple[int, list[tuple[str, str]], bytes]
 
 USER_AGENT = "flotilla-function/0.1"
@@ -66,17 +64,6 @@ MAX_ADDRESSES_TRIED = 3
 HOP_BY_HOP_RESPONSE_HEADERS = frozenset({"transfer-encoding", "connection", "keep-alive"})
 
 
-def system_resolve(host: str, port: int) -> list[str]:
-    """Addresses of `host` from the system resolver (getaddrinfo), in its preference order."""
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
-    seen: list[str] = []
-    for info in infos:
-        address = str(info[4][0])
-        if address not in seen:
-            seen.append(address)
-    return seen
-
-
 class HttpHost:
     """The guest's outbound HTTP calls on one shared keep-alive pool; thread-safe."""
 
@@ -84,23 +71,22 @@ class HttpHost:
         self,
         *,
         pool_manager: urllib3.PoolManager | None = None,
-        resolve: Resolver = system_resolve,
+        resolve: ResolveFn = system_resolve,
         resolver_threads: int = 4,
+        dns_ttl: float = DEFAULT_TTL,
         pool_size: int = 8,
         observe: Observe | None = None,
     ) -> None:
         self._pools = pool_manager or urllib3.PoolManager(
             num_pools=64, maxsize=pool_size, block=False, retries=False
         )
-        self._resolve = resolve
-        # getaddrinfo has no timeout of its own: run it on a thread and wait at most the budget.
-        self._resolver = ThreadPoolExecutor(resolver_threads, thread_name_prefix="flotilla-dns")
+        self._resolver = Resolver(resolve, threads=resolver_threads, ttl=dns_ttl)
         self._meter = Meter("http", observe)
 
     def close(self) -> None:
         """Close pooled connections and stop the resolver threads."""
         self._pools.clear()
-        self._resolver.shutdown(wait=False, cancel_futures=True)
+        self._resolver.close()
 
     def invoke(
         self,
@@ -164,16 +150,14 @@ class HttpHost:
     def _addresses(self, target: Target, deadline: float) -> list[str]:
         if target.is_ip:
             return [target.host]
-        future = self._resolver.submit(self._resolve, target.host, target.port)
         try:
-            addresses = future.result(timeout=max(0.0, deadline - time.monotonic()))
-        except FutureTimeout:
-            future.cancel()
+            addresses = self._resolver.addresses(
+                target.host, target.port, deadline - time.monotonic()
+            )
+        except TimeoutError:
             raise HostError("timeout") from None
         except (OSError, UnicodeError) as exc:
             raise HostError("connection", f"cannot resolve {target.host}: {exc}") from None
-        if not addresses:
-            raise HostError("connection", f"cannot resolve {target.host}: no addresses")
         return addresses
 
     def _send(
