@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from worker.hosts.resolver import Resolver
+from worker.hosts.resolver import ResolveFn, Resolver
 
 
 class Clock:
@@ -17,7 +17,7 @@ class Clock:
         return self.now
 
 
-def counting(answers: dict[str, list[str]]) -> tuple[list[str], object]:
+def counting(answers: dict[str, list[str]]) -> tuple[list[str], ResolveFn]:
     calls: list[str] = []
 
     def resolve(host: str, port: int) -> list[str]:
@@ -32,7 +32,7 @@ def counting(answers: dict[str, list[str]]) -> tuple[list[str], object]:
 def test_answers_are_cached_for_ttl_seconds() -> None:
     clock = Clock()
     calls, resolve = counting({"a.test": ["10.0.0.1"]})
-    resolver = Resolver(resolve, ttl=30, clock=clock)  # type: ignore[arg-type]
+    resolver = Resolver(resolve, ttl=30, clock=clock)
     try:
         assert resolver.addresses("a.test", 80, 1) == ["10.0.0.1"]
         clock.now += 29.9
@@ -47,7 +47,7 @@ def test_answers_are_cached_for_ttl_seconds() -> None:
 
 def test_failures_are_not_cached_and_ttl_zero_disables_the_cache() -> None:
     calls, resolve = counting({"b.test": ["10.0.0.2"]})
-    resolver = Resolver(resolve, ttl=0)  # type: ignore[arg-type]
+    resolver = Resolver(resolve, ttl=0)
     try:
         for _ in range(2):
             with pytest.raises(OSError):
@@ -60,7 +60,7 @@ def test_failures_are_not_cached_and_ttl_zero_disables_the_cache() -> None:
 
 def test_cache_is_bounded_least_recently_used_first() -> None:
     calls, resolve = counting({f"h{i}.test": [f"10.0.0.{i}"] for i in range(4)})
-    resolver = Resolver(resolve, max_entries=2)  # type: ignore[arg-type]
+    resolver = Resolver(resolve, max_entries=2)
     try:
         for host in ("h0.test", "h1.test", "h0.test", "h2.test", "h0.test", "h1.test"):
             resolver.addresses(host, 80, 1)
