@@ -229,6 +229,8 @@ def test_check_method(method: str, ok: bool) -> None:
         ([("X-Evil", "a\r\nInjected: 1")], "CR, LF or NUL"),
         ([("X-Evil", "a\nb")], "CR, LF or NUL"),
         ([("X-Evil", "a\x00b")], "CR, LF or NUL"),
+        ([("X-Latin", "café")], None),
+        ([("X-Emoji", "\U0001f600")], "Latin-1"),
         ([("Bad Name", "v")], "not an HTTP token"),
         ([("Bad:Name", "v")], "not an HTTP token"),
         ([("", "v")], "not an HTTP token"),

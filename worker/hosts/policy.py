@@ -267,12 +267,22 @@ def check_headers(headers: list[tuple[str, str]]) -> str | None:
             return f"header name {name[:40]!r} is not an HTTP token"
         if any(c in value for c in "\r\n\x00"):
             return f"header {name} contains CR, LF or NUL"
+        if not value.isascii() and not _latin1(value):
+            return f"header {name} is not Latin-1 text (percent- or base64-encode it)"
         if name.lower() in FORBIDDEN_HEADERS:
             return f"header {name} is managed by the connection and cannot be set"
         size += len(name) + len(value.encode("utf-8", "replace")) + 4
     if size > MAX_HEADER_BYTES:
         return f"headers are larger than {MAX_HEADER_BYTES} bytes"
     return None
+
+
+def _latin1(value: str) -> bool:
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def cache_key(namespace: str, key: str) -> str:
