@@ -15,13 +15,14 @@ registry and jobs live in Redis, code in the artifact store, in-flight calls in 
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import FastAPI, File, Form, Header, Path, Query, Request, UploadFile
+from fastapi import FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
@@ -52,7 +53,16 @@ from dispatcher.problems import (
 )
 from dispatcher.registry import LATEST, Deployer, FunctionNotDeployed, FunctionVersion, Registry
 from dispatcher.transport import BrokerUnavailable, CallTimeout, QueueFull, Transport
-from flotilla.config import MAX_MAX_BODY_BYTES, FunctionConfig
+from flotilla.config import (
+    BUCKET_RE,
+    HOST_PATTERN_RE,
+    MAX_MAX_BODY_BYTES,
+    MAX_MEMORY_LIMIT_MB,
+    MAX_TIMEOUT_MS,
+    RESERVED_ENV,
+    TABLE_RE,
+    FunctionConfig,
+)
 from flotilla.envelope import (
     EXPIRED,
     INTERNAL,
@@ -71,6 +81,7 @@ log = logging.getLogger(__name__)
 INVOCATION_HEADER = "flotilla-invocation-id"
 CALLBACK_HEADER = "flotilla-callback-url"
 MAX_COMPONENT_BYTES = 64 * 1024 * 1024
+MAX_UPLOAD_BYTES = MAX_COMPONENT_BYTES + 1024 * 1024  # the component plus its config
 # Connection-level headers are not the caller's to pass on, nor the guest's to set.
 HOP_BY_HOP = frozenset(
     {
@@ -79,6 +90,59 @@ HOP_BY_HOP = frozenset(
     }
 )
 NAME_PATTERN = r"^[a-z][a-z0-9-]{0,62}$"
+NAME_PARAM = Path(description="Function name", pattern=NAME_PATTERN)
+VERSION_PARAM = Query(
+    None, description="Version: `latest` (default), a digest, a digest prefix or a number"
+)
+# The config form field as JSON Schema (mirrors flotilla.config; the server re-validates).
+CONFIG_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "env": {
+            "type": "object",
+            "propertyNames": {"pattern": r"^[A-Za-z_][A-Za-z0-9_]{0,127}$",
+                              "not": {"enum": list(RESERVED_ENV)}},
+            "additionalProperties": {"type": "string", "pattern": "^[^\\u0000]*$"},
+            "maxProperties": 64,
+        },
+        "timeout_ms": {"type": "integer", "minimum": 1, "maximum": MAX_TIMEOUT_MS},
+        "memory_limit_mb": {"type": "integer", "minimum": 1, "maximum": MAX_MEMORY_LIMIT_MB},
+        "max_body_bytes": {"type": "integer", "minimum": 0, "maximum": MAX_MAX_BODY_BYTES},
+        "allowed_hosts": {"type": "array", "maxItems": 100,
+                          "items": {"type": "string", "pattern": HOST_PATTERN_RE.pattern}},
+        "cache_namespace": {"type": "string", "pattern": r"^([a-z][a-z0-9-]{0,62})?$"},
+        "s3_buckets": {"type": "array", "maxItems": 100,
+                       "items": {"type": "string", "pattern": BUCKET_RE.pattern}},
+        "dynamodb_tables": {"type": "array", "maxItems": 100,
+                            "items": {"type": "string", "pattern": TABLE_RE.pattern}},
+    },
+}
+DEPLOY_BODY: dict[str, Any] = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["component"],
+                "properties": {
+                    # OpenAPI 3.1 spelling of a file part (not format: binary).
+                    "component": {"type": "string", "contentMediaType": "application/wasm",
+                                  "description": "The component (.wasm)"},
+                    "config": CONFIG_SCHEMA,
+                },
+            },
+            "encoding": {
+                "component": {"contentType": "application/wasm, application/octet-stream"},
+                "config": {"contentType": "application/json"},
+            },
+        }
+    },
+}
+RAW_BODY: dict[str, Any] = {
+    "description": "Passed to the function as its request body",
+    "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+}
 
 
 @dataclass(frozen=True)
@@ -103,6 +167,31 @@ def _problems(*errors: type[DispatcherError]) -> dict[int | str, dict[str, Any]]
                 "Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}
             }
     return out
+
+
+def _function_links() -> dict[str, Any]:
+    by_name = {"name": "$response.body#/name"}
+    return {
+        "GetFunction": {"operationId": "get_function", "parameters": by_name},
+        "InvokeFunction": {"operationId": "invoke", "parameters": by_name},
+        "SubmitJob": {"operationId": "submit_job", "parameters": by_name},
+        "DeleteFunction": {"operationId": "delete_function", "parameters": by_name},
+    }
+
+
+def _parse_config(text: str, name: str) -> FunctionConfig:
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise InvalidConfig(f"config is not valid JSON: {exc}", field="config") from None
+    if isinstance(data, dict) and data.get("name") == name:
+        data = {k: v for k, v in data.items() if k != "name"}
+    try:
+        return FunctionConfig.from_dict(data, name=name)
+    except ValueError as exc:
+        raise InvalidConfig(str(exc), field=getattr(exc, "field", "config")) from None
+    except TypeError as exc:  # a wrongly typed value deep inside the config
+        raise InvalidConfig(str(exc), field="config") from None
 
 
 class InvocationIdMiddleware:
@@ -185,28 +274,48 @@ def create_app(
     @app.put(
         "/v1/functions/{name}",
         status_code=201,
+        operation_id="deploy",
         summary="Deploy a function (a new immutable version)",
+        description=(
+            "Multipart form: `component` is the .wasm file, `config` an optional JSON object of "
+            "function config fields (the name comes from the path). Identical bytes and "
+            "config return the existing version with 200."
+        ),
         responses={
-            200: {"description": "Identical bytes and config: the existing version"},
-            **_problems(BodyTooLarge, InvalidConfig, Unavailable),
+            201: {"description": "A new version", "links": _function_links()},
+            200: {"description": "Identical bytes and config: the existing version",
+                  "content": {"application/json": {"schema": {"type": "object"}}},
+                  "links": _function_links()},
+            **_problems(BodyTooLarge, InvalidConfig, InvalidComponent, InvalidRequest,
+                        Unavailable),
         },
+        openapi_extra={"requestBody": DEPLOY_BODY},
     )
     async def deploy(
         request: Request,
-        name: str = Path(description="Function name"),
-        component: UploadFile = File(description="The component (.wasm)"),
-        config: str = Form("{}", description="JSON object of FunctionConfig fields"),
+        name: str = Path(description="Function name", pattern=NAME_PATTERN),
     ) -> JSONResponse:
-        if len(name) > 63:
-            raise InvalidConfig(f"name {name[:70]!r} is longer than 63 characters", field="name")
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > MAX_UPLOAD_BYTES:
+            raise BodyTooLarge(f"deploy uploads are limited to {MAX_UPLOAD_BYTES} bytes")
         try:
-            import json
-
-            cfg = FunctionConfig.from_dict(json.loads(config), name=name)
-        except ValueError as exc:
-            field = getattr(exc, "field", "config")
-            raise InvalidConfig(str(exc), field=field) from None
-        wasm = await component.read(MAX_COMPONENT_BYTES + 1)
+            form = await request.form(max_files=1, max_fields=4)
+        except Exception as exc:  # malformed multipart bodies raise several types
+            raise InvalidRequest(f"expected a multipart/form-data body: {exc}") from None
+        try:
+            component = form.get("component")
+            config_text = form.get("config") or "{}"
+            if component is None:
+                raise InvalidRequest("the form field `component` (the .wasm file) is missing")
+            if not isinstance(config_text, str):
+                config_text = (await config_text.read()).decode("utf-8", "replace")
+            cfg = _parse_config(config_text, name)
+            if isinstance(component, str):  # a part sent without a filename
+                wasm = component.encode("utf-8", "surrogateescape")
+            else:
+                wasm = await component.read(MAX_COMPONENT_BYTES + 1)
+        finally:
+            await form.close()
         if len(wasm) > MAX_COMPONENT_BYTES:
             raise BodyTooLarge(f"components are limited to {MAX_COMPONENT_BYTES} bytes")
         try:
@@ -216,7 +325,7 @@ def create_app(
         body = {**version.to_dict(), "created": created}
         return JSONResponse(body, status_code=201 if created else 200)
 
-    @app.get("/v1/functions", summary="List deployed functions")
+    @app.get("/v1/functions", summary="List deployed functions", operation_id="list_functions")
     async def list_functions() -> dict[str, Any]:
         summaries = await registry.list_functions()
         return {
@@ -235,9 +344,10 @@ def create_app(
     @app.get(
         "/v1/functions/{name}",
         summary="A function's config and versions",
+        operation_id="get_function",
         responses=_problems(FunctionNotFound),
     )
-    async def get_function(name: str) -> dict[str, Any]:
+    async def get_function(name: str = NAME_PARAM) -> dict[str, Any]:
         latest = await resolve(name, None)
         versions = await registry.list_versions(name)
         return {
@@ -251,9 +361,10 @@ def create_app(
         "/v1/functions/{name}",
         status_code=204,
         summary="Delete a function and its version history",
+        operation_id="delete_function",
         responses=_problems(FunctionNotFound),
     )
-    async def delete_function(name: str) -> Response:
+    async def delete_function(name: str = NAME_PARAM) -> Response:
         if not await registry.delete(name):
             raise FunctionNotFound(f"function {name!r} is not deployed", function=name)
         return Response(status_code=204)
@@ -261,6 +372,7 @@ def create_app(
     @app.post(
         "/v1/functions/{name}/invoke",
         summary="Invoke a function and wait for its response",
+        operation_id="invoke",
         response_class=Response,
         responses={
             "default": {
@@ -272,17 +384,12 @@ def create_app(
                 FunctionTimeout,
             ),
         },
-        openapi_extra={
-            "requestBody": {
-                "description": "Passed to the function as its request body",
-                "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
-            }
-        },
+        openapi_extra={"requestBody": RAW_BODY},
     )
     async def invoke(
         request: Request,
-        name: str,
-        version: str | None = Query(None, description="Version digest, digest prefix or number"),
+        name: str = NAME_PARAM,
+        version: str | None = VERSION_PARAM,
     ) -> Response:
         fn = await resolve(name, version)
         body = await _read_body(request, fn.config.max_body_bytes)
@@ -311,30 +418,33 @@ def create_app(
         "/v1/functions/{name}/jobs",
         status_code=202,
         summary="Submit an asynchronous job",
+        operation_id="submit_job",
         description=(
             "Returns at once with the job id. The optional callback URL (query parameter "
             f"`callback_url` or header `{CALLBACK_HEADER}`) receives a POST of the job "
             "document once the job finishes; its host must be in the dispatcher's "
             "callback_hosts."
         ),
-        responses=_problems(
-            FunctionNotFound, BodyTooLarge, InvalidRequest, CallbackNotAllowed, Unavailable
-        ),
-        openapi_extra={
-            "requestBody": {
-                "description": "Passed to the function as its request body",
-                "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
-            }
+        responses={
+            202: {
+                "description": "Accepted; poll `status_url`",
+                "links": {"GetJob": {"operationId": "get_job",
+                                     "parameters": {"job_id": "$response.body#/job_id"}}},
+            },
+            **_problems(
+                FunctionNotFound, BodyTooLarge, InvalidRequest, CallbackNotAllowed, Unavailable
+            ),
         },
+        openapi_extra={"requestBody": RAW_BODY},
     )
     async def submit_job(
         request: Request,
-        name: str,
-        version: str | None = Query(None, description="Version digest, digest prefix or number"),
+        name: str = NAME_PARAM,
+        version: str | None = VERSION_PARAM,
         callback_url: str | None = Query(None, description="URL the result is POSTed to"),
         flotilla_callback_url: str | None = Header(None, description="Same as callback_url"),
     ) -> JSONResponse:
-        callback = callback_url or flotilla_callback_url
+        callback = callback_url or flotilla_callback_url or None
         if callback and not callback_allowed(callback, opts.callback_hosts):
             raise CallbackNotAllowed(
                 f"callback URL {callback!r} is not http(s) to one of the allowed callback hosts"
@@ -367,6 +477,7 @@ def create_app(
     @app.get(
         "/v1/jobs/{job_id}",
         summary="A job's status and, once finished, its response or error",
+        operation_id="get_job",
         responses=_problems(JobNotFound),
     )
     async def get_job(
@@ -378,7 +489,7 @@ def create_app(
             raise JobNotFound(f"no job {job_id!r}")
         return status.to_dict()
 
-    @app.get("/healthz", summary="Liveness")
+    @app.get("/healthz", summary="Liveness", operation_id="healthz")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
@@ -413,6 +524,9 @@ def _add_error_handlers(app: FastAPI, opts: ApiOptions) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(_allowed_methods(app, request))
         body = {
             "type": "about:blank",
             "title": str(exc.detail),
@@ -420,8 +534,7 @@ def _add_error_handlers(app: FastAPI, opts: ApiOptions) -> None:
             "invocation_id": getattr(request.state, "invocation_id", None),
         }
         return JSONResponse(
-            body, status_code=exc.status_code, headers=exc.headers,
-            media_type=PROBLEM_MEDIA_TYPE,
+            body, status_code=exc.status_code, headers=headers, media_type=PROBLEM_MEDIA_TYPE,
         )
 
     @app.exception_handler(redis.exceptions.ConnectionError)
@@ -429,6 +542,18 @@ def _add_error_handlers(app: FastAPI, opts: ApiOptions) -> None:
         return problem_response(
             request, Unavailable(f"Redis is unavailable: {exc}", retry_after_s=opts.retry_after_s)
         )
+
+
+def _allowed_methods(app: FastAPI, request: Request) -> list[str]:
+    """Every method some route serves at this path (Starlette only names the first route's)."""
+    from starlette.routing import Match
+
+    methods: set[str] = set()
+    for route in app.router.routes:
+        match, _ = route.matches({**request.scope, "method": "\0"})
+        if match is not Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods)
 
 
 async def _read_body(request: Request, limit: int) -> bytes:

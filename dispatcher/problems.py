@@ -147,7 +147,7 @@ class CallbackNotAllowed(DispatcherError):
     """A job's callback URL is not http(s) or its host is not in settings.callback_hosts."""
 
     slug = "callback-not-allowed"
-    status = 422
+    status = 403
     title = "Callback URL not allowed"
 
 

@@ -83,7 +83,7 @@ async def test_invalid_component_and_missing_parts(api: Api) -> None:
         data={"config": "{not json"},
     )
     assert_problem(resp, 422, "invalid-config")
-    assert_problem(await deploy(api, fn="Bad_Name"), 422, "invalid-config")
+    assert_problem(await deploy(api, fn="Bad_Name"), 422, "invalid-request")
 
 
 async def test_invoke_passes_request_and_response_through(api: Api) -> None:
@@ -262,7 +262,7 @@ async def test_callback_is_posted_once(api: Api) -> None:
 async def test_callback_host_must_be_allowed(api: Api, url: str) -> None:
     await deploy(api)
     resp = await api.client.post("/v1/functions/echo/jobs", params={"callback_url": url})
-    assert_problem(resp, 422, "callback-not-allowed")
+    assert_problem(resp, 403, "callback-not-allowed")
     assert api.transport.submitted == []
 
 
@@ -272,3 +272,18 @@ async def test_openapi_documents_problem_responses(api: Api) -> None:
     for status in ("404", "413", "422", "502", "503", "504"):
         assert list(invoke[status]["content"]) == [PROBLEM]
     assert "HTTPValidationError" not in json.dumps(schema)
+
+
+async def test_method_not_allowed_lists_every_method(api: Api) -> None:
+    resp = await api.client.request("PATCH", "/v1/functions/echo")
+    assert resp.status_code == 405 and resp.headers["content-type"] == PROBLEM
+    assert resp.headers["allow"] == "DELETE, GET, PUT"
+
+
+async def test_deploy_body_is_documented_as_multipart_with_config_schema(api: Api) -> None:
+    schema = (await api.client.get("/openapi.json")).json()
+    put = schema["paths"]["/v1/functions/{name}"]["put"]
+    form = put["requestBody"]["content"]["multipart/form-data"]
+    assert form["schema"]["required"] == ["component"]
+    assert form["schema"]["properties"]["config"]["additionalProperties"] is False
+    assert "GetFunction" in put["responses"]["201"]["links"]
