@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 from flotilla.config import FunctionConfig
 from flotilla.errors import ArtifactError, FlotillaError
+from flotilla.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +137,7 @@ class ArtifactCache:
         cache_dir: str | Path,
         tag: TagFn,
         max_entries: int = DEFAULT_MEMORY_ENTRIES,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self._source = source
         self._loader = loader
@@ -145,6 +147,7 @@ class ArtifactCache:
         self._memory: OrderedDict[str, tuple[Any, FunctionConfig]] = OrderedDict()
         self._lock = threading.Lock()
         self._key_locks: dict[str, threading.Lock] = {}
+        self._metrics = metrics
         self.fetches = 0
         self.disk_hits = 0
 
@@ -155,6 +158,7 @@ class ArtifactCache:
             hit = self._memory.get(key)
             if hit is not None:
                 self._memory.move_to_end(key)
+                self._count("memory", "hit")
                 return hit
             key_lock = self._key_locks.setdefault(key, threading.Lock())
         with key_lock:
@@ -172,20 +176,37 @@ class ArtifactCache:
 
     def _load(self, name: str, digest: str) -> tuple[Any, FunctionConfig]:
         meta_path = self._dir / f"{_safe(name)}@{_safe(digest)}.json"
+        self._count("memory", "miss")
         disk = self._read_disk(meta_path)
         if disk is not None:
             self.disk_hits += 1
+            self._count("disk", "hit")
             config, wasm_sha, artifact = disk
             return self._loader.load_artifact(wasm_sha, artifact), config
+        self._count("disk", "miss")
         self.fetches += 1
-        fetched = self._source.fetch(name, digest)
+        try:
+            fetched = self._source.fetch(name, digest)
+        except ArtifactNotFound:
+            self._count("store", "not_found")
+            raise
+        except Exception:
+            self._count("store", "error")
+            raise
+        self._count("store", "hit")
         if fetched.artifact is None:
             if fetched.component is None:
                 raise ArtifactError(f"{name}@{digest} has neither artifact nor component")
+            if self._metrics is not None:
+                self._metrics.compiles.inc()
             return self._loader.load(fetched.component), fetched.config
         loaded = self._loader.load_artifact(fetched.wasm_sha256, fetched.artifact)
         self._write_disk(meta_path, fetched)
         return loaded, fetched.config
+
+    def _count(self, tier: str, result: str) -> None:
+        if self._metrics is not None:
+            self._metrics.artifact_cache.labels(tier, result).inc()
 
     def _read_disk(self, meta_path: Path) -> tuple[FunctionConfig, str, bytes] | None:
         try:

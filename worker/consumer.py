@@ -24,6 +24,8 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
+from flotilla.envelope import NOT_FOUND
+from flotilla.metrics import WorkerMetrics
 from flotilla.topology import Topology
 from worker.handler import EnvelopeHandler, Handled, Settle
 
@@ -42,6 +44,7 @@ class Consumer:
         *,
         concurrency: int,
         prefetch: int,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self._connection = connection
         self._topology = topology
@@ -54,6 +57,7 @@ class Consumer:
         self._queue: AbstractQueue | None = None
         self._tag: str | None = None
         self._stopping = False
+        self._metrics = metrics
         self.settled = {s: 0 for s in Settle}
 
     async def start(self) -> None:
@@ -104,12 +108,21 @@ class Consumer:
                 if self._stopping:
                     return
                 loop = asyncio.get_running_loop()
-                handled = await loop.run_in_executor(
-                    self._executor, self._handler.handle, message.body
-                )
+                started = loop.time()
+                if self._metrics is not None:
+                    self._metrics.in_flight.inc()
+                try:
+                    handled = await loop.run_in_executor(
+                        self._executor, self._handler.handle, message.body
+                    )
+                finally:
+                    if self._metrics is not None:
+                        self._metrics.in_flight.dec()
                 # Shielded: once the function ran, its reply goes out even during shutdown.
                 await asyncio.shield(self._reply(handled, message))
                 decision = handled.settle
+                if self._metrics is not None and handled.reply is not None:
+                    self._metrics.total.labels(_label(handled)).observe(loop.time() - started)
         except asyncio.CancelledError:
             decision = Settle.REQUEUE
             raise
@@ -122,6 +135,16 @@ class Consumer:
             finally:
                 self._tasks.discard(task)
 
+    @property
+    def consuming(self) -> bool:
+        """True while the broker may send deliveries (started, not stopping, channel open)."""
+        return (
+            self._tag is not None
+            and not self._stopping
+            and self._channel is not None
+            and not self._channel.is_closed
+        )
+
     async def _reply(self, handled: Handled, message: AbstractIncomingMessage) -> None:
         if handled.reply is None or not handled.route:
             return
@@ -130,7 +153,12 @@ class Consumer:
             aio_pika.Message(
                 handled.reply.encode(),
                 correlation_id=handled.reply.correlation_id,
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                # Job results must survive a broker restart; a sync caller's queue would not.
+                delivery_mode=(
+                    aio_pika.DeliveryMode.PERSISTENT
+                    if handled.route == self._topology.job_results
+                    else aio_pika.DeliveryMode.NOT_PERSISTENT
+                ),
                 content_type="application/msgpack",
             ),
             routing_key=handled.route,
@@ -148,3 +176,9 @@ class Consumer:
         except Exception as exc:  # noqa: BLE001
             # The channel died: the broker already returned the delivery to the queue.
             log.warning("could not %s delivery %s: %s", decision.value, message.delivery_tag, exc)
+
+
+def _label(handled: Handled) -> str:
+    # Unknown functions would make the label set unbounded.
+    assert handled.reply is not None
+    return handled.function if handled.reply.outcome != NOT_FOUND else "-"

@@ -24,6 +24,7 @@ from typing import Protocol
 from flotilla.envelope import (
     EXPIRED,
     INTERNAL,
+    NOT_FOUND,
     REPLY_JOB,
     Envelope,
     EnvelopeError,
@@ -31,6 +32,7 @@ from flotilla.envelope import (
     now_ms,
     reply_to,
 )
+from flotilla.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,7 @@ class Handled:
     settle: Settle
     reply: Reply | None = None
     route: str = ""  # queue to publish `reply` to ("" when there is no reply)
+    function: str = ""  # the envelope's function ("" when malformed)
 
 
 class Runner(Protocol):
@@ -73,13 +76,21 @@ class EnvelopeHandler:
         *,
         job_results: str,
         clock: Callable[[], int] = now_ms,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self._runner = runner
         self._job_results = job_results
         self._clock = clock
+        self._metrics = metrics
 
     def handle(self, body: bytes) -> Handled:
         """Handle one delivery's body; never raises."""
+        handled = self._handle(body)
+        if self._metrics is not None:
+            observe(self._metrics, handled)
+        return handled
+
+    def _handle(self, body: bytes) -> Handled:
         try:
             envelope = Envelope.decode(body)
         except EnvelopeError as exc:
@@ -89,7 +100,7 @@ class EnvelopeHandler:
         budget = run_timeout_ms(envelope.remaining_ms(self._clock()))
         if budget is None:
             reply = reply_to(envelope, EXPIRED, "the invocation's deadline passed before it ran")
-            return Handled(Settle.ACK, reply, route)
+            return Handled(Settle.ACK, reply, route, envelope.function)
         started = time.perf_counter()
         try:
             reply = self._runner.run(envelope, budget)
@@ -101,4 +112,22 @@ class EnvelopeHandler:
                 f"worker error: {type(exc).__name__}: {exc}",
                 timings={"total_ms": (time.perf_counter() - started) * 1000},
             )
-        return Handled(Settle.ACK, reply, route)
+        return Handled(Settle.ACK, reply, route, envelope.function)
+
+
+def observe(metrics: WorkerMetrics, handled: Handled) -> None:
+    """Count one handled delivery in the worker's metrics."""
+    reply = handled.reply
+    if reply is None:
+        metrics.dead_lettered.labels("malformed").inc()
+        return
+    if reply.outcome == EXPIRED:
+        metrics.expired.inc()
+    # Names of functions the worker could not find are unbounded: keep them out of labels.
+    function = handled.function if reply.outcome != NOT_FOUND else "-"
+    metrics.invocations.labels(function, reply.outcome).inc()
+    timings = reply.timings
+    if "instantiate_ms" in timings:
+        metrics.instantiate.labels(function).observe(timings["instantiate_ms"] / 1000)
+    if "call_ms" in timings:
+        metrics.execution.labels(function).observe(timings["call_ms"] / 1000)

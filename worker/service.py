@@ -27,10 +27,12 @@ from typing import Any
 
 import aio_pika
 
+from flotilla.metrics import WorkerMetrics
 from flotilla.settings import WorkerSettings
 from flotilla.topology import Topology
 from worker.consumer import Consumer
 from worker.handler import EnvelopeHandler, Runner
+from worker.probes import ProbeServer
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +53,12 @@ class Runtime:
                 log.exception("closing %r failed", close)
 
 
-RuntimeFactory = Callable[[WorkerSettings, asyncio.AbstractEventLoop], Runtime]
+RuntimeFactory = Callable[[WorkerSettings, asyncio.AbstractEventLoop, WorkerMetrics], Runtime]
 
 
-def sandbox_runtime(settings: WorkerSettings, loop: asyncio.AbstractEventLoop) -> Runtime:
+def sandbox_runtime(
+    settings: WorkerSettings, loop: asyncio.AbstractEventLoop, metrics: WorkerMetrics
+) -> Runtime:
     """The production runtime: host clients, sandbox, registry + S3 artifact store, cache."""
     import redis.asyncio
 
@@ -65,7 +69,7 @@ def sandbox_runtime(settings: WorkerSettings, loop: asyncio.AbstractEventLoop) -
     from worker.runner import SandboxRunner
     from worker.sandbox import Sandbox
 
-    hosts = HostClients.from_settings(settings)
+    hosts = HostClients.from_settings(settings, observe=metrics.observe_host_call)
     runtime = Runtime(runner=None, closers=[hosts.close])  # type: ignore[arg-type]
     try:
         sandbox = Sandbox(hosts, cache_dir=settings.cache_dir)
@@ -87,6 +91,7 @@ def sandbox_runtime(settings: WorkerSettings, loop: asyncio.AbstractEventLoop) -
             sandbox,
             cache_dir=settings.cache_dir,
             tag=lambda data: artifact_tag(store.key, fingerprint, data),
+            metrics=metrics,
         )
         runtime.runner = SandboxRunner(sandbox, cache)
     except BaseException:
@@ -112,6 +117,8 @@ class WorkerService:
         self._force = asyncio.Event()
         self.ready = asyncio.Event()
         self.consumer: Consumer | None = None
+        self.metrics = WorkerMetrics()
+        self.probes: ProbeServer | None = None
 
     @property
     def forced(self) -> bool:
@@ -133,11 +140,14 @@ class WorkerService:
         """Consume until stopped, then shut down in order; 0 on a clean drain."""
         loop = asyncio.get_running_loop()
         settings = self.settings
-        runtime = self._runtime_factory(settings, loop)
+        runtime = self._runtime_factory(settings, loop, self.metrics)
         executor = ThreadPoolExecutor(settings.effective_concurrency(), "flotilla-invoke")
         connection = None
         try:
-            handler = EnvelopeHandler(runtime.runner, job_results=self.topology.job_results)
+            await self._start_probes()
+            handler = EnvelopeHandler(
+                runtime.runner, job_results=self.topology.job_results, metrics=self.metrics
+            )
             connection = await aio_pika.connect_robust(
                 settings.amqp_url,
                 client_properties={"connection_name": f"flotilla-worker-{settings.queue_prefix}"},
@@ -149,6 +159,7 @@ class WorkerService:
                 executor,
                 concurrency=settings.effective_concurrency(),
                 prefetch=settings.effective_prefetch(),
+                metrics=self.metrics,
             )
             await self.consumer.start()
             self.ready.set()
@@ -157,6 +168,8 @@ class WorkerService:
             status = await self._shutdown()
             return status
         finally:
+            if self.probes is not None:
+                await self.probes.close()
             if self.consumer is not None:
                 await self.consumer.close()
             if connection is not None:
@@ -166,6 +179,25 @@ class WorkerService:
             drained = self.consumer is None or self.consumer.in_flight == 0
             executor.shutdown(wait=drained and not self._force.is_set(), cancel_futures=True)
             runtime.close()
+
+    def is_ready(self) -> bool:
+        """Ready for work: consuming, connected, not stopping (the /readyz answer)."""
+        return (
+            self.consumer is not None
+            and self.consumer.consuming
+            and not self.stop_requested.is_set()
+        )
+
+    async def _start_probes(self) -> None:
+        probes = ProbeServer(self.metrics.registry, self.is_ready, port=self.settings.metrics_port)
+        try:
+            await probes.start()
+        except OSError as exc:
+            # Probes are for the orchestrator; a busy port must not stop the worker working.
+            log.warning("cannot serve /metrics on port %s: %s", self.settings.metrics_port, exc)
+            return
+        self.probes = probes
+        log.info("serving /metrics, /healthz, /readyz on port %d", probes.port)
 
     async def _shutdown(self) -> int:
         assert self.consumer is not None

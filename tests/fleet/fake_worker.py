@@ -51,7 +51,7 @@ async def main(delivery_limit: int) -> int:
     settings = WorkerSettings.from_env()
     service = WorkerService(
         settings,
-        runtime_factory=lambda s, loop: Runtime(ProcessRunner()),
+        runtime_factory=lambda s, loop, metrics: Runtime(ProcessRunner()),
         topology=Topology(settings.queue_prefix, delivery_limit=delivery_limit, max_length=1_000),
     )
     service.install_signal_handlers(asyncio.get_running_loop())

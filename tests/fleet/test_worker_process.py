@@ -43,6 +43,7 @@ class WorkerProcess:
             FLOTILLA_QUEUE_PREFIX=prefix,
             FLOTILLA_CONCURRENCY=str(concurrency),
             FLOTILLA_DRAIN_TIMEOUT_S="20",
+            FLOTILLA_METRICS_PORT="0",
         )
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "tests.fleet.fake_worker", str(LIMIT),
