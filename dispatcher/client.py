@@ -50,7 +50,7 @@ DEFAULT_REPLY_MARGIN_MS = 2_000
 DEFAULT_RESOLVE_TTL_S = 1.0
 DEFAULT_JOB_TTL_S = 86_400
 
-Resolve = Callable[[str, str | None], Awaitable[FunctionVersion]]
+Resolve = Callable[[str, str], Awaitable[FunctionVersion]]  # (name, selector) -> version
 
 
 @dataclass(frozen=True)
@@ -67,12 +67,18 @@ def raise_for_reply(reply: Reply) -> Response:
     """The response of an `ok` reply; the HTTP API's error for any other outcome."""
     if reply.outcome == OK:
         return Response(reply.status, reply.headers, reply.body, reply.invocation_id)
-    extra = {"outcome": reply.outcome, "invocation_id": reply.invocation_id}
-    if reply.outcome in (TIMEOUT, EXPIRED):
-        raise FunctionTimeout(reply.error or "the function timed out", **extra)
-    if reply.outcome in (NOT_FOUND, INTERNAL):
-        raise Unavailable(reply.error or "the worker could not run the function", **extra)
-    raise FunctionFailed(reply.error or reply.outcome, **extra)
+    outcome, iid = reply.outcome, reply.invocation_id
+    if outcome in (TIMEOUT, EXPIRED):
+        raise FunctionTimeout(
+            reply.error or "the function timed out", outcome=outcome, invocation_id=iid
+        )
+    if outcome in (NOT_FOUND, INTERNAL):
+        raise Unavailable(
+            reply.error or "the worker could not run the function",
+            outcome=outcome,
+            invocation_id=iid,
+        )
+    raise FunctionFailed(reply.error or outcome, outcome=outcome, invocation_id=iid)
 
 
 class Client:
@@ -105,7 +111,7 @@ class Client:
             if registry is None:
                 raise ValueError("Client needs a registry, a redis_url or a resolve function")
             resolve = registry.get_version
-        self._resolve = resolve
+        self._resolve: Resolve = resolve
         self._jobs = jobs
         self._transport = AmqpTransport(
             amqp_url, Topology(queue_prefix), connection_name="flotilla-client"
@@ -229,16 +235,18 @@ class Client:
             future = asyncio.ensure_future(self._resolve(name, version or "latest"))
             hit = (now + self._ttl, future)
             self._versions[key] = hit
-            # Failures are not cached: the next call asks the registry again.
-            future.add_done_callback(
-                lambda f: f.cancelled() or f.exception() is None or self._forget(key, f)
-            )
+            future.add_done_callback(lambda f: self._forget_failure(key, f))
         try:
             return await asyncio.shield(hit[1])
         except FunctionNotDeployed as exc:
             raise FunctionNotFound(str(exc)) from None
 
-    def _forget(self, key: tuple[str, str | None], future: asyncio.Future[FunctionVersion]) -> None:
+    def _forget_failure(
+        self, key: tuple[str, str | None], future: asyncio.Future[FunctionVersion]
+    ) -> None:
+        # Failures are not cached: the next call asks the registry again.
+        if not future.cancelled() and future.exception() is None:
+            return
         if (entry := self._versions.get(key)) is not None and entry[1] is future:
             del self._versions[key]
 

@@ -6,10 +6,12 @@ import argparse
 import dataclasses
 import logging
 import sys
-from typing import Any
+from typing import Any, TypeVar
 
 from flotilla.errors import FlotillaError
-from flotilla.settings import WorkerSettings
+from flotilla.settings import DispatcherSettings, WorkerSettings
+
+S = TypeVar("S", WorkerSettings, DispatcherSettings)
 
 
 def add_parser(subparsers: Any) -> None:
@@ -48,7 +50,7 @@ def add_settings_flags(parser: argparse.ArgumentParser, cls: type) -> None:
         )
 
 
-def settings_from_args(cls: type, args: argparse.Namespace) -> Any:
+def settings_from_args(cls: type[S], args: argparse.Namespace) -> S:
     """The settings object: environment first, flags given on the command line win."""
     overrides = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(cls)}
     return cls.from_env(**overrides)
