@@ -1,0 +1,156 @@
+"""The client commands and `flotilla dev`: pure argument parsing, then a real dev process."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dispatcher.service import split_listen
+from flotilla.cli import main
+from flotilla.commands.deploy import build_config, parse_duration_ms
+from flotilla.commands.functions import parse_header, read_data
+from flotilla.errors import SettingsError
+from tests.guests.build import echo_wasm  # noqa: F401
+from tests.services import free_port, wait_for_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize(
+    "text, ms",
+    [("500ms", 500), ("5s", 5000), ("1.5s", 1500), ("2m", 120_000), ("250", 250), (" 3s ", 3000)],
+)
+def test_parse_duration(text: str, ms: int) -> None:
+    assert parse_duration_ms(text) == ms
+
+
+@pytest.mark.parametrize("text", ["", "5h", "-1s", "fast"])
+def test_parse_duration_rejects(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_duration_ms(text)
+
+
+def test_parse_header_and_data(tmp_path: Path) -> None:
+    assert parse_header("X-A:  b c ") == ("X-A", "b c")
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_header("no colon")
+    (tmp_path / "body.bin").write_bytes(b"\x00\x01")
+    assert read_data(f"@{tmp_path / 'body.bin'}") == b"\x00\x01"
+    assert read_data("text") == b"text"
+    assert read_data(None) == b""
+
+
+def test_deploy_flags_override_the_config_file(tmp_path: Path) -> None:
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"timeout_ms": 100, "env": {"A": "1"}, "allowed_hosts": ["a.com"]}))
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers()
+    from flotilla.commands import deploy
+
+    deploy.add_parser(sub)
+    args = parser.parse_args(
+        ["deploy", "fn", "x.wasm", "--config", str(cfg), "--timeout", "5s", "--env", "B=2",
+         "--allow-host", "b.com", "--memory", "64"]
+    )
+    assert build_config(args) == {
+        "timeout_ms": 5000, "env": {"A": "1", "B": "2"}, "allowed_hosts": ["a.com", "b.com"],
+        "memory_limit_mb": 64,
+    }
+
+
+@pytest.mark.parametrize(
+    "listen, expected", [("127.0.0.1:8080", ("127.0.0.1", 8080)), ("[::1]:80", ("::1", 80)),
+                         (":9000", ("127.0.0.1", 9000))],
+)
+def test_split_listen(listen: str, expected: tuple[str, int]) -> None:
+    assert split_listen(listen) == expected
+
+
+@pytest.mark.parametrize("listen", ["8080", "host:", "host:99999", "host:http"])
+def test_split_listen_rejects(listen: str) -> None:
+    with pytest.raises(SettingsError):
+        split_listen(listen)
+
+
+def test_dispatcher_requires_an_artifact_key(capsys: pytest.CaptureFixture[str]) -> None:
+    status = main(["dispatcher", "--artifact-key", "", "--listen", "127.0.0.1:1"])
+    assert status == 2
+    assert "ARTIFACT_KEY" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def dev_url(tmp_path_factory: pytest.TempPathFactory, echo_wasm: Path) -> Iterator[str]:
+    """`flotilla dev` in a subprocess, deploying a copy of examples/echo (build cached)."""
+    examples = tmp_path_factory.mktemp("examples")
+    shutil.copytree(ROOT / "examples" / "echo", examples / "echo",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flotilla", "dev", "--listen", f"127.0.0.1:{port}",
+         "--examples", str(examples), "--log-level", "WARNING"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        if not wait_for_port("127.0.0.1", port, 120):
+            proc.kill()
+            pytest.fail(f"flotilla dev did not start: {proc.communicate()[0]}")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        output = proc.communicate(timeout=30)[0]
+        assert "/v1/functions/echo/invoke" in output, output
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    status = main(list(argv))
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+@pytest.mark.slow
+def test_cli_against_dev_mode(
+    dev_url: str, echo_wasm: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The example was deployed at startup.
+    status, out, _ = run_cli(capsys, "functions", "list", "--url", dev_url)
+    assert status == 0 and "echo" in out
+
+    status, out, _ = run_cli(capsys, "deploy", "mine", str(echo_wasm), "--timeout", "3s",
+                             "--env", "K=V", "--url", dev_url)
+    assert status == 0 and out.startswith("deployed mine version 1")
+    status, out, _ = run_cli(capsys, "deploy", "mine", str(echo_wasm), "--timeout", "3s",
+                             "--env", "K=V", "--url", dev_url)
+    assert out.startswith("unchanged mine version 1")
+
+    status, out, _ = run_cli(capsys, "functions", "get", "mine", "--url", dev_url)
+    assert json.loads(out)["config"]["env"] == {"K": "V"}
+
+    status, out, err = run_cli(capsys, "jobs", "submit", "mine", "--data", "job body",
+                               "--url", dev_url)
+    job_id = json.loads(out)["job_id"]
+    status, out, _ = run_cli(capsys, "jobs", "get", job_id, "--wait", "10", "--url", dev_url)
+    assert json.loads(out)["status"] == "succeeded"
+
+    status, _, err = run_cli(capsys, "invoke", "nope", "--url", dev_url)
+    assert status == 1 and "Function not found (404)" in err
+
+    status, _, _ = run_cli(capsys, "functions", "delete", "mine", "--url", dev_url)
+    assert status == 0
+    status, _, err = run_cli(capsys, "functions", "get", "mine", "--url", dev_url)
+    assert status == 1 and "404" in err
+
+
+@pytest.mark.slow
+def test_cli_invoke_prints_the_body(dev_url: str, capfdbinary: pytest.CaptureFixture[bytes]) -> None:
+    status = main(["invoke", "echo", "--data", "hello dev", "-H", "x-k: v", "--url", dev_url])
+    out = capfdbinary.readouterr().out
+    assert status == 0 and out == b"hello dev"
