@@ -81,8 +81,15 @@ def test_denied_system_ops_report_the_error(probe: Runner, op: str) -> None:
     assert result["ok"] is False and ":" in result["error"]
 
 
-def test_sleep_busy_waits(probe: Runner) -> None:
-    assert probe.handle({"op": "sleep", "ms": 30}).json()["result"] >= 30
+@pytest.mark.parametrize("op", ["sleep", "wall_sleep"])
+def test_sleeps_take_their_time(probe: Runner, op: str) -> None:
+    assert probe.handle({"op": op, "ms": 30}).json()["result"] >= 30
+
+
+def test_alloc_holds_memory_within_the_limit(probe: Runner) -> None:
+    assert probe.handle({"op": "alloc", "mb": 64}, memory_limit_mb=128).json()["result"] == 64
+    with pytest.raises(Exception, match="wasm backtrace"):
+        probe.handle({"op": "alloc", "mb": 200}, memory_limit_mb=128)
 
 
 def test_respond_big_and_err(probe: Runner) -> None:

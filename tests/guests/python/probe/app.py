@@ -29,6 +29,8 @@ Ops (arguments with their defaults):
   recursion depth=100000 limit=null -> recurses depth deep; over the recursion limit (default
                                        1000) RecursionError traps; raise `limit` to go deeper
   sleep    ms=100                   -> busy-waits ms, returns elapsed ms
+  wall_sleep ms=100                 -> time.sleep (blocks in a WASI poll, not in wasm code)
+  alloc    mb=16                    -> allocates and touches mb MiB, returns mb
   err      message="probe error"    -> handle returns err(message)
   raise    message="probe exception" -> raises RuntimeError (uncaught: traps)
   cache.get key | cache.set key value ttl_ms=0 | cache.set_if_absent key value ttl_ms=0
@@ -240,6 +242,13 @@ def system_op(cmd: dict):
         while time.monotonic() < deadline:
             pass
         return (time.monotonic() - started) * 1000
+    if op == "wall_sleep":
+        started = time.monotonic()
+        time.sleep(int(cmd.get("ms", 100)) / 1000)
+        return (time.monotonic() - started) * 1000
+    if op == "alloc":
+        HOLD.append(bytearray(b"\x01") * (int(cmd.get("mb", 16)) * 1024 * 1024))
+        return int(cmd.get("mb", 16))
     if op == "memory_bomb":
         return memory_bomb(cmd)
     if op == "recursion":
@@ -251,10 +260,10 @@ def system_op(cmd: dict):
 
 SYSTEM_OPS = {
     "env", "read_file", "list_dir", "write_file", "tcp_connect", "udp_send", "getaddrinfo",
-    "stdout", "stderr", "clocks", "random", "counter", "sleep",
+    "stdout", "stderr", "clocks", "random", "counter", "sleep", "wall_sleep",
 }  # fmt: skip
 # These must not have their exceptions caught: the sandbox should see the failure.
-UNCAUGHT_OPS = {"memory_bomb", "recursion"}
+UNCAUGHT_OPS = {"memory_bomb", "recursion", "alloc"}
 
 
 def run_op(cmd: dict) -> dict:
