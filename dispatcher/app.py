@@ -74,7 +74,7 @@ from flotilla.envelope import (
     Reply,
     now_ms,
 )
-from flotilla.errors import ComponentError, ConfigError
+from flotilla.errors import ComponentError
 
 log = logging.getLogger(__name__)
 
@@ -300,7 +300,7 @@ def create_app(
             raise BodyTooLarge(f"deploy uploads are limited to {MAX_UPLOAD_BYTES} bytes")
         try:
             form = await request.form(max_files=1, max_fields=4)
-        except Exception as exc:  # malformed multipart bodies raise several types
+        except Exception as exc:  # noqa: BLE001 - malformed multipart bodies raise several types
             raise InvalidRequest(f"expected a multipart/form-data body: {exc}") from None
         try:
             component = form.get("component")

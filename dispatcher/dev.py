@@ -183,7 +183,7 @@ async def serve_dev(
             try:
                 versions.append(await stack.deploy_example(example, settings.cache_dir))
                 print_fn(f"deployed {example.name}")
-            except Exception as exc:  # one broken example must not stop dev mode
+            except Exception as exc:  # noqa: BLE001 - one broken example must not stop dev mode
                 print_fn(f"could not deploy example {example.name}: {exc}")
         server = uvicorn.Server(
             uvicorn.Config(stack.app, host=host, port=port, log_level=settings.log_level.lower(),

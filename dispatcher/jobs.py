@@ -266,7 +266,7 @@ async def deliver_callback(
             if 200 <= status < 300:
                 return True
             log.warning("callback %s answered %s (attempt %d)", url, status, attempt)
-        except Exception as exc:  # any network failure is retried the same way
+        except Exception as exc:  # noqa: BLE001 - any network failure is retried the same way
             log.warning("callback %s failed (attempt %d): %s", url, attempt, exc)
         delay = next_delay(attempt)
         if delay is None:

@@ -61,9 +61,9 @@ def compile_step(cache_dir: str) -> tuple[Any, Any]:
     It links the host interfaces (a component that imports them must link) but never runs
     guest code, so dev-mode host clients (no connections) are enough.
     """
+    from flotilla.settings import WorkerSettings
     from worker.hosts.clients import HostClients
     from worker.sandbox import Sandbox
-    from flotilla.settings import WorkerSettings
 
     sandbox = Sandbox(HostClients.for_dev(WorkerSettings()), cache_dir=cache_dir)
     return sandbox, sandbox.compile

@@ -18,6 +18,7 @@ from dispatcher.jobs import JobStore, ResultRecorder
 from dispatcher.registry import Deployer, Registry
 from flotilla.envelope import OK, Envelope, Reply
 from flotilla.errors import ComponentError
+from tests.guests.build import echo_wasm, probe_wasm  # noqa: F401 - fixtures
 
 WASM = b"\0asm\x0d\x00\x01\x00fake component"
 

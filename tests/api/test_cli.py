@@ -18,7 +18,6 @@ from flotilla.cli import main
 from flotilla.commands.deploy import build_config, parse_duration_ms
 from flotilla.commands.functions import parse_header, read_data
 from flotilla.errors import SettingsError
-from tests.guests.build import echo_wasm  # noqa: F401
 from tests.services import free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -23,7 +23,6 @@ import uvicorn
 from dispatcher import service
 from flotilla.settings import DispatcherSettings, WorkerSettings
 from flotilla.topology import Topology
-from tests.guests.build import echo_wasm, probe_wasm  # noqa: F401
 from tests.services import free_port
 from worker.service import WorkerService
 
@@ -77,10 +76,10 @@ async def fleet(
     hook = uvicorn.Server(uvicorn.Config(callback_app(received, event), host="127.0.0.1",
                                          port=port, log_level="warning", lifespan="off"))
     hook_task = asyncio.create_task(hook.serve())
-    common = dict(
-        amqp_url=amqp_url, redis_url=redis_url, aws_endpoint_url=aws_endpoint_url,
-        artifact_bucket=prefix, artifact_key="e2e-key", queue_prefix=prefix,
-    )
+    common: dict[str, Any] = {
+        "amqp_url": amqp_url, "redis_url": redis_url, "aws_endpoint_url": aws_endpoint_url,
+        "artifact_bucket": prefix, "artifact_key": "e2e-key", "queue_prefix": prefix,
+    }
     # The dispatcher compiles with the shared cache (fast re-runs); the worker gets an empty
     # one, so it must fetch (and verify) artifacts from S3.
     settings = DispatcherSettings(**common, reply_margin_ms=1000, job_ttl_s=300,

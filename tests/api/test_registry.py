@@ -55,7 +55,7 @@ def test_digest_depends_on_code_and_config() -> None:
 
 
 async def test_deploy_records_versions_and_latest(deployer) -> None:
-    d, compiler = deployer
+    d, _ = deployer
     v1, created1 = await d.deploy(cfg(), b"\0asm-one")
     v2, created2 = await d.deploy(cfg(timeout_ms=1000), b"\0asm-one")
     assert (created1, created2) == (True, True)
