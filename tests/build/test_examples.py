@@ -69,3 +69,17 @@ def test_rebuilding_a_built_guest_is_a_fast_cache_hit(tmp_path: Path) -> None:
     assert result.seconds < 2.0
     assert cached.stat().st_mtime_ns == mtime
     assert (tmp_path / "echo.wasm").read_bytes() == cached.read_bytes()
+
+
+def test_flotilla_build_command_writes_the_component(tmp_path: Path) -> None:
+    cached = python_guest("echo")
+    out = tmp_path / "fn.wasm"
+    done = subprocess.run(
+        [sys.executable, "-m", "flotilla", "build", str(guest_source("echo")), "-o", str(out)],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "cache hit" in done.stdout
+    assert out.read_bytes() == cached.read_bytes()
