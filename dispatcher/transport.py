@@ -194,6 +194,11 @@ class AmqpTransport:
         await queue.consume(on_message)
 
     @property
+    def connection(self) -> AbstractRobustConnection | None:
+        """The robust connection (e.g. to watch `reconnect_callbacks`); None before start."""
+        return self._connection
+
+    @property
     def pending(self) -> int:
         """Calls waiting for a reply."""
         return len(self._futures)

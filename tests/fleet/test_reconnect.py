@@ -1,0 +1,93 @@
+"""Connections cut or closed by the broker: worker and caller reconnect and work continues."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+from urllib.parse import urlsplit
+
+import aio_pika
+import pytest
+
+from dispatcher.transport import AmqpTransport
+from flotilla.topology import Topology
+from tests.fleet.fakes import FakeRunner, envelope
+from tests.fleet.proxy import CuttableProxy
+from worker.consumer import Consumer
+from worker.handler import EnvelopeHandler
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
+
+
+def reconnected(connection: Any) -> asyncio.Event:
+    """An event set the next time `connection` (robust) has reconnected."""
+    event = asyncio.Event()
+    connection.reconnect_callbacks.add(lambda *_: event.set())
+    return event
+
+
+@pytest.fixture
+async def worker_connection(amqp_url: str, topology: Topology, unique: str) -> AsyncIterator[Any]:
+    connection = await aio_pika.connect_robust(
+        amqp_url, client_properties={"connection_name": f"worker-{unique}"}
+    )
+    executor = ThreadPoolExecutor(2)
+    handler = EnvelopeHandler(FakeRunner(), job_results=topology.job_results)
+    consumer = Consumer(connection, topology, handler, executor, concurrency=2, prefetch=4)
+    await consumer.start()
+    yield connection
+    await consumer.close()
+    await connection.close()
+    executor.shutdown()
+
+
+def _close_from_broker(connection_name: str) -> None:
+    """`rabbitmqctl close_connection` for the connection with that name (only ours)."""
+    out = subprocess.run(
+        ["rabbitmqctl", "list_connections", "pid", "client_properties", "-q"],
+        check=True, capture_output=True, text=True, timeout=60,
+    ).stdout
+    marker = f'{{"connection_name","{connection_name}"}}'
+    pids = [line.split("\t", 1)[0] for line in out.splitlines() if marker in line]
+    assert len(pids) == 1, f"expected one connection named {connection_name}, found {pids}"
+    subprocess.run(
+        ["rabbitmqctl", "close_connection", pids[0], "test: closed by the broker"],
+        check=True, capture_output=True, timeout=60,
+    )
+
+
+async def test_worker_recovers_when_the_broker_closes_its_connection(
+    amqp_url: str, topology: Topology, unique: str, worker_connection: Any
+) -> None:
+    async with AmqpTransport(amqp_url, topology, connection_name=f"caller-{unique}") as caller:
+        assert (await caller.call(envelope("echo", b"1"), timeout=10)).body == b"1"
+        back = reconnected(worker_connection)
+        await asyncio.to_thread(_close_from_broker, f"worker-{unique}")
+        await asyncio.wait_for(back.wait(), 30)
+        assert (await caller.call(envelope("echo", b"2"), timeout=20)).body == b"2"
+
+
+async def test_caller_recovers_after_a_network_cut(
+    amqp_url: str, topology: Topology, worker_connection: Any
+) -> None:
+    url = urlsplit(amqp_url)
+    proxy = CuttableProxy(url.hostname or "127.0.0.1", url.port or 5672)
+    await proxy.start()
+    proxied = amqp_url.replace(f"{url.hostname}:{url.port}", f"127.0.0.1:{proxy.port}")
+    try:
+        async with AmqpTransport(proxied, topology) as caller:
+            assert (await caller.call(envelope("echo", b"before"), timeout=10)).body == b"before"
+            assert caller.connection is not None
+            back = reconnected(caller.connection)
+            proxy.cut()
+            await asyncio.wait_for(back.wait(), 30)
+            # Same reply queue name, re-declared: replies reach this caller again.
+            replies = await asyncio.gather(
+                *(caller.call(envelope("echo", b"%d" % i), timeout=20) for i in range(20))
+            )
+            assert [r.body for r in replies] == [b"%d" % i for i in range(20)]
+    finally:
+        await proxy.close()
