@@ -1,0 +1,64 @@
+"""`flotilla bench <benchmark>`: benchmarks that print figures beside a baseline.
+
+Each benchmark is a subparser registered by one function in BENCHMARKS; add yours (e.g.
+`e2e`) by writing `_add_<name>(subparsers)` and listing it there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from flotilla.settings import WorkerSettings
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PYTHON_ECHO = REPO_ROOT / "examples" / "echo" / "app.py"
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register `bench` and one subcommand per benchmark."""
+    parser = subparsers.add_parser("bench", help="run a benchmark and print its figures")
+    benches = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK")
+    for register in BENCHMARKS:
+        register(benches)
+    parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
+
+
+def _add_sandbox(benches: Any) -> None:
+    p = benches.add_parser(
+        "sandbox",
+        help="invocation cost of the sandbox vs naive wasmtime-py",
+        description="Median/p99 of a full invocation and of each phase for the trivial WAT "
+        "echo and the Python echo example, cost per KiB of body, and the same figures for a "
+        "naive use of wasmtime-py measured in the same run.",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--cache-dir", help="cache directory (default: FLOTILLA_CACHE_DIR)")
+    p.add_argument("--python-app", type=Path, default=PYTHON_ECHO,
+                   help="Python echo guest to build (default: examples/echo/app.py)")
+    p.add_argument("--no-python", action="store_true", help="skip the Python guest")
+    p.add_argument("--no-baseline", action="store_true", help="skip the naive baseline")
+    p.add_argument("--quick", action="store_true", help="fewer iterations (smoke run)")
+    p.set_defaults(func=_run_sandbox)
+
+
+def _run_sandbox(args: argparse.Namespace) -> int:
+    from worker.sandbox.bench import Plan, format_table, run_bench
+
+    cache_dir = args.cache_dir or WorkerSettings.from_env().cache_dir
+    plan = Plan(trivial=100, python=10, per_size=(10, 3, 2)) if args.quick else Plan()
+    results = run_bench(cache_dir, python_app=None if args.no_python else args.python_app,
+                        plan=plan, baseline=not args.no_baseline)
+    if args.json:
+        json.dump(results, sys.stdout, indent=2, sort_keys=True)
+        sys.stdout.write("\n")
+    else:
+        print(format_table(results))
+    return 0
+
+
+BENCHMARKS: list[Callable[[Any], None]] = [_add_sandbox]
