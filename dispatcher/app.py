@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, ClientError
 from fastapi import FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
@@ -75,6 +76,7 @@ from flotilla.envelope import (
     now_ms,
 )
 from flotilla.errors import ComponentError
+from flotilla.metrics import DispatcherMetrics
 
 log = logging.getLogger(__name__)
 
@@ -196,10 +198,14 @@ def _parse_config(text: str, name: str) -> FunctionConfig:
 
 class InvocationIdMiddleware:
     """Gives every request an invocation id (request.state.invocation_id) and echoes it in
-    the `flotilla-invocation-id` response header; turns unhandled errors into a 500 problem."""
+    the `flotilla-invocation-id` response header; turns unhandled errors into a 500 problem;
+    counts requests by route template and status when given metrics."""
 
-    def __init__(self, app: Callable[..., Awaitable[None]]) -> None:
+    def __init__(
+        self, app: Callable[..., Awaitable[None]], metrics: DispatcherMetrics | None = None
+    ) -> None:
         self.app = app
+        self.metrics = metrics
 
     async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -208,11 +214,14 @@ class InvocationIdMiddleware:
         invocation_id = new_id()
         scope.setdefault("state", {})["invocation_id"] = invocation_id
         started = False
+        status = 500
+        began = time.perf_counter()
 
         async def send_with_id(message: MutableMapping[str, Any]) -> None:
-            nonlocal started
+            nonlocal started, status
             if message["type"] == "http.response.start":
                 started = True
+                status = int(message["status"])
                 headers = [
                     (k, v) for k, v in message.get("headers", [])
                     if k.lower() != INVOCATION_HEADER.encode()
@@ -236,6 +245,16 @@ class InvocationIdMiddleware:
             }
             response = JSONResponse(problem, status_code=500, media_type=PROBLEM_MEDIA_TYPE)
             await response(scope, receive, send_with_id)
+        finally:
+            if self.metrics is not None:
+                self._observe(scope, status, time.perf_counter() - began)
+
+    def _observe(self, scope: MutableMapping[str, Any], status: int, seconds: float) -> None:
+        assert self.metrics is not None
+        # The route template, not the path: labels stay bounded.
+        route = getattr(scope.get("route"), "path", None) or "unmatched"
+        self.metrics.requests.labels(route, str(status)).inc()
+        self.metrics.request_duration.labels(route).observe(seconds)
 
 
 def problem_response(request: Request, err: DispatcherError) -> JSONResponse:
@@ -254,15 +273,25 @@ def create_app(
     jobs: JobStore,
     transport: Transport,
     options: ApiOptions | None = None,
+    metrics: DispatcherMetrics | None = None,
 ) -> FastAPI:
-    """The HTTP API wired to its collaborators (nothing is started or connected here)."""
+    """The HTTP API wired to its collaborators (nothing is started or connected here).
+
+    With `metrics`, requests, waiting callers, reply latency and publishes are recorded and
+    served at `/metrics` (Prometheus text format).
+    """
     opts = options or ApiOptions()
+    m = metrics
     app = FastAPI(
         title="Flotilla",
         version="0.1.0",
         description="Deploy and invoke WebAssembly functions; errors are RFC 9457 problems.",
     )
-    app.add_middleware(InvocationIdMiddleware)
+    app.add_middleware(InvocationIdMiddleware, metrics=metrics)
+
+    def published(result: str) -> None:
+        if m is not None:
+            m.publishes.labels(result).inc()
     _add_error_handlers(app, opts)
 
     async def resolve(name: str, version: str | None) -> FunctionVersion:
@@ -403,15 +432,29 @@ def create_app(
             body=body,
             deadline_ms=now_ms() + timeout_ms,
         )
+        began = time.perf_counter()
+        if m is not None:
+            m.in_flight.inc()
         try:
             reply = await transport.call(envelope, (timeout_ms + opts.reply_margin_ms) / 1000)
         except CallTimeout:
+            published("confirmed")
             raise FunctionTimeout(
                 f"no reply within {timeout_ms} ms (+{opts.reply_margin_ms} ms margin)",
                 outcome=TIMEOUT,
             ) from None
-        except (QueueFull, BrokerUnavailable) as exc:
+        except QueueFull as exc:
+            published("rejected")
             raise Unavailable(str(exc), retry_after_s=opts.retry_after_s) from None
+        except BrokerUnavailable as exc:
+            published("failed")
+            raise Unavailable(str(exc), retry_after_s=opts.retry_after_s) from None
+        finally:
+            if m is not None:
+                m.in_flight.dec()
+        published("confirmed")
+        if m is not None:
+            m.reply_latency.observe(time.perf_counter() - began)
         return _reply_response(reply, opts)
 
     @app.post(
@@ -466,8 +509,13 @@ def create_app(
         )
         try:
             await transport.submit(envelope)
-        except (QueueFull, BrokerUnavailable) as exc:
+        except QueueFull as exc:
+            published("rejected")
             raise Unavailable(str(exc), retry_after_s=opts.retry_after_s) from None
+        except BrokerUnavailable as exc:
+            published("failed")
+            raise Unavailable(str(exc), retry_after_s=opts.retry_after_s) from None
+        published("confirmed")
         return JSONResponse(
             {"job_id": job_id, "status_url": f"/v1/jobs/{job_id}"},
             status_code=202,
@@ -488,6 +536,15 @@ def create_app(
         if status is None:
             raise JobNotFound(f"no job {job_id!r}")
         return status.to_dict()
+
+    if metrics is not None:
+        registry_ = metrics.registry
+
+        @app.get("/metrics", include_in_schema=False)
+        async def prometheus_metrics() -> Response:
+            from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+            return Response(generate_latest(registry_), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz", summary="Liveness", operation_id="healthz")
     async def healthz() -> dict[str, str]:
@@ -537,11 +594,22 @@ def _add_error_handlers(app: FastAPI, opts: ApiOptions) -> None:
             body, status_code=exc.status_code, headers=headers, media_type=PROBLEM_MEDIA_TYPE,
         )
 
-    @app.exception_handler(redis.exceptions.ConnectionError)
     async def on_redis_down(request: Request, exc: Exception) -> JSONResponse:
         return problem_response(
             request, Unavailable(f"Redis is unavailable: {exc}", retry_after_s=opts.retry_after_s)
         )
+
+    async def on_s3_down(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("artifact store failed: %s", exc)
+        return problem_response(
+            request,
+            Unavailable(f"the artifact store failed: {exc}", retry_after_s=opts.retry_after_s),
+        )
+
+    app.add_exception_handler(redis.exceptions.ConnectionError, on_redis_down)
+    app.add_exception_handler(redis.exceptions.TimeoutError, on_redis_down)
+    app.add_exception_handler(BotoCoreError, on_s3_down)
+    app.add_exception_handler(ClientError, on_s3_down)
 
 
 def _allowed_methods(app: FastAPI, request: Request) -> list[str]:

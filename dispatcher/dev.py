@@ -29,6 +29,7 @@ from dispatcher.jobs import JobStore, ResultRecorder
 from dispatcher.registry import Deployer, FunctionVersion, Registry
 from dispatcher.service import callback_poster, options_from, split_listen
 from flotilla.config import FunctionConfig
+from flotilla.metrics import DispatcherMetrics
 from flotilla.settings import DispatcherSettings, WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -145,7 +146,7 @@ def build_dev(
     deployer = Deployer(registry, store, compile=sandbox.compile, engine_fingerprint=fingerprint)
     app = create_app(
         registry=registry, deployer=deployer, jobs=jobs, transport=transport,
-        options=options_from(settings),
+        options=options_from(settings), metrics=DispatcherMetrics(),
     )
     return DevStack(
         app, registry, deployer, transport, ResultRecorder(jobs, callback_poster(http)),

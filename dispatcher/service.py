@@ -21,6 +21,7 @@ from dispatcher.artifacts import ArtifactStore, S3Backend
 from dispatcher.jobs import JobStore, PostFn, ResultRecorder, parse_hosts
 from dispatcher.registry import Deployer, Registry
 from flotilla.errors import SettingsError
+from flotilla.metrics import DispatcherMetrics
 from flotilla.settings import DispatcherSettings
 
 log = logging.getLogger(__name__)
@@ -127,6 +128,7 @@ def build(settings: DispatcherSettings) -> Dispatcher:
         jobs=jobs,
         transport=transport,
         options=options_from(settings),
+        metrics=DispatcherMetrics(),
     )
     return Dispatcher(app, redis, transport, ResultRecorder(jobs, callback_poster(http)), http,
                       sandbox)

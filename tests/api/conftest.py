@@ -18,6 +18,7 @@ from dispatcher.jobs import JobStore, ResultRecorder
 from dispatcher.registry import Deployer, Registry
 from flotilla.envelope import OK, Envelope, Reply
 from flotilla.errors import ComponentError
+from flotilla.metrics import DispatcherMetrics
 from tests.guests.build import echo_wasm, probe_wasm  # noqa: F401 - fixtures
 
 WASM = b"\0asm\x0d\x00\x01\x00fake component"
@@ -102,6 +103,7 @@ async def api(redis_url: str, aws_endpoint_url: str, unique: str) -> AsyncIterat
         jobs=jobs,
         transport=transport,
         options=ApiOptions(reply_margin_ms=500, job_ttl_s=60, callback_hosts=("hooks.example.com",)),
+        metrics=DispatcherMetrics(),
     )
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
     try:

@@ -287,3 +287,46 @@ async def test_deploy_body_is_documented_as_multipart_with_config_schema(api: Ap
     assert form["schema"]["required"] == ["component"]
     assert form["schema"]["properties"]["config"]["additionalProperties"] is False
     assert "GetFunction" in put["responses"]["201"]["links"]
+
+
+async def test_metrics_count_requests_by_route_template(api: Api) -> None:
+    await deploy(api)
+    await api.client.post("/v1/functions/echo/invoke", content=b"x")
+    await api.client.post("/v1/functions/nope/invoke")
+    text = (await api.client.get("/metrics")).text
+    route = 'route="/v1/functions/{name}/invoke"'
+    assert f'flotilla_http_requests_total{{{route},status="200"}} 1.0' in text
+    assert f'flotilla_http_requests_total{{{route},status="404"}} 1.0' in text
+    assert 'flotilla_publishes_total{result="confirmed"} 1.0' in text
+    assert "flotilla_reply_latency_seconds_count 1.0" in text
+
+
+async def test_artifact_store_down_is_503(redis_url: str, unique: str) -> None:
+    import boto3
+    import httpx
+    import redis.asyncio as aioredis
+    from botocore.config import Config
+
+    from dispatcher.app import create_app
+    from dispatcher.artifacts import ArtifactStore, S3Backend
+    from dispatcher.jobs import JobStore
+    from dispatcher.registry import Deployer, Registry
+    from tests.api.conftest import FakeTransport, fake_compile
+
+    s3 = boto3.client("s3", endpoint_url="http://127.0.0.1:9", region_name="us-east-1",
+                      config=Config(retries={"max_attempts": 1}, connect_timeout=1))
+    redis = aioredis.from_url(redis_url)
+    registry = Registry(redis, prefix=unique)
+    app = create_app(
+        registry=registry,
+        deployer=Deployer(registry, ArtifactStore(S3Backend(s3, unique), "k"),
+                          compile=fake_compile, engine_fingerprint="eng"),
+        jobs=JobStore(redis, prefix=unique), transport=FakeTransport(),
+    )
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://t") as client:
+        resp = await client.put("/v1/functions/echo", files={"component": ("f.wasm", WASM)})
+    await redis.aclose()
+    body = assert_problem(resp, 503, "unavailable")
+    assert "artifact store" in body["detail"]
+    assert resp.headers["retry-after"] == "1"
