@@ -35,7 +35,7 @@ from aio_pika.abc import (
 
 from flotilla.envelope import REPLY_JOB, REPLY_QUEUE, Envelope, EnvelopeError, Reply, now_ms
 from flotilla.errors import FlotillaError
-from flotilla.topology import Topology, message_ttl_ms
+from flotilla.topology import RECONNECT_INTERVAL_S, Topology, message_ttl_ms
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,9 @@ class AmqpTransport:
         """Connect, declare the topology (unless told not to) and the reply queue."""
         try:
             self._connection = await aio_pika.connect_robust(
-                self._url, client_properties={"connection_name": self._connection_name}
+                self._url,
+                client_properties={"connection_name": self._connection_name},
+                reconnect_interval=RECONNECT_INTERVAL_S,
             )
             self._channel = await self._connection.channel(publisher_confirms=True)
             if self._declare:

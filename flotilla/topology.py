@@ -22,6 +22,9 @@ from aio_pika.abc import AbstractChannel, AbstractQueue
 
 from flotilla.envelope import REPLY_JOB
 
+# Seconds between reconnect attempts of robust connections (aio-pika's default is 5 s;
+# callers and queued work wait on every second of an outage).
+RECONNECT_INTERVAL_S = 1.0
 DEFAULT_DELIVERY_LIMIT = 5
 DEFAULT_MAX_LENGTH = 100_000
 

@@ -29,7 +29,7 @@ import aio_pika
 
 from flotilla.metrics import WorkerMetrics
 from flotilla.settings import WorkerSettings
-from flotilla.topology import Topology
+from flotilla.topology import RECONNECT_INTERVAL_S, Topology
 from worker.consumer import Consumer
 from worker.handler import EnvelopeHandler, Runner
 from worker.probes import ProbeServer
@@ -151,6 +151,7 @@ class WorkerService:
             connection = await aio_pika.connect_robust(
                 settings.amqp_url,
                 client_properties={"connection_name": f"flotilla-worker-{settings.queue_prefix}"},
+                reconnect_interval=RECONNECT_INTERVAL_S,
             )
             self.consumer = Consumer(
                 connection,
