@@ -37,12 +37,18 @@ Ops (arguments with their defaults):
   cache.delete key | cache.increment key delta=1 ttl_ms=0
   http.invoke url method="GET" headers=[] body="" timeout_ms=null
         -> {status, headers, body: {text, b64}}
-  s3.get key bucket | s3.put bucket key body content_type=null | s3.delete bucket key
+  s3.get bucket key | s3.put bucket key body content_type=null | s3.delete bucket key
   dynamodb.get table key | dynamodb.put table item | dynamodb.delete table key
         (key/item: DynamoDB-JSON text, or an object which is JSON-encoded)
   log      level="info" message="probe"
   hammer   call={host op} n=100     -> runs the host op n times: {n, ok, errors, last, ms}
   batch    ops=[{op...}, ...]       -> list of each op's JSON result (ops that return JSON)
+
+Seen under plain wasmtime-py (tests/build/test_guests_run.py): `raise`, `recursion` past
+the limit, `alloc`/`memory_bomb` past the store's memory limit and an uncaught exception
+all trap with `unreachable` (componentize-py aborts); both `exit` forms raise
+wasmtime.ExitTrap; `err` returns the err string; file and socket ops fail cleanly
+(`ok: false`) when the WASI context grants no preopens and no network.
 """
 
 import base64
