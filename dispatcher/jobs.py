@@ -72,7 +72,7 @@ def next_delay(attempt: int) -> float | None:
     """
     if attempt < 1 or attempt >= CALLBACK_ATTEMPTS:
         return None
-    return min(CALLBACK_MAX_DELAY_S, CALLBACK_BASE_DELAY_S * 2 ** (attempt - 1))
+    return float(min(CALLBACK_MAX_DELAY_S, CALLBACK_BASE_DELAY_S * 2.0 ** (attempt - 1)))
 
 
 def parse_hosts(setting: str) -> tuple[str, ...]:
