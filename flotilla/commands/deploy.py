@@ -42,6 +42,7 @@ def build_config(args: argparse.Namespace) -> dict[str, Any]:
         config = json.loads(Path(args.config).read_text())
         if not isinstance(config, dict):
             raise ValueError(f"{args.config} must hold a JSON object")
+        config.pop("name", None)  # the NAME argument decides (one file can serve copies)
     if args.env:
         config["env"] = {**config.get("env", {}), **dict(args.env)}
     if args.timeout is not None:

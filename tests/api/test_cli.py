@@ -49,7 +49,8 @@ def test_parse_header_and_data(tmp_path: Path) -> None:
 
 def test_deploy_flags_override_the_config_file(tmp_path: Path) -> None:
     cfg = tmp_path / "cfg.json"
-    cfg.write_text(json.dumps({"timeout_ms": 100, "env": {"A": "1"}, "allowed_hosts": ["a.com"]}))
+    cfg.write_text(json.dumps({"name": "other", "timeout_ms": 100, "env": {"A": "1"},
+                               "allowed_hosts": ["a.com"]}))
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers()
     from flotilla.commands import deploy
