@@ -36,6 +36,10 @@ from flotilla.errors import FlotillaError
 
 DEFAULT_WORLD = "function"
 BUILD_TIMEOUT_S = 600.0
+MAX_CACHE_BYTES = 2 * 1024**3
+"""Built guests beyond this total are evicted, least recently used first."""
+EVICT_GRACE_S = 3600.0
+"""Guests used this recently are never evicted (another process may be copying one)."""
 # Bump when the key's recipe or the build command changes meaning.
 KEY_FORMAT = b"flotilla-guest-build/1"
 
@@ -101,6 +105,9 @@ def build(
             cached = cached_path.exists() and not force
             if not cached:
                 _componentize(app, wit, world, command, cached_path, run or _run)
+                _prune(guests)
+    if cached:
+        os.utime(cached_path)  # mtime is "last used" for eviction (atime is often off)
     result_path = cached_path
     if output is not None:
         result_path = Path(output)
@@ -181,6 +188,37 @@ def cache_key(app: Path, wit_files: Sequence[Path], *, world: str, tool_version:
     for path in wit_files:
         _feed(digest, b"wit:" + path.name.encode(), path.read_bytes())
     return digest.hexdigest()
+
+
+def evictions(
+    entries: Sequence[tuple[str, int, float]], *, max_bytes: int, now: float, grace_s: float
+) -> list[str]:
+    """Names to delete from (name, size, last_used) entries, least recently used first,
+    until the rest fit in `max_bytes`; entries used within `grace_s` of `now` are kept."""
+    total = sum(size for _, size, _ in entries)
+    doomed = []
+    for name, size, last_used in sorted(entries, key=lambda e: e[2]):
+        if total <= max_bytes:
+            break
+        if now - last_used < grace_s:
+            continue
+        doomed.append(name)
+        total -= size
+    return doomed
+
+
+def _prune(guests: Path) -> None:
+    entries = []
+    for path in guests.glob("*.wasm"):
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            continue
+        entries.append((path.name, stat.st_size, stat.st_mtime))
+    budget = MAX_CACHE_BYTES
+    for name in evictions(entries, max_bytes=budget, now=time.time(), grace_s=EVICT_GRACE_S):
+        (guests / name).unlink(missing_ok=True)
+        (guests / name).with_suffix(".lock").unlink(missing_ok=True)
 
 
 def _feed(digest: hashlib._Hash, name: bytes, data: bytes) -> None:

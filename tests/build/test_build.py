@@ -6,6 +6,7 @@ these tests take milliseconds; test_examples.py covers real builds.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import threading
@@ -15,7 +16,15 @@ from pathlib import Path
 import pytest
 
 from flotilla import build as build_mod
-from flotilla.build import BuildError, build, build_guest, cache_key, check_app, find_wit_dir
+from flotilla.build import (
+    BuildError,
+    build,
+    build_guest,
+    cache_key,
+    check_app,
+    evictions,
+    find_wit_dir,
+)
 from flotilla.cli import main
 
 APP = """\
@@ -265,3 +274,42 @@ def test_cli_reports_errors_on_stderr(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["build", str(tmp_path / "app.py"), "--cache-dir", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("flotilla build: error: ") and "no such file" in err
+
+
+@pytest.mark.parametrize(
+    ("entries", "max_bytes", "expected"),
+    [
+        ([], 10, []),
+        ([("a", 5, 100.0), ("b", 5, 200.0)], 10, []),
+        ([("a", 5, 100.0), ("b", 5, 200.0), ("c", 5, 300.0)], 10, ["a"]),
+        ([("c", 5, 300.0), ("a", 5, 100.0), ("b", 5, 200.0)], 5, ["a", "b"]),
+        # used within the grace period: kept even over budget
+        ([("a", 5, 100.0), ("new", 50, 950.0)], 10, ["a"]),
+        ([("a", 50, 990.0)], 10, []),
+    ],
+)
+def test_evictions_drop_least_recently_used_first(
+    entries: list[tuple[str, int, float]], max_bytes: int, expected: list[str]
+) -> None:
+    assert evictions(entries, max_bytes=max_bytes, now=1000.0, grace_s=100.0) == expected
+
+
+def test_a_fresh_build_evicts_old_guests_over_budget(
+    app: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    guests = cache / "guests"
+    guests.mkdir(parents=True)
+    old = guests / ("0" * 64 + ".wasm")
+    old.write_bytes(b"x" * 100)
+    os.utime(old, (1_000_000, 1_000_000))
+    monkeypatch.setattr(build_mod, "MAX_CACHE_BYTES", 50)
+    result = build(app, cache_dir=cache, run=FakeCompiler())
+    assert not old.exists()
+    assert (guests / f"{result.key}.wasm").exists()
+
+
+def test_a_cache_hit_marks_the_guest_used(app: Path, cache: Path) -> None:
+    first = build(app, cache_dir=cache, run=FakeCompiler())
+    os.utime(first.path, (1_000_000, 1_000_000))
+    build(app, cache_dir=cache, run=FakeCompiler())
+    assert first.path.stat().st_mtime > 1_000_000
