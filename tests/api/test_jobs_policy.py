@@ -79,3 +79,28 @@ async def test_deliver_callback_stops_on_success() -> None:
 
     assert await deliver_callback("http://x", {}, post, sleep=sleep) is True
     assert sleeps == [0.5]
+
+
+async def test_wait_wakes_on_result_with_fakeredis() -> None:
+    """Dev mode runs the job store on fakeredis: its pub/sub must wake waiters too."""
+    import asyncio
+
+    import fakeredis
+
+    from dispatcher.jobs import JobRecord, JobStore
+    from flotilla.envelope import OK, Reply
+
+    store = JobStore(fakeredis.FakeAsyncRedis(), prefix="t", ttl_s=60)
+    job_id = new_id()
+    await store.create(JobRecord(job_id, "echo", "d" * 64, 0.0))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    waiter = asyncio.create_task(store.wait(job_id, 10))
+    await asyncio.sleep(0.1)
+    assert not waiter.done()
+    assert await store.complete(Reply(job_id, job_id, OK, status=200, body=b"x")) is not None
+    status = await asyncio.wait_for(waiter, 5)
+    assert status is not None and status.status == "succeeded"
+    assert loop.time() - started < 2
+    # The first result wins.
+    assert await store.complete(Reply(job_id, job_id, OK, status=500)) is None
