@@ -164,10 +164,19 @@ def _load(engine: wasmtime.Engine, wasm_path: Path) -> Component:
     cache.mkdir(parents=True, exist_ok=True)
     compiled = cache / f"{key}.cwasm"
     if compiled.exists():
+        os.utime(compiled)
         return Component.deserialize_file(engine, str(compiled))
     component = Component(engine, data)
     fd, tmp = tempfile.mkstemp(dir=cache, suffix=".tmp")
     with os.fdopen(fd, "wb") as handle:
         handle.write(component.serialize())
     os.replace(tmp, compiled)
+    _prune(cache)
     return component
+
+
+def _prune(cache: Path, keep: int = 8) -> None:
+    # Each compiled guest is ~70 MB and every edit of a guest makes a new one.
+    by_use = sorted(cache.glob("*.cwasm"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for stale in by_use[keep:]:
+        stale.unlink(missing_ok=True)
