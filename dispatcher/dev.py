@@ -90,14 +90,34 @@ class DevStack:
             except Exception:
                 log.exception("closing %r failed", close)
 
-    async def deploy_example(self, example: Path, cache_dir: str) -> FunctionVersion:
-        """Build (cached) and deploy one example directory."""
+    async def deploy_examples(
+        self, examples: list[Path], cache_dir: str, print_fn: Callable[[str], None]
+    ) -> list[FunctionVersion]:
+        """Build the examples two at a time (builds are subprocesses), deploy them in order."""
         from flotilla.build import build_guest
 
-        config = FunctionConfig.from_dict(json.loads((example / "config.json").read_text()))
-        wasm_path = await asyncio.to_thread(build_guest, example / "app.py", cache_dir=cache_dir)
-        version, _ = await self.deployer.deploy(config, wasm_path.read_bytes())
-        return version
+        gate = asyncio.Semaphore(2)
+
+        async def build(example: Path) -> Path:
+            async with gate:
+                return await asyncio.to_thread(build_guest, example / "app.py",
+                                               cache_dir=cache_dir)
+
+        built = await asyncio.gather(*(build(e) for e in examples), return_exceptions=True)
+        versions = []
+        for example, wasm in zip(examples, built, strict=True):
+            try:
+                if isinstance(wasm, BaseException):
+                    raise wasm
+                config = FunctionConfig.from_dict(
+                    json.loads((example / "config.json").read_text())
+                )
+                version, _ = await self.deployer.deploy(config, wasm.read_bytes())
+                versions.append(version)
+                print_fn(f"deployed {example.name}")
+            except Exception as exc:  # noqa: BLE001 - one broken example must not stop dev mode
+                print_fn(f"could not deploy example {example.name}: {exc}")
+        return versions
 
 
 def build_dev(
@@ -179,13 +199,8 @@ async def serve_dev(
     stack = build_dev(settings, loop=asyncio.get_running_loop(), concurrency=concurrency)
     await stack.start()
     try:
-        versions = []
-        for example in find_examples(examples) if examples is not None else []:
-            try:
-                versions.append(await stack.deploy_example(example, settings.cache_dir))
-                print_fn(f"deployed {example.name}")
-            except Exception as exc:  # noqa: BLE001 - one broken example must not stop dev mode
-                print_fn(f"could not deploy example {example.name}: {exc}")
+        found = find_examples(examples) if examples is not None else []
+        versions = await stack.deploy_examples(found, settings.cache_dir, print_fn)
         server = uvicorn.Server(
             uvicorn.Config(stack.app, host=host, port=port, log_level=settings.log_level.lower(),
                            lifespan="off")
