@@ -49,6 +49,7 @@ def test_echo_op_describes_the_request(probe: Runner) -> None:
         ({"op": "recursion", "depth": 50}, 50),
         ({"op": "stdout", "n": 3}, 3),
         ({"op": "stderr", "n": 3}, 3),
+        ({"op": "stdin"}, ""),
     ],
 )
 def test_json_ops(probe: Runner, cmd: dict, expected: object) -> None:

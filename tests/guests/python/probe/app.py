@@ -20,6 +20,7 @@ Ops (arguments with their defaults):
   udp_send   host="127.0.0.1" port=9 data="probe"  -> bytes sent
   getaddrinfo host="localhost" port=80 -> addresses
   stdout / stderr  n=1024           -> writes n bytes "o"/"e" (flushed), returns n
+  stdin                             -> sys.stdin.read()
   exit     code=0 how="sys"         -> sys.exit(code) (SystemExit), or os._exit(code) with how="os"
   clocks                            -> {time, monotonic, perf_counter}
   random   n=16                     -> {urandom: hex, random: float}
@@ -229,6 +230,8 @@ def system_op(cmd: dict):
         stream.write(("o" if op == "stdout" else "e") * n)
         stream.flush()
         return n
+    if op == "stdin":
+        return sys.stdin.read()
     if op == "clocks":
         return {
             "time": time.time(),
@@ -266,7 +269,7 @@ def system_op(cmd: dict):
 
 SYSTEM_OPS = {
     "env", "read_file", "list_dir", "write_file", "tcp_connect", "udp_send", "getaddrinfo",
-    "stdout", "stderr", "clocks", "random", "counter", "sleep", "wall_sleep",
+    "stdout", "stderr", "stdin", "clocks", "random", "counter", "sleep", "wall_sleep",
 }  # fmt: skip
 # These must not have their exceptions caught: the sandbox should see the failure.
 UNCAUGHT_OPS = {"memory_bomb", "recursion", "alloc"}
