@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 from dataclasses import dataclass
 
 import wasmtime
@@ -131,8 +132,15 @@ class EpochTicker:
         self._thread.start()
 
     def _run(self) -> None:
+        # Sleeps overshoot under load; count ticks from the clock so the epoch tracks real
+        # time (a 3 s timeout must not become 6 s because each 1 ms sleep took 2 ms).
+        start = time.monotonic()
+        ticks = 0
         while not self._stop.wait(self._period):
-            self._engine.increment_epoch()
+            due = int((time.monotonic() - start) / self._period)
+            while ticks < due:
+                self._engine.increment_epoch()
+                ticks += 1
 
     def close(self) -> None:
         """Stop the thread (the engine must outlive this call)."""
