@@ -11,6 +11,7 @@ problem documents, `application/problem+json`, see `dispatcher/problems.py`):
 
 Every response carries `flotilla-invocation-id`. The app keeps no state of its own: the
 registry and jobs live in Redis, code in the artifact store, in-flight calls in the transport.
+The routes reach their collaborators through `app.state.api` (an `Api`), set by `create_app`.
 """
 
 from __future__ import annotations
@@ -19,29 +20,18 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
-from fastapi import FastAPI, Header, Path, Query, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.utils import get_openapi
+from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from dispatcher.jobs import (
-    MAX_WAIT_S,
-    JobRecord,
-    JobStore,
-    callback_allowed,
-    new_id,
-)
+from dispatcher import openapi
+from dispatcher.jobs import MAX_WAIT_S, JobRecord, JobStore, callback_allowed, new_id
 from dispatcher.problems import (
     PROBLEM_MEDIA_TYPE,
-    TYPE_PREFIX,
     BodyTooLarge,
     CallbackNotAllowed,
-    DispatcherError,
     FunctionFailed,
     FunctionNotFound,
     FunctionTimeout,
@@ -49,21 +39,12 @@ from dispatcher.problems import (
     InvalidConfig,
     InvalidRequest,
     JobNotFound,
-    Problem,
     Unavailable,
+    add_problem_handlers,
 )
 from dispatcher.registry import LATEST, Deployer, FunctionNotDeployed, FunctionVersion, Registry
 from dispatcher.transport import BrokerUnavailable, CallTimeout, QueueFull, Transport
-from flotilla.config import (
-    BUCKET_RE,
-    HOST_PATTERN_RE,
-    MAX_MAX_BODY_BYTES,
-    MAX_MEMORY_LIMIT_MB,
-    MAX_TIMEOUT_MS,
-    RESERVED_ENV,
-    TABLE_RE,
-    FunctionConfig,
-)
+from flotilla.config import FunctionConfig
 from flotilla.envelope import (
     EXPIRED,
     INTERNAL,
@@ -91,60 +72,10 @@ HOP_BY_HOP = frozenset(
         "trailer", "trailers", "transfer-encoding", "upgrade", "content-length",
     }
 )
-NAME_PATTERN = r"^[a-z][a-z0-9-]{0,62}$"
-NAME_PARAM = Path(description="Function name", pattern=NAME_PATTERN)
+NAME_PARAM = Path(description="Function name", pattern=openapi.NAME_PATTERN)
 VERSION_PARAM = Query(
     None, description="Version: `latest` (default), a digest, a digest prefix or a number"
 )
-# The config form field as JSON Schema (mirrors flotilla.config; the server re-validates).
-CONFIG_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "additionalProperties": False,
-    "properties": {
-        "env": {
-            "type": "object",
-            "propertyNames": {"pattern": r"^[A-Za-z_][A-Za-z0-9_]{0,127}$",
-                              "not": {"enum": list(RESERVED_ENV)}},
-            "additionalProperties": {"type": "string", "pattern": "^[^\\u0000]*$"},
-            "maxProperties": 64,
-        },
-        "timeout_ms": {"type": "integer", "minimum": 1, "maximum": MAX_TIMEOUT_MS},
-        "memory_limit_mb": {"type": "integer", "minimum": 1, "maximum": MAX_MEMORY_LIMIT_MB},
-        "max_body_bytes": {"type": "integer", "minimum": 0, "maximum": MAX_MAX_BODY_BYTES},
-        "allowed_hosts": {"type": "array", "maxItems": 100,
-                          "items": {"type": "string", "pattern": HOST_PATTERN_RE.pattern}},
-        "cache_namespace": {"type": "string", "pattern": r"^([a-z][a-z0-9-]{0,62})?$"},
-        "s3_buckets": {"type": "array", "maxItems": 100,
-                       "items": {"type": "string", "pattern": BUCKET_RE.pattern}},
-        "dynamodb_tables": {"type": "array", "maxItems": 100,
-                            "items": {"type": "string", "pattern": TABLE_RE.pattern}},
-    },
-}
-DEPLOY_BODY: dict[str, Any] = {
-    "required": True,
-    "content": {
-        "multipart/form-data": {
-            "schema": {
-                "type": "object",
-                "required": ["component"],
-                "properties": {
-                    # OpenAPI 3.1 spelling of a file part (not format: binary).
-                    "component": {"type": "string", "contentMediaType": "application/wasm",
-                                  "description": "The component (.wasm)"},
-                    "config": CONFIG_SCHEMA,
-                },
-            },
-            "encoding": {
-                "component": {"contentType": "application/wasm, application/octet-stream"},
-                "config": {"contentType": "application/json"},
-            },
-        }
-    },
-}
-RAW_BODY: dict[str, Any] = {
-    "description": "Passed to the function as its request body",
-    "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
-}
 
 
 @dataclass(frozen=True)
@@ -157,43 +88,73 @@ class ApiOptions:
     retry_after_s: int = 1
 
 
-def _problems(*errors: type[DispatcherError]) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses` entries for the given problem types (merged per status)."""
-    out: dict[int | str, dict[str, Any]] = {}
-    for err in errors:
-        entry = out.setdefault(err.status, {"model": Problem, "description": ""})
-        sep = "; " if entry["description"] else ""
-        entry["description"] += f"{sep}{err.title} (`{TYPE_PREFIX}{err.slug}`)"
-        if err.status == 503:
-            entry["headers"] = {
-                "Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}
-            }
-    return out
+@dataclass(frozen=True)
+class Api:
+    """The routes' collaborators (one per app, in `app.state.api`)."""
+
+    registry: Registry
+    deployer: Deployer
+    jobs: JobStore
+    transport: Transport
+    options: ApiOptions = field(default_factory=ApiOptions)
+    metrics: DispatcherMetrics | None = None
+
+    def published(self, result: str) -> None:
+        """Count one publish by result (confirmed, rejected, failed)."""
+        if self.metrics is not None:
+            self.metrics.publishes.labels(result).inc()
+
+    def unavailable(self, exc: Exception) -> Unavailable:
+        """The 503 problem for a transport error, counted as a rejected or failed publish."""
+        self.published("rejected" if isinstance(exc, QueueFull) else "failed")
+        return Unavailable(str(exc), retry_after_s=self.options.retry_after_s)
+
+    async def resolve(self, name: str, version: str | None) -> FunctionVersion:
+        """The function version a request names; FunctionNotFound (404) when there is none."""
+        try:
+            return await self.registry.get_version(name, version or LATEST)
+        except FunctionNotDeployed as exc:
+            raise FunctionNotFound(str(exc), function=name) from None
 
 
-def _function_links() -> dict[str, Any]:
-    by_name = {"name": "$response.body#/name"}
-    return {
-        "GetFunction": {"operationId": "get_function", "parameters": by_name},
-        "InvokeFunction": {"operationId": "invoke", "parameters": by_name},
-        "SubmitJob": {"operationId": "submit_job", "parameters": by_name},
-        "DeleteFunction": {"operationId": "delete_function", "parameters": by_name},
-    }
+def get_api(request: Request) -> Api:
+    """Dependency: the app's collaborators."""
+    api: Api = request.app.state.api
+    return api
 
 
-def _parse_config(text: str, name: str) -> FunctionConfig:
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise InvalidConfig(f"config is not valid JSON: {exc}", field="config") from None
-    if isinstance(data, dict) and data.get("name") == name:
-        data = {k: v for k, v in data.items() if k != "name"}
-    try:
-        return FunctionConfig.from_dict(data, name=name)
-    except ValueError as exc:
-        raise InvalidConfig(str(exc), field=getattr(exc, "field", "config")) from None
-    except TypeError as exc:  # a wrongly typed value deep inside the config
-        raise InvalidConfig(str(exc), field="config") from None
+ApiDep = Depends(get_api)
+router = APIRouter()
+
+
+def create_app(
+    *,
+    registry: Registry,
+    deployer: Deployer,
+    jobs: JobStore,
+    transport: Transport,
+    options: ApiOptions | None = None,
+    metrics: DispatcherMetrics | None = None,
+) -> FastAPI:
+    """The HTTP API wired to its collaborators (nothing is started or connected here).
+
+    With `metrics`, requests, waiting callers, reply latency and publishes are recorded and
+    served at `/metrics` (Prometheus text format).
+    """
+    api = Api(registry, deployer, jobs, transport, options or ApiOptions(), metrics)
+    app = FastAPI(
+        title="Flotilla",
+        version="0.1.0",
+        description="Deploy and invoke WebAssembly functions; errors are RFC 9457 problems.",
+    )
+    app.state.api = api
+    app.add_middleware(InvocationIdMiddleware, metrics=metrics)
+    add_problem_handlers(app, retry_after_s=api.options.retry_after_s)
+    app.include_router(router)
+    if metrics is not None:
+        app.add_api_route("/metrics", prometheus_metrics, include_in_schema=False)
+    openapi.install(app)
+    return app
 
 
 class InvocationIdMiddleware:
@@ -257,371 +218,278 @@ class InvocationIdMiddleware:
         self.metrics.request_duration.labels(route).observe(seconds)
 
 
-def problem_response(request: Request, err: DispatcherError) -> JSONResponse:
-    """The problem document response of a DispatcherError."""
-    body = err.to_problem(instance=request.url.path)
-    body["invocation_id"] = getattr(request.state, "invocation_id", None)
-    return JSONResponse(
-        body, status_code=err.status, headers=err.headers, media_type=PROBLEM_MEDIA_TYPE
-    )
-
-
-def create_app(
-    *,
-    registry: Registry,
-    deployer: Deployer,
-    jobs: JobStore,
-    transport: Transport,
-    options: ApiOptions | None = None,
-    metrics: DispatcherMetrics | None = None,
-) -> FastAPI:
-    """The HTTP API wired to its collaborators (nothing is started or connected here).
-
-    With `metrics`, requests, waiting callers, reply latency and publishes are recorded and
-    served at `/metrics` (Prometheus text format).
-    """
-    opts = options or ApiOptions()
-    m = metrics
-    app = FastAPI(
-        title="Flotilla",
-        version="0.1.0",
-        description="Deploy and invoke WebAssembly functions; errors are RFC 9457 problems.",
-    )
-    app.add_middleware(InvocationIdMiddleware, metrics=metrics)
-
-    def published(result: str) -> None:
-        if m is not None:
-            m.publishes.labels(result).inc()
-    _add_error_handlers(app, opts)
-
-    async def resolve(name: str, version: str | None) -> FunctionVersion:
-        try:
-            return await registry.get_version(name, version or LATEST)
-        except FunctionNotDeployed as exc:
-            raise FunctionNotFound(str(exc), function=name) from None
-
-    @app.put(
-        "/v1/functions/{name}",
-        status_code=201,
-        operation_id="deploy",
-        summary="Deploy a function (a new immutable version)",
-        description=(
-            "Multipart form: `component` is the .wasm file, `config` an optional JSON object of "
-            "function config fields (the name comes from the path). Identical bytes and "
-            "config return the existing version with 200."
+@router.put(
+    "/v1/functions/{name}",
+    status_code=201,
+    operation_id="deploy",
+    summary="Deploy a function (a new immutable version)",
+    description=(
+        "Multipart form: `component` is the .wasm file, `config` an optional JSON object of "
+        "function config fields (the name comes from the path). Identical bytes and "
+        "config return the existing version with 200."
+    ),
+    responses={
+        201: {"description": "A new version", "links": openapi.function_links()},
+        200: {"description": "Identical bytes and config: the existing version",
+              "content": {"application/json": {"schema": {"type": "object"}}},
+              "links": openapi.function_links()},
+        **openapi.problem_responses(
+            BodyTooLarge, InvalidConfig, InvalidComponent, InvalidRequest, Unavailable
         ),
-        responses={
-            201: {"description": "A new version", "links": _function_links()},
-            200: {"description": "Identical bytes and config: the existing version",
-                  "content": {"application/json": {"schema": {"type": "object"}}},
-                  "links": _function_links()},
-            **_problems(BodyTooLarge, InvalidConfig, InvalidComponent, InvalidRequest,
-                        Unavailable),
-        },
-        openapi_extra={"requestBody": DEPLOY_BODY},
-    )
-    async def deploy(
-        request: Request,
-        name: str = Path(description="Function name", pattern=NAME_PATTERN),
-    ) -> JSONResponse:
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > MAX_UPLOAD_BYTES:
-            raise BodyTooLarge(f"deploy uploads are limited to {MAX_UPLOAD_BYTES} bytes")
-        try:
-            form = await request.form(max_files=1, max_fields=4)
-        except Exception as exc:  # noqa: BLE001 - malformed multipart bodies raise several types
-            raise InvalidRequest(f"expected a multipart/form-data body: {exc}") from None
-        try:
-            component = form.get("component")
-            config_text = form.get("config") or "{}"
-            if component is None:
-                raise InvalidRequest("the form field `component` (the .wasm file) is missing")
-            if not isinstance(config_text, str):
-                config_text = (await config_text.read()).decode("utf-8", "replace")
-            cfg = _parse_config(config_text, name)
-            if isinstance(component, str):  # a part sent without a filename
-                wasm = component.encode("utf-8", "surrogateescape")
-            else:
-                wasm = await component.read(MAX_COMPONENT_BYTES + 1)
-        finally:
-            await form.close()
-        if len(wasm) > MAX_COMPONENT_BYTES:
-            raise BodyTooLarge(f"components are limited to {MAX_COMPONENT_BYTES} bytes")
-        try:
-            version, created = await deployer.deploy(cfg, wasm)
-        except ComponentError as exc:
-            raise InvalidComponent(str(exc)) from None
-        body = {**version.to_dict(), "created": created}
-        return JSONResponse(body, status_code=201 if created else 200)
-
-    @app.get("/v1/functions", summary="List deployed functions", operation_id="list_functions")
-    async def list_functions() -> dict[str, Any]:
-        summaries = await registry.list_functions()
-        return {
-            "functions": [
-                {
-                    "name": s.name,
-                    "latest": s.latest.digest,
-                    "version_count": s.version_count,
-                    "config": s.latest.config.to_dict(),
-                    "updated_at": s.latest.created_at,
-                }
-                for s in summaries
-            ]
-        }
-
-    @app.get(
-        "/v1/functions/{name}",
-        summary="A function's config and versions",
-        operation_id="get_function",
-        responses=_problems(FunctionNotFound),
-    )
-    async def get_function(name: str = NAME_PARAM) -> dict[str, Any]:
-        latest = await resolve(name, None)
-        versions = await registry.list_versions(name)
-        return {
-            "name": name,
-            "latest": latest.digest,
-            "config": latest.config.to_dict(),
-            "versions": [v.to_dict() for v in versions],
-        }
-
-    @app.delete(
-        "/v1/functions/{name}",
-        status_code=204,
-        summary="Delete a function and its version history",
-        operation_id="delete_function",
-        responses=_problems(FunctionNotFound),
-    )
-    async def delete_function(name: str = NAME_PARAM) -> Response:
-        if not await registry.delete(name):
-            raise FunctionNotFound(f"function {name!r} is not deployed", function=name)
-        return Response(status_code=204)
-
-    @app.post(
-        "/v1/functions/{name}/invoke",
-        summary="Invoke a function and wait for its response",
-        operation_id="invoke",
-        response_class=Response,
-        responses={
-            "default": {
-                "description": "The function's own response: its status, headers and body",
-                "content": {"*/*": {"schema": {}}},
-            },
-            **_problems(
-                FunctionNotFound, BodyTooLarge, InvalidRequest, FunctionFailed, Unavailable,
-                FunctionTimeout,
-            ),
-        },
-        openapi_extra={"requestBody": RAW_BODY},
-    )
-    async def invoke(
-        request: Request,
-        name: str = NAME_PARAM,
-        version: str | None = VERSION_PARAM,
-    ) -> Response:
-        fn = await resolve(name, version)
-        body = await _read_body(request, fn.config.max_body_bytes)
-        timeout_ms = fn.config.timeout_ms
-        envelope = Envelope(
-            invocation_id=request.state.invocation_id,
-            correlation_id=request.state.invocation_id,
-            function=name,
-            digest=fn.digest,
-            headers=_guest_headers(request),
-            body=body,
-            deadline_ms=now_ms() + timeout_ms,
-        )
-        began = time.perf_counter()
-        if m is not None:
-            m.in_flight.inc()
-        try:
-            reply = await transport.call(envelope, (timeout_ms + opts.reply_margin_ms) / 1000)
-        except CallTimeout:
-            published("confirmed")
-            raise FunctionTimeout(
-                f"no reply within {timeout_ms} ms (+{opts.reply_margin_ms} ms margin)",
-                outcome=TIMEOUT,
-            ) from None
-        except QueueFull as exc:
-            published("rejected")
-            raise Unavailable(str(exc), retry_after_s=opts.retry_after_s) from None
-        except BrokerUnavailable as exc:
-            published("failed")
-            raise Unavailable(str(exc), retry_after_s=opts.retry_after_s) from None
-        finally:
-            if m is not None:
-                m.in_flight.dec()
-        published("confirmed")
-        if m is not None:
-            m.reply_latency.observe(time.perf_counter() - began)
-        return _reply_response(reply, opts)
-
-    @app.post(
-        "/v1/functions/{name}/jobs",
-        status_code=202,
-        summary="Submit an asynchronous job",
-        operation_id="submit_job",
-        description=(
-            "Returns at once with the job id. The optional callback URL (query parameter "
-            f"`callback_url` or header `{CALLBACK_HEADER}`) receives a POST of the job "
-            "document once the job finishes; its host must be in the dispatcher's "
-            "callback_hosts."
-        ),
-        responses={
-            202: {
-                "description": "Accepted; poll `status_url`",
-                "links": {"GetJob": {"operationId": "get_job",
-                                     "parameters": {"job_id": "$response.body#/job_id"}}},
-            },
-            **_problems(
-                FunctionNotFound, BodyTooLarge, InvalidRequest, CallbackNotAllowed, Unavailable
-            ),
-        },
-        openapi_extra={"requestBody": RAW_BODY},
-    )
-    async def submit_job(
-        request: Request,
-        name: str = NAME_PARAM,
-        version: str | None = VERSION_PARAM,
-        callback_url: str | None = Query(None, description="URL the result is POSTed to"),
-        flotilla_callback_url: str | None = Header(None, description="Same as callback_url"),
-    ) -> JSONResponse:
-        callback = callback_url or flotilla_callback_url or None
-        if callback and not callback_allowed(callback, opts.callback_hosts):
-            raise CallbackNotAllowed(
-                f"callback URL {callback!r} is not http(s) to one of the allowed callback hosts"
-            )
-        fn = await resolve(name, version)
-        body = await _read_body(request, fn.config.max_body_bytes)
-        job_id: str = request.state.invocation_id
-        await jobs.create(JobRecord(job_id, name, fn.digest, time.time(), callback))
-        envelope = Envelope(
-            invocation_id=job_id,
-            correlation_id=job_id,
-            function=name,
-            digest=fn.digest,
-            headers=_guest_headers(request),
-            body=body,
-            # A job may wait in the queue as long as its result would be kept.
-            deadline_ms=now_ms() + opts.job_ttl_s * 1000,
-            reply_mode=REPLY_JOB,
-        )
-        try:
-            await transport.submit(envelope)
-        except QueueFull as exc:
-            published("rejected")
-            raise Unavailable(str(exc), retry_after_s=opts.retry_after_s) from None
-        except BrokerUnavailable as exc:
-            published("failed")
-            raise Unavailable(str(exc), retry_after_s=opts.retry_after_s) from None
-        published("confirmed")
-        return JSONResponse(
-            {"job_id": job_id, "status_url": f"/v1/jobs/{job_id}"},
-            status_code=202,
-            headers={"Location": f"/v1/jobs/{job_id}"},
-        )
-
-    @app.get(
-        "/v1/jobs/{job_id}",
-        summary="A job's status and, once finished, its response or error",
-        operation_id="get_job",
-        responses=_problems(JobNotFound),
-    )
-    async def get_job(
-        job_id: str,
-        wait: float = Query(0, ge=0, le=MAX_WAIT_S, description="Seconds to wait for a result"),
-    ) -> dict[str, Any]:
-        status = await jobs.wait(job_id, wait) if wait else await jobs.get(job_id)
-        if status is None:
-            raise JobNotFound(f"no job {job_id!r}")
-        return status.to_dict()
-
-    if metrics is not None:
-        registry_ = metrics.registry
-
-        @app.get("/metrics", include_in_schema=False)
-        async def prometheus_metrics() -> Response:
-            from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-            return Response(generate_latest(registry_), media_type=CONTENT_TYPE_LATEST)
-
-    @app.get("/healthz", summary="Liveness", operation_id="healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            app.openapi_schema = _problem_media_types(
-                get_openapi(
-                    title=app.title, version=app.version, description=app.description,
-                    routes=app.routes,
-                )
-            )
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
-    return app
+    },
+    openapi_extra={"requestBody": openapi.DEPLOY_BODY},
+)
+async def deploy(request: Request, name: str = NAME_PARAM, api: Api = ApiDep) -> JSONResponse:
+    """Validate, precompile and record a new version (or find the identical one)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_UPLOAD_BYTES:
+        raise BodyTooLarge(f"deploy uploads are limited to {MAX_UPLOAD_BYTES} bytes")
+    config, wasm = await _read_deploy_form(request, name)
+    try:
+        version, created = await api.deployer.deploy(config, wasm)
+    except ComponentError as exc:
+        raise InvalidComponent(str(exc)) from None
+    body = {**version.to_dict(), "created": created}
+    return JSONResponse(body, status_code=201 if created else 200)
 
 
-def _add_error_handlers(app: FastAPI, opts: ApiOptions) -> None:
-    import redis.exceptions
-
-    @app.exception_handler(DispatcherError)
-    async def on_dispatcher_error(request: Request, exc: DispatcherError) -> JSONResponse:
-        return problem_response(request, exc)
-
-    @app.exception_handler(RequestValidationError)
-    async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [
-            {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", ""))} for e in exc.errors()
+@router.get("/v1/functions", summary="List deployed functions", operation_id="list_functions")
+async def list_functions(api: Api = ApiDep) -> dict[str, Any]:
+    """Every function with its latest version."""
+    return {
+        "functions": [
+            {
+                "name": s.name,
+                "latest": s.latest.digest,
+                "version_count": s.version_count,
+                "config": s.latest.config.to_dict(),
+                "updated_at": s.latest.created_at,
+            }
+            for s in await api.registry.list_functions()
         ]
-        detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors)
-        return problem_response(request, InvalidRequest(detail or "invalid request", errors=errors))
+    }
 
-    @app.exception_handler(StarletteHTTPException)
-    async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        headers = dict(exc.headers or {})
-        if exc.status_code == 405:
-            headers["Allow"] = ", ".join(_allowed_methods(app, request))
-        body = {
-            "type": "about:blank",
-            "title": str(exc.detail),
-            "status": exc.status_code,
-            "invocation_id": getattr(request.state, "invocation_id", None),
-        }
-        return JSONResponse(
-            body, status_code=exc.status_code, headers=headers, media_type=PROBLEM_MEDIA_TYPE,
+
+@router.get(
+    "/v1/functions/{name}",
+    summary="A function's config and versions",
+    operation_id="get_function",
+    responses=openapi.problem_responses(InvalidRequest, FunctionNotFound),
+)
+async def get_function(name: str = NAME_PARAM, api: Api = ApiDep) -> dict[str, Any]:
+    """The latest config and every version of a function."""
+    latest = await api.resolve(name, None)
+    versions = await api.registry.list_versions(name)
+    return {
+        "name": name,
+        "latest": latest.digest,
+        "config": latest.config.to_dict(),
+        "versions": [v.to_dict() for v in versions],
+    }
+
+
+@router.delete(
+    "/v1/functions/{name}",
+    status_code=204,
+    summary="Delete a function and its version history",
+    operation_id="delete_function",
+    responses=openapi.problem_responses(InvalidRequest, FunctionNotFound),
+)
+async def delete_function(name: str = NAME_PARAM, api: Api = ApiDep) -> Response:
+    """Forget a function (its code stays in the content-addressed store)."""
+    if not await api.registry.delete(name):
+        raise FunctionNotFound(f"function {name!r} is not deployed", function=name)
+    return Response(status_code=204)
+
+
+@router.post(
+    "/v1/functions/{name}/invoke",
+    summary="Invoke a function and wait for its response",
+    operation_id="invoke",
+    response_class=Response,
+    responses={
+        "default": {
+            "description": "The function's own response: its status, headers and body",
+            "content": {"*/*": {"schema": {}}},
+        },
+        **openapi.problem_responses(
+            FunctionNotFound, BodyTooLarge, InvalidRequest, FunctionFailed, Unavailable,
+            FunctionTimeout,
+        ),
+    },
+    openapi_extra={"requestBody": openapi.RAW_BODY},
+)
+async def invoke(
+    request: Request,
+    name: str = NAME_PARAM,
+    version: str | None = VERSION_PARAM,
+    api: Api = ApiDep,
+) -> Response:
+    """Run the function once; hold the caller until its reply or timeout + margin."""
+    fn = await api.resolve(name, version)
+    body = await _read_body(request, fn.config.max_body_bytes)
+    timeout_ms = fn.config.timeout_ms
+    margin_ms = api.options.reply_margin_ms
+    envelope = Envelope(
+        invocation_id=request.state.invocation_id,
+        correlation_id=request.state.invocation_id,
+        function=name,
+        digest=fn.digest,
+        headers=_guest_headers(request),
+        body=body,
+        deadline_ms=now_ms() + timeout_ms,
+    )
+    m = api.metrics
+    began = time.perf_counter()
+    if m is not None:
+        m.in_flight.inc()
+    try:
+        reply = await api.transport.call(envelope, (timeout_ms + margin_ms) / 1000)
+    except CallTimeout:
+        api.published("confirmed")
+        raise FunctionTimeout(
+            f"no reply within {timeout_ms} ms (+{margin_ms} ms margin)", outcome=TIMEOUT
+        ) from None
+    except (QueueFull, BrokerUnavailable) as exc:
+        raise api.unavailable(exc) from None
+    finally:
+        if m is not None:
+            m.in_flight.dec()
+    api.published("confirmed")
+    if m is not None:
+        m.reply_latency.observe(time.perf_counter() - began)
+    return _reply_response(reply, api.options)
+
+
+@router.post(
+    "/v1/functions/{name}/jobs",
+    status_code=202,
+    summary="Submit an asynchronous job",
+    operation_id="submit_job",
+    description=(
+        "Returns at once with the job id. The optional callback URL (query parameter "
+        f"`callback_url` or header `{CALLBACK_HEADER}`) receives a POST of the job "
+        "document (as GET /v1/jobs/{id} shows it) once the job finishes, retried with "
+        "backoff until a 2xx; its host must be in the dispatcher's callback_hosts (else 403)."
+    ),
+    responses={
+        202: {"description": "Accepted; poll `status_url`", "links": openapi.JOB_LINKS},
+        **openapi.problem_responses(
+            FunctionNotFound, BodyTooLarge, InvalidRequest, CallbackNotAllowed, Unavailable
+        ),
+    },
+    openapi_extra={"requestBody": openapi.RAW_BODY},
+)
+async def submit_job(
+    request: Request,
+    name: str = NAME_PARAM,
+    version: str | None = VERSION_PARAM,
+    callback_url: str | None = Query(None, description="URL the result is POSTed to"),
+    flotilla_callback_url: str | None = Header(None, description="Same as callback_url"),
+    api: Api = ApiDep,
+) -> JSONResponse:
+    """Queue the function as a job; its result is kept for settings.job_ttl_s."""
+    callback = callback_url or flotilla_callback_url or None
+    if callback and not callback_allowed(callback, api.options.callback_hosts):
+        raise CallbackNotAllowed(
+            f"callback URL {callback!r} is not http(s) to one of the allowed callback hosts"
         )
+    fn = await api.resolve(name, version)
+    body = await _read_body(request, fn.config.max_body_bytes)
+    job_id: str = request.state.invocation_id
+    await api.jobs.create(JobRecord(job_id, name, fn.digest, time.time(), callback))
+    envelope = Envelope(
+        invocation_id=job_id,
+        correlation_id=job_id,
+        function=name,
+        digest=fn.digest,
+        headers=_guest_headers(request),
+        body=body,
+        # A job may wait in the queue as long as its result would be kept.
+        deadline_ms=now_ms() + api.options.job_ttl_s * 1000,
+        reply_mode=REPLY_JOB,
+    )
+    try:
+        await api.transport.submit(envelope)
+    except (QueueFull, BrokerUnavailable) as exc:
+        raise api.unavailable(exc) from None
+    api.published("confirmed")
+    return JSONResponse(
+        {"job_id": job_id, "status_url": f"/v1/jobs/{job_id}"},
+        status_code=202,
+        headers={"Location": f"/v1/jobs/{job_id}"},
+    )
 
-    async def on_redis_down(request: Request, exc: Exception) -> JSONResponse:
-        return problem_response(
-            request, Unavailable(f"Redis is unavailable: {exc}", retry_after_s=opts.retry_after_s)
-        )
 
-    async def on_s3_down(request: Request, exc: Exception) -> JSONResponse:
-        log.warning("artifact store failed: %s", exc)
-        return problem_response(
-            request,
-            Unavailable(f"the artifact store failed: {exc}", retry_after_s=opts.retry_after_s),
-        )
+@router.get(
+    "/v1/jobs/{job_id}",
+    summary="A job's status and, once finished, its response or error",
+    operation_id="get_job",
+    responses=openapi.problem_responses(InvalidRequest, JobNotFound),
+)
+async def get_job(
+    job_id: str,
+    wait: float = Query(0, ge=0, le=MAX_WAIT_S, description="Seconds to wait for a result"),
+    api: Api = ApiDep,
+) -> dict[str, Any]:
+    """queued | running | succeeded | failed | expired, with the result once finished."""
+    status = await api.jobs.wait(job_id, wait) if wait else await api.jobs.get(job_id)
+    if status is None:
+        raise JobNotFound(f"no job {job_id!r}")
+    return status.to_dict()
 
-    app.add_exception_handler(redis.exceptions.ConnectionError, on_redis_down)
-    app.add_exception_handler(redis.exceptions.TimeoutError, on_redis_down)
-    app.add_exception_handler(BotoCoreError, on_s3_down)
-    app.add_exception_handler(ClientError, on_s3_down)
+
+@router.get("/healthz", summary="Liveness", operation_id="healthz")
+async def healthz() -> dict[str, str]:
+    """Always ok while the process serves HTTP."""
+    return {"status": "ok"}
 
 
-def _allowed_methods(app: FastAPI, request: Request) -> list[str]:
-    """Every method some route serves at this path (Starlette only names the first route's)."""
-    from starlette.routing import Match
+async def prometheus_metrics(api: Api = ApiDep) -> Response:
+    """The dispatcher's metrics in Prometheus text format."""
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-    methods: set[str] = set()
-    for route in app.router.routes:
-        match, _ = route.matches({**request.scope, "method": "\0"})
-        if match is not Match.NONE:
-            methods |= set(getattr(route, "methods", None) or ())
-    return sorted(methods)
+    assert api.metrics is not None
+    return Response(generate_latest(api.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+async def _read_deploy_form(request: Request, name: str) -> tuple[FunctionConfig, bytes]:
+    try:
+        form = await request.form(max_files=1, max_fields=4)
+    except Exception as exc:  # noqa: BLE001 - malformed multipart bodies raise several types
+        raise InvalidRequest(f"expected a multipart/form-data body: {exc}") from None
+    try:
+        component = form.get("component")
+        config_text = form.get("config") or "{}"
+        if component is None:
+            raise InvalidRequest("the form field `component` (the .wasm file) is missing")
+        if not isinstance(config_text, str):
+            config_text = (await config_text.read()).decode("utf-8", "replace")
+        config = _parse_config(config_text, name)
+        if isinstance(component, str):  # a part sent without a filename
+            wasm = component.encode("utf-8", "surrogateescape")
+        else:
+            wasm = await component.read(MAX_COMPONENT_BYTES + 1)
+    finally:
+        await form.close()
+    if len(wasm) > MAX_COMPONENT_BYTES:
+        raise BodyTooLarge(f"components are limited to {MAX_COMPONENT_BYTES} bytes")
+    return config, wasm
+
+
+def _parse_config(text: str, name: str) -> FunctionConfig:
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise InvalidConfig(f"config is not valid JSON: {exc}", field="config") from None
+    if isinstance(data, dict) and data.get("name") == name:
+        data = {k: v for k, v in data.items() if k != "name"}
+    try:
+        return FunctionConfig.from_dict(data, name=name)
+    except ValueError as exc:
+        raise InvalidConfig(str(exc), field=getattr(exc, "field", "config")) from None
+    except TypeError as exc:  # a wrongly typed value deep inside the config
+        raise InvalidConfig(str(exc), field="config") from None
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -639,22 +507,19 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 
 def _guest_headers(request: Request) -> tuple[tuple[str, str], ...]:
+    pairs = ((k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw)
     return tuple(
-        (k.decode("latin-1"), v.decode("latin-1"))
-        for k, v in request.headers.raw
-        if k.decode("latin-1").lower() not in HOP_BY_HOP
-        and k.decode("latin-1").lower() != CALLBACK_HEADER
+        (k, v) for k, v in pairs if k.lower() not in HOP_BY_HOP and k.lower() != CALLBACK_HEADER
     )
 
 
 def _reply_response(reply: Reply, opts: ApiOptions) -> Response:
     if reply.outcome == OK:
-        headers = [(k, v) for k, v in reply.headers if k.lower() not in HOP_BY_HOP]
         response = Response(content=reply.body, status_code=reply.status)
         response.raw_headers = [
             (k.encode("latin-1"), v.encode("latin-1"))
-            for k, v in headers
-            if k.lower() != INVOCATION_HEADER
+            for k, v in reply.headers
+            if k.lower() not in HOP_BY_HOP and k.lower() != INVOCATION_HEADER
         ] + [(b"content-length", str(len(reply.body)).encode())]
         return response
     if reply.outcome in (TIMEOUT, EXPIRED):
@@ -666,20 +531,3 @@ def _reply_response(reply: Reply, opts: ApiOptions) -> Response:
             outcome=reply.outcome,
         )
     raise FunctionFailed(reply.error or reply.outcome, outcome=reply.outcome)
-
-
-def _problem_media_types(schema: dict[str, Any]) -> dict[str, Any]:
-    """Error responses are served as application/problem+json: say so in the OpenAPI."""
-    for path in schema.get("paths", {}).values():
-        for operation in path.values():
-            for status, response in operation.get("responses", {}).items():
-                content = response.get("content", {})
-                if status[:1] in ("4", "5") and "application/json" in content:
-                    del content["application/json"]
-                    content[PROBLEM_MEDIA_TYPE] = {
-                        "schema": {"$ref": "#/components/schemas/Problem"}
-                    }
-    schemas = schema.get("components", {}).get("schemas", {})
-    for unused in ("HTTPValidationError", "ValidationError"):
-        schemas.pop(unused, None)
-    return schema

@@ -1,0 +1,141 @@
+"""What the OpenAPI document says beyond what FastAPI infers: request bodies read by hand,
+problem responses, links between operations, and problem+json media types.
+
+Kept accurate for schema-based fuzzing: every error a route can answer is declared with
+its problem type, and the deploy form's config part carries the FunctionConfig schema.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from dispatcher.problems import PROBLEM_MEDIA_TYPE, TYPE_PREFIX, DispatcherError, Problem
+from flotilla.config import (
+    BUCKET_RE,
+    HOST_PATTERN_RE,
+    MAX_MAX_BODY_BYTES,
+    MAX_MEMORY_LIMIT_MB,
+    MAX_TIMEOUT_MS,
+    RESERVED_ENV,
+    TABLE_RE,
+)
+
+NAME_PATTERN = r"^[a-z][a-z0-9-]{0,62}$"
+
+# The config form field as JSON Schema (mirrors flotilla.config; the server re-validates).
+CONFIG_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "env": {
+            "type": "object",
+            "propertyNames": {"pattern": r"^[A-Za-z_][A-Za-z0-9_]{0,127}$",
+                              "not": {"enum": list(RESERVED_ENV)}},
+            "additionalProperties": {"type": "string", "pattern": "^[^\\u0000]*$"},
+            "maxProperties": 64,
+        },
+        "timeout_ms": {"type": "integer", "minimum": 1, "maximum": MAX_TIMEOUT_MS},
+        "memory_limit_mb": {"type": "integer", "minimum": 1, "maximum": MAX_MEMORY_LIMIT_MB},
+        "max_body_bytes": {"type": "integer", "minimum": 0, "maximum": MAX_MAX_BODY_BYTES},
+        "allowed_hosts": {"type": "array", "maxItems": 100,
+                          "items": {"type": "string", "pattern": HOST_PATTERN_RE.pattern}},
+        "cache_namespace": {"type": "string", "pattern": r"^([a-z][a-z0-9-]{0,62})?$"},
+        "s3_buckets": {"type": "array", "maxItems": 100,
+                       "items": {"type": "string", "pattern": BUCKET_RE.pattern}},
+        "dynamodb_tables": {"type": "array", "maxItems": 100,
+                            "items": {"type": "string", "pattern": TABLE_RE.pattern}},
+    },
+}
+
+DEPLOY_BODY: dict[str, Any] = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["component"],
+                "properties": {
+                    # OpenAPI 3.1 spelling of a file part (not format: binary).
+                    "component": {"type": "string", "contentMediaType": "application/wasm",
+                                  "description": "The component (.wasm)"},
+                    "config": CONFIG_SCHEMA,
+                },
+            },
+            "encoding": {
+                "component": {"contentType": "application/wasm, application/octet-stream"},
+                "config": {"contentType": "application/json"},
+            },
+        }
+    },
+}
+
+RAW_BODY: dict[str, Any] = {
+    "description": "Passed to the function as its request body",
+    "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+}
+
+
+def problem_responses(*errors: type[DispatcherError]) -> dict[int | str, dict[str, Any]]:
+    """`responses` entries for the given problem types (merged per status)."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for err in errors:
+        entry = out.setdefault(err.status, {"model": Problem, "description": ""})
+        sep = "; " if entry["description"] else ""
+        entry["description"] += f"{sep}{err.title} (`{TYPE_PREFIX}{err.slug}`)"
+        if err.status == 503:
+            entry["headers"] = {
+                "Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}
+            }
+    return out
+
+
+def function_links() -> dict[str, Any]:
+    """Links from a deploy response to the operations on the deployed function."""
+    by_name = {"name": "$response.body#/name"}
+    return {
+        "GetFunction": {"operationId": "get_function", "parameters": by_name},
+        "InvokeFunction": {"operationId": "invoke", "parameters": by_name},
+        "SubmitJob": {"operationId": "submit_job", "parameters": by_name},
+        "DeleteFunction": {"operationId": "delete_function", "parameters": by_name},
+    }
+
+
+JOB_LINKS: dict[str, Any] = {
+    "GetJob": {"operationId": "get_job", "parameters": {"job_id": "$response.body#/job_id"}}
+}
+
+
+def problem_media_types(schema: dict[str, Any]) -> dict[str, Any]:
+    """Error responses are served as application/problem+json: say so in the schema."""
+    for path in schema.get("paths", {}).values():
+        for operation in path.values():
+            for status, response in operation.get("responses", {}).items():
+                content = response.get("content", {})
+                if status[:1] in ("4", "5") and "application/json" in content:
+                    del content["application/json"]
+                    content[PROBLEM_MEDIA_TYPE] = {
+                        "schema": {"$ref": "#/components/schemas/Problem"}
+                    }
+    schemas = schema.get("components", {}).get("schemas", {})
+    for unused in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(unused, None)
+    return schema
+
+
+def install(app: FastAPI) -> None:
+    """Make `app` serve the adjusted schema at /openapi.json (built once, on first request)."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = problem_media_types(
+                get_openapi(
+                    title=app.title, version=app.version, description=app.description,
+                    routes=app.routes,
+                )
+            )
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
