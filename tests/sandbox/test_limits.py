@@ -97,6 +97,21 @@ def test_response_larger_than_memory_limit_cannot_be_built(sandbox: Sandbox,
     assert_next_ok(sandbox, modes)
 
 
+def test_100_mib_response_is_a_bad_response(sandbox: Sandbox, modes: LoadedFunction) -> None:
+    body = b"b" + struct.pack("<I", 100 * 1024 * 1024)  # fits the 128 MiB default memory
+    result = sandbox.invoke(modes, config(memory_limit_mb=128, max_body_bytes=64 << 20),
+                            req(body))
+    assert result.outcome is Outcome.BAD_RESPONSE
+    assert "too much data" in (result.error or "")
+    assert_next_ok(sandbox, modes)
+
+
+def test_request_over_the_transfer_budget_is_refused(sandbox: Sandbox,
+                                                     echo: LoadedFunction) -> None:
+    with pytest.raises(RequestTooLarge, match="exceeds max_body_bytes=3500000"):
+        sandbox.invoke(echo, config(max_body_bytes=64 << 20), req(bytes(3_500_001)))
+
+
 def test_request_over_max_body_is_refused(sandbox: Sandbox, echo: LoadedFunction) -> None:
     with pytest.raises(RequestTooLarge, match="exceeds max_body_bytes=10"):
         sandbox.invoke(echo, config(max_body_bytes=10), req(b"x" * 11))

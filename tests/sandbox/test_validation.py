@@ -98,6 +98,8 @@ def test_check_binary(data: bytes, message: str) -> None:
         ("memory minimum size of 2000 pages exceeds memory limits", "", False,
          Outcome.MEMORY_LIMIT),
         ("wasm trap: call stack exhausted", "", True, Outcome.TRAP),
+        ("too much data is being copied between the host and the guest", "", False,
+         Outcome.BAD_RESPONSE),
     ],
 )
 def test_classify_error(message: str, stderr: str, past_deadline: bool,

@@ -15,6 +15,10 @@ MEMORY_MARKERS = (
     "cannot allocate memory",
 )
 TIMEOUT_MARKERS = ("wasm trap: interrupt", "epoch deadline")
+# wasmtime bounds the data one call copies between host and guest ("hostcall fuel"); through
+# the C API's dynamic values a list<u8> result of ~2.6 MiB already exhausts it, so a guest
+# that returns more gets this error instead of a response: a bad response.
+TRANSFER_MARKERS = ("too much data is being copied",)
 
 
 def classify_error(message: str, stderr_tail: str = "", *, past_deadline: bool = False) -> Outcome:
@@ -26,6 +30,8 @@ def classify_error(message: str, stderr_tail: str = "", *, past_deadline: bool =
     text = message.lower()
     if any(m in text for m in TIMEOUT_MARKERS):
         return Outcome.TIMEOUT
+    if any(m in text for m in TRANSFER_MARKERS):
+        return Outcome.BAD_RESPONSE
     tail = stderr_tail.lower()
     if any(m in text or m in tail for m in MEMORY_MARKERS):
         return Outcome.MEMORY_LIMIT

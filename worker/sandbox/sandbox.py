@@ -53,6 +53,9 @@ class LoadedFunction:
 
 
 MAX_PREPARED_CONFIGS = 512
+# wasmtime's per-call transfer budget ("hostcall fuel", not settable through the C API) runs
+# out lowering a list<u8> of about 4 MiB; refuse larger requests up front instead of trapping.
+MAX_REQUEST_BODY_BYTES = 3_500_000
 
 
 @dataclass(frozen=True)
@@ -138,10 +141,10 @@ class Sandbox:
     def invoke(self, fn: LoadedFunction, config: FunctionConfig,
                request: Request) -> InvocationResult:
         """Run `handle(request)` in a new store and instance; never raises for guest failures."""
-        if len(request.body) > config.max_body_bytes:
+        if len(request.body) > min(config.max_body_bytes, MAX_REQUEST_BODY_BYTES):
             raise RequestTooLarge(
                 f"request body of {len(request.body)} bytes exceeds "
-                f"max_body_bytes={config.max_body_bytes}"
+                f"max_body_bytes={min(config.max_body_bytes, MAX_REQUEST_BODY_BYTES)}"
             )
         t0 = perf_counter()
         ctx = InvocationContext(config, request.invocation_id,
