@@ -7,8 +7,9 @@ Stand-ins, each behind the same interface the fleet uses:
 - a local directory (`LocalBackend`) for the S3 artifact store; its HMAC key is generated
   once and kept in `<cache_dir>/dev-artifact-key`, so the worker's disk cache stays valid.
 
-At startup the examples (`examples/*/app.py` + `config.json`) are built (cached by content)
-and deployed, and curl lines are printed.
+At startup the HTTP API starts at once while the examples (`examples/*/app.py` +
+`config.json`) are built (cached by content) and deployed in the background; a curl line is
+printed for each.
 """
 
 from __future__ import annotations
@@ -174,15 +175,9 @@ def build_dev(
     )
 
 
-def curl_lines(base_url: str, versions: list[FunctionVersion]) -> list[str]:
-    """What to print once the examples are deployed."""
-    lines = [f"Flotilla dev mode on {base_url}  (OpenAPI: {base_url}/docs)"]
-    for v in versions:
-        lines.append(
-            f"  curl -s -X POST {base_url}/v1/functions/{v.name}/invoke -d 'hello'"
-        )
-    lines.append(f"  curl -s {base_url}/v1/functions")
-    return lines
+def curl_line(base_url: str, version: FunctionVersion) -> str:
+    """How to call one deployed example."""
+    return f"  curl -s -X POST {base_url}/v1/functions/{version.name}/invoke -d 'hello'"
 
 
 async def serve_dev(
@@ -192,22 +187,37 @@ async def serve_dev(
     concurrency: int = 4,
     print_fn: Callable[[str], None] = print,
 ) -> None:
-    """Run dev mode until interrupted: build, start, deploy the examples, serve HTTP."""
+    """Run dev mode until interrupted: serve HTTP at once, deploy the examples meanwhile.
+
+    On a fresh machine the examples take a while (componentize-py builds, then compiles);
+    the API is usable from the start and each example's curl line is printed when it is in.
+    """
     import uvicorn
 
     host, port = split_listen(settings.listen)
+    base = f"http://{settings.listen}"
     stack = build_dev(settings, loop=asyncio.get_running_loop(), concurrency=concurrency)
     await stack.start()
-    try:
-        found = find_examples(examples) if examples is not None else []
+    found = find_examples(examples) if examples is not None else []
+    print_fn(f"Flotilla dev mode on {base}  (OpenAPI docs: {base}/docs)")
+    print_fn(f"  curl -s {base}/v1/functions")
+    if found:
+        print_fn(f"deploying {len(found)} examples (built once, then cached)...")
+
+    async def deploy_all() -> None:
         versions = await stack.deploy_examples(found, settings.cache_dir, print_fn)
+        for version in versions:
+            print_fn(curl_line(base, version))
+        print_fn("examples ready")
+
+    deploying = asyncio.create_task(deploy_all())
+    try:
         server = uvicorn.Server(
             uvicorn.Config(stack.app, host=host, port=port, log_level=settings.log_level.lower(),
                            lifespan="off")
         )
-        base = f"http://{settings.listen}"
-        for line in curl_lines(base, versions):
-            print_fn(line)
         await server.serve()
     finally:
+        deploying.cancel()
+        await asyncio.gather(deploying, return_exceptions=True)
         await stack.close()

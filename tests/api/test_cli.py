@@ -100,14 +100,20 @@ def dev_url(tmp_path_factory: pytest.TempPathFactory, echo_wasm: Path) -> Iterat
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
-        if not wait_for_port("127.0.0.1", port, 120):
+        assert proc.stdout is not None
+        seen = []
+        for line in proc.stdout:  # the examples deploy in the background; wait for echo's
+            seen.append(line)
+            if "examples ready" in line:
+                break
+        assert any("/v1/functions/echo/invoke" in line for line in seen), seen
+        if not wait_for_port("127.0.0.1", port, 60):
             proc.kill()
-            pytest.fail(f"flotilla dev did not start: {proc.communicate()[0]}")
+            pytest.fail(f"flotilla dev did not listen: {''.join(seen)}{proc.communicate()[0]}")
         yield f"http://127.0.0.1:{port}"
     finally:
         proc.terminate()
-        output = proc.communicate(timeout=30)[0]
-        assert "/v1/functions/echo/invoke" in output, output
+        proc.communicate(timeout=30)
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
