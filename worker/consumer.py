@@ -54,6 +54,7 @@ class Consumer:
         self._slots = asyncio.Semaphore(concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         self._channel: AbstractChannel | None = None
+        self._reply_channel: AbstractChannel | None = None
         self._queue: AbstractQueue | None = None
         self._tag: str | None = None
         self._stopping = False
@@ -64,6 +65,10 @@ class Consumer:
         """Open the channel, declare the topology and start consuming."""
         # The robust channel re-applies qos, re-declares and re-consumes after a reconnect.
         self._channel = await self._connection.channel(publisher_confirms=True)
+        # Sync replies go out unconfirmed: their queue is transient anyway, and not waiting
+        # for a confirm lets the reply and the ack leave in one write, one broker round trip
+        # sooner. Job results use the confirmed channel: acked only once the broker has them.
+        self._reply_channel = await self._connection.channel(publisher_confirms=False)
         await self._channel.set_qos(prefetch_count=self._prefetch)
         self._queue = await self._topology.declare(self._channel)
         self._tag = await self._queue.consume(self._on_message)
@@ -94,46 +99,52 @@ class Consumer:
         """Close the channel; unacked deliveries return to the queue."""
         for task in list(self._tasks):
             task.cancel()
-        if self._channel is not None and not self._channel.is_closed:
-            await self._channel.close()
+        for channel in (self._reply_channel, self._channel):
+            if channel is not None and not channel.is_closed:
+                await channel.close()
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         # aio-pika runs each delivery's callback in a task of its own: track it for drain().
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
-        decision = Settle.REQUEUE
+        decision: Settle | None = Settle.REQUEUE
         try:
             async with self._slots:
                 if self._stopping:
                     return
-                loop = asyncio.get_running_loop()
-                started = loop.time()
-                if self._metrics is not None:
-                    self._metrics.in_flight.inc()
-                try:
-                    handled = await loop.run_in_executor(
-                        self._executor, self._handler.handle, message.body
-                    )
-                finally:
-                    if self._metrics is not None:
-                        self._metrics.in_flight.dec()
-                # Shielded: once the function ran, its reply goes out even during shutdown.
-                await asyncio.shield(self._reply(handled, message))
-                decision = handled.settle
-                if self._metrics is not None and handled.reply is not None:
-                    self._metrics.total.labels(_label(handled)).observe(loop.time() - started)
+                decision = await self._run(message)
         except asyncio.CancelledError:
-            decision = Settle.REQUEUE
+            # Only close() cancels, after the drain deadline: the channel is closing and the
+            # broker requeues whatever is unsettled; settling now would race that close.
+            decision = None
             raise
         except Exception:
             log.exception("publishing a reply failed; the delivery will be redelivered")
             decision = Settle.REQUEUE
         finally:
             try:
-                await asyncio.shield(self._settle(message, decision))
+                if decision is not None:
+                    await self._settle(message, decision)
             finally:
+                # Only now: drain() must not return before the ack went out.
                 self._tasks.discard(task)
+
+    async def _run(self, message: AbstractIncomingMessage) -> Settle:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        metrics = self._metrics
+        if metrics is not None:
+            metrics.in_flight.inc()
+        try:
+            handled = await loop.run_in_executor(self._executor, self._handler.handle, message.body)
+        finally:
+            if metrics is not None:
+                metrics.in_flight.dec()
+        await self._reply(handled)
+        if metrics is not None and handled.reply is not None:
+            metrics.total.labels(_label(handled)).observe(loop.time() - started)
+        return handled.settle
 
     @property
     def consuming(self) -> bool:
@@ -145,19 +156,19 @@ class Consumer:
             and not self._channel.is_closed
         )
 
-    async def _reply(self, handled: Handled, message: AbstractIncomingMessage) -> None:
+    async def _reply(self, handled: Handled) -> None:
         if handled.reply is None or not handled.route:
             return
-        assert self._channel is not None
-        await self._channel.default_exchange.publish(
+        job = handled.route == self._topology.job_results
+        channel = self._channel if job else self._reply_channel
+        assert channel is not None
+        await channel.default_exchange.publish(
             aio_pika.Message(
                 handled.reply.encode(),
                 correlation_id=handled.reply.correlation_id,
                 # Job results must survive a broker restart; a sync caller's queue would not.
                 delivery_mode=(
-                    aio_pika.DeliveryMode.PERSISTENT
-                    if handled.route == self._topology.job_results
-                    else aio_pika.DeliveryMode.NOT_PERSISTENT
+                    aio_pika.DeliveryMode.PERSISTENT if job else aio_pika.DeliveryMode.NOT_PERSISTENT
                 ),
                 content_type="application/msgpack",
             ),

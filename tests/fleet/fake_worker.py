@@ -1,6 +1,6 @@
 """A real worker process (`WorkerService`, signals and all) whose runner is a fake.
 
-    python -m tests.fleet.fake_worker <delivery_limit>
+    python -m tests.fleet.fake_worker <delivery_limit> [<max_length>]
 
 Settings come from FLOTILLA_* variables. It prints `ready` once consuming and
 `started <invocation id>` when an invocation starts, so tests can await those lines.
@@ -47,12 +47,14 @@ class ProcessRunner:
         )
 
 
-async def main(delivery_limit: int) -> int:
+async def main(delivery_limit: int, max_length: int = 1_000) -> int:
     settings = WorkerSettings.from_env()
     service = WorkerService(
         settings,
         runtime_factory=lambda s, loop, metrics: Runtime(ProcessRunner()),
-        topology=Topology(settings.queue_prefix, delivery_limit=delivery_limit, max_length=1_000),
+        topology=Topology(
+            settings.queue_prefix, delivery_limit=delivery_limit, max_length=max_length
+        ),
     )
     service.install_signal_handlers(asyncio.get_running_loop())
     task = asyncio.create_task(service.run())
@@ -75,4 +77,4 @@ async def main(delivery_limit: int) -> int:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
-    sys.exit(asyncio.run(main(int(sys.argv[1]))))
+    sys.exit(asyncio.run(main(*(int(a) for a in sys.argv[1:]))))
