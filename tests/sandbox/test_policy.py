@@ -1,0 +1,44 @@
+"""Pure policies of the host bridge and the engine, table-driven."""
+
+from __future__ import annotations
+
+import pytest
+
+from worker.sandbox.engine import EngineSettings, engine_fingerprint
+from worker.sandbox.linker import deadline_error, error_variant
+
+
+@pytest.mark.parametrize(
+    ("interface", "case", "detail", "expected"),
+    [
+        ("cache", "unavailable", "down", ("unavailable", "down")),
+        ("cache", "invalid-argument", None, ("invalid-argument", "")),
+        ("cache", "denied", "x", ("unavailable", "denied: x")),
+        ("http", "timeout", "ignored", ("timeout", None)),
+        ("http", "too-large", None, ("too-large", None)),
+        ("http", "unavailable", "dns", ("connection", "unavailable: dns")),
+        ("s3", "denied", "bucket", ("denied", "bucket")),
+        ("dynamodb", "whatever", None, ("unavailable", "whatever")),
+    ],
+)
+def test_error_variant(interface: str, case: str, detail: str | None,
+                       expected: tuple[str, str | None]) -> None:
+    assert error_variant(interface, case, detail) == expected
+
+
+@pytest.mark.parametrize(
+    ("interface", "expected"),
+    [("http", ("timeout", None)), ("cache", ("unavailable", "invocation deadline exceeded")),
+     ("s3", ("unavailable", "invocation deadline exceeded"))],
+)
+def test_deadline_error(interface: str, expected: tuple[str, str | None]) -> None:
+    assert deadline_error(interface) == expected
+
+
+def test_fingerprint_changes_with_code_affecting_settings() -> None:
+    base = engine_fingerprint(EngineSettings())
+    assert base == engine_fingerprint(EngineSettings())
+    assert base != engine_fingerprint(EngineSettings(max_wasm_stack=2 << 20))
+    assert base != engine_fingerprint(EngineSettings(pooling=False))
+    # Pool sizes do not change generated code: artifacts stay shareable.
+    assert base == engine_fingerprint(EngineSettings(total_memories=8))
