@@ -38,8 +38,12 @@ def _add_sandbox(benches: Any) -> None:
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--cache-dir", help="cache directory (default: FLOTILLA_CACHE_DIR)")
-    p.add_argument("--python-app", type=Path, default=PYTHON_ECHO,
-                   help="Python echo guest to build (default: examples/echo/app.py)")
+    p.add_argument(
+        "--python-app",
+        type=Path,
+        default=PYTHON_ECHO,
+        help="Python echo guest to build (default: examples/echo/app.py)",
+    )
     p.add_argument("--no-python", action="store_true", help="skip the Python guest")
     p.add_argument("--no-baseline", action="store_true", help="skip the naive baseline")
     p.add_argument("--quick", action="store_true", help="fewer iterations (smoke run)")
@@ -51,8 +55,12 @@ def _run_sandbox(args: argparse.Namespace) -> int:
 
     cache_dir = args.cache_dir or WorkerSettings.from_env().cache_dir
     plan = Plan(trivial=100, python=10, per_size=(10, 3, 2)) if args.quick else Plan()
-    results = run_bench(cache_dir, python_app=None if args.no_python else args.python_app,
-                        plan=plan, baseline=not args.no_baseline)
+    results = run_bench(
+        cache_dir,
+        python_app=None if args.no_python else args.python_app,
+        plan=plan,
+        baseline=not args.no_baseline,
+    )
     if args.json:
         json.dump(results, sys.stdout, indent=2, sort_keys=True)
         sys.stdout.write("\n")

@@ -36,11 +36,19 @@ def add_parser(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("wasm", type=Path, help="the component (.wasm)")
-    parser.add_argument("--config", "-c", type=Path,
-                        help="function config JSON (default: {\"name\": <file stem>})")
+    parser.add_argument(
+        "--config", "-c", type=Path, help='function config JSON (default: {"name": <file stem>})'
+    )
     parser.add_argument("--data", "-d", help="body: TEXT, @file, or @- for stdin")
-    parser.add_argument("--header", "-H", action="append", type=parse_header, default=[],
-                        metavar="'K: V'", help="request header (repeatable)")
+    parser.add_argument(
+        "--header",
+        "-H",
+        action="append",
+        type=parse_header,
+        default=[],
+        metavar="'K: V'",
+        help="request header (repeatable)",
+    )
     parser.add_argument("--cache-dir", help="compile cache (default: FLOTILLA_CACHE_DIR)")
     parser.set_defaults(func=run)
 

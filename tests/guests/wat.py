@@ -31,8 +31,9 @@ def default_cache_dir() -> Path:
     return Path(base) / "wat-guests"
 
 
-def build_wat_text(wat: str, *, world: str = "function", wit_dir: Path = WIT_DIR,
-                   cache_dir: Path | None = None) -> bytes:
+def build_wat_text(
+    wat: str, *, world: str = "function", wit_dir: Path = WIT_DIR, cache_dir: Path | None = None
+) -> bytes:
     """Component bytes for a core module given as WAT text (cached by content)."""
     wit_text = "".join(p.read_text() for p in sorted(Path(wit_dir).glob("*.wit")))
     key = hashlib.sha256(f"{world}\0{wit_text}\0{wat}".encode()).hexdigest()[:32]
@@ -46,10 +47,26 @@ def build_wat_text(wat: str, *, world: str = "function", wit_dir: Path = WIT_DIR
         core.write_text(wat)
         embedded = Path(tmp) / "embedded.wasm"
         comp = Path(tmp) / "component.wasm"
-        subprocess.run([wasm_tools(), "component", "embed", str(wit_dir), "--world", world,
-                        str(core), "-o", str(embedded)], check=True, capture_output=True)
-        subprocess.run([wasm_tools(), "component", "new", str(embedded), "-o", str(comp)],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [
+                wasm_tools(),
+                "component",
+                "embed",
+                str(wit_dir),
+                "--world",
+                world,
+                str(core),
+                "-o",
+                str(embedded),
+            ],
+            check=True,
+            capture_output=True,
+        )
+        subprocess.run(
+            [wasm_tools(), "component", "new", str(embedded), "-o", str(comp)],
+            check=True,
+            capture_output=True,
+        )
         data = comp.read_bytes()
     partial = out.with_suffix(f".{os.getpid()}.tmp")
     partial.write_bytes(data)
@@ -71,6 +88,7 @@ def assemble_core(wat: str) -> bytes:
         src = Path(tmp) / "m.wat"
         src.write_text(wat)
         dst = Path(tmp) / "m.wasm"
-        subprocess.run([wasm_tools(), "parse", str(src), "-o", str(dst)], check=True,
-                       capture_output=True)
+        subprocess.run(
+            [wasm_tools(), "parse", str(src), "-o", str(dst)], check=True, capture_output=True
+        )
         return dst.read_bytes()

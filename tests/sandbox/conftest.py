@@ -107,8 +107,12 @@ def probe(sandbox: Sandbox) -> LoadedFunction:
 
 def config(**overrides: Any) -> FunctionConfig:
     """A FunctionConfig for tests (short timeout, small memory, 1 MiB bodies)."""
-    values: dict[str, Any] = {"name": "t", "timeout_ms": 2_000, "memory_limit_mb": 64,
-                              "max_body_bytes": 1 << 20}
+    values: dict[str, Any] = {
+        "name": "t",
+        "timeout_ms": 2_000,
+        "memory_limit_mb": 64,
+        "max_body_bytes": 1 << 20,
+    }
     values.update(overrides)
     return FunctionConfig(**values)
 

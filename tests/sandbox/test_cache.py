@@ -53,8 +53,9 @@ def test_cache_is_keyed_by_engine_fingerprint(tmp_path: Path, wasm: bytes) -> No
 
 
 @pytest.mark.parametrize("garbage", [b"", b"not an artifact", b"\x7fELF" + b"\0" * 64])
-def test_corrupt_entry_is_discarded_and_recompiled(tmp_path: Path, wasm: bytes,
-                                                   garbage: bytes) -> None:
+def test_corrupt_entry_is_discarded_and_recompiled(
+    tmp_path: Path, wasm: bytes, garbage: bytes
+) -> None:
     sb = fresh(tmp_path)
     try:
         sb.cache.path(sha256_hex(wasm)).write_bytes(garbage)

@@ -30,28 +30,47 @@ def isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FLOTILLA_CACHE_DIR", str(tmp_path / "cache"))
 
 
-def test_run_prints_status_headers_body_and_logs(modes_file: Path, cfg: Path,
-                                                 capfd: pytest.CaptureFixture[str]) -> None:
-    code = main(["run", str(modes_file), "--config", str(cfg), "--data", "Lhello",
-                 "--header", "X-Test: yes"])
+def test_run_prints_status_headers_body_and_logs(
+    modes_file: Path, cfg: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        [
+            "run",
+            str(modes_file),
+            "--config",
+            str(cfg),
+            "--data",
+            "Lhello",
+            "--header",
+            "X-Test: yes",
+        ]
+    )
     out, err = capfd.readouterr()
     assert code == 0
     assert out == "status: 200\nX-Test: yes\n\nLhello\n"
     assert "[info] k" in err and "outcome: ok" in err
 
 
-def test_run_body_from_file(modes_file: Path, cfg: Path, tmp_path: Path,
-                            capfd: pytest.CaptureFixture[str]) -> None:
+def test_run_body_from_file(
+    modes_file: Path, cfg: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     (tmp_path / "body").write_bytes(b"xfrom a file")
     assert main(["run", str(modes_file), "-c", str(cfg), "-d", f"@{tmp_path / 'body'}"]) == 0
     assert capfd.readouterr().out.endswith("\n\nxfrom a file\n")
 
 
-@pytest.mark.parametrize(("data", "code", "outcome"),
-                         [("l", 3, "timeout"), ("u", 5, "trap"), ("e", 6, "function_error"),
-                          ("s", 7, "bad_response")])
-def test_run_names_the_failed_outcome(modes_file: Path, cfg: Path, data: str, code: int,
-                                      outcome: str, capfd: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("data", "code", "outcome"),
+    [("l", 3, "timeout"), ("u", 5, "trap"), ("e", 6, "function_error"), ("s", 7, "bad_response")],
+)
+def test_run_names_the_failed_outcome(
+    modes_file: Path,
+    cfg: Path,
+    data: str,
+    code: int,
+    outcome: str,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
     assert main(["run", str(modes_file), "-c", str(cfg), "-d", data]) == code
     assert f"outcome: {outcome}:" in capfd.readouterr().err
 
@@ -72,7 +91,11 @@ def test_bench_sandbox_json_smoke(capfd: pytest.CaptureFixture[str]) -> None:
     assert side["trivial_p99_us"] >= side["trivial_p50_us"]
     assert set(side["per_kib_us"]) == {"1", "64", "1024"}
     assert set(side["trivial_phases_p50_us"]) == {
-        "store_p50_us", "instantiate_p50_us", "call_p50_us", "post_return_p50_us"}
+        "store_p50_us",
+        "instantiate_p50_us",
+        "call_p50_us",
+        "post_return_p50_us",
+    }
 
 
 def test_naive_baseline_runs_the_echo(tmp_path: Path) -> None:

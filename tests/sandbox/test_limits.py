@@ -26,7 +26,10 @@ def test_echo_round_trip(sandbox: Sandbox, echo: LoadedFunction) -> None:
     assert result.outcome is Outcome.OK
     assert result.response is not None
     assert (result.response.status, result.response.headers, result.response.body) == (
-        200, headers, b"\x00hello\xff")
+        200,
+        headers,
+        b"\x00hello\xff",
+    )
     assert result.timings.total_us > 0
 
 
@@ -65,11 +68,9 @@ def test_unreachable_is_a_trap(sandbox: Sandbox, modes: LoadedFunction) -> None:
     assert_next_ok(sandbox, modes)
 
 
-def test_function_error_carries_the_guest_string(sandbox: Sandbox,
-                                                 modes: LoadedFunction) -> None:
+def test_function_error_carries_the_guest_string(sandbox: Sandbox, modes: LoadedFunction) -> None:
     result = sandbox.invoke(modes, config(), req(b"e"))
-    assert (result.outcome, result.error, result.response) == (
-        Outcome.FUNCTION_ERROR, "boom", None)
+    assert (result.outcome, result.error, result.response) == (Outcome.FUNCTION_ERROR, "boom", None)
 
 
 def test_bad_status_is_a_bad_response(sandbox: Sandbox, modes: LoadedFunction) -> None:
@@ -78,8 +79,7 @@ def test_bad_status_is_a_bad_response(sandbox: Sandbox, modes: LoadedFunction) -
     assert "status 99" in (result.error or "")
 
 
-def test_response_over_max_body_is_a_bad_response(sandbox: Sandbox,
-                                                  modes: LoadedFunction) -> None:
+def test_response_over_max_body_is_a_bad_response(sandbox: Sandbox, modes: LoadedFunction) -> None:
     body = b"b" + struct.pack("<I", 256 * 1024)
     result = sandbox.invoke(modes, config(max_body_bytes=64 * 1024), req(body))
     assert result.outcome is Outcome.BAD_RESPONSE
@@ -89,8 +89,9 @@ def test_response_over_max_body_is_a_bad_response(sandbox: Sandbox,
     assert_next_ok(sandbox, modes)
 
 
-def test_response_larger_than_memory_limit_cannot_be_built(sandbox: Sandbox,
-                                                           modes: LoadedFunction) -> None:
+def test_response_larger_than_memory_limit_cannot_be_built(
+    sandbox: Sandbox, modes: LoadedFunction
+) -> None:
     body = b"b" + struct.pack("<I", 100 * 1024 * 1024)  # 100 MiB with a 16 MiB memory cap
     result = sandbox.invoke(modes, config(memory_limit_mb=16), req(body))
     assert result.outcome is Outcome.TRAP
@@ -99,15 +100,15 @@ def test_response_larger_than_memory_limit_cannot_be_built(sandbox: Sandbox,
 
 def test_100_mib_response_is_a_bad_response(sandbox: Sandbox, modes: LoadedFunction) -> None:
     body = b"b" + struct.pack("<I", 100 * 1024 * 1024)  # fits the 128 MiB default memory
-    result = sandbox.invoke(modes, config(memory_limit_mb=128, max_body_bytes=64 << 20),
-                            req(body))
+    result = sandbox.invoke(modes, config(memory_limit_mb=128, max_body_bytes=64 << 20), req(body))
     assert result.outcome is Outcome.BAD_RESPONSE
     assert "too much data" in (result.error or "")
     assert_next_ok(sandbox, modes)
 
 
-def test_request_over_the_transfer_budget_is_refused(sandbox: Sandbox,
-                                                     echo: LoadedFunction) -> None:
+def test_request_over_the_transfer_budget_is_refused(
+    sandbox: Sandbox, echo: LoadedFunction
+) -> None:
     with pytest.raises(RequestTooLarge, match="exceeds max_body_bytes=3500000"):
         sandbox.invoke(echo, config(max_body_bytes=64 << 20), req(bytes(3_500_001)))
 
@@ -117,8 +118,9 @@ def test_request_over_max_body_is_refused(sandbox: Sandbox, echo: LoadedFunction
         sandbox.invoke(echo, config(max_body_bytes=10), req(b"x" * 11))
 
 
-def test_host_call_results_reach_the_guest(sandbox: Sandbox, modes: LoadedFunction,
-                                           fake_cache: FakeCache) -> None:
+def test_host_call_results_reach_the_guest(
+    sandbox: Sandbox, modes: LoadedFunction, fake_cache: FakeCache
+) -> None:
     fake_cache.behaviour = lambda key: b"value-of-" + key.encode()
     result = sandbox.invoke(modes, config(), req(b"g"))
     assert (result.response.status, result.response.body) == (200, b"value-of-k")
@@ -136,9 +138,14 @@ def test_host_call_results_reach_the_guest(sandbox: Sandbox, modes: LoadedFuncti
         (RuntimeError("host bug"), 500, b"internal error in cache.get: RuntimeError"),
     ],
 )
-def test_host_errors_become_the_error_variant(sandbox: Sandbox, modes: LoadedFunction,
-                                              fake_cache: FakeCache, error: Exception,
-                                              status: int, detail: bytes) -> None:
+def test_host_errors_become_the_error_variant(
+    sandbox: Sandbox,
+    modes: LoadedFunction,
+    fake_cache: FakeCache,
+    error: Exception,
+    status: int,
+    detail: bytes,
+) -> None:
     def fail(key: str) -> bytes:
         raise error
 
@@ -148,13 +155,13 @@ def test_host_errors_become_the_error_variant(sandbox: Sandbox, modes: LoadedFun
     assert (result.response.status, result.response.body) == (status, detail)
 
 
-def test_host_calls_after_the_deadline_do_not_run(sandbox: Sandbox, modes: LoadedFunction,
-                                                  fake_cache: FakeCache) -> None:
+def test_host_calls_after_the_deadline_do_not_run(
+    sandbox: Sandbox, modes: LoadedFunction, fake_cache: FakeCache
+) -> None:
     release = threading.Event()
 
     def slow(key: str) -> None:
         release.wait(0.3)  # the first call outlives the 100 ms deadline
-        return None
 
     fake_cache.behaviour = slow
     result = sandbox.invoke(modes, config(timeout_ms=100), req(b"h"))
@@ -163,8 +170,9 @@ def test_host_calls_after_the_deadline_do_not_run(sandbox: Sandbox, modes: Loade
     assert_next_ok(sandbox, modes)
 
 
-def test_a_guest_hammering_a_host_call_times_out(sandbox: Sandbox, modes: LoadedFunction,
-                                                 fake_cache: FakeCache) -> None:
+def test_a_guest_hammering_a_host_call_times_out(
+    sandbox: Sandbox, modes: LoadedFunction, fake_cache: FakeCache
+) -> None:
     result = sandbox.invoke(modes, config(timeout_ms=100), req(b"h"))
     assert result.outcome is Outcome.TIMEOUT
     assert len(fake_cache.calls) > 1
@@ -187,8 +195,9 @@ def test_two_threads_at_once(sandbox: Sandbox, modes: LoadedFunction) -> None:
         assert list(pool.map(run, range(40))) == [struct.pack("<I", 1)] * 40
 
 
-def test_a_looping_guest_does_not_block_another_thread(sandbox: Sandbox,
-                                                       modes: LoadedFunction) -> None:
+def test_a_looping_guest_does_not_block_another_thread(
+    sandbox: Sandbox, modes: LoadedFunction
+) -> None:
     done = threading.Event()
     outcome: list[Outcome] = []
 

@@ -21,15 +21,19 @@ from worker.sandbox.linker import deadline_error, error_variant
         ("dynamodb", "whatever", None, ("unavailable", "whatever")),
     ],
 )
-def test_error_variant(interface: str, case: str, detail: str | None,
-                       expected: tuple[str, str | None]) -> None:
+def test_error_variant(
+    interface: str, case: str, detail: str | None, expected: tuple[str, str | None]
+) -> None:
     assert error_variant(interface, case, detail) == expected
 
 
 @pytest.mark.parametrize(
     ("interface", "expected"),
-    [("http", ("timeout", None)), ("cache", ("unavailable", "invocation deadline exceeded")),
-     ("s3", ("unavailable", "invocation deadline exceeded"))],
+    [
+        ("http", ("timeout", None)),
+        ("cache", ("unavailable", "invocation deadline exceeded")),
+        ("s3", ("unavailable", "invocation deadline exceeded")),
+    ],
 )
 def test_deadline_error(interface: str, expected: tuple[str, str | None]) -> None:
     assert deadline_error(interface) == expected

@@ -18,7 +18,7 @@ ECHO_CORE = (WAT_DIR.parents[2] / "worker" / "sandbox" / "wat" / "echo.wat").rea
 
 
 def test_core_module_is_rejected(sandbox: Sandbox) -> None:
-    core = assemble_core("(module (func (export \"handle\")))")
+    core = assemble_core('(module (func (export "handle")))')
     with pytest.raises(ComponentError, match="core WebAssembly module, not a component"):
         sandbox.load(core)
 
@@ -36,8 +36,9 @@ def test_truncated_component_is_rejected(sandbox: Sandbox) -> None:
 
 
 def test_another_world_is_rejected(sandbox: Sandbox) -> None:
-    wasm = build_wat_text('(module (func (export "run") (result i32) (i32.const 1)))',
-                          world="other", wit_dir=BAD_WIT)
+    wasm = build_wat_text(
+        '(module (func (export "run") (result i32) (i32.const 1)))', world="other", wit_dir=BAD_WIT
+    )
     with pytest.raises(ComponentError, match="does not export `handle`.*exports run"):
         sandbox.load(wasm)
 
@@ -45,9 +46,12 @@ def test_another_world_is_rejected(sandbox: Sandbox) -> None:
 def test_wrong_handle_type_is_rejected(sandbox: Sandbox) -> None:
     wasm = build_wat_text(
         '(module (func (export "handle") (param i32) (result i32) (local.get 0)))',
-        world="wrong-handle", wit_dir=BAD_WIT,
+        world="wrong-handle",
+        wit_dir=BAD_WIT,
     )
-    with pytest.raises(ComponentError, match=r"`handle` has the wrong type.*got func\(x:u32\)->u32"):
+    with pytest.raises(
+        ComponentError, match=r"`handle` has the wrong type.*got func\(x:u32\)->u32"
+    ):
         sandbox.load(wasm)
 
 
@@ -69,8 +73,9 @@ def test_the_echo_component_is_accepted(sandbox: Sandbox) -> None:
 
 def test_expected_handle_type_text() -> None:
     assert HANDLE_TYPE.startswith("func(request:record{invocation-id:string,")
-    assert HANDLE_TYPE.endswith("->result<record{status:u16,headers:list<tuple<string,string>>,"
-                                "body:list<u8>},string>")
+    assert HANDLE_TYPE.endswith(
+        "->result<record{status:u16,headers:list<tuple<string,string>>,body:list<u8>},string>"
+    )
 
 
 @pytest.mark.parametrize(
@@ -91,26 +96,46 @@ def test_check_binary(data: bytes, message: str) -> None:
     [
         ("error while executing\nCaused by:\n    wasm trap: interrupt", "", False, Outcome.TIMEOUT),
         ("wasm trap: wasm `unreachable` instruction executed", "", False, Outcome.TRAP),
-        ("wasm trap: wasm `unreachable` instruction executed", "Traceback...\nMemoryError\n",
-         False, Outcome.MEMORY_LIMIT),
-        ("wasm trap: unreachable", "memory allocation of 1048576 bytes failed", False,
-         Outcome.MEMORY_LIMIT),
-        ("memory minimum size of 2000 pages exceeds memory limits", "", False,
-         Outcome.MEMORY_LIMIT),
+        (
+            "wasm trap: wasm `unreachable` instruction executed",
+            "Traceback...\nMemoryError\n",
+            False,
+            Outcome.MEMORY_LIMIT,
+        ),
+        (
+            "wasm trap: unreachable",
+            "memory allocation of 1048576 bytes failed",
+            False,
+            Outcome.MEMORY_LIMIT,
+        ),
+        (
+            "memory minimum size of 2000 pages exceeds memory limits",
+            "",
+            False,
+            Outcome.MEMORY_LIMIT,
+        ),
         ("wasm trap: call stack exhausted", "", True, Outcome.TRAP),
-        ("too much data is being copied between the host and the guest", "", False,
-         Outcome.BAD_RESPONSE),
+        (
+            "too much data is being copied between the host and the guest",
+            "",
+            False,
+            Outcome.BAD_RESPONSE,
+        ),
     ],
 )
-def test_classify_error(message: str, stderr: str, past_deadline: bool,
-                        expected: Outcome) -> None:
+def test_classify_error(message: str, stderr: str, past_deadline: bool, expected: Outcome) -> None:
     assert classify_error(message, stderr, past_deadline=past_deadline) is expected
 
 
 @pytest.mark.parametrize(
     ("status", "length", "limit", "ok"),
-    [(200, 0, 0, True), (599, 10, 10, True), (99, 0, 10, False), (600, 0, 10, False),
-     (200, 11, 10, False)],
+    [
+        (200, 0, 0, True),
+        (599, 10, 10, True),
+        (99, 0, 10, False),
+        (600, 0, 10, False),
+        (200, 11, 10, False),
+    ],
 )
 def test_check_response(status: int, length: int, limit: int, ok: bool) -> None:
     assert (check_response(status, length, limit) is None) is ok

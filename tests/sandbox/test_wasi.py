@@ -20,8 +20,9 @@ def probe_json(sandbox: Sandbox, fn: LoadedFunction, mode: str, **cfg: Any) -> A
     return json.loads(result.response.body)
 
 
-def test_environment_is_exactly_the_functions(sandbox: Sandbox, probe: LoadedFunction,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_environment_is_exactly_the_functions(
+    sandbox: Sandbox, probe: LoadedFunction, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("WORKER_SECRET", "must-not-leak")
     result = sandbox.invoke(probe, config(env={"GREETING": "hi", "EMPTY": ""}), req(b"env"))
     env = json.loads(result.response.body)
@@ -62,11 +63,13 @@ def test_no_name_lookup(sandbox: Sandbox, probe: LoadedFunction) -> None:
 
 def test_stdin_is_empty(sandbox: Sandbox, probe: LoadedFunction) -> None:
     assert probe_json(sandbox, probe, "stdin") in ({"ok": "''"}, {"ok": "None"}) or "error" in (
-        probe_json(sandbox, probe, "stdin"))
+        probe_json(sandbox, probe, "stdin")
+    )
 
 
-def test_stdout_and_stderr_become_logs(sandbox: Sandbox, probe: LoadedFunction,
-                                       capfd: pytest.CaptureFixture[str]) -> None:
+def test_stdout_and_stderr_become_logs(
+    sandbox: Sandbox, probe: LoadedFunction, capfd: pytest.CaptureFixture[str]
+) -> None:
     result = sandbox.invoke(probe, config(), req(b"print"))
     assert result.outcome is Outcome.OK
     lines = [(r.level, r.message) for r in result.logs]

@@ -272,7 +272,7 @@ def get_s64(val: Val) -> int:
 # wasmtime-py frees them afterwards), so a parameter tree can live entirely in one Python
 # buffer: no wasmtime allocation, no val_delete, a few pack_into calls per request.
 
-import struct  # noqa: E402
+import struct
 
 ENTRY_SIZE = ctypes.sizeof(ffi.wasmtime_component_valrecord_entry_t)
 ENTRY_VAL = ffi.wasmtime_component_valrecord_entry_t.val.offset
@@ -295,10 +295,15 @@ def _u8_kinds(n: int) -> bytes:
 class BorrowedRequest:
     """The `request` record laid out in one buffer; `address` is valid while this object lives."""
 
-    __slots__ = ("buf", "cbuf", "address")
+    __slots__ = ("address", "buf", "cbuf")
 
-    def __init__(self, invocation_id: str, function_name: str,
-                 headers: Sequence[tuple[str, str]], body: bytes) -> None:
+    def __init__(
+        self,
+        invocation_id: str,
+        function_name: str,
+        headers: Sequence[tuple[str, str]],
+        body: bytes,
+    ) -> None:
         inv = invocation_id.encode("utf-8")
         fname = function_name.encode("utf-8")
         nh = len(headers)
@@ -322,19 +327,38 @@ class BorrowedRequest:
         a_inv = o_str
         a_fname = a_inv + len(inv)
         buf[a_inv:a_fname] = inv
-        buf[a_fname:a_fname + len(fname)] = fname
+        buf[a_fname : a_fname + len(fname)] = fname
         _FIXED.pack_into(
-            buf, 0,
-            K_RECORD, 4, base + VAL_SIZE,
-            13, _NAME_ADDRS[0], K_STRING, len(inv), base + a_inv,
-            13, _NAME_ADDRS[1], K_STRING, len(fname), base + a_fname,
-            7, _NAME_ADDRS[2], K_LIST, nh, base + o_tuples,
-            4, _NAME_ADDRS[3], K_LIST, nb, base + o_body,
+            buf,
+            0,
+            K_RECORD,
+            4,
+            base + VAL_SIZE,
+            13,
+            _NAME_ADDRS[0],
+            K_STRING,
+            len(inv),
+            base + a_inv,
+            13,
+            _NAME_ADDRS[1],
+            K_STRING,
+            len(fname),
+            base + a_fname,
+            7,
+            _NAME_ADDRS[2],
+            K_LIST,
+            nh,
+            base + o_tuples,
+            4,
+            _NAME_ADDRS[3],
+            K_LIST,
+            nb,
+            base + o_body,
         )
         if nb:
             end = o_tuples
             buf[o_body:end:VAL_SIZE] = _u8_kinds(nb)
-            buf[o_body + PAYLOAD:end:VAL_SIZE] = body
+            buf[o_body + PAYLOAD : end : VAL_SIZE] = body
         if nh:
             at = a_fname + len(fname)
             pack = _VEC.pack_into
@@ -346,7 +370,7 @@ class BorrowedRequest:
                 for s in (k, v):
                     buf[p] = K_STRING
                     pack(buf, p + PAYLOAD, len(s), base + at)
-                    buf[at:at + len(s)] = s
+                    buf[at : at + len(s)] = s
                     at += len(s)
                     p += VAL_SIZE
         self.buf = buf

@@ -65,9 +65,13 @@ def flotilla_runner(sandbox: Sandbox, fn: LoadedFunction, config: FunctionConfig
         if not result.ok:
             raise RuntimeError(f"bench invocation failed: {result.outcome}: {result.error}")
         t = result.timings
-        return {"total_us": t.total_us, "store_us": t.store_us,
-                "instantiate_us": t.instantiate_us, "call_us": t.call_us,
-                "post_return_us": t.post_return_us}
+        return {
+            "total_us": t.total_us,
+            "store_us": t.store_us,
+            "instantiate_us": t.instantiate_us,
+            "call_us": t.call_us,
+            "post_return_us": t.post_return_us,
+        }
 
     return run
 
@@ -106,17 +110,21 @@ class Naive:
             record = Record()
             setattr(record, "invocation-id", request.invocation_id)
             setattr(record, "function-name", request.function_name)
-            record.headers = list(request.headers)
-            record.body = request.body
+            record.headers = list(request.headers)  # type: ignore[attr-defined]
+            record.body = request.body  # type: ignore[attr-defined]
             response = handle(store, record)
             t3 = p()
             handle.post_return(store)
             t4 = p()
             assert response.status == 200
             store.close()
-            return {"total_us": (p() - t0) * 1e6, "store_us": (t1 - t0) * 1e6,
-                    "instantiate_us": (t2 - t1) * 1e6, "call_us": (t3 - t2) * 1e6,
-                    "post_return_us": (t4 - t3) * 1e6}
+            return {
+                "total_us": (p() - t0) * 1e6,
+                "store_us": (t1 - t0) * 1e6,
+                "instantiate_us": (t2 - t1) * 1e6,
+                "call_us": (t3 - t2) * 1e6,
+                "post_return_us": (t4 - t3) * 1e6,
+            }
 
         return run
 
@@ -127,16 +135,24 @@ def _unused_host_func(store: Any, *args: Any) -> None:
 
 def summarize(trivial: Runner, python: Runner | None, plan: Plan, scale: float) -> dict[str, Any]:
     """The figures for one side (flotilla or baseline)."""
-    n = lambda k: max(1, int(k * scale))  # noqa: E731
+    n = lambda k: max(1, int(k * scale))
     small = measure(trivial, new_request("bench", b""), n(plan.trivial))
-    out: dict[str, Any] = {"trivial_p50_us": small["p50_us"], "trivial_p99_us": small["p99_us"],
-                           "trivial_phases_p50_us": {k: v for k, v in small.items()
-                                                     if k not in ("p50_us", "p99_us")}}
+    out: dict[str, Any] = {
+        "trivial_p50_us": small["p50_us"],
+        "trivial_p99_us": small["p99_us"],
+        "trivial_phases_p50_us": {k: v for k, v in small.items() if k not in ("p50_us", "p99_us")},
+    }
     if python is not None:
         py = measure(python, new_request("bench", b"x"), n(plan.python))
-        out.update({"python_p50_us": py["p50_us"], "python_p99_us": py["p99_us"],
-                    "python_phases_p50_us": {k: v for k, v in py.items()
-                                             if k not in ("p50_us", "p99_us")}})
+        out.update(
+            {
+                "python_p50_us": py["p50_us"],
+                "python_p99_us": py["p99_us"],
+                "python_phases_p50_us": {
+                    k: v for k, v in py.items() if k not in ("p50_us", "p99_us")
+                },
+            }
+        )
     per_kib = {}
     for kib, count in zip(SIZES_KIB, plan.per_size):
         sized = measure(trivial, new_request("bench", bytes(kib * 1024)), n(count))
@@ -145,8 +161,13 @@ def summarize(trivial: Runner, python: Runner | None, plan: Plan, scale: float) 
     return out
 
 
-def run_bench(cache_dir: str | Path, *, python_app: Path | None, plan: Plan | None = None,
-              baseline: bool = True) -> dict[str, Any]:
+def run_bench(
+    cache_dir: str | Path,
+    *,
+    python_app: Path | None,
+    plan: Plan | None = None,
+    baseline: bool = True,
+) -> dict[str, Any]:
     """Measure both sides; returns {"flotilla": {...}, "baseline": {...}}."""
     from worker.sandbox.guests import packaged
 
@@ -161,24 +182,32 @@ def run_bench(cache_dir: str | Path, *, python_app: Path | None, plan: Plan | No
     sandbox = Sandbox(None, cache_dir=cache_dir)
     try:
         trivial = flotilla_runner(sandbox, sandbox.load(echo), config)
-        python = (flotilla_runner(sandbox, sandbox.load(python_wasm), config)
-                  if python_wasm else None)
+        python = (
+            flotilla_runner(sandbox, sandbox.load(python_wasm), config) if python_wasm else None
+        )
         results: dict[str, Any] = {"flotilla": summarize(trivial, python, plan, 1.0)}
     finally:
         sandbox.close()
     if baseline:
         naive = Naive()
         results["baseline"] = summarize(
-            naive.runner(echo), naive.runner(python_wasm) if python_wasm else None, plan,
-            plan.baseline_scale)
+            naive.runner(echo),
+            naive.runner(python_wasm) if python_wasm else None,
+            plan,
+            plan.baseline_scale,
+        )
     return results
 
 
 def format_table(results: dict[str, Any]) -> str:
     """Human-readable figures, flotilla beside baseline."""
     sides = list(results)
-    rows = [("trivial p50 (us)", "trivial_p50_us"), ("trivial p99 (us)", "trivial_p99_us"),
-            ("python echo p50 (us)", "python_p50_us"), ("python echo p99 (us)", "python_p99_us")]
+    rows = [
+        ("trivial p50 (us)", "trivial_p50_us"),
+        ("trivial p99 (us)", "trivial_p99_us"),
+        ("python echo p50 (us)", "python_p50_us"),
+        ("python echo p99 (us)", "python_p99_us"),
+    ]
     lines = [f"{'':28}" + "".join(f"{s:>14}" for s in sides)]
     for label, key in rows:
         lines.append(f"{label:28}" + "".join(_cell(results[s].get(key)) for s in sides))

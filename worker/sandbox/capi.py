@@ -28,22 +28,35 @@ def _fn(name: str, restype: Any, *argtypes: Any) -> Any:
 store_new = _fn("wasmtime_store_new", c_void_p, c_void_p, c_void_p, c_void_p)
 store_context = _fn("wasmtime_store_context", c_void_p, c_void_p)
 store_delete = _fn("wasmtime_store_delete", None, c_void_p)
-store_limiter = _fn("wasmtime_store_limiter", None, c_void_p, c_int64, c_int64, c_int64,
-                    c_int64, c_int64)
+store_limiter = _fn(
+    "wasmtime_store_limiter", None, c_void_p, c_int64, c_int64, c_int64, c_int64, c_int64
+)
 set_epoch_deadline = _fn("wasmtime_context_set_epoch_deadline", None, c_void_p, c_uint64)
 wasi_config_new = _fn("wasi_config_new", c_void_p)
 wasi_config_set_env = _fn("wasi_config_set_env", c_bool, c_void_p, c_size_t, c_void_p, c_void_p)
-wasi_config_set_stdout_custom = _fn("wasi_config_set_stdout_custom", None, c_void_p, c_void_p,
-                                    c_void_p, c_void_p)
-wasi_config_set_stderr_custom = _fn("wasi_config_set_stderr_custom", None, c_void_p, c_void_p,
-                                    c_void_p, c_void_p)
+wasi_config_set_stdout_custom = _fn(
+    "wasi_config_set_stdout_custom", None, c_void_p, c_void_p, c_void_p, c_void_p
+)
+wasi_config_set_stderr_custom = _fn(
+    "wasi_config_set_stderr_custom", None, c_void_p, c_void_p, c_void_p, c_void_p
+)
 context_set_wasi = _fn("wasmtime_context_set_wasi", c_void_p, c_void_p, c_void_p)
-linker_instantiate = _fn("wasmtime_component_linker_instantiate", c_void_p, c_void_p, c_void_p,
-                         c_void_p, c_void_p)
-instance_get_func = _fn("wasmtime_component_instance_get_func", c_bool, c_void_p, c_void_p,
-                        c_void_p, c_void_p)
-func_call = _fn("wasmtime_component_func_call", c_void_p, c_void_p, c_void_p, c_void_p, c_size_t,
-                c_void_p, c_size_t)
+linker_instantiate = _fn(
+    "wasmtime_component_linker_instantiate", c_void_p, c_void_p, c_void_p, c_void_p, c_void_p
+)
+instance_get_func = _fn(
+    "wasmtime_component_instance_get_func", c_bool, c_void_p, c_void_p, c_void_p, c_void_p
+)
+func_call = _fn(
+    "wasmtime_component_func_call",
+    c_void_p,
+    c_void_p,
+    c_void_p,
+    c_void_p,
+    c_size_t,
+    c_void_p,
+    c_size_t,
+)
 func_post_return = _fn("wasmtime_component_func_post_return", c_void_p, c_void_p, c_void_p)
 val_delete = _fn("wasmtime_component_val_delete", None, c_void_p)
 

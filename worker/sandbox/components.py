@@ -53,9 +53,11 @@ def describe(ty: object) -> str:
     if isinstance(ty, ct.OptionType):
         return f"option<{describe(ty.payload)}>"
     if isinstance(ty, ct.VariantType):
-        return "variant{" + ",".join(
-            n if t is None else f"{n}({describe(t)})" for n, t in ty.cases
-        ) + "}"
+        return (
+            "variant{"
+            + ",".join(n if t is None else f"{n}({describe(t)})" for n, t in ty.cases)
+            + "}"
+        )
     if isinstance(ty, ct.EnumType):
         return "enum{" + ",".join(ty.names) + "}"
     if isinstance(ty, ct.FuncType):

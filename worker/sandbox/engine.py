@@ -88,7 +88,9 @@ def _set_pooling(config: wasmtime.Config, s: EngineSettings) -> None:
         ffi.wasmtime_pooling_allocation_config_total_component_instances_set(
             pool, s.total_component_instances
         )
-        ffi.wasmtime_pooling_allocation_config_total_core_instances_set(pool, s.total_core_instances)
+        ffi.wasmtime_pooling_allocation_config_total_core_instances_set(
+            pool, s.total_core_instances
+        )
         ffi.wasmtime_pooling_allocation_config_total_memories_set(pool, s.total_memories)
         ffi.wasmtime_pooling_allocation_config_total_tables_set(pool, s.total_tables)
         ffi.wasmtime_pooling_allocation_config_total_stacks_set(pool, s.total_stacks)
@@ -178,4 +180,4 @@ def build_engine(settings: EngineSettings | None = None) -> EngineHandle:
     )
 
 
-__all__ = ["EngineSettings", "EngineHandle", "build_engine", "engine_fingerprint"]
+__all__ = ["EngineHandle", "EngineSettings", "build_engine", "engine_fingerprint"]

@@ -41,8 +41,9 @@ def find_wit_dir() -> Path:
     return find()
 
 
-def assemble(wat: str, cache_dir: str | Path, *, world: str = "function",
-             wit_dir: Path | None = None) -> bytes:
+def assemble(
+    wat: str, cache_dir: str | Path, *, world: str = "function", wit_dir: Path | None = None
+) -> bytes:
     """Component bytes of a core module in WAT implementing `world` (cached by content)."""
     wit = wit_dir or find_wit_dir()
     wit_text = "".join(p.read_text() for p in sorted(Path(wit).glob("*.wit")))
@@ -56,9 +57,20 @@ def assemble(wat: str, cache_dir: str | Path, *, world: str = "function",
     with tempfile.TemporaryDirectory() as tmp:
         core, embedded, comp = (Path(tmp) / n for n in ("c.wat", "e.wasm", "x.wasm"))
         core.write_text(wat)
-        for argv in ([tool, "component", "embed", str(wit), "--world", world, str(core),
-                      "-o", str(embedded)], [tool, "component", "new", str(embedded), "-o",
-                                             str(comp)]):
+        for argv in (
+            [
+                tool,
+                "component",
+                "embed",
+                str(wit),
+                "--world",
+                world,
+                str(core),
+                "-o",
+                str(embedded),
+            ],
+            [tool, "component", "new", str(embedded), "-o", str(comp)],
+        ):
             done = subprocess.run(argv, capture_output=True, text=True, check=False)
             if done.returncode:
                 raise GuestAssemblyError(f"{' '.join(argv[1:3])} failed: {done.stderr.strip()}")

@@ -55,8 +55,12 @@ ERROR_CASES: dict[str, dict[str, bool]] = {
     "dynamodb": {"denied": True, "unavailable": True, "invalid-argument": True},
 }
 # What the guest sees when a host raises something that is not a HostError.
-FALLBACK_CASE = {"cache": "unavailable", "http": "connection", "s3": "unavailable",
-                 "dynamodb": "unavailable"}
+FALLBACK_CASE = {
+    "cache": "unavailable",
+    "http": "connection",
+    "s3": "unavailable",
+    "dynamodb": "unavailable",
+}
 LOG_LEVELS = ("debug", "info", "warn", "error")
 
 
@@ -157,8 +161,12 @@ def _http_invoke(hosts: Any, ctx: InvocationContext, a: Any) -> Callable[[abi.Va
     method, url, headers, body, timeout = abi.get_fields(a[0])
     t = abi.get_option(timeout)
     status, out_headers, out_body = hosts.http.invoke(
-        ctx, abi.get_string(method), abi.get_string(url), abi.get_headers(headers),
-        abi.get_bytes(body), None if t is None else abi.get_u32(t),
+        ctx,
+        abi.get_string(method),
+        abi.get_string(url),
+        abi.get_headers(headers),
+        abi.get_bytes(body),
+        None if t is None else abi.get_u32(t),
     )
 
     def put_response(val: abi.Val) -> None:
@@ -176,8 +184,9 @@ def _s3_get(hosts: Any, ctx: InvocationContext, a: Any) -> Callable[[abi.Val], N
 
 def _s3_put(hosts: Any, ctx: InvocationContext, a: Any) -> Callable[[abi.Val], None]:
     ct = abi.get_option(a[3])
-    hosts.s3.put_object(ctx, _s(a, 0), _s(a, 1), _b(a, 2),
-                        None if ct is None else abi.get_string(ct))
+    hosts.s3.put_object(
+        ctx, _s(a, 0), _s(a, 1), _b(a, 2), None if ct is None else abi.get_string(ct)
+    )
     return _ok(None)
 
 
@@ -253,7 +262,11 @@ class HostLinker:
         self._callbacks.append(callback)
         name = fn.name.encode("utf-8")
         err = ffi.wasmtime_component_linker_instance_add_func(
-            inst.ptr(), ctypes.create_string_buffer(name), len(name), callback, None,
+            inst.ptr(),
+            ctypes.create_string_buffer(name),
+            len(name),
+            callback,
+            None,
             _no_finalizer,
         )
         if err:
@@ -267,8 +280,9 @@ class HostLinker:
         iface = fn.interface
         where = f"{iface}.{fn.name}"
 
-        def callback(_data: Any, _context: Any, _ty: Any, args: Any, _nargs: int,
-                     results: Any, nresults: int) -> int:
+        def callback(
+            _data: Any, _context: Any, _ty: Any, args: Any, _nargs: int, results: Any, nresults: int
+        ) -> int:
             try:
                 ctx = current.ctx
                 if ctx is None:
@@ -295,8 +309,9 @@ class HostLinker:
                     if not fn.returns:
                         return 0
                     case = FALLBACK_CASE[iface]
-                    _write_error(results[0], case, f"internal error in {where}: "
-                                                    f"{type(exc).__name__}")
+                    _write_error(
+                        results[0], case, f"internal error in {where}: {type(exc).__name__}"
+                    )
                     return 0
                 if nresults:
                     write(results[0])

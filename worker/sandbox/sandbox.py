@@ -71,8 +71,9 @@ class _PreparedConfig:
 class Sandbox:
     """Engine + Linker + compile cache, and `invoke` for one request at a time per thread."""
 
-    def __init__(self, hosts: Any, *, cache_dir: str | Path,
-                 engine_settings: EngineSettings | None = None) -> None:
+    def __init__(
+        self, hosts: Any, *, cache_dir: str | Path, engine_settings: EngineSettings | None = None
+    ) -> None:
         self._engine: EngineHandle = build_engine(engine_settings)
         self.engine = self._engine.engine
         self.engine_fingerprint: str = self._engine.fingerprint
@@ -116,8 +117,9 @@ class Sandbox:
         if handle is None:
             raise ComponentError("component does not export `handle`")
         self._trial_instantiate(component)
-        return LoadedFunction(sha, component, handle, capi.address(component.ptr()),
-                              capi.address(handle.ptr()))
+        return LoadedFunction(
+            sha, component, handle, capi.address(component.ptr()), capi.address(handle.ptr())
+        )
 
     def _trial_instantiate(self, component: Component) -> None:
         # Catches imports the Linker cannot satisfy (unknown wasi interface, wrong signature).
@@ -126,8 +128,9 @@ class Sandbox:
             store.set_epoch_deadline(self._engine.ticks_for(5_000))
             store.set_wasi(wasmtime.WasiConfig())
             instance = ffi.wasmtime_component_instance_t()
-            err = _instantiate(self._linker.linker.ptr(), store._context(), component.ptr(),
-                               byref(instance))
+            err = _instantiate(
+                self._linker.linker.ptr(), store._context(), component.ptr(), byref(instance)
+            )
             if err:
                 message = str(wasmtime.WasmtimeError._from_ptr(err))
                 if "exceeds memory limits" in message or "interrupt" in message:
@@ -138,8 +141,9 @@ class Sandbox:
 
     # ---- invoking -----------------------------------------------------------------------
 
-    def invoke(self, fn: LoadedFunction, config: FunctionConfig,
-               request: Request) -> InvocationResult:
+    def invoke(
+        self, fn: LoadedFunction, config: FunctionConfig, request: Request
+    ) -> InvocationResult:
         """Run `handle(request)` in a new store and instance; never raises for guest failures."""
         if len(request.body) > min(config.max_body_bytes, MAX_REQUEST_BODY_BYTES):
             raise RequestTooLarge(
@@ -147,8 +151,9 @@ class Sandbox:
                 f"max_body_bytes={min(config.max_body_bytes, MAX_REQUEST_BODY_BYTES)}"
             )
         t0 = perf_counter()
-        ctx = InvocationContext(config, request.invocation_id,
-                                monotonic() + config.timeout_ms / 1000.0)
+        ctx = InvocationContext(
+            config, request.invocation_id, monotonic() + config.timeout_ms / 1000.0
+        )
         output = CapturedOutput(ctx)
         key = self._output.register(output)
         store = capi.store_new(self._engine_ptr, None, None)
@@ -166,14 +171,22 @@ class Sandbox:
             capi.store_delete(store)
             self._output.unregister(key)
 
-    def _run(self, fn: LoadedFunction, config: FunctionConfig, request: Request,
-             ctx: InvocationContext, output: CapturedOutput, context: int,
-             t0: float) -> InvocationResult:
+    def _run(
+        self,
+        fn: LoadedFunction,
+        config: FunctionConfig,
+        request: Request,
+        ctx: InvocationContext,
+        output: CapturedOutput,
+        context: int,
+        t0: float,
+    ) -> InvocationResult:
         t1 = perf_counter()
         phases = [t0, t1, t1, t1, t1]
 
-        def finish(outcome: Outcome, response: Response | None = None,
-                   error: str | None = None) -> InvocationResult:
+        def finish(
+            outcome: Outcome, response: Response | None = None, error: str | None = None
+        ) -> InvocationResult:
             now = perf_counter()
             timings = Timings(
                 store_us=(phases[1] - t0) * 1e6,
@@ -183,17 +196,23 @@ class Sandbox:
                 total_us=(now - t0) * 1e6,
             )
             logs = ctx.logs
-            return InvocationResult(outcome, response, error, tuple(logs.records),
-                                    logs.dropped + (1 if output.dropped else 0), timings)
+            return InvocationResult(
+                outcome,
+                response,
+                error,
+                tuple(logs.records),
+                logs.dropped + (1 if output.dropped else 0),
+                timings,
+            )
 
         def failure(err: int) -> InvocationResult:
             error = capi.error_from(err)
             message = str(error)
             if isinstance(error, wasmtime.ExitTrap):
-                return finish(Outcome.TRAP,
-                              error=f"guest exited with code {error.code}: {message}")
+                return finish(Outcome.TRAP, error=f"guest exited with code {error.code}: {message}")
             outcome = classify_error(
-                message, output.stderr_tail.decode("utf-8", "replace"),
+                message,
+                output.stderr_tail.decode("utf-8", "replace"),
                 past_deadline=monotonic() >= ctx.deadline,
             )
             return finish(outcome, error=message)
@@ -207,8 +226,9 @@ class Sandbox:
             return failure(err)
         if not capi.instance_get_func(instance, context, fn.handle_ptr, func):
             return finish(Outcome.TRAP, error="instance has no `handle` function")
-        params = abi.BorrowedRequest(request.invocation_id, request.function_name,
-                                     request.headers, request.body)
+        params = abi.BorrowedRequest(
+            request.invocation_id, request.function_name, request.headers, request.body
+        )
         current = self._current
         current.ctx = ctx
         try:
@@ -235,8 +255,12 @@ class Sandbox:
         # Keyed by identity: configs are frozen and the worker reuses one per function.
         entry = self._configs.get(id(config))
         if entry is None or entry.config is not config:
-            entry = _PreparedConfig(config, GuestEnv(config), config.memory_limit_mb * MIB,
-                                    self._engine.ticks_for(config.timeout_ms))
+            entry = _PreparedConfig(
+                config,
+                GuestEnv(config),
+                config.memory_limit_mb * MIB,
+                self._engine.ticks_for(config.timeout_ms),
+            )
             if len(self._configs) >= MAX_PREPARED_CONFIGS:
                 self._configs.pop(next(iter(self._configs)), None)
             self._configs[id(config)] = entry
@@ -268,7 +292,7 @@ def _lift_result(result: int, max_body: int) -> tuple[Response | None, str | Non
         return None, None, "response record has the wrong shape"
     raw = ctypes.string_at(entries, 3 * _ENTRY.size)
     status = int.from_bytes(raw[24:26], "little")
-    _, _, _, n_headers, headers_ptr = _ENTRY.unpack_from(raw, _ENTRY.size)
+    _, _, _, n_headers, _ = _ENTRY.unpack_from(raw, _ENTRY.size)
     _, _, _, n_body, body_ptr = _ENTRY.unpack_from(raw, 2 * _ENTRY.size)
     problem = check_response(status, n_body, max_body)
     if problem:
@@ -279,14 +303,15 @@ def _lift_result(result: int, max_body: int) -> tuple[Response | None, str | Non
     body = b""
     if n_body:
         arr = (ctypes.c_ubyte * (n_body * abi.VAL_SIZE)).from_address(body_ptr)
-        body = memoryview(arr).cast("B")[abi.PAYLOAD::abi.VAL_SIZE].tobytes()
+        body = memoryview(arr).cast("B")[abi.PAYLOAD :: abi.VAL_SIZE].tobytes()
     return Response(status, headers, body), None, None
 
 
-def new_request(function_name: str, body: bytes = b"",
-                headers: tuple[tuple[str, str], ...] = ()) -> Request:
+def new_request(
+    function_name: str, body: bytes = b"", headers: tuple[tuple[str, str], ...] = ()
+) -> Request:
     """A Request with a fresh invocation id (CLI, bench and tests)."""
     return Request(uuid.uuid4().hex, function_name, tuple(headers), bytes(body))
 
 
-__all__ = ["Sandbox", "LoadedFunction", "RequestTooLarge", "new_request"]
+__all__ = ["LoadedFunction", "RequestTooLarge", "Sandbox", "new_request"]

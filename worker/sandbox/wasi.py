@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import itertools
+import logging
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -21,9 +22,12 @@ from flotilla.config import FunctionConfig
 from worker.hosts.base import InvocationContext
 from worker.sandbox import capi
 
+log = logging.getLogger(__name__)
+
 OUTPUT_CAP = 64 * 1024
-_OutputFn = ctypes.CFUNCTYPE(ctypes.c_ssize_t, ctypes.c_void_p, ctypes.POINTER(ctypes.c_ubyte),
-                             ctypes.c_size_t)
+_OutputFn = ctypes.CFUNCTYPE(
+    ctypes.c_ssize_t, ctypes.c_void_p, ctypes.POINTER(ctypes.c_ubyte), ctypes.c_size_t
+)
 _FinalizeFn = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
 
 
@@ -75,8 +79,8 @@ class OutputRouter:
             if sink is not None and size:
                 try:
                     sink.write(stream, ctypes.string_at(ptr, size))
-                except Exception:  # never fail a guest write because of logging
-                    pass
+                except Exception:
+                    log.exception("capturing guest %s failed", stream)
             return size
 
         return write
@@ -92,12 +96,13 @@ class OutputRouter:
         """Forget a key once its store is gone."""
         self._sinks.pop(key, None)
 
-    def raw_wasi_config(self, key: int, env: "GuestEnv", invocation_id: str) -> int:
+    def raw_wasi_config(self, key: int, env: GuestEnv, invocation_id: str) -> int:
         """A raw wasi_config_t* (consumed by set_wasi): `env` + the invocation id, output to `key`."""
         cfg = capi.wasi_config_new()
         values = env.values_type(*env.values, invocation_id.encode("utf-8"))
-        if not capi.wasi_config_set_env(cfg, env.count, env.names_address,
-                                        ctypes.addressof(values)):
+        if not capi.wasi_config_set_env(
+            cfg, env.count, env.names_address, ctypes.addressof(values)
+        ):
             raise wasmtime.WasmtimeError("failed to configure the guest environment")
         capi.wasi_config_set_stdout_custom(cfg, self._stdout_addr, key, self._finalize_addr)
         capi.wasi_config_set_stderr_custom(cfg, self._stderr_addr, key, self._finalize_addr)

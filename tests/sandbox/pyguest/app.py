@@ -25,7 +25,7 @@ class WitWorld(wit_world.WitWorld):
         if mode == "env":
             out = dict(os.environ)
         elif mode == "open":
-            out = _attempt(lambda: open("/etc/passwd").read())
+            out = _attempt(lambda: open("/etc/passwd").read())  # noqa: SIM115
         elif mode == "listdir":
             out = _attempt(lambda: os.listdir("/"))
         elif mode == "socket":
@@ -59,5 +59,8 @@ class WitWorld(wit_world.WitWorld):
             raise ValueError("unexpected")
         else:
             return types.Response(status=200, headers=list(request.headers), body=request.body)
-        return types.Response(status=200, headers=[("content-type", "application/json")],
-                              body=json.dumps(out).encode())
+        return types.Response(
+            status=200,
+            headers=[("content-type", "application/json")],
+            body=json.dumps(out).encode(),
+        )
