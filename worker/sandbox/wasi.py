@@ -11,7 +11,6 @@ from __future__ import annotations
 import ctypes
 import itertools
 import logging
-import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -63,7 +62,6 @@ class OutputRouter:
     def __init__(self) -> None:
         self._sinks: dict[int, CapturedOutput] = {}
         self._keys = itertools.count(1)
-        self._lock = threading.Lock()
         self._stdout = _OutputFn(self._make("stdout"))
         self._stderr = _OutputFn(self._make("stderr"))
         self._finalize = _FinalizeFn(lambda _data: None)
@@ -87,8 +85,7 @@ class OutputRouter:
 
     def register(self, sink: CapturedOutput) -> int:
         """A fresh key for `sink`."""
-        with self._lock:
-            key = next(self._keys)
+        key = next(self._keys)  # itertools.count is atomic under the GIL
         self._sinks[key] = sink
         return key
 
