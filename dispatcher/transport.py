@@ -88,8 +88,10 @@ class AmqpTransport:
         *,
         connection_name: str = "flotilla-dispatcher",
         declare: bool = True,
+        publish_timeout_s: float = 10.0,
     ) -> None:
         self._url = amqp_url
+        self._publish_timeout = publish_timeout_s
         self._topology = topology
         self._connection_name = connection_name
         self._declare = declare
@@ -149,10 +151,20 @@ class AmqpTransport:
         cid = envelope.correlation_id
         fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._futures[cid] = fut
+        published = False
         try:
-            await self._publish(envelope)
-            return await asyncio.wait_for(fut, timeout)
+            # One timeout over both steps: a confirm that never comes (a silent network
+            # partition) must not hold the caller longer than the reply could.
+            async with asyncio.timeout(timeout):
+                await self._publish(envelope)
+                published = True
+                return await fut
         except TimeoutError:
+            if not published:
+                raise BrokerUnavailable(
+                    f"the broker did not confirm invocation {envelope.invocation_id} "
+                    f"within {timeout:.3f}s"
+                ) from None
             raise CallTimeout(
                 f"no reply for invocation {envelope.invocation_id} within {timeout:.3f}s"
             ) from None
@@ -160,10 +172,17 @@ class AmqpTransport:
             self._futures.pop(cid, None)
 
     async def submit(self, envelope: Envelope) -> None:
-        """Publish a job envelope and wait for the broker's confirm."""
+        """Publish a job envelope and wait (up to `publish_timeout_s`) for the broker's confirm."""
         if envelope.reply_mode != REPLY_JOB:
             raise ValueError("submit() needs an envelope with reply_mode='job'")
-        await self._publish(envelope)
+        try:
+            async with asyncio.timeout(self._publish_timeout):
+                await self._publish(envelope)
+        except TimeoutError:
+            raise BrokerUnavailable(
+                f"the broker did not confirm job {envelope.invocation_id} "
+                f"within {self._publish_timeout:.3f}s"
+            ) from None
 
     async def consume_job_results(self, handler: JobResultHandler) -> None:
         """Consume the durable job-results queue on a channel of its own."""

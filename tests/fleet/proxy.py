@@ -15,6 +15,7 @@ class CuttableProxy:
         self._writers: set[asyncio.StreamWriter] = set()
         self.port = 0
         self.accepted = 0
+        self.frozen = False
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._on_client, "127.0.0.1", 0)
@@ -32,6 +33,10 @@ class CuttableProxy:
             w.transport.abort()
         self._writers.clear()
 
+    def freeze(self) -> None:
+        """Silently drop all traffic from now on, keeping sockets open (a network partition)."""
+        self.frozen = True
+
     async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.accepted += 1
         try:
@@ -41,16 +46,18 @@ class CuttableProxy:
             return
         self._writers |= {writer, up_writer}
         await asyncio.gather(
-            _pipe(reader, up_writer), _pipe(up_reader, writer), return_exceptions=True
+            self._pipe(reader, up_writer), self._pipe(up_reader, writer), return_exceptions=True
         )
         self._writers -= {writer, up_writer}
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    finally:
-        with contextlib.suppress(Exception):
-            writer.transport.abort()
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                if self.frozen:
+                    continue
+                writer.write(data)
+                await writer.drain()
+        finally:
+            with contextlib.suppress(Exception):
+                writer.transport.abort()

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 import aio_pika
 import pytest
 
-from dispatcher.transport import AmqpTransport
+from dispatcher.transport import AmqpTransport, BrokerUnavailable, CallTimeout
 from flotilla.topology import Topology
 from tests.fleet.fakes import FakeRunner, envelope
 from tests.fleet.proxy import CuttableProxy
@@ -89,5 +89,43 @@ async def test_caller_recovers_after_a_network_cut(
                 *(caller.call(envelope("echo", b"%d" % i), timeout=20) for i in range(20))
             )
             assert [r.body for r in replies] == [b"%d" % i for i in range(20)]
+    finally:
+        await proxy.close()
+
+
+async def test_call_during_an_outage_fails_fast_and_typed(
+    amqp_url: str, topology: Topology, worker_connection: Any
+) -> None:
+    url = urlsplit(amqp_url)
+    proxy = CuttableProxy(url.hostname or "127.0.0.1", url.port or 5672)
+    await proxy.start()
+    proxied = amqp_url.replace(f"{url.hostname}:{url.port}", f"127.0.0.1:{proxy.port}")
+    async with AmqpTransport(proxied, topology) as caller:
+        assert (await caller.call(envelope("echo"), timeout=10)).ok
+        await proxy.close()  # cut, and refuse new connections: the broker is "down"
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises((BrokerUnavailable, CallTimeout)):
+            await caller.call(envelope("echo"), timeout=1)
+        assert loop.time() - started < 3
+        assert caller.pending == 0
+
+
+async def test_silent_partition_does_not_hold_callers(
+    amqp_url: str, topology: Topology, worker_connection: Any
+) -> None:
+    url = urlsplit(amqp_url)
+    proxy = CuttableProxy(url.hostname or "127.0.0.1", url.port or 5672)
+    await proxy.start()
+    proxied = amqp_url.replace(f"{url.hostname}:{url.port}", f"127.0.0.1:{proxy.port}")
+    try:
+        async with AmqpTransport(proxied, topology, publish_timeout_s=1) as caller:
+            assert (await caller.call(envelope("echo"), timeout=10)).ok
+            proxy.freeze()  # no RST, no FIN: only a timeout can tell
+            with pytest.raises(BrokerUnavailable):
+                await caller.call(envelope("echo"), timeout=1)
+            with pytest.raises(BrokerUnavailable):
+                await caller.submit(envelope(job=True))
+            proxy.cut()  # let close() finish quickly
     finally:
         await proxy.close()
