@@ -6,7 +6,8 @@
   after a lost channel counts); `x-max-length` + `x-overflow: reject-publish` makes a full
   queue nack publishes so the dispatcher answers 503 instead of buffering without bound.
 - `<prefix>.dlx` (fanout exchange) -> `<prefix>.dead` (durable quorum queue): envelopes a
-  worker rejected (malformed), that hit the delivery limit, or whose message TTL expired.
+  worker rejected (malformed), that hit the delivery limit, or whose message TTL expired
+  (synchronous calls nobody waits for any more). Bounded: 10,000 messages, kept a day.
 - `<prefix>.job-results`: durable quorum queue of job replies; the dispatchers consume it,
   so a result survives the dispatcher that submitted the job dying.
 - Sync replies go to each caller's own exclusive, auto-delete, server-named queue.
@@ -27,6 +28,10 @@ from flotilla.envelope import REPLY_JOB
 RECONNECT_INTERVAL_S = 1.0
 DEFAULT_DELIVERY_LIMIT = 5
 DEFAULT_MAX_LENGTH = 100_000
+# Nothing consumes the dead-letter queue: it is for inspection, so it is bounded (oldest
+# dropped first) and forgets after a day rather than growing with every expired call.
+DEAD_LETTER_MAX_LENGTH = 10_000
+DEAD_LETTER_TTL_MS = 86_400_000
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,14 @@ class Topology:
             "x-overflow": "reject-publish",
         }
 
+    def dead_letter_arguments(self) -> dict[str, Any]:
+        """`x-` arguments of the dead-letter queue: bounded in length and age."""
+        return {
+            "x-queue-type": "quorum",
+            "x-max-length": DEAD_LETTER_MAX_LENGTH,
+            "x-message-ttl": DEAD_LETTER_TTL_MS,
+        }
+
     def job_result_arguments(self) -> dict[str, Any]:
         """`x-` arguments of the job-results queue (a result that crashes dispatchers is parked)."""
         return {
@@ -85,7 +98,7 @@ class Topology:
             self.dead_letter_exchange, aio_pika.ExchangeType.FANOUT, durable=True
         )
         dead = await channel.declare_queue(
-            self.dead_letters, durable=True, arguments={"x-queue-type": "quorum"}
+            self.dead_letters, durable=True, arguments=self.dead_letter_arguments()
         )
         await dead.bind(dlx)
         await channel.declare_queue(

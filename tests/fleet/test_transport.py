@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import aio_pika
 import pytest
 
-from dispatcher.transport import AmqpTransport, BrokerUnavailable, QueueFull
+from dispatcher.transport import AmqpTransport, BrokerUnavailable, CallTimeout, QueueFull
+from flotilla.envelope import Envelope
 from flotilla.topology import Topology
 from tests.fleet.fakes import envelope
 from tests.services import free_port
@@ -64,3 +67,22 @@ async def _delete(amqp_url: str, topology: Topology) -> None:
     connection = await aio_pika.connect(amqp_url)
     async with connection:
         await topology.delete(await connection.channel())
+
+
+async def test_expired_sync_envelope_is_dead_lettered_by_the_broker(
+    amqp_url: str, topology: Topology
+) -> None:
+    async with AmqpTransport(amqp_url, topology) as t:
+        env = envelope("echo", deadline_in_ms=-5_000)  # TTL: the 1 s grace minus 5 s -> 1 ms
+        with pytest.raises(CallTimeout):
+            await t.call(env, timeout=0.5)  # no worker: nobody answers
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.get_queue(topology.dead_letters)
+        async with queue.iterator() as messages:
+            message = await asyncio.wait_for(anext(aiter(messages)), 10)
+            await message.ack()
+    assert Envelope.decode(message.body).invocation_id == env.invocation_id
+    death = message.headers["x-death"][0]  # type: ignore[index]
+    assert death["reason"] == "expired"  # type: ignore[index]
