@@ -36,7 +36,10 @@ class WorkerProcess:
         self._reader = asyncio.create_task(self._read())
 
     @classmethod
-    async def start(cls, amqp_url: str, prefix: str, *, concurrency: int = 2) -> WorkerProcess:
+    async def start(
+        cls, amqp_url: str, prefix: str, started: list[WorkerProcess], *, concurrency: int = 2
+    ) -> WorkerProcess:
+        """Start one; it is in `started` (for cleanup) before its readiness is awaited."""
         env = dict(
             os.environ,
             FLOTILLA_AMQP_URL=amqp_url,
@@ -50,6 +53,7 @@ class WorkerProcess:
             cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE,
         )
         worker = cls(proc)
+        started.append(worker)
         # Ready, or already gone (a `crash` delivery can beat the "ready" line).
         ready = asyncio.create_task(worker.ready.wait())
         exited = asyncio.create_task(proc.wait())
@@ -87,9 +91,7 @@ async def spawn(amqp_url: str, topology: Topology) -> AsyncIterator[Callable[...
     started: list[WorkerProcess] = []
 
     async def spawn_one(url: str = amqp_url, **kw: int) -> WorkerProcess:
-        w = await WorkerProcess.start(url, topology.prefix, **kw)
-        started.append(w)
-        return w
+        return await WorkerProcess.start(url, topology.prefix, started, **kw)
 
     yield spawn_one
     for w in started:
