@@ -197,3 +197,46 @@ async def _until(predicate, timeout: float = 10) -> None:  # type: ignore[no-unt
         if asyncio.get_running_loop().time() > end:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.01)
+
+
+async def test_job_result_survives_a_dispatcher_dying_mid_handling(
+    amqp_url: str, worker: Worker, topology: Topology, unique: str
+) -> None:
+    env = envelope("echo", b"precious", job=True)
+    entered = asyncio.Event()
+
+    async def dying_handler(reply: Reply) -> None:
+        entered.set()
+        await asyncio.Event().wait()  # never returns: the dispatcher dies first
+
+    first = AmqpTransport(amqp_url, topology, connection_name=f"d1-{unique}")
+    await first.start()
+    await first.consume_job_results(dying_handler)
+    await first.submit(env)
+    await asyncio.wait_for(entered.wait(), 10)
+    await first.close()  # unacked: the broker keeps the result for another dispatcher
+
+    got: asyncio.Queue[Reply] = asyncio.Queue()
+    async with AmqpTransport(amqp_url, topology, connection_name=f"d2-{unique}") as second:
+        await second.consume_job_results(got.put)
+        reply = await asyncio.wait_for(got.get(), 10)
+    assert (reply.invocation_id, reply.body) == (env.invocation_id, b"precious")
+
+
+async def test_failing_job_handler_gets_the_result_again(
+    worker: Worker, transport: AmqpTransport
+) -> None:
+    seen: list[str] = []
+    done = asyncio.Event()
+
+    async def flaky(reply: Reply) -> None:
+        seen.append(reply.invocation_id)
+        if len(seen) == 1:
+            raise RuntimeError("redis blipped")
+        done.set()
+
+    await transport.consume_job_results(flaky)
+    env = envelope("echo", job=True)
+    await transport.submit(env)
+    await asyncio.wait_for(done.wait(), 10)
+    assert seen == [env.invocation_id, env.invocation_id]
