@@ -64,10 +64,7 @@ DEPLOY_BODY: dict[str, Any] = {
                     "config": CONFIG_SCHEMA,
                 },
             },
-            "encoding": {
-                "component": {"contentType": "application/wasm, application/octet-stream"},
-                "config": {"contentType": "application/json"},
-            },
+            "encoding": {"config": {"contentType": "application/json"}},
         }
     },
 }
