@@ -2,8 +2,10 @@
 
 Each delivery is handled on a thread of the invocation pool (wasm releases the GIL), then
 its reply is published and only then is the delivery settled; every delivery is settled
-exactly once, in one `finally`, on every path. A semaphore bounds the invocations running at
-once; deliveries waiting for it when shutdown starts are requeued for other workers.
+exactly once, in one `finally`, on every path (ack, reject to the DLQ, or requeue). The one
+exception is a forced close after the drain deadline: the channel closes under the delivery
+and the broker requeues it. A semaphore bounds the invocations running at once; deliveries
+waiting for it when shutdown starts are requeued at once for other workers.
 
 Stop order (see `WorkerService`): `stop_consuming()` (the broker stops sending),
 `drain(timeout)` (in-flight invocations finish, publish their replies and are acked),
@@ -58,6 +60,7 @@ class Consumer:
         self._queue: AbstractQueue | None = None
         self._tag: str | None = None
         self._stopping = False
+        self._stop = asyncio.Event()
         self._metrics = metrics
         self.settled = {s: 0 for s in Settle}
 
@@ -81,6 +84,7 @@ class Consumer:
     async def stop_consuming(self) -> None:
         """Ask the broker to stop sending; deliveries not yet started will be requeued."""
         self._stopping = True
+        self._stop.set()
         if self._queue is not None and self._tag is not None:
             try:
                 await self._queue.cancel(self._tag)
@@ -110,10 +114,12 @@ class Consumer:
         self._tasks.add(task)
         decision: Settle | None = Settle.REQUEUE
         try:
-            async with self._slots:
-                if self._stopping:
-                    return
+            if not await self._acquire_slot():
+                return  # stopping: requeue it for another worker
+            try:
                 decision = await self._run(message)
+            finally:
+                self._slots.release()
         except asyncio.CancelledError:
             # Only close() cancels, after the drain deadline: the channel is closing and the
             # broker requeues whatever is unsettled; settling now would race that close.
@@ -129,6 +135,25 @@ class Consumer:
             finally:
                 # Only now: drain() must not return before the ack went out.
                 self._tasks.discard(task)
+
+    async def _acquire_slot(self) -> bool:
+        """Wait for a free invocation slot; False (holding none) once stopping."""
+        if self._stopping:
+            return False
+        if not self._slots.locked():
+            await self._slots.acquire()  # free: returns without suspending
+            return True
+        acquire = asyncio.ensure_future(self._slots.acquire())
+        stop = asyncio.ensure_future(self._stop.wait())
+        await asyncio.wait({acquire, stop}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if acquire.done() and not acquire.cancelled():
+            if not self._stopping:
+                return True
+            self._slots.release()
+            return False
+        acquire.cancel()
+        return False
 
     async def _run(self, message: AbstractIncomingMessage) -> Settle:
         loop = asyncio.get_running_loop()

@@ -179,6 +179,9 @@ async def test_shutdown_drains_in_flight_and_requeues_waiting(
         await asyncio.to_thread(worker.runner.started.acquire, True, 10)
     await _until(lambda: worker.consumer.in_flight == 6)
     await worker.consumer.stop_consuming()
+    # The two waiting for a slot go back to the queue at once, before in-flight work ends.
+    await _until(lambda: worker.consumer.settled[Settle.REQUEUE] == 2)
+    assert worker.consumer.settled[Settle.ACK] == 0
     worker.runner.release.set()
     assert await worker.consumer.drain(10)
     assert worker.consumer.settled[Settle.ACK] == 4

@@ -166,21 +166,24 @@ async def test_poison_message_reaches_the_dlq(spawn, caller: AmqpTransport, amqp
     env = envelope("crash", job=True)
     await caller.submit(env)
     crashes = 0
+    history: list[tuple[str, int | None]] = []  # (what the worker printed, its exit status)
     dead = await _dead_letter_waiter(amqp_url, topology.dead_letters)
     while not dead.done():
         w = await spawn()
         started = asyncio.create_task(w.expect("started"))
         await asyncio.wait({started, dead}, return_when=asyncio.FIRST_COMPLETED)
         if started.done():
-            assert await asyncio.wait_for(w.proc.wait(), 10) == 3
+            status = await asyncio.wait_for(w.proc.wait(), 10)
+            history.append((str(started.exception() or started.result()), status))
+            assert status == 3, f"worker did not crash as told: {history}"
             crashes += 1
         else:
             started.cancel()
-            await w.stop()
-        assert crashes <= LIMIT + 1, "the delivery limit did not dead-letter the message"
+            history.append(("dead-lettered", await w.stop()))
+        assert crashes <= LIMIT + 1, f"the delivery limit did not dead-letter it: {history}"
     message = await dead
     assert Envelope.decode(message.body).invocation_id == env.invocation_id
-    assert crashes == LIMIT + 1
+    assert crashes == LIMIT + 1, history
 
 
 async def test_worker_survives_a_cut_connection(spawn, caller: AmqpTransport, amqp_url: str) -> None:  # type: ignore[no-untyped-def]
