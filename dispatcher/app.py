@@ -412,6 +412,7 @@ async def submit_job(
     try:
         await api.transport.submit(envelope)
     except (QueueFull, BrokerUnavailable) as exc:
+        await api.jobs.forget(job_id)  # never queued: do not report it as queued
         raise api.unavailable(exc) from None
     api.published("confirmed")
     return JSONResponse(

@@ -172,6 +172,10 @@ class JobStore:
         """Store a new job as queued."""
         await self.redis.set(self._k(record.job_id), json.dumps(asdict(record)), ex=self.ttl_s)
 
+    async def forget(self, job_id: str) -> None:
+        """Remove a job that was never queued (its submit failed)."""
+        await self.redis.delete(self._k(job_id), self._k(job_id, ":running"))
+
     async def record(self, job_id: str) -> JobRecord | None:
         """The job's submit-time record; None when unknown or expired."""
         raw = await self.redis.get(self._k(job_id))

@@ -50,7 +50,10 @@ def callback_poster(client: httpx.AsyncClient) -> PostFn:
     """A PostFn sending the job document as JSON with `client`; returns the HTTP status."""
 
     async def post(url: str, document: dict[str, Any]) -> int:
-        response = await client.post(url, json=document, timeout=CALLBACK_TIMEOUT_S)
+        headers = {"flotilla-job-id": str(document.get("job_id", ""))}
+        response = await client.post(
+            url, json=document, headers=headers, timeout=CALLBACK_TIMEOUT_S
+        )
         return response.status_code
 
     return post

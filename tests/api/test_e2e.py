@@ -56,7 +56,10 @@ def callback_app(received: list[dict[str, Any]], event: asyncio.Event) -> Any:
             body += message.get("body", b"")
             if not message.get("more_body"):
                 break
-        received.append(json.loads(body))
+        document = json.loads(body)
+        headers = {k.decode(): v.decode() for k, v in scope["headers"]}
+        document["header_job_id"] = headers.get("flotilla-job-id")
+        received.append(document)
         event.set()
         await send({"type": "http.response.start", "status": 204, "headers": []})
         await send({"type": "http.response.body", "body": b""})
@@ -182,6 +185,7 @@ async def test_job_with_polling_and_callback(fleet: Fleet) -> None:
     assert base64.b64decode(done["response"]["body"]) == b"async work"
     await asyncio.wait_for(fleet.callback_event.wait(), 10)
     assert [c["job_id"] for c in fleet.callbacks] == [job["job_id"]]
+    assert fleet.callbacks[0]["header_job_id"] == job["job_id"]
     assert fleet.callbacks[0]["response"] == done["response"]
 
 

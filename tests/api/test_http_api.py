@@ -174,6 +174,9 @@ async def test_broker_trouble_is_503_with_retry_after(api: Api, error: Exception
         resp = await api.client.post(path)
         assert_problem(resp, 503, "unavailable")
         assert int(resp.headers["retry-after"]) >= 1
+    # The job that could not be queued is not reported as queued.
+    job_id = resp.headers["flotilla-invocation-id"]
+    assert_problem(await api.client.get(f"/v1/jobs/{job_id}"), 404, "job-not-found")
 
 
 async def test_validation_errors_are_problems(api: Api) -> None:
