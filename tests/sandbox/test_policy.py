@@ -46,3 +46,22 @@ def test_fingerprint_changes_with_code_affecting_settings() -> None:
     assert base != engine_fingerprint(EngineSettings(pooling=False))
     # Pool sizes do not change generated code: artifacts stay shareable.
     assert base == engine_fingerprint(EngineSettings(total_memories=8))
+
+
+@pytest.mark.parametrize(
+    "sequence",
+    [
+        [(b"x" * 10, 0), (b"y" * 5000, 3), (b"z" * 3, 1), (b"", 2), (b"w" * 70_000, 0)],
+        [(bytes(range(256)) * 40, 2), (b"a", 5)],
+    ],
+)
+def test_borrowed_requests_reuse_the_scratch_buffer(sequence: list[tuple[bytes, int]]) -> None:
+    from worker.sandbox import abi
+
+    for body, n_headers in sequence:  # shrinking and growing bodies, headers after the body
+        headers = [(f"h{i}", f"v{i}" * i) for i in range(n_headers)]
+        request = abi.BorrowedRequest("inv-ü", "fn", headers, body)
+        inv, name, hdrs, got = abi.get_fields(request.val)
+        assert (abi.get_string(inv), abi.get_string(name)) == ("inv-ü", "fn")
+        assert abi.get_headers(hdrs) == headers
+        assert abi.get_bytes(got) == body

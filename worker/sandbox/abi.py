@@ -14,8 +14,10 @@ functions), so wasmtime may take them (host-call results) or `val_delete` may fr
 from __future__ import annotations
 
 import ctypes
+import threading
 from collections.abc import Sequence
 from ctypes import byref
+from typing import Any
 
 from wasmtime import _ffi as ffi
 
@@ -292,8 +294,41 @@ def _u8_kinds(n: int) -> bytes:
     return _U8_KINDS[:n] if n <= len(_U8_KINDS) else bytes((K_U8,)) * n
 
 
+# Allocating (and page-faulting) a fresh 32-byte-per-body-byte buffer costs more than
+# filling it, so each thread keeps one and reuses it; the u8 kind bytes of the body slots
+# stay in place between requests. Buffers above SCRATCH_KEEP are not kept.
+SCRATCH_KEEP = 36 * 1024 * 1024  # a 1 MiB body (32 MiB of values) plus headers
+
+
+class _Scratch(threading.local):
+    buf: bytearray | None = None
+    cbuf: Any = None
+    base: int = 0
+    clean: int = 0  # body slots, from the start of the body region, known to be K_U8
+
+
+_SCRATCH = _Scratch()
+
+
+def _scratch(total: int) -> tuple[bytearray, Any, int, int]:
+    """(buffer, ctypes view, address, clean slots) with at least `total` bytes."""
+    sc = _SCRATCH
+    if sc.buf is not None and len(sc.buf) >= total:
+        return sc.buf, sc.cbuf, sc.base, sc.clean
+    buf = bytearray(max(total, 4096))
+    cbuf = ctypes.c_char.from_buffer(buf)
+    base = ctypes.addressof(cbuf)
+    if total <= SCRATCH_KEEP:
+        sc.buf, sc.cbuf, sc.base, sc.clean = buf, cbuf, base, 0
+    return buf, cbuf, base, 0
+
+
 class BorrowedRequest:
-    """The `request` record laid out in one buffer; `address` is valid while this object lives."""
+    """The `request` record laid out in one buffer, valid until the thread's next request.
+
+    The buffer is the calling thread's scratch buffer (reused by its next BorrowedRequest),
+    so build it right before the call and drop it right after.
+    """
 
     __slots__ = ("address", "buf", "cbuf")
 
@@ -321,9 +356,7 @@ class BorrowedRequest:
             pairs = []
             extra = 0
         total = o_str + len(inv) + len(fname) + extra
-        buf = bytearray(total)
-        cbuf = ctypes.c_char.from_buffer(buf)
-        base = ctypes.addressof(cbuf)
+        buf, cbuf, base, clean = _scratch(total)
         a_inv = o_str
         a_fname = a_inv + len(inv)
         buf[a_inv:a_fname] = inv
@@ -357,8 +390,10 @@ class BorrowedRequest:
         )
         if nb:
             end = o_tuples
-            buf[o_body:end:VAL_SIZE] = _u8_kinds(nb)
+            if nb > clean:  # kind bytes of slots [clean, nb) may hold older data
+                buf[o_body + clean * VAL_SIZE : end : VAL_SIZE] = _u8_kinds(nb - clean)
             buf[o_body + PAYLOAD : end : VAL_SIZE] = body
+        _SCRATCH.clean = nb if buf is _SCRATCH.buf else 0  # what follows the body dirties the rest
         if nh:
             at = a_fname + len(fname)
             pack = _VEC.pack_into
