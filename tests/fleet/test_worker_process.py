@@ -150,13 +150,13 @@ async def test_sigterm_drains_in_flight_work(spawn, caller: AmqpTransport) -> No
 
 async def test_second_sigterm_exits_at_once_and_work_is_redelivered(spawn, caller: AmqpTransport) -> None:  # type: ignore[no-untyped-def]
     w = await spawn()
-    env = envelope("sleep", b"3000")
+    env = envelope("sleep", b"2000")
     call = asyncio.create_task(caller.call(env, timeout=60))
     await w.expect("started")
     w.proc.send_signal(signal.SIGTERM)
     await w.expect("stopping")  # two signals sent back to back would merge into one
     w.proc.send_signal(signal.SIGTERM)
-    assert await asyncio.wait_for(w.proc.wait(), 2.5) == 1  # before the 3 s invocation ended
+    assert await asyncio.wait_for(w.proc.wait(), 1.5) == 1  # before the 2 s invocation ended
     other = await spawn()
     assert await other.expect("started") == f"started {env.invocation_id}"
     assert (await call).outcome == "ok"
