@@ -42,7 +42,14 @@ from dispatcher.problems import (
     Unavailable,
     add_problem_handlers,
 )
-from dispatcher.registry import LATEST, Deployer, FunctionNotDeployed, FunctionVersion, Registry
+from dispatcher.registry import (
+    LATEST,
+    Deployer,
+    FunctionNotDeployed,
+    FunctionVersion,
+    Registry,
+    ResolveCache,
+)
 from dispatcher.transport import BrokerUnavailable, CallTimeout, QueueFull, Transport
 from flotilla.config import FunctionConfig
 from flotilla.envelope import (
@@ -86,6 +93,7 @@ class ApiOptions:
     job_ttl_s: int = 86_400
     callback_hosts: tuple[str, ...] = ()
     retry_after_s: int = 1
+    resolve_ttl_s: float = 1.0  # how long a resolved version is reused (0: never)
 
 
 @dataclass(frozen=True)
@@ -98,6 +106,7 @@ class Api:
     transport: Transport
     options: ApiOptions = field(default_factory=ApiOptions)
     metrics: DispatcherMetrics | None = None
+    versions: ResolveCache | None = None
 
     def published(self, result: str) -> None:
         """Count one publish by result (confirmed, rejected, failed)."""
@@ -109,10 +118,16 @@ class Api:
         self.published("rejected" if isinstance(exc, QueueFull) else "failed")
         return Unavailable(str(exc), retry_after_s=self.options.retry_after_s)
 
+    def forget(self, name: str) -> None:
+        """This dispatcher changed `name`: stop reusing its resolved versions."""
+        if self.versions is not None:
+            self.versions.forget(name)
+
     async def resolve(self, name: str, version: str | None) -> FunctionVersion:
         """The function version a request names; FunctionNotFound (404) when there is none."""
+        source = self.versions or self.registry
         try:
-            return await self.registry.get_version(name, version or LATEST)
+            return await source.get_version(name, version or LATEST)
         except FunctionNotDeployed as exc:
             raise FunctionNotFound(str(exc), function=name) from None
 
@@ -141,7 +156,9 @@ def create_app(
     With `metrics`, requests, waiting callers, reply latency and publishes are recorded and
     served at `/metrics` (Prometheus text format).
     """
-    api = Api(registry, deployer, jobs, transport, options or ApiOptions(), metrics)
+    opts = options or ApiOptions()
+    cache = ResolveCache(registry, ttl_s=opts.resolve_ttl_s) if opts.resolve_ttl_s > 0 else None
+    api = Api(registry, deployer, jobs, transport, opts, metrics, cache)
     app = FastAPI(
         title="Flotilla",
         version="0.1.0",
@@ -249,6 +266,7 @@ async def deploy(request: Request, name: str = NAME_PARAM, api: Api = ApiDep) ->
         version, created = await api.deployer.deploy(config, wasm)
     except ComponentError as exc:
         raise InvalidComponent(str(exc)) from None
+    api.forget(name)
     body = {**version.to_dict(), "created": created}
     return JSONResponse(body, status_code=201 if created else 200)
 
@@ -297,6 +315,7 @@ async def get_function(name: str = NAME_PARAM, api: Api = ApiDep) -> dict[str, A
 )
 async def delete_function(name: str = NAME_PARAM, api: Api = ApiDep) -> Response:
     """Forget a function (its code stays in the content-addressed store)."""
+    api.forget(name)
     if not await api.registry.delete(name):
         raise FunctionNotFound(f"function {name!r} is not deployed", function=name)
     return Response(status_code=204)

@@ -218,6 +218,47 @@ class Registry:
         return bool(removed)
 
 
+class ResolveCache:
+    """Resolved versions per (name, selector), reused for `ttl_s` seconds.
+
+    Saves the registry round trips on every invocation. A deploy or delete made through
+    another dispatcher is seen within `ttl_s`; this dispatcher's own deploys and deletes call
+    `forget(name)` and are seen at once. Misses (not deployed) are never cached.
+    """
+
+    def __init__(
+        self,
+        registry: Registry,
+        *,
+        ttl_s: float = 1.0,
+        max_entries: int = 4096,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.registry = registry
+        self.ttl_s = ttl_s
+        self.max_entries = max_entries
+        self.clock = clock
+        self._entries: dict[tuple[str, str], tuple[float, FunctionVersion]] = {}
+
+    async def get_version(self, name: str, selector: str | int = LATEST) -> FunctionVersion:
+        """Like `Registry.get_version`, from the cache when fresh."""
+        key = (name, str(selector))
+        now = self.clock()
+        hit = self._entries.get(key)
+        if hit is not None and now - hit[0] < self.ttl_s:
+            return hit[1]
+        version = await self.registry.get_version(name, selector)
+        if len(self._entries) >= self.max_entries:
+            self._entries.clear()  # crude but bounded; entries live a second anyway
+        self._entries[key] = (now, version)
+        return version
+
+    def forget(self, name: str) -> None:
+        """Drop every cached selector of `name` (after a deploy or delete here)."""
+        for key in [k for k in self._entries if k[0] == name]:
+            del self._entries[key]
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 

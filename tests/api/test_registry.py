@@ -124,3 +124,23 @@ async def test_list_and_delete(deployer) -> None:
     # a fresh deploy after delete starts again at version 1
     v, _ = await d.deploy(cfg("b"), b"\0asm-one")
     assert v.number == 1
+
+
+async def test_resolve_cache_reuses_then_expires(deployer) -> None:
+    from dispatcher.registry import ResolveCache
+
+    d, _ = deployer
+    now = [100.0]
+    cache = ResolveCache(d.registry, ttl_s=1.0, clock=lambda: now[0])
+    with pytest.raises(FunctionNotDeployed):  # misses are not cached
+        await cache.get_version("echo")
+    v1, _ = await d.deploy(cfg(), b"\0asm-one")
+    assert (await cache.get_version("echo")).digest == v1.digest
+    v2, _ = await d.deploy(cfg(), b"\0asm-two")
+    now[0] += 0.5
+    assert (await cache.get_version("echo")).digest == v1.digest  # still fresh
+    now[0] += 0.6
+    assert (await cache.get_version("echo")).digest == v2.digest  # expired: re-read
+    await d.deploy(cfg(), b"\0asm-one")
+    cache.forget("echo")
+    assert (await cache.get_version("echo")).digest == v1.digest  # forgotten: re-read
