@@ -109,16 +109,16 @@ def put_string(val: Val, value: str) -> None:
 
 
 def put_bytes(val: Val, data: bytes | bytearray | memoryview) -> None:
-    """Write a `list<u8>` in bulk: one buffer, two strided slice assignments, one memmove."""
+    """Write a `list<u8>` in bulk: two strided slice assignments straight into C memory."""
     n = len(data)
     raw = ffi.wasmtime_component_vallist_t()
     _vallist_new_uninit(byref(raw), n)
     if n:
         size = n * VAL_SIZE
-        buf = bytearray(size)
-        buf[0::VAL_SIZE] = bytes((K_U8,)) * n
-        buf[PAYLOAD::VAL_SIZE] = data
-        _memmove(raw.data, (ctypes.c_char * size).from_buffer(buf), size)
+        addr = ctypes.cast(raw.data, ctypes.c_void_p).value
+        view = memoryview((ctypes.c_char * size).from_address(addr)).cast("B")  # type: ignore[arg-type]
+        view[0::VAL_SIZE] = _u8_kinds(n)
+        view[PAYLOAD::VAL_SIZE] = data
     val.kind = K_LIST
     val.of.list = raw
 
