@@ -16,7 +16,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Self
 
 from dispatcher.transport import BrokerUnavailable, CallTimeout, JobResultHandler, QueueFull
-from flotilla.envelope import REPLY_JOB, REPLY_QUEUE, Envelope, Reply
+from flotilla.envelope import REPLY_JOB, REPLY_QUEUE, Envelope, Reply, now_ms
 from flotilla.topology import Topology
 from worker.handler import EnvelopeHandler, Handled, Settle
 
@@ -105,7 +105,7 @@ class MemoryTransport:
         if not self._tasks:
             raise BrokerUnavailable("memory transport not started")
         try:
-            self._queue.put_nowait(envelope.encode())
+            self._queue.put_nowait(envelope.encode(published_ms=now_ms()))
         except asyncio.QueueFull:
             raise QueueFull("the in-memory invocation queue is full; retry later") from None
 

@@ -227,9 +227,10 @@ class AmqpTransport:
     async def _publish(self, envelope: Envelope) -> None:
         if self._channel is None:
             raise BrokerUnavailable("transport not started")
-        ttl = message_ttl_ms(envelope.reply_mode, envelope.remaining_ms(now_ms()))
+        now = now_ms()
+        ttl = message_ttl_ms(envelope.reply_mode, envelope.remaining_ms(now))
         message = aio_pika.Message(
-            envelope.encode(),
+            envelope.encode(published_ms=now),
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             correlation_id=envelope.correlation_id,
             reply_to=envelope.reply_to or None,

@@ -66,6 +66,7 @@ class Envelope:
     attempt: int = 1
     reply_mode: str = REPLY_QUEUE
     reply_to: str = ""  # the reply queue when reply_mode == "reply"
+    published_ms: int = 0  # when a transport published it (epoch ms; queue-wait metric)
     version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -73,8 +74,8 @@ class Envelope:
         if self.reply_mode not in REPLY_MODES:
             raise EnvelopeError(f"reply_mode must be one of {REPLY_MODES}, got {self.reply_mode!r}")
 
-    def encode(self) -> bytes:
-        """msgpack bytes of this envelope."""
+    def encode(self, published_ms: int | None = None) -> bytes:
+        """msgpack bytes of this envelope; transports stamp `published_ms` as they publish."""
         return _pack(
             {
                 "v": self.version,
@@ -88,6 +89,7 @@ class Envelope:
                 "at": self.attempt,
                 "rm": self.reply_mode,
                 "rt": self.reply_to,
+                "pt": self.published_ms if published_ms is None else published_ms,
             }
         )
 
@@ -108,6 +110,7 @@ class Envelope:
             attempt=_get(m, "at", int),
             reply_mode=_get(m, "rm", str),
             reply_to=_get(m, "rt", str),
+            published_ms=_get(m, "pt", int),
             version=m["v"],
         )
 

@@ -53,6 +53,7 @@ class Handled:
     reply: Reply | None = None
     route: str = ""  # queue to publish `reply` to ("" when there is no reply)
     function: str = ""  # the envelope's function ("" when malformed)
+    queued_ms: int | None = None  # publish to start of handling, when the envelope says
 
 
 class Runner(Protocol):
@@ -97,10 +98,12 @@ class EnvelopeHandler:
             log.warning("rejecting malformed envelope to the DLQ: %s", exc)
             return Handled(Settle.REJECT)
         route = self._job_results if envelope.reply_mode == REPLY_JOB else envelope.reply_to
-        budget = run_timeout_ms(envelope.remaining_ms(self._clock()))
+        now = self._clock()
+        queued_ms = now - envelope.published_ms if envelope.published_ms > 0 else None
+        budget = run_timeout_ms(envelope.remaining_ms(now))
         if budget is None:
             reply = reply_to(envelope, EXPIRED, "the invocation's deadline passed before it ran")
-            return Handled(Settle.ACK, reply, route, envelope.function)
+            return Handled(Settle.ACK, reply, route, envelope.function, queued_ms)
         started = time.perf_counter()
         try:
             reply = self._runner.run(envelope, budget)
@@ -112,7 +115,7 @@ class EnvelopeHandler:
                 f"worker error: {type(exc).__name__}: {exc}",
                 timings={"total_ms": (time.perf_counter() - started) * 1000},
             )
-        return Handled(Settle.ACK, reply, route, envelope.function)
+        return Handled(Settle.ACK, reply, route, envelope.function, queued_ms)
 
 
 def observe(metrics: WorkerMetrics, handled: Handled) -> None:
@@ -126,6 +129,8 @@ def observe(metrics: WorkerMetrics, handled: Handled) -> None:
     # Names of functions the worker could not find are unbounded: keep them out of labels.
     function = handled.function if reply.outcome != NOT_FOUND else "-"
     metrics.invocations.labels(function, reply.outcome).inc()
+    if handled.queued_ms is not None:
+        metrics.queue_wait.labels(function).observe(max(0, handled.queued_ms) / 1000)
     timings = reply.timings
     if "instantiate_ms" in timings:
         metrics.instantiate.labels(function).observe(timings["instantiate_ms"] / 1000)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import msgpack
@@ -44,6 +45,12 @@ REPLY = Reply(
 
 def test_envelope_round_trip() -> None:
     assert Envelope.decode(ENVELOPE.encode()) == ENVELOPE
+
+
+def test_publish_time_is_stamped_at_encode() -> None:
+    decoded = Envelope.decode(ENVELOPE.encode(published_ms=1234))
+    assert decoded.published_ms == 1234
+    assert decoded == dataclasses.replace(ENVELOPE, published_ms=1234)
 
 
 def test_job_envelope_round_trip_without_reply_to() -> None:
@@ -113,6 +120,8 @@ MALFORMED_ENVELOPES = [
     ("missing deadline", _envelope_map(dl=_DROP)),
     ("missing attempt", _envelope_map(at=_DROP)),
     ("missing reply mode", _envelope_map(rm=_DROP)),
+    ("missing publish time", _envelope_map(pt=_DROP)),
+    ("publish time as float", _envelope_map(pt=1.5)),
     ("id as int", _envelope_map(id=5)),
     ("body as str", _envelope_map(b="text")),
     ("deadline as float", _envelope_map(dl=1.5)),

@@ -38,6 +38,7 @@ async def test_probes_and_metrics_follow_the_lifecycle(amqp_url: str, topology: 
         metrics = (await http.get("/metrics")).text
         assert 'flotilla_invocations_total{function="echo",outcome="ok"} 1.0' in metrics
         assert 'function="fail",outcome="function_error"} 1.0' in metrics
+        assert 'flotilla_queue_wait_seconds_count{function="echo"} 1.0' in metrics
         assert (await http.get("/nope")).status_code == 404
         service.stop()
         assert await asyncio.wait_for(run, 20) == 0
