@@ -132,8 +132,8 @@ class Api:
             raise FunctionNotFound(str(exc), function=name) from None
 
 
-def get_api(request: Request) -> Api:
-    """Dependency: the app's collaborators."""
+async def get_api(request: Request) -> Api:
+    """Dependency: the app's collaborators (async: FastAPI runs sync ones in a thread)."""
     api: Api = request.app.state.api
     return api
 
