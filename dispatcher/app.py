@@ -16,6 +16,7 @@ The routes reach their collaborators through `app.state.api` (an `Api`), set by 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -79,6 +80,7 @@ HOP_BY_HOP = frozenset(
         "trailer", "trailers", "transfer-encoding", "upgrade", "content-length",
     }
 )
+READY_TIMEOUT_S = 1.0
 NAME_PARAM = Path(description="Function name", pattern=openapi.NAME_PATTERN)
 VERSION_PARAM = Query(
     None, description="Version: `latest` (default), a digest, a digest prefix or a number"
@@ -463,6 +465,21 @@ async def get_job(
 async def healthz() -> dict[str, str]:
     """Always ok while the process serves HTTP."""
     return {"status": "ok"}
+
+
+@router.get(
+    "/readyz",
+    summary="Readiness: Redis answers",
+    operation_id="readyz",
+    responses=openapi.problem_responses(Unavailable),
+)
+async def readyz(api: Api = ApiDep) -> dict[str, str]:
+    """Ready when Redis (registry and jobs) answers a PING within a second."""
+    try:
+        await asyncio.wait_for(api.registry.redis.ping(), READY_TIMEOUT_S)
+    except (TimeoutError, OSError) as exc:
+        raise Unavailable(f"Redis did not answer: {exc or 'timeout'}") from None
+    return {"status": "ready"}
 
 
 async def prometheus_metrics(api: Api = ApiDep) -> Response:

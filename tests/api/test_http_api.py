@@ -333,3 +333,33 @@ async def test_artifact_store_down_is_503(redis_url: str, unique: str) -> None:
     body = assert_problem(resp, 503, "unavailable")
     assert "artifact store" in body["detail"]
     assert resp.headers["retry-after"] == "1"
+
+
+async def test_health_and_readiness(api: Api) -> None:
+    assert (await api.client.get("/healthz")).json() == {"status": "ok"}
+    assert (await api.client.get("/readyz")).json() == {"status": "ready"}
+
+
+async def test_not_ready_and_503_when_redis_is_down(tmp_path) -> None:
+    import httpx
+    import redis.asyncio as aioredis
+
+    from dispatcher.app import create_app
+    from dispatcher.artifacts import ArtifactStore, LocalBackend
+    from dispatcher.jobs import JobStore
+    from dispatcher.registry import Deployer, Registry
+    from tests.api.conftest import FakeTransport, fake_compile
+
+    redis = aioredis.from_url("redis://127.0.0.1:9/0", socket_connect_timeout=1)
+    registry = Registry(redis, prefix="down")
+    app = create_app(
+        registry=registry,
+        deployer=Deployer(registry, ArtifactStore(LocalBackend(tmp_path), "k"),
+                          compile=fake_compile, engine_fingerprint="eng"),
+        jobs=JobStore(redis, prefix="down"), transport=FakeTransport(),
+    )
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://t") as client:
+        assert_problem(await client.get("/readyz"), 503, "unavailable")
+        assert_problem(await client.post("/v1/functions/echo/invoke"), 503, "unavailable")
+    await redis.aclose()
