@@ -44,8 +44,8 @@ class Timings:
 
     store_us: float = 0.0  # new Store, WASI context, limits, deadline
     instantiate_us: float = 0.0
-    call_us: float = 0.0  # lowering the request, running handle, lifting the result
-    post_return_us: float = 0.0
+    call_us: float = 0.0  # lowering the request, running handle, lifting to C values
+    post_return_us: float = 0.0  # reading the response into Python, post-return
     total_us: float = 0.0
 
 

@@ -239,7 +239,7 @@ class Sandbox:
         if err:
             return failure(err)
         try:
-            response, error, problem = _lift_result(result, config.max_body_bytes)
+            response, error, problem = _lift_result(scratch, result, config.max_body_bytes)
         finally:
             capi.val_delete(result)
         err = capi.func_post_return(func, context)
@@ -280,9 +280,11 @@ _RESULT = struct.Struct("<B7x?7xQ")
 _ENTRY = struct.Struct("<QQB7xQQ8x")
 
 
-def _lift_result(result: int, max_body: int) -> tuple[Response | None, str | None, str | None]:
+def _lift_result(
+    scratch: bytearray, result: int, max_body: int
+) -> tuple[Response | None, str | None, str | None]:
     """(response, function error, bad-response reason) read from the handle's result value."""
-    kind, is_ok, payload = _RESULT.unpack(ctypes.string_at(result, _RESULT.size))
+    kind, is_ok, payload = _RESULT.unpack_from(scratch, RESULT_OFFSET)  # our own memory
     if kind != abi.K_RESULT:
         return None, None, f"handle returned a value of kind {kind}, not a result"
     if not is_ok:
