@@ -148,6 +148,11 @@ def test_hosts_outside_allowed_hosts_are_denied(
         (["93.184.216.34", "169.254.10.10"], "link-local"),  # one bad answer is enough
         (["fe80::1"], "link-local"),
         (["127.0.0.1"], "loopback"),  # a public name rebinding to the worker itself
+        (["::1"], "loopback"),
+        (["10.0.0.7"], "private"),  # ... or to the private network behind it
+        (["93.184.216.34", "192.168.0.1"], "private"),
+        (["fd00::5"], "private"),
+        (["::ffff:10.0.0.7"], "private"),
         (["0.0.0.0"], "unspecified"),
     ],
 )

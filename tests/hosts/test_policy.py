@@ -17,7 +17,7 @@ from worker.hosts.policy import (
     check_object_key,
     check_ttl_ms,
     forbidden_address,
-    is_loopback_pattern,
+    is_internal_pattern,
     match_host,
     parse_url,
     pattern_matches,
@@ -127,20 +127,24 @@ def test_match_host_returns_the_first_matching_pattern() -> None:
 
 
 @pytest.mark.parametrize(
-    ("pattern", "loopback"),
+    ("pattern", "internal"),
     [
         ("localhost", True),
         ("localhost:8080", True),
         ("127.0.0.1", True),
         ("127.0.0.1:9000", True),
         ("127.9.9.9", True),
+        ("10.0.0.1", True),
+        ("192.168.1.10:8443", True),
         ("example.com", False),
+        ("internal.example.com", False),
         ("*.localhost", False),
-        ("10.0.0.1", False),
+        ("*.example.com:8080", False),
+        ("localhost.evil.com", False),
     ],
 )
-def test_is_loopback_pattern(pattern: str, loopback: bool) -> None:
-    assert is_loopback_pattern(pattern) is loopback
+def test_is_internal_pattern(pattern: str, internal: bool) -> None:
+    assert is_internal_pattern(pattern) is internal
 
 
 @pytest.mark.parametrize(
@@ -148,9 +152,14 @@ def test_is_loopback_pattern(pattern: str, loopback: bool) -> None:
     [
         ("93.184.216.34", None),
         ("2606:2800:220:1:248:1893:25c8:1946", None),
-        ("10.1.2.3", None),  # private ranges are the operator's decision
-        ("192.168.1.1", None),
-        ("fd12::1", None),
+        ("10.1.2.3", "private"),  # only reachable through a pattern naming it
+        ("172.16.0.1", "private"),
+        ("192.168.1.1", "private"),
+        ("100.64.0.1", "private"),  # carrier-grade NAT / shared address space
+        ("fd12::1", "private"),
+        ("::ffff:10.0.0.1", "private"),
+        ("2002:c0a8:101::1", "private"),  # 6to4 around 192.168.1.1
+        ("64:ff9b::a00:1", "private"),  # NAT64 around 10.0.0.1
         ("169.254.169.254", "metadata"),
         ("169.254.0.1", "link-local"),
         ("169.254.255.255", "link-local"),
@@ -194,12 +203,15 @@ def test_forbidden_address(address: str, reason: str | None) -> None:
         ("127.0.0.1", None),
         ("::1", None),
         ("::ffff:127.0.0.1", None),
-        ("169.254.169.254", "metadata"),  # explicit loopback never opens metadata
+        ("10.1.2.3", None),
+        ("fd12::1", None),
+        ("169.254.169.254", "metadata"),  # an explicit internal pattern never opens metadata
+        ("fe80::1", "link-local"),
         ("0.0.0.0", "unspecified"),
     ],
 )
-def test_forbidden_address_with_loopback_allowed(address: str, reason: str | None) -> None:
-    got = forbidden_address(address, allow_loopback=True)
+def test_forbidden_address_with_internal_allowed(address: str, reason: str | None) -> None:
+    got = forbidden_address(address, allow_internal=True)
     assert (got is None) if reason is None else (got is not None and reason in got)
 
 

@@ -49,7 +49,7 @@ from worker.hosts.policy import (
     check_headers,
     check_method,
     forbidden_address,
-    is_loopback_pattern,
+    is_internal_pattern,
     match_host,
     parse_url,
 )
@@ -110,9 +110,9 @@ class HttpHost:
                 where = target.authority
                 raise HostError("denied", f"{where} is not in the function's allowed_hosts")
             addresses = self._addresses(target, deadline)
-            allow_loopback = is_loopback_pattern(pattern)
+            allow_internal = is_internal_pattern(pattern)
             for address in addresses:
-                reason = forbidden_address(address, allow_loopback=allow_loopback)
+                reason = forbidden_address(address, allow_internal=allow_internal)
                 if reason is not None:
                     raise HostError("denied", f"{target.host} resolves to {address}: {reason}")
             send_headers = _request_headers(target, headers)

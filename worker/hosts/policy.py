@@ -18,11 +18,12 @@ Outbound HTTP rules (what `allowed_hosts` means):
   (169.254.0.0/16, fe80::/10), cloud metadata (169.254.169.254, fd00:ec2::254,
   100.100.100.200), unspecified / "this network" (0.0.0.0/8, ::), multicast, broadcast and
   reserved addresses are always refused, also inside IPv4-mapped, IPv4-compatible, 6to4 and
-  NAT64 IPv6 forms. Loopback (127.0.0.0/8, ::1) is refused unless the pattern that allowed
-  the host is itself explicitly loopback (`localhost`, `127.0.0.1`, ...): an allowed public
-  name that resolves to 127.0.0.1 must not reach the worker's own services. Private ranges
-  (10/8, 172.16/12, 192.168/16, fc00::/7) are allowed: listing a name that points into the
-  private network is the operator's decision.
+  NAT64 IPv6 forms. Internal addresses (loopback 127.0.0.0/8 and ::1, private 10/8,
+  172.16/12, 192.168/16, fc00::/7, shared 100.64/10 and every other non-global range) are
+  refused unless the pattern that allowed the host is itself internal: `localhost` or an IP
+  literal (`127.0.0.1:9000`, `10.0.0.5`). An allowed public name that resolves to an internal
+  address (DNS rebinding, a stale record) must not reach the worker's own services or the
+  private network behind it; an operator who wants an internal service lists its address.
 """
 
 from __future__ import annotations
@@ -193,16 +194,13 @@ def match_host(host: str, port: int, scheme: str, patterns: tuple[str, ...]) -> 
     return None
 
 
-def is_loopback_pattern(pattern: str) -> bool:
-    """True when a pattern names loopback explicitly (`localhost`, `127.0.0.1`, with a port)."""
+def is_internal_pattern(pattern: str) -> bool:
+    """True when a pattern names an internal target explicitly: `localhost` or an IP literal."""
     name = pattern.lower().partition(":")[0]
-    if name == "localhost":
-        return True
-    ip = _ip_or_none(name)
-    return ip is not None and ip.is_loopback
+    return name == "localhost" or _ip_or_none(name) is not None
 
 
-def forbidden_address(address: str, *, allow_loopback: bool = False) -> str | None:
+def forbidden_address(address: str, *, allow_internal: bool = False) -> str | None:
     """Why connecting to this resolved address is refused, or None when it is fine."""
     ip = _ip_or_none(address.split("%", 1)[0])
     if ip is None:
@@ -212,7 +210,7 @@ def forbidden_address(address: str, *, allow_loopback: bool = False) -> str | No
             return "cloud metadata address"
         embedded = _embedded_ipv4(ip)
         if embedded is not None:
-            reason = forbidden_address(str(embedded), allow_loopback=allow_loopback)
+            reason = forbidden_address(str(embedded), allow_internal=allow_internal)
             return f"{reason} (inside {ip})" if reason else None
     if ip in _METADATA:
         return "cloud metadata address"
@@ -222,13 +220,12 @@ def forbidden_address(address: str, *, allow_loopback: bool = False) -> str | No
         return "unspecified address"
     if ip.is_multicast:
         return "multicast address"
-    if ip.is_loopback:
-        if allow_loopback:
-            return None
-        return "loopback address (list 'localhost' or '127.0.0.1' in allowed_hosts to allow it)"
-    if ip.is_reserved or ip == ipaddress.IPv4Address("255.255.255.255"):
-        return "reserved address"
-    return None
+    if ip.is_reserved and not ip.is_loopback or ip == ipaddress.IPv4Address("255.255.255.255"):
+        return "reserved address"  # (::1 sits inside the reserved ::/8)
+    if ip.is_global or allow_internal:
+        return None
+    kind = "loopback" if ip.is_loopback else "private"
+    return f"{kind} address (only a pattern naming it, 'localhost' or an IP literal, allows it)"
 
 
 def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
