@@ -8,12 +8,16 @@ from collections.abc import Iterator
 
 import pytest
 
+from flotilla.settings import WorkerSettings
 from tests import services
 
 # boto3 reads credentials the standard way; moto accepts any. Never touch real AWS.
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+# One cache for built guests and compiled artifacts across the whole suite (and `make run`):
+# componentize-py builds and first compiles cost seconds each, so they are paid once per machine.
+os.environ.setdefault("FLOTILLA_CACHE_DIR", WorkerSettings.from_env({}).cache_dir)
 
 
 @pytest.fixture(scope="session")
