@@ -73,6 +73,8 @@ class DevStack:
     recorder: ResultRecorder
     closers: list[Callable[[], Any]] = field(default_factory=list)
     async_closers: list[Callable[[], Any]] = field(default_factory=list)
+    aws_endpoint: str | None = None  # the embedded moto server, when dev mode started one
+    aws_region: str = "us-east-1"
 
     async def start(self) -> None:
         """Start the in-memory transport and route job results to the job store."""
@@ -113,6 +115,10 @@ class DevStack:
                 config = FunctionConfig.from_dict(
                     json.loads((example / "config.json").read_text())
                 )
+                if self.aws_endpoint and (config.s3_buckets or config.dynamodb_tables):
+                    await asyncio.to_thread(
+                        create_example_resources, self.aws_endpoint, self.aws_region, [config]
+                    )
                 version, _ = await self.deployer.deploy(config, wasm.read_bytes())
                 versions.append(version)
                 print_fn(f"deployed {example.name}")
@@ -137,6 +143,12 @@ def build_dev(
     from worker.sandbox import Sandbox
 
     cache_dir = settings.cache_dir
+    closers: list[Callable[[], Any]] = []
+    aws_endpoint = settings.aws_endpoint_url
+    if aws_endpoint is None:
+        aws_endpoint, stop_aws = start_embedded_aws()
+        if stop_aws is not None:
+            closers.append(stop_aws)
     redis = fakeredis.FakeAsyncRedis()
     store = ArtifactStore(
         LocalBackend(Path(cache_dir) / "dev-store"),
@@ -144,9 +156,12 @@ def build_dev(
     )
     registry = Registry(redis, prefix=settings.queue_prefix)
     jobs = JobStore(redis, prefix=settings.queue_prefix, ttl_s=settings.job_ttl_s)
-    worker_settings = WorkerSettings(cache_dir=cache_dir, concurrency=concurrency)
+    worker_settings = WorkerSettings(
+        cache_dir=cache_dir, concurrency=concurrency, aws_endpoint_url=aws_endpoint,
+        aws_region=settings.aws_region,
+    )
     hosts = HostClients.for_dev(worker_settings)
-    closers: list[Callable[[], Any]] = [hosts.close]
+    closers.append(hosts.close)
     try:
         sandbox = Sandbox(hosts, cache_dir=cache_dir)
         closers.append(sandbox.close)
@@ -172,7 +187,51 @@ def build_dev(
     return DevStack(
         app, registry, deployer, transport, ResultRecorder(jobs, callback_poster(http)),
         closers=closers, async_closers=[http.aclose, redis.aclose],
+        aws_endpoint=aws_endpoint if settings.aws_endpoint_url is None else None,
+        aws_region=settings.aws_region,
     )
+
+
+def start_embedded_aws() -> tuple[str | None, Callable[[], Any] | None]:
+    """Start moto's S3/DynamoDB server in-process on a free port, when moto is installed.
+
+    Dev mode only: it gives the s3-dynamodb example something to talk to. Data lives in
+    memory and is gone at exit. Without moto, guests' s3/dynamodb calls return `unavailable`.
+    """
+    try:
+        from moto.server import ThreadedMotoServer
+    except ImportError:
+        return None, None
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # moto accepts any credentials; set dummies only when none are configured.
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "dev")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "dev")
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per AWS call otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    return f"http://127.0.0.1:{port}", server.stop
+
+
+def create_example_resources(endpoint: str, region: str, configs: list[FunctionConfig]) -> None:
+    """Create the buckets and tables (hash key `pk`, a string) the examples name."""
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name=region)
+    ddb = boto3.client("dynamodb", endpoint_url=endpoint, region_name=region)
+    for config in configs:
+        for bucket in config.s3_buckets:
+            s3.create_bucket(Bucket=bucket)
+        for table in config.dynamodb_tables:
+            ddb.create_table(
+                TableName=table,
+                KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+                AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+                BillingMode="PAY_PER_REQUEST",
+            )
 
 
 def curl_line(base_url: str, version: FunctionVersion) -> str:
