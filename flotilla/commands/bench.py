@@ -69,4 +69,45 @@ def _run_sandbox(args: argparse.Namespace) -> int:
     return 0
 
 
-BENCHMARKS: list[Callable[[Any], None]] = [_add_sandbox]
+def _add_e2e(benches: Any) -> None:
+    p = benches.add_parser(
+        "e2e",
+        help="HTTP API and Python client end to end vs a bare aio-pika RPC echo",
+        description="Starts a moto server, a worker, a dispatcher and a bare aio-pika echo "
+        "under a unique queue prefix (RabbitMQ and Redis from FLOTILLA_AMQP_URL and "
+        "FLOTILLA_REDIS_URL), deploys the WAT echo, and prints p50/p99 latency and "
+        "throughput at concurrency 1 and 64 for each; then deletes its queues and keys.",
+    )
+    p.add_argument("--json", action="store_true", help="print the headline figures as JSON")
+    p.add_argument("--requests", type=int, default=6000, help="calls at concurrency 64")
+    p.add_argument("--c1-requests", type=int, default=1000, help="calls at concurrency 1")
+    p.add_argument("--warmup", type=int, default=50, help="calls before each measured run")
+    p.add_argument("--worker-concurrency", type=int, default=0, help="0: the worker default")
+    p.set_defaults(func=_run_e2e)
+
+
+def _run_e2e(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from flotilla.settings import DispatcherSettings
+    from loadtest.e2e import Plan, format_table, headline, run_e2e
+
+    settings = DispatcherSettings.from_env()
+    plan = Plan(
+        c1_requests=args.c1_requests,
+        c64_requests=args.requests,
+        warmup=args.warmup,
+        worker_concurrency=args.worker_concurrency,
+    )
+    results = asyncio.run(
+        run_e2e(plan, amqp_url=settings.amqp_url, redis_url=settings.redis_url)
+    )
+    if args.json:
+        json.dump(headline(results), sys.stdout, sort_keys=True)
+        sys.stdout.write("\n")
+    else:
+        print(format_table(results))
+    return 0
+
+
+BENCHMARKS: list[Callable[[Any], None]] = [_add_sandbox, _add_e2e]

@@ -1,0 +1,341 @@
+"""`flotilla bench e2e`: the whole path against RabbitMQ + Redis on this machine, beside a bare
+aio-pika RPC echo measured in the same run.
+
+It starts what it needs (a moto server for the artifact bucket, one `flotilla worker`, one
+`flotilla dispatcher`, the bare echo server), all under a unique queue prefix, deploys the
+trivial WAT echo (worker/sandbox/wat/echo.wat) through the HTTP API, then drives, at
+concurrency 1 and 64 (closed loop):
+
+- `bare`: `loadtest.bare_echo` (publish with reply_to + correlation id, a consumer replies);
+- `http`: POST /v1/functions/echo/invoke over keep-alive HTTP/1.1 connections (a minimal
+  client, so the figures measure the dispatcher rather than the load generator's HTTP stack);
+- `client`: `dispatcher.client.Client.invoke` (AMQP straight to the workers).
+
+Afterwards it stops the processes and deletes its queues and Redis keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from loadtest.runner import closed_loop
+
+ROOT = Path(__file__).resolve().parents[1]
+FUNCTION = "echo"
+BODY = b"ping"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How many calls each run makes (after `warmup` calls), and the worker's concurrency."""
+
+    c1_requests: int = 1_000
+    c64_requests: int = 6_000
+    warmup: int = 50
+    worker_concurrency: int = 0  # 0: the worker's default (CPU cores)
+    concurrency: int = 64
+
+
+QUICK = Plan(c1_requests=20, c64_requests=200, warmup=5)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _wait_line(stream: asyncio.StreamReader | None, needle: bytes, timeout: float) -> None:
+    assert stream is not None
+
+    async def read() -> None:
+        async for line in stream:
+            if needle in line:
+                return
+        raise RuntimeError(f"process exited before printing {needle!r}")
+
+    await asyncio.wait_for(read(), timeout)
+
+
+async def _drain(stream: asyncio.StreamReader | None) -> None:
+    # Keep reading a child's pipe so it never blocks on a full one.
+    if stream is not None:
+        async for _ in stream:
+            pass
+
+
+@asynccontextmanager
+async def _process(
+    argv: list[str], ready: bytes | int, env: dict[str, str], timeout: float = 60
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """Run `argv` until the block exits; ready once its output shows `ready` (bytes) or it
+    listens on port `ready` (int)."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv, cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    drainer: asyncio.Task[None] | None = None
+    try:
+        if isinstance(ready, bytes):
+            await _wait_line(proc.stdout, ready, timeout)
+        drainer = asyncio.create_task(_drain(proc.stdout))
+        if isinstance(ready, int):
+            await _wait_port(ready, timeout)
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), 15)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        if drainer is not None:
+            drainer.cancel()
+
+
+class HttpClient:
+    """Minimal keep-alive HTTP/1.1 POST client: one connection per lane, reused."""
+
+    def __init__(self, host: str, port: int, path: str) -> None:
+        self.host, self.port = host, port
+        self.request = (
+            f"POST {path} HTTP/1.1\r\nhost: {host}:{port}\r\n"
+            f"content-type: application/octet-stream\r\ncontent-length: {len(BODY)}\r\n\r\n"
+        ).encode() + BODY
+        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self._all: list[asyncio.StreamWriter] = []
+
+    async def call(self) -> bytes:
+        """One POST; raises on a non-200 status."""
+        if self._idle:
+            reader, writer = self._idle.pop()
+        else:
+            reader, writer = await asyncio.open_connection(self.host, self.port)
+            self._all.append(writer)
+        writer.write(self.request)
+        head = await reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line[:15].lower() == b"content-length:":
+                length = int(line[15:])
+        body = await reader.readexactly(length) if length else b""
+        self._idle.append((reader, writer))
+        if status != 200:
+            raise RuntimeError(f"http_{status}")
+        return body
+
+    async def close(self) -> None:
+        """Close every connection."""
+        for writer in self._all:
+            writer.close()
+
+
+async def _http_json(
+    host: str, port: int, method: str, path: str, body: bytes, content_type: str
+) -> tuple[int, bytes]:
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(
+            (
+                f"{method} {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n"
+                f"content-type: {content_type}\r\ncontent-length: {len(body)}\r\n\r\n"
+            ).encode()
+            + body
+        )
+        data = await reader.read()
+    finally:
+        writer.close()
+    head, _, rest = data.partition(b"\r\n\r\n")
+    return int(head[9:12]), rest
+
+
+async def _deploy(host: str, port: int, wasm: bytes) -> None:
+    boundary = uuid.uuid4().hex
+    parts = (
+        f"--{boundary}\r\ncontent-disposition: form-data; name=\"component\"; "
+        "filename=\"echo.wasm\"\r\ncontent-type: application/wasm\r\n\r\n"
+    ).encode() + wasm + (
+        f"\r\n--{boundary}\r\ncontent-disposition: form-data; name=\"config\"\r\n\r\n"
+        "{}\r\n"
+        f"--{boundary}--\r\n"
+    ).encode()
+    status, body = await _http_json(
+        host, port, "PUT", f"/v1/functions/{FUNCTION}", parts,
+        f"multipart/form-data; boundary={boundary}",
+    )
+    if status not in (200, 201):
+        raise RuntimeError(f"deploy failed with {status}: {body[:500]!r}")
+
+
+def _moto(port: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+async def _wait_port(port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"nothing listens on port {port}") from None
+            await asyncio.sleep(0.05)  # polling a port: the child offers no event to await
+
+
+async def _measure(
+    name: str, call: Callable[[], Awaitable[Any]], plan: Plan, results: dict[str, Any]
+) -> None:
+    for conc, requests in ((1, plan.c1_requests), (plan.concurrency, plan.c64_requests)):
+        run = await closed_loop(
+            f"{name}_c{conc}", call, concurrency=conc, requests=requests, warmup=plan.warmup
+        )
+        results[f"{name}_c{conc}"] = run.summary()
+
+
+async def run_e2e(
+    plan: Plan = Plan(),
+    *,
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/",
+    redis_url: str = "redis://127.0.0.1:6379/0",
+) -> dict[str, Any]:
+    """Start everything, measure bare/http/client at concurrency 1 and 64, clean up."""
+    import aio_pika
+    import redis.asyncio as aioredis
+
+    from dispatcher.client import Client
+    from flotilla.topology import Topology
+    from loadtest.bare_echo import BareEchoClient
+    from worker.sandbox.guests import packaged
+
+    prefix = f"e2e{uuid.uuid4().hex[:8]}"
+    tmp = tempfile.mkdtemp(prefix="flotilla-e2e-")
+    moto_port, http_port = _free_port(), _free_port()
+    aws = f"http://127.0.0.1:{moto_port}"
+    env = {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": os.environ.get("AWS_ACCESS_KEY_ID", "bench"),
+        "AWS_SECRET_ACCESS_KEY": os.environ.get("AWS_SECRET_ACCESS_KEY", "bench"),
+        "FLOTILLA_AMQP_URL": amqp_url,
+        "FLOTILLA_REDIS_URL": redis_url,
+        "FLOTILLA_AWS_ENDPOINT_URL": aws,
+        "FLOTILLA_ARTIFACT_BUCKET": f"{prefix}-artifacts",
+        "FLOTILLA_ARTIFACT_KEY": f"{prefix}-key",
+        "FLOTILLA_QUEUE_PREFIX": prefix,
+        "FLOTILLA_LOG_LEVEL": "WARNING",
+        "PYTHONUNBUFFERED": "1",
+    }
+    flotilla = [sys.executable, "-m", "flotilla"]
+    bare_queue = f"{prefix}.bare"
+    results: dict[str, Any] = {"prefix": prefix, "load_average": list(os.getloadavg())}
+    moto = _moto(moto_port)
+    try:
+        async with AsyncExitStack() as stack:
+            await _wait_port(moto_port, 30)
+            wasm = packaged(FUNCTION, tmp)
+            await stack.enter_async_context(
+                _process(
+                    [*flotilla, "dispatcher", "--listen", f"127.0.0.1:{http_port}",
+                     "--cache-dir", f"{tmp}/d"],
+                    http_port, env,  # log level WARNING: no access log line per request
+                )
+            )
+            await _deploy("127.0.0.1", http_port, wasm)
+            worker_args = ["--cache-dir", f"{tmp}/w", "--metrics-port", "0", "--log-level", "INFO"]
+            if plan.worker_concurrency:
+                worker_args += ["--concurrency", str(plan.worker_concurrency)]
+            await stack.enter_async_context(
+                _process([*flotilla, "worker", *worker_args], b"worker consuming", env)
+            )
+            await stack.enter_async_context(
+                _process(
+                    [sys.executable, "-m", "loadtest.bare_echo", "serve", amqp_url, bare_queue],
+                    b"ready", env,
+                )
+            )
+            bare = await stack.enter_async_context(BareEchoClient(amqp_url, bare_queue))
+            await _measure("bare", lambda: bare.call(BODY), plan, results)
+            http = HttpClient("127.0.0.1", http_port, f"/v1/functions/{FUNCTION}/invoke")
+            stack.push_async_callback(http.close)
+            await _measure("http", http.call, plan, results)
+            client = await stack.enter_async_context(
+                Client(amqp_url, queue_prefix=prefix, redis_url=redis_url)
+            )
+            await _measure("client", lambda: client.invoke(FUNCTION, BODY), plan, results)
+    finally:
+        moto.terminate()
+        moto.wait(10)
+        connection = await aio_pika.connect(amqp_url)
+        async with connection:
+            channel = await connection.channel()
+            await Topology(prefix).delete(channel)
+            await channel.queue_delete(bare_queue)
+        redis = aioredis.from_url(redis_url)
+        async for key in redis.scan_iter(match=f"{prefix}:*"):
+            await redis.delete(key)
+        await redis.aclose()
+    results["load_average_after"] = list(os.getloadavg())
+    return results
+
+
+def headline(results: dict[str, Any]) -> dict[str, Any]:
+    """The six figures `--json` prints, plus the ratios to the bare echo."""
+    out: dict[str, Any] = {
+        "http_c1_p50_ms": results["http_c1"]["p50_ms"],
+        "http_c64_rps": results["http_c64"]["rps"],
+        "client_c1_p50_ms": results["client_c1"]["p50_ms"],
+        "client_c64_rps": results["client_c64"]["rps"],
+        "bare_c1_p50_ms": results["bare_c1"]["p50_ms"],
+        "bare_c64_rps": results["bare_c64"]["rps"],
+    }
+    bare = out["bare_c64_rps"] or 0
+    out["http_vs_bare_c64"] = round(out["http_c64_rps"] / bare, 3) if bare else None
+    out["client_vs_bare_c64"] = round(out["client_c64_rps"] / bare, 3) if bare else None
+    out["load_average"] = results["load_average"]
+    out["prefix"] = results["prefix"]
+    out["errors"] = {
+        k: v["errors"] for k, v in results.items() if isinstance(v, dict) and v.get("errors")
+    }
+    out["requests"] = {k: v["requests"] for k, v in results.items() if isinstance(v, dict)}
+    out["ok"] = {k: v["ok"] for k, v in results.items() if isinstance(v, dict)}
+    return out
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """A human-readable table of every run."""
+    lines = [f"{'run':12} {'requests':>8} {'ok':>6} {'rps':>8} {'p50 ms':>8} {'p99 ms':>8}"]
+    for name in ("bare_c1", "http_c1", "client_c1", "bare_c64", "http_c64", "client_c64"):
+        r = results.get(name)
+        if r is None:
+            continue
+        lines.append(
+            f"{name:12} {r['requests']:>8} {r['ok']:>6} {r['rps']:>8} "
+            f"{r['p50_ms']!s:>8} {r['p99_ms']!s:>8}"
+        )
+    h = headline(results)
+    lines.append(
+        f"c64 throughput vs bare: http {h['http_vs_bare_c64']}, client {h['client_vs_bare_c64']} "
+        f"(targets 0.7 and 1.0); load average {results['load_average']}"
+    )
+    if h["errors"]:
+        lines.append(f"errors: {json.dumps(h['errors'])}")
+    return "\n".join(lines)
