@@ -82,6 +82,7 @@ def _add_e2e(benches: Any) -> None:
     p.add_argument("--requests", type=int, default=6000, help="calls at concurrency 64")
     p.add_argument("--c1-requests", type=int, default=1000, help="calls at concurrency 1")
     p.add_argument("--warmup", type=int, default=50, help="calls before each measured run")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved c64 rounds per system")
     p.add_argument("--worker-concurrency", type=int, default=0, help="0: the worker default")
     p.set_defaults(func=_run_e2e)
 
@@ -98,6 +99,7 @@ def _run_e2e(args: argparse.Namespace) -> int:
         c64_requests=args.requests,
         warmup=args.warmup,
         worker_concurrency=args.worker_concurrency,
+        rounds=max(1, args.rounds),
     )
     results = asyncio.run(
         run_e2e(plan, amqp_url=settings.amqp_url, redis_url=settings.redis_url)
@@ -110,4 +112,30 @@ def _run_e2e(args: argparse.Namespace) -> int:
     return 0
 
 
-BENCHMARKS: list[Callable[[Any], None]] = [_add_sandbox, _add_e2e]
+def _add_soak(benches: Any) -> None:
+    p = benches.add_parser(
+        "soak",
+        help="mixed traffic against a real fleet for N minutes; RSS, errors, lost jobs",
+        description="Starts moto, a dispatcher and two workers against the local RabbitMQ and "
+        "Redis, runs sync, async-job, cache, http, failing and hostile calls for N minutes and "
+        "prints throughput, outcomes by kind, lost jobs and the RSS of each process at start, "
+        "after warm-up and at the end. Exits 1 on an unexpected error, a lost job or RSS "
+        "growth after warm-up over --max-growth.",
+    )
+    p.add_argument("--minutes", type=float, default=10.0, help="how long to run (default 10)")
+    p.add_argument("--concurrency", type=int, default=8, help="callers in flight (default 8)")
+    p.add_argument("--max-growth", type=float, default=0.10,
+                   help="largest RSS growth after warm-up, as a fraction (default 0.10)")
+    p.set_defaults(func=_run_soak)
+
+
+def _run_soak(args: argparse.Namespace) -> int:
+    from loadtest.soak import Plan, run_soak
+
+    plan = Plan(args.minutes * 60, concurrency=args.concurrency, max_growth=args.max_growth)
+    report = run_soak(plan)
+    print(report.format())
+    return 0 if report.ok else 1
+
+
+BENCHMARKS: list[Callable[[Any], None]] = [_add_sandbox, _add_soak, _add_e2e]
