@@ -44,19 +44,20 @@ class CeleryCaller:
     Celery's app.backend is thread-local, so each thread consumes its own rpc reply queue.
     """
 
-    def __init__(self, threads: int) -> None:
+    def __init__(self, threads: int, queue: str = QUEUE) -> None:
         self._pool = ThreadPoolExecutor(threads, "celery-client")
+        self._queue = queue
 
     async def call(self, body: str = "hello") -> str:
         """One round trip through the Celery worker."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, _roundtrip, body)
+        return await loop.run_in_executor(self._pool, _roundtrip, body, self._queue)
 
     def close(self) -> None:
         """Stop the client threads."""
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _roundtrip(body: str) -> str:
-    result: str = echo.apply_async((body,), queue=QUEUE).get(timeout=30)
+def _roundtrip(body: str, queue: str) -> str:
+    result: str = echo.apply_async((body,), queue=queue).get(timeout=30)
     return result

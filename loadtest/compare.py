@@ -103,7 +103,7 @@ async def compare(concurrencies: list[int], duration_s: float, *, workers: int =
             from loadtest.celery_echo import CeleryCaller
 
             http = HttpTarget(fleet.base_url, connections=c)
-            celery_caller = CeleryCaller(c)
+            celery_caller = CeleryCaller(c, celery_queue)
             systems: list[tuple[str, Callable[[], Awaitable[Any]]]] = [
                 ("bare aio-pika echo", lambda: bare_client.call(b"hello")),
                 ("celery (rpc backend)", lambda cc=celery_caller: cc.call("hello")),  # type: ignore[misc]

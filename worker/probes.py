@@ -1,8 +1,8 @@
 """The worker's small HTTP endpoint: `/metrics` (Prometheus), `/healthz`, `/readyz`.
 
 - `/healthz`: 200 while the event loop answers (liveness: a wedged loop gets restarted);
-- `/readyz`: 200 while the consumer is consuming, 503 otherwise (starting, reconnecting,
-  draining), so a rollout waits for a worker that can take work;
+- `/readyz`: 200 while the consumer is consuming and Redis answers, 503 otherwise (starting,
+  reconnecting, draining, Redis down), so a rollout waits for a worker that can take work;
 - `/metrics`: the worker's own `CollectorRegistry` in the text exposition format.
 
 A plain asyncio server: one GET per connection, no framework on the worker's hot loop.
@@ -11,8 +11,9 @@ A plain asyncio server: one GET per connection, no framework on the worker's hot
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
@@ -27,7 +28,7 @@ class ProbeServer:
     def __init__(
         self,
         registry: CollectorRegistry,
-        ready: Callable[[], bool],
+        ready: Callable[[], bool | Awaitable[bool]],
         *,
         host: str = "0.0.0.0",
         port: int = 9102,
@@ -49,12 +50,15 @@ class ProbeServer:
             self._server.close()
             await self._server.wait_closed()
 
-    def respond(self, path: str) -> tuple[int, str, bytes]:
+    async def respond(self, path: str) -> tuple[int, str, bytes]:
         """(status, content type, body) for a GET of `path`."""
         if path == "/healthz":
             return 200, "text/plain", b"ok\n"
         if path == "/readyz":
-            if self._ready():
+            ready = self._ready()
+            if inspect.isawaitable(ready):
+                ready = await ready
+            if ready:
                 return 200, "text/plain", b"ready\n"
             return 503, "text/plain", b"not ready\n"
         if path == "/metrics":
@@ -69,7 +73,7 @@ class ProbeServer:
             if method != "GET":
                 status, ctype, body = 405, "text/plain", b"method not allowed\n"
             else:
-                status, ctype, body = self.respond(path)
+                status, ctype, body = await self.respond(path)
             reason = {200: "OK", 404: "Not Found", 405: "Method Not Allowed"}.get(
                 status, "Service Unavailable"
             )

@@ -20,7 +20,7 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +35,8 @@ from worker.handler import EnvelopeHandler, Runner
 from worker.probes import ProbeServer
 
 log = logging.getLogger(__name__)
+# How long /readyz waits for Redis before saying "not ready".
+READY_TIMEOUT_S = 1.0
 
 
 @dataclass
@@ -43,6 +45,8 @@ class Runtime:
 
     runner: Runner
     closers: list[Callable[[], Any]] = field(default_factory=list)
+    # Answers when the worker's Redis does (part of /readyz); None: nothing to check.
+    ping: Callable[[], Awaitable[Any]] | None = None
 
     def close(self) -> None:
         """Close in reverse order of construction."""
@@ -75,6 +79,7 @@ def sandbox_runtime(
         sandbox = Sandbox(hosts, cache_dir=settings.cache_dir)
         runtime.closers.append(sandbox.close)
         redis_client = redis.asyncio.from_url(settings.redis_url)
+        runtime.ping = redis_client.ping
         registry = Registry(redis_client, prefix=settings.queue_prefix)
         backend = S3Backend.from_settings(
             bucket=settings.artifact_bucket,
@@ -119,6 +124,7 @@ class WorkerService:
         self.consumer: Consumer | None = None
         self.metrics = WorkerMetrics()
         self.probes: ProbeServer | None = None
+        self._runtime: Runtime | None = None
 
     @property
     def forced(self) -> bool:
@@ -140,7 +146,7 @@ class WorkerService:
         """Consume until stopped, then shut down in order; 0 on a clean drain."""
         loop = asyncio.get_running_loop()
         settings = self.settings
-        runtime = self._runtime_factory(settings, loop, self.metrics)
+        runtime = self._runtime = self._runtime_factory(settings, loop, self.metrics)
         executor = ThreadPoolExecutor(settings.effective_concurrency(), "flotilla-invoke")
         connection = None
         try:
@@ -189,8 +195,22 @@ class WorkerService:
             and not self.stop_requested.is_set()
         )
 
+    async def readiness(self) -> bool:
+        """The /readyz answer: consuming (broker channel open) and Redis answers a PING."""
+        if not self.is_ready():
+            return False
+        ping = self._runtime.ping if self._runtime is not None else None
+        if ping is None:
+            return True
+        try:
+            await asyncio.wait_for(ping(), READY_TIMEOUT_S)
+        except Exception as exc:  # noqa: BLE001 - any failure means "not ready", said in the log
+            log.warning("not ready: Redis did not answer a PING: %r", exc)
+            return False
+        return True
+
     async def _start_probes(self) -> None:
-        probes = ProbeServer(self.metrics.registry, self.is_ready, port=self.settings.metrics_port)
+        probes = ProbeServer(self.metrics.registry, self.readiness, port=self.settings.metrics_port)
         try:
             await probes.start()
         except OSError as exc:
