@@ -7,7 +7,12 @@ problem documents, `application/problem+json`, see `dispatcher/problems.py`):
 - `GET /v1/functions`, `GET /v1/functions/{name}`, `DELETE /v1/functions/{name}`;
 - `POST /v1/functions/{name}/invoke[?version=]` synchronous invocation;
 - `POST /v1/functions/{name}/jobs[?version=&callback_url=]` asynchronous job (202);
-- `GET /v1/jobs/{id}[?wait=S]` job status, long-polled up to 30 s.
+- `GET /v1/jobs/{id}[?wait=S]` job status, long-polled up to 30 s;
+- `POST /v1/keys`, `GET /v1/keys`, `DELETE /v1/keys/{id}` API keys (admin scope).
+
+With an `Authenticator` (`dispatcher/auth.py`) every route but /healthz, /readyz, /metrics
+and the OpenAPI document needs `Authorization: Bearer <key>` with the route's scope
+(deploy, invoke or admin); without one (dev mode, --insecure) nothing is checked.
 
 Every response carries `flotilla-invocation-id`. The app keeps no state of its own: the
 registry and jobs live in Redis, code in the artifact store, in-flight calls in the transport.
@@ -22,17 +27,22 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request, Security
 from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
 
 from dispatcher import openapi
+from dispatcher.auth import ADMIN, DEPLOY, INVOKE, ApiKey, Authenticator
 from dispatcher.jobs import MAX_WAIT_S, JobRecord, JobStore, callback_allowed, new_id
 from dispatcher.problems import (
     PROBLEM_MEDIA_TYPE,
     BodyTooLarge,
+    Problem,
     CallbackNotAllowed,
+    Forbidden,
     FunctionFailed,
     FunctionNotFound,
     FunctionTimeout,
@@ -40,9 +50,13 @@ from dispatcher.problems import (
     InvalidConfig,
     InvalidRequest,
     JobNotFound,
+    KeyNotFound,
+    RateLimited,
+    Unauthorized,
     Unavailable,
     add_problem_handlers,
 )
+from dispatcher.ratelimit import Limit
 from dispatcher.registry import (
     LATEST,
     Deployer,
@@ -109,6 +123,7 @@ class Api:
     options: ApiOptions = field(default_factory=ApiOptions)
     metrics: DispatcherMetrics | None = None
     versions: ResolveCache | None = None
+    auth: Authenticator | None = None  # None: auth is off (dev mode or --insecure)
 
     def published(self, result: str) -> None:
         """Count one publish by result (confirmed, rejected, failed)."""
@@ -142,6 +157,32 @@ async def get_api(request: Request) -> Api:
 
 ApiDep = Depends(get_api)
 router = APIRouter()
+BEARER = HTTPBearer(
+    auto_error=False, description="An API key (`flotilla keys create`): `Bearer flk_...`"
+)
+AUTH_PROBLEMS = (Unauthorized, Forbidden, RateLimited)
+
+
+def require(scope: str) -> Any:
+    """Dependency: the request's API key must hold `scope` (for invoke: the path's function).
+
+    It runs before the route's parameters are looked at, so a caller without a valid key
+    learns nothing about them, and never reads the registry: a 403 does not say whether a
+    function exists. The key is left in `request.state.api_key` (None when auth is off).
+    """
+
+    async def authorize(
+        request: Request,
+        _: HTTPAuthorizationCredentials | None = Security(BEARER),  # documents the scheme
+    ) -> None:
+        api: Api = request.app.state.api
+        key = None
+        if api.auth is not None:
+            function = request.path_params.get("name") if scope == INVOKE else None
+            key = await api.auth.authorize(request.headers.get("authorization"), scope, function)
+        request.state.api_key = key
+
+    return Depends(authorize)
 
 
 def create_app(
@@ -152,15 +193,17 @@ def create_app(
     transport: Transport,
     options: ApiOptions | None = None,
     metrics: DispatcherMetrics | None = None,
+    auth: Authenticator | None = None,
 ) -> FastAPI:
     """The HTTP API wired to its collaborators (nothing is started or connected here).
 
     With `metrics`, requests, waiting callers, reply latency and publishes are recorded and
-    served at `/metrics` (Prometheus text format).
+    served at `/metrics` (Prometheus text format). With `auth`, routes need API keys;
+    without it they are open (the processes decide explicitly: see service.py and dev.py).
     """
     opts = options or ApiOptions()
     cache = ResolveCache(registry, ttl_s=opts.resolve_ttl_s) if opts.resolve_ttl_s > 0 else None
-    api = Api(registry, deployer, jobs, transport, opts, metrics, cache)
+    api = Api(registry, deployer, jobs, transport, opts, metrics, cache, auth)
     app = FastAPI(
         title="Flotilla",
         version="0.1.0",
@@ -172,7 +215,7 @@ def create_app(
     app.include_router(router)
     if metrics is not None:
         app.add_api_route("/metrics", prometheus_metrics, include_in_schema=False)
-    openapi.install(app)
+    openapi.install(app, secured=auth is not None)
     return app
 
 
@@ -253,10 +296,12 @@ class InvocationIdMiddleware:
               "content": {"application/json": {"schema": {"type": "object"}}},
               "links": openapi.function_links()},
         **openapi.problem_responses(
-            BodyTooLarge, InvalidConfig, InvalidComponent, InvalidRequest, Unavailable
+            BodyTooLarge, InvalidConfig, InvalidComponent, InvalidRequest, Unavailable,
+            *AUTH_PROBLEMS,
         ),
     },
     openapi_extra={"requestBody": openapi.DEPLOY_BODY},
+    dependencies=[require(DEPLOY)],
 )
 async def deploy(request: Request, name: str = NAME_PARAM, api: Api = ApiDep) -> JSONResponse:
     """Validate, precompile and record a new version (or find the identical one)."""
@@ -273,7 +318,13 @@ async def deploy(request: Request, name: str = NAME_PARAM, api: Api = ApiDep) ->
     return JSONResponse(body, status_code=201 if created else 200)
 
 
-@router.get("/v1/functions", summary="List deployed functions", operation_id="list_functions")
+@router.get(
+    "/v1/functions",
+    summary="List deployed functions",
+    operation_id="list_functions",
+    responses=openapi.problem_responses(*AUTH_PROBLEMS),
+    dependencies=[require(DEPLOY)],
+)
 async def list_functions(api: Api = ApiDep) -> dict[str, Any]:
     """Every function with its latest version."""
     return {
@@ -294,7 +345,8 @@ async def list_functions(api: Api = ApiDep) -> dict[str, Any]:
     "/v1/functions/{name}",
     summary="A function's config and versions",
     operation_id="get_function",
-    responses=openapi.problem_responses(InvalidRequest, FunctionNotFound),
+    responses=openapi.problem_responses(InvalidRequest, FunctionNotFound, *AUTH_PROBLEMS),
+    dependencies=[require(DEPLOY)],
 )
 async def get_function(name: str = NAME_PARAM, api: Api = ApiDep) -> dict[str, Any]:
     """The latest config and every version of a function."""
@@ -313,7 +365,8 @@ async def get_function(name: str = NAME_PARAM, api: Api = ApiDep) -> dict[str, A
     status_code=204,
     summary="Delete a function and its version history",
     operation_id="delete_function",
-    responses=openapi.problem_responses(InvalidRequest, FunctionNotFound),
+    responses=openapi.problem_responses(InvalidRequest, FunctionNotFound, *AUTH_PROBLEMS),
+    dependencies=[require(DEPLOY)],
 )
 async def delete_function(name: str = NAME_PARAM, api: Api = ApiDep) -> Response:
     """Forget a function (its code stays in the content-addressed store)."""
@@ -335,10 +388,11 @@ async def delete_function(name: str = NAME_PARAM, api: Api = ApiDep) -> Response
         },
         **openapi.problem_responses(
             FunctionNotFound, BodyTooLarge, InvalidRequest, FunctionFailed, Unavailable,
-            FunctionTimeout,
+            FunctionTimeout, *AUTH_PROBLEMS,
         ),
     },
     openapi_extra={"requestBody": openapi.RAW_BODY},
+    dependencies=[require(INVOKE)],
 )
 async def invoke(
     request: Request,
@@ -396,10 +450,12 @@ async def invoke(
     responses={
         202: {"description": "Accepted; poll `status_url`", "links": openapi.JOB_LINKS},
         **openapi.problem_responses(
-            FunctionNotFound, BodyTooLarge, InvalidRequest, CallbackNotAllowed, Unavailable
+            FunctionNotFound, BodyTooLarge, InvalidRequest, CallbackNotAllowed, Unavailable,
+            *AUTH_PROBLEMS,
         ),
     },
     openapi_extra={"requestBody": openapi.RAW_BODY},
+    dependencies=[require(INVOKE)],
 )
 async def submit_job(
     request: Request,
@@ -447,18 +503,94 @@ async def submit_job(
     "/v1/jobs/{job_id}",
     summary="A job's status and, once finished, its response or error",
     operation_id="get_job",
-    responses=openapi.problem_responses(InvalidRequest, JobNotFound),
+    responses=openapi.problem_responses(InvalidRequest, JobNotFound, *AUTH_PROBLEMS),
+    dependencies=[require(INVOKE)],
 )
 async def get_job(
+    request: Request,
     job_id: str,
     wait: float = Query(0, ge=0, le=MAX_WAIT_S, description="Seconds to wait for a result"),
     api: Api = ApiDep,
 ) -> dict[str, Any]:
     """queued | running | succeeded | failed | expired, with the result once finished."""
+    key: ApiKey | None = request.state.api_key
     status = await api.jobs.wait(job_id, wait) if wait else await api.jobs.get(job_id)
-    if status is None:
+    # A key limited to some functions sees other functions' jobs as missing (not forbidden).
+    if status is None or (key is not None and not key.may_invoke(status.function or "")):
         raise JobNotFound(f"no job {job_id!r}")
     return status.to_dict()
+
+
+class KeyRequest(BaseModel):
+    """The body of POST /v1/keys."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field("", max_length=200, description="What the key is for")
+    scopes: list[Literal["deploy", "invoke", "admin"]] = Field(min_length=1, max_length=3)
+    functions: list[Annotated[str, Field(pattern=openapi.NAME_PATTERN)]] = Field(
+        default_factory=list, max_length=1000,
+        description="Functions the invoke scope covers (empty: all)",
+    )
+    rate: float = Field(100.0, ge=0, le=1_000_000,
+                        description="Requests per second on average (0: unlimited)")
+    burst: int = Field(200, ge=1, le=1_000_000, description="Requests allowed at once")
+
+
+def _authenticator(api: Api) -> Authenticator:
+    if api.auth is None:
+        raise Forbidden("API keys are switched off on this dispatcher (dev or insecure mode)")
+    return api.auth
+
+
+@router.post(
+    "/v1/keys",
+    status_code=201,
+    summary="Create an API key (shown once, in this response)",
+    operation_id="create_key",
+    responses={
+        400: {"model": Problem, "description": "The body is not JSON (`about:blank`)"},
+        **openapi.problem_responses(InvalidRequest, *AUTH_PROBLEMS),
+    },
+    dependencies=[require(ADMIN)],
+)
+async def create_key(body: KeyRequest, api: Api = ApiDep) -> JSONResponse:
+    """A new key; only its SHA-256 is stored, so `key` cannot be shown again."""
+    auth = _authenticator(api)
+    limit = Limit(body.rate, body.burst) if body.rate > 0 else None
+    record, key = await auth.keys.create(
+        body.name, body.scopes, functions=body.functions, limit=limit
+    )
+    return JSONResponse({"key": key, **record.to_dict()}, status_code=201)
+
+
+@router.get(
+    "/v1/keys",
+    summary="List API keys (never the keys themselves)",
+    operation_id="list_keys",
+    responses=openapi.problem_responses(*AUTH_PROBLEMS),
+    dependencies=[require(ADMIN)],
+)
+async def list_keys(api: Api = ApiDep) -> dict[str, Any]:
+    """Every key's id, name, scopes, functions and limit."""
+    return {"keys": [k.to_dict() for k in await _authenticator(api).keys.list()]}
+
+
+@router.delete(
+    "/v1/keys/{key_id}",
+    status_code=204,
+    summary="Revoke an API key (at once, on every replica)",
+    operation_id="revoke_key",
+    responses=openapi.problem_responses(KeyNotFound, *AUTH_PROBLEMS),
+    dependencies=[require(ADMIN)],
+)
+async def revoke_key(
+    key_id: str = Path(pattern=r"^[0-9a-f]{12}$"), api: Api = ApiDep
+) -> Response:
+    """Forget the key: requests with it get 401 from now on."""
+    if not await _authenticator(api).keys.revoke(key_id):
+        raise KeyNotFound(f"no API key {key_id!r}")
+    return Response(status_code=204)
 
 
 @router.get("/healthz", summary="Liveness", operation_id="healthz")

@@ -82,9 +82,13 @@ def problem_responses(*errors: type[DispatcherError]) -> dict[int | str, dict[st
         entry = out.setdefault(err.status, {"model": Problem, "description": ""})
         sep = "; " if entry["description"] else ""
         entry["description"] += f"{sep}{err.title} (`{TYPE_PREFIX}{err.slug}`)"
-        if err.status == 503:
+        if err.status in (429, 503):
             entry["headers"] = {
                 "Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}
+            }
+        if err.status == 401:
+            entry["headers"] = {
+                "WWW-Authenticate": {"description": "`Bearer`", "schema": {"type": "string"}}
             }
     return out
 
@@ -122,17 +126,32 @@ def problem_media_types(schema: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
-def install(app: FastAPI) -> None:
-    """Make `app` serve the adjusted schema at /openapi.json (built once, on first request)."""
+def without_security(schema: dict[str, Any]) -> dict[str, Any]:
+    """The schema of an app serving without API keys: no security, no 401 or 429."""
+    for path in schema.get("paths", {}).values():
+        for operation in path.values():
+            operation.pop("security", None)
+            for status in ("401", "429"):
+                operation.get("responses", {}).pop(status, None)
+    schema.get("components", {}).pop("securitySchemes", None)
+    return schema
+
+
+def install(app: FastAPI, *, secured: bool = True) -> None:
+    """Make `app` serve the adjusted schema at /openapi.json (built once, on first request).
+
+    `secured`: routes need API keys (else the security requirements are left out).
+    """
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = problem_media_types(
+            schema = problem_media_types(
                 get_openapi(
                     title=app.title, version=app.version, description=app.description,
                     routes=app.routes,
                 )
             )
+            app.openapi_schema = schema if secured else without_security(schema)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -93,6 +93,14 @@ class JobNotFound(DispatcherError):
     title = "Job not found"
 
 
+class KeyNotFound(DispatcherError):
+    """No API key with that id (never created, or revoked)."""
+
+    slug = "key-not-found"
+    status = 404
+    title = "API key not found"
+
+
 class BodyTooLarge(DispatcherError):
     """The request body is larger than the function's max_body_bytes (or the upload cap)."""
 
@@ -160,9 +168,40 @@ class CallbackNotAllowed(DispatcherError):
     title = "Callback URL not allowed"
 
 
+class Unauthorized(DispatcherError):
+    """No API key, a malformed Authorization header, or a key that is unknown or revoked."""
+
+    slug = "unauthorized"
+    status = 401
+    title = "Unauthorized"
+
+    def __init__(self, detail: str, **extra: Any) -> None:
+        super().__init__(detail, headers={"WWW-Authenticate": 'Bearer realm="flotilla"'}, **extra)
+
+
+class Forbidden(DispatcherError):
+    """A valid API key without the scope (or the function) the request needs."""
+
+    slug = "forbidden"
+    status = 403
+    title = "Forbidden"
+
+
+class RateLimited(DispatcherError):
+    """The API key used up its request rate; retry after `Retry-After` seconds."""
+
+    slug = "rate-limited"
+    status = 429
+    title = "Too many requests"
+
+    def __init__(self, detail: str, *, retry_after_s: int = 1, **extra: Any) -> None:
+        super().__init__(detail, headers={"Retry-After": str(retry_after_s)}, **extra)
+
+
 ALL_ERRORS: tuple[type[DispatcherError], ...] = (
     FunctionNotFound,
     JobNotFound,
+    KeyNotFound,
     BodyTooLarge,
     InvalidConfig,
     InvalidComponent,
@@ -171,6 +210,9 @@ ALL_ERRORS: tuple[type[DispatcherError], ...] = (
     FunctionTimeout,
     Unavailable,
     CallbackNotAllowed,
+    Unauthorized,
+    Forbidden,
+    RateLimited,
 )
 
 

@@ -124,6 +124,9 @@ class DispatcherSettings(_Base):
         2_000, help="How long past a function's timeout a synchronous caller is held"
     )
     insecure: bool = _setting(False, help="Serve without API keys (never in production)")
+    admin_key: str = _setting(
+        "", help="Bootstrap API key holding every scope (create real keys with it, then unset)"
+    )
     callback_hosts: str = _setting(
         "", help="Comma-separated hosts that job callbacks may be POSTed to"
     )

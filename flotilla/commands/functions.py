@@ -1,8 +1,8 @@
 """`flotilla functions list|get|delete`, plus the HTTP helpers the client commands share.
 
 Client commands talk to a dispatcher's HTTP API with httpx; `--url` (or FLOTILLA_URL)
-says where it is. Problem documents are printed to stderr as "title: detail" and make the
-command exit with status 1.
+says where it is and FLOTILLA_API_KEY is the key they send. Problem documents are printed
+to stderr as "title: detail" and make the command exit with status 1.
 """
 
 from __future__ import annotations
@@ -29,9 +29,12 @@ def add_url_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def client(args: argparse.Namespace, timeout: float = TIMEOUT_S) -> httpx.Client:
-    """An httpx client for the dispatcher named by `--url` / FLOTILLA_URL."""
+    """An httpx client for the dispatcher named by `--url` / FLOTILLA_URL, sending the API
+    key in FLOTILLA_API_KEY (if set) as `Authorization: Bearer`."""
     base = args.url or os.environ.get("FLOTILLA_URL") or DEFAULT_URL
-    return httpx.Client(base_url=base, timeout=timeout)
+    key = os.environ.get("FLOTILLA_API_KEY")
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.Client(base_url=base, timeout=timeout, headers=headers)
 
 
 def read_data(value: str | None) -> bytes:

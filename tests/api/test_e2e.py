@@ -32,6 +32,7 @@ pytestmark = [
     pytest.mark.asyncio(loop_scope="module"),
 ]
 PROBE_TIMEOUT_MS = 1500
+ADMIN_KEY = "e2e-bootstrap-admin-key"  # the dispatcher refuses to serve without a key
 
 
 @dataclass
@@ -86,7 +87,7 @@ async def fleet(
     # The dispatcher compiles with the shared cache (fast re-runs); the worker gets an empty
     # one, so it must fetch (and verify) artifacts from S3.
     settings = DispatcherSettings(**common, reply_margin_ms=1000, job_ttl_s=300,
-                                  callback_hosts=f"127.0.0.1:{port}")
+                                  callback_hosts=f"127.0.0.1:{port}", admin_key=ADMIN_KEY)
     dispatcher = service.build(settings)
     await dispatcher.start()
     worker = WorkerService(WorkerSettings(
@@ -96,7 +97,8 @@ async def fleet(
     worker_task = asyncio.create_task(worker.run())
     await asyncio.wait_for(worker.ready.wait(), 30)
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=dispatcher.app),
-                               base_url="http://dispatcher", timeout=30)
+                               base_url="http://dispatcher", timeout=30,
+                               headers={"Authorization": f"Bearer {ADMIN_KEY}"})
     for name, wasm, config in (
         ("echo", echo_wasm, {}),
         ("probe", probe_wasm, {"timeout_ms": PROBE_TIMEOUT_MS, "max_body_bytes": 4096,

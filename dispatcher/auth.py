@@ -1,0 +1,232 @@
+"""API keys: who may call the dispatcher's HTTP API, and for what.
+
+A key looks like `flk_<id>_<secret>`: `id` (12 hex digits) is public and names the key in
+listings and revocations; the secret is 256 random bits. Redis keeps only the SHA-256 of
+the whole key (a fast hash is enough for a high-entropy secret: nothing to brute-force), in
+`<prefix>:apikey:<sha256>` (a hash of the key's record), with `<prefix>:apikeys` mapping
+id -> sha256 for listing and revoking. The key itself is shown once, at creation.
+
+Scopes: `deploy` (deploy, list, show, delete functions), `invoke` (invoke and submit jobs,
+read their jobs; optionally limited to some function names) and `admin` (manage keys).
+`Authenticator.authorize` turns a request's `Authorization: Bearer` header into an `ApiKey`
+or a problem: 401 (missing, malformed, unknown or revoked key), 429 (rate limit), 403 (valid
+key, wrong scope or function). The function check never looks at the registry, so a 403
+says nothing about whether the function exists.
+
+A bootstrap admin key may come from settings (FLOTILLA_ADMIN_KEY): it holds every scope, has
+no rate limit and cannot be revoked except by changing the setting.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from dispatcher.problems import Forbidden, RateLimited, Unauthorized
+from dispatcher.ratelimit import Limit, RateLimiter, retry_after_s
+
+DEPLOY = "deploy"
+INVOKE = "invoke"
+ADMIN = "admin"
+SCOPES = (DEPLOY, INVOKE, ADMIN)
+KEY_PREFIX = "flk_"
+KEY_RE = re.compile(r"^flk_([0-9a-f]{12})_[A-Za-z0-9_-]{43}$")
+DEFAULT_LIMIT = Limit(rate=100.0, burst=200)
+BOOTSTRAP_ID = "bootstrap"
+
+
+def hash_key(key: str) -> str:
+    """The SHA-256 (hex) under which a key is stored."""
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def new_key() -> tuple[str, str]:
+    """A fresh (id, key): the id is the public part of the key."""
+    key_id = secrets.token_hex(6)
+    return key_id, f"{KEY_PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """A key's record (never the key itself)."""
+
+    id: str
+    name: str
+    scopes: tuple[str, ...]
+    functions: tuple[str, ...] = ()  # invoke only these functions; empty: any
+    limit: Limit | None = DEFAULT_LIMIT  # None: unlimited
+    created_at: float = field(default_factory=time.time)
+
+    def __post_init__(self) -> None:
+        unknown = set(self.scopes) - set(SCOPES)
+        if unknown or not self.scopes:
+            raise ValueError(f"scopes must be some of {', '.join(SCOPES)}, got {self.scopes}")
+
+    def may_invoke(self, function: str) -> bool:
+        """True when the key's invoke scope covers `function`."""
+        return INVOKE in self.scopes and (not self.functions or function in self.functions)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON document of the key (what `keys list` shows)."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "scopes": list(self.scopes),
+            "functions": list(self.functions),
+            "rate": self.limit.rate if self.limit else None,
+            "burst": self.limit.burst if self.limit else None,
+            "created_at": self.created_at,
+        }
+
+    def to_redis(self) -> dict[str, str]:
+        """The Redis hash fields of the record."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "scopes": ",".join(self.scopes),
+            "functions": ",".join(self.functions),
+            "rate": str(self.limit.rate) if self.limit else "0",
+            "burst": str(self.limit.burst) if self.limit else "0",
+            "created_at": repr(self.created_at),
+        }
+
+    @classmethod
+    def from_redis(cls, raw: dict[bytes, bytes]) -> ApiKey:
+        """The record from its Redis hash fields."""
+        d = {k.decode(): v.decode() for k, v in raw.items()}
+        rate = float(d.get("rate") or 0)
+        return cls(
+            id=d["id"],
+            name=d.get("name", ""),
+            scopes=tuple(s for s in d.get("scopes", "").split(",") if s),
+            functions=tuple(f for f in d.get("functions", "").split(",") if f),
+            limit=Limit(rate, int(d.get("burst") or 1)) if rate > 0 else None,
+            created_at=float(d.get("created_at") or 0),
+        )
+
+
+BOOTSTRAP = ApiKey(BOOTSTRAP_ID, "bootstrap admin key (settings)", SCOPES, limit=None,
+                   created_at=0.0)
+
+
+class KeyStore:
+    """API key records in Redis (see the module docstring for the layout)."""
+
+    def __init__(self, redis: Any, *, prefix: str) -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self.index = f"{prefix}:apikeys"
+
+    def _record(self, digest: str) -> str:
+        return f"{self.prefix}:apikey:{digest}"
+
+    async def create(
+        self,
+        name: str,
+        scopes: Iterable[str],
+        *,
+        functions: Iterable[str] = (),
+        limit: Limit | None = DEFAULT_LIMIT,
+    ) -> tuple[ApiKey, str]:
+        """Record a new key: (its record, the key itself, which is not stored)."""
+        key_id, key = new_key()
+        record = ApiKey(key_id, name, tuple(dict.fromkeys(scopes)), tuple(functions), limit)
+        digest = hash_key(key)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self._record(digest), mapping=record.to_redis())
+            pipe.hset(self.index, key_id, digest)
+            await pipe.execute()
+        return record, key
+
+    async def lookup(self, key: str) -> ApiKey | None:
+        """The record of a presented key; None when unknown or revoked."""
+        if not KEY_RE.match(key):
+            return None
+        raw = await self.redis.hgetall(self._record(hash_key(key)))
+        return ApiKey.from_redis(raw) if raw else None
+
+    async def list(self) -> list[ApiKey]:
+        """Every key's record, oldest first."""
+        digests = await self.redis.hvals(self.index)
+        records = []
+        for digest in digests:
+            raw = await self.redis.hgetall(self._record(digest.decode()))
+            if raw:
+                records.append(ApiKey.from_redis(raw))
+        return sorted(records, key=lambda k: k.created_at)
+
+    async def revoke(self, key_id: str) -> bool:
+        """Forget a key by id (effective at once on every replica); False when unknown."""
+        digest = await self.redis.hget(self.index, key_id)
+        if digest is None:
+            return False
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self._record(digest.decode()))
+            pipe.hdel(self.index, key_id)
+            await pipe.execute()
+        return True
+
+    async def count(self) -> int:
+        """How many keys exist."""
+        return int(await self.redis.hlen(self.index))
+
+
+class Authenticator:
+    """Checks the bearer key of a request against the store, the rate limit and a scope."""
+
+    def __init__(self, keys: KeyStore, limiter: RateLimiter, *, admin_key: str = "") -> None:
+        self.keys = keys
+        self.limiter = limiter
+        self._admin_digest = hash_key(admin_key) if admin_key else None
+
+    @classmethod
+    def on_redis(cls, redis: Any, *, prefix: str, admin_key: str = "") -> Authenticator:
+        """Keys and rate-limit buckets both in `redis` under `prefix`."""
+        return cls(KeyStore(redis, prefix=prefix), RateLimiter(redis, prefix=prefix),
+                   admin_key=admin_key)
+
+    async def configured(self) -> bool:
+        """True when some key could authenticate (a bootstrap key or a stored key)."""
+        return self._admin_digest is not None or await self.keys.count() > 0
+
+    async def authenticate(self, authorization: str | None) -> ApiKey:
+        """The key of an `Authorization` header value; Unauthorized when there is none."""
+        if not authorization:
+            raise Unauthorized("this endpoint needs an API key: send `Authorization: Bearer <key>`")
+        scheme, _, token = authorization.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise Unauthorized("malformed Authorization header: expected `Bearer <key>`")
+        if self._admin_digest is not None and hmac.compare_digest(
+            hash_key(token), self._admin_digest
+        ):
+            return BOOTSTRAP
+        key = await self.keys.lookup(token)
+        if key is None:
+            raise Unauthorized("invalid or revoked API key")
+        return key
+
+    async def authorize(
+        self, authorization: str | None, scope: str, function: str | None = None
+    ) -> ApiKey:
+        """The key, if it is valid, within its rate limit and holds `scope` (for `function`)."""
+        key = await self.authenticate(authorization)
+        if key.limit is not None:
+            wait_ms = await self.limiter.take(key.id, key.limit)
+            if wait_ms:
+                raise RateLimited(
+                    f"key {key.id} is limited to {key.limit.rate:g} requests/s "
+                    f"(bursts of {key.limit.burst})",
+                    retry_after_s=retry_after_s(wait_ms),
+                )
+        if scope not in key.scopes:
+            raise Forbidden(f"key {key.id} does not have the `{scope}` scope")
+        if scope == INVOKE and function is not None and not key.may_invoke(function):
+            raise Forbidden(f"key {key.id} may not invoke function {function!r}")
+        return key
