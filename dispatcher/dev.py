@@ -7,6 +7,9 @@ Stand-ins, each behind the same interface the fleet uses:
 - a local directory (`LocalBackend`) for the S3 artifact store; its HMAC key is generated
   once and kept in `<cache_dir>/dev-artifact-key`, so the worker's disk cache stays valid.
 
+API keys are off unless FLOTILLA_ADMIN_KEY is set (then that bootstrap key, and keys created
+with it through /v1/keys, are required, as in production); startup says which.
+
 At startup the HTTP API starts at once while the examples (`examples/*/app.py` +
 `config.json`) are built (cached by content) and deployed in the background; a curl line is
 printed for each.
@@ -26,6 +29,7 @@ from typing import Any
 
 from dispatcher.app import create_app
 from dispatcher.artifacts import ArtifactStore, LocalBackend, artifact_tag
+from dispatcher.auth import Authenticator
 from dispatcher.jobs import JobStore, ResultRecorder
 from dispatcher.registry import Deployer, FunctionVersion, Registry
 from dispatcher.service import callback_poster, options_from, split_listen
@@ -183,6 +187,9 @@ def build_dev(
     app = create_app(
         registry=registry, deployer=deployer, jobs=jobs, transport=transport,
         options=options_from(settings), metrics=DispatcherMetrics(),
+        auth=Authenticator.on_redis(redis, prefix=settings.queue_prefix,
+                                    admin_key=settings.admin_key)
+        if settings.admin_key else None,
     )
     return DevStack(
         app, registry, deployer, transport, ResultRecorder(jobs, callback_poster(http)),
@@ -259,6 +266,11 @@ async def serve_dev(
     await stack.start()
     found = find_examples(examples) if examples is not None else []
     print_fn(f"Flotilla dev mode on {base}  (OpenAPI docs: {base}/docs)")
+    if stack.app.state.api.auth is None:
+        print_fn("  API keys: OFF (dev mode: any caller may deploy and invoke; "
+                 "set FLOTILLA_ADMIN_KEY to require keys)")
+    else:
+        print_fn("  API keys: ON (send `Authorization: Bearer $FLOTILLA_ADMIN_KEY`)")
     print_fn(f"  curl -s {base}/v1/functions")
     if found:
         print_fn(f"deploying {len(found)} examples (built once, then cached)...")

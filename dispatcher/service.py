@@ -1,7 +1,8 @@
 """Process wiring of `flotilla dispatcher`: build the collaborators, serve, shut down in order.
 
-Startup: Redis client, artifact store (S3, bucket created when missing), a sandbox used only
-to validate and precompile deploys, the AMQP transport (declares the topology), the job
+Startup: the Redis client, artifact store (S3, bucket created when missing), a sandbox used
+only to validate and precompile deploys, a check that API keys exist (no key in Redis and no
+bootstrap FLOTILLA_ADMIN_KEY means nobody could call the API: refused unless `insecure`), the AMQP transport (declares the topology), the job
 results consumer, then the HTTP server. Shutdown (SIGINT/SIGTERM handled by uvicorn): stop
 serving, let pending callbacks finish briefly, close the transport (fails waiting callers),
 then the clients.
@@ -18,6 +19,7 @@ import httpx
 
 from dispatcher.app import ApiOptions, create_app
 from dispatcher.artifacts import ArtifactStore, S3Backend
+from dispatcher.auth import Authenticator
 from dispatcher.jobs import JobStore, PostFn, ResultRecorder, parse_hosts
 from dispatcher.registry import Deployer, Registry
 from flotilla.errors import SettingsError
@@ -83,11 +85,24 @@ class Dispatcher:
     recorder: ResultRecorder
     http: httpx.AsyncClient
     sandbox: Any
+    auth: Authenticator | None = None
 
     async def start(self) -> None:
-        """Connect the transport and start consuming job results."""
+        """Check API keys exist (unless insecure), connect the transport, consume job results."""
+        await self.check_auth()
         await self.transport.start()
         await self.transport.consume_job_results(self.recorder.handle)
+
+    async def check_auth(self) -> None:
+        """SettingsError when auth is on but no key could ever authenticate."""
+        if self.auth is None:
+            log.warning("serving WITHOUT API keys (--insecure): any caller may deploy and invoke")
+        elif not await self.auth.configured():
+            raise SettingsError(
+                "no API keys exist: create one with `flotilla keys create --scope admin` (same "
+                "FLOTILLA_REDIS_URL and FLOTILLA_QUEUE_PREFIX), or set FLOTILLA_ADMIN_KEY, or "
+                "serve without keys with --insecure (never in production)"
+            )
 
     async def close(self) -> None:
         """Finish callbacks briefly, then close transport and clients (in that order)."""
@@ -123,6 +138,9 @@ def build(settings: DispatcherSettings) -> Dispatcher:
     sandbox, compile = compile_step(settings.cache_dir)
     transport = AmqpTransport(settings.amqp_url, Topology(prefix=settings.queue_prefix))
     http = httpx.AsyncClient(follow_redirects=False)
+    auth = None if settings.insecure else Authenticator.on_redis(
+        redis, prefix=settings.queue_prefix, admin_key=settings.admin_key
+    )
     app = create_app(
         registry=registry,
         deployer=Deployer(
@@ -132,9 +150,10 @@ def build(settings: DispatcherSettings) -> Dispatcher:
         transport=transport,
         options=options_from(settings),
         metrics=DispatcherMetrics(),
+        auth=auth,
     )
     return Dispatcher(app, redis, transport, ResultRecorder(jobs, callback_poster(http)), http,
-                      sandbox)
+                      sandbox, auth)
 
 
 async def serve(dispatcher: Dispatcher, listen: str, *, log_level: str = "info") -> None:

@@ -255,7 +255,7 @@ async def run_e2e(
             await stack.enter_async_context(
                 _process(
                     [*flotilla, "dispatcher", "--listen", f"127.0.0.1:{http_port}",
-                     "--cache-dir", f"{tmp}/d"],
+                     "--cache-dir", f"{tmp}/d", "--insecure"],
                     http_port, env,  # log level WARNING: no access log line per request
                 )
             )
