@@ -42,6 +42,7 @@ from flotilla.envelope import (
     TIMEOUT,
     Envelope,
     Reply,
+    Started,
     now_ms,
 )
 from flotilla.topology import Topology
@@ -142,7 +143,10 @@ class Client:
             async def record(reply: Reply) -> None:
                 await jobs.complete(reply)
 
-            await self._transport.consume_job_results(record)
+            async def running(notice: Started) -> None:
+                await jobs.mark_running(notice.invocation_id)
+
+            await self._transport.consume_job_results(record, running)
 
     async def close(self) -> None:
         """Close the connection and the Redis client (if this client made it)."""

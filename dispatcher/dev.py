@@ -83,7 +83,9 @@ class DevStack:
     async def start(self) -> None:
         """Start the in-memory transport and route job results to the job store."""
         await self.transport.start()
-        await self.transport.consume_job_results(self.recorder.handle)
+        await self.transport.consume_job_results(
+            self.recorder.handle, self.recorder.started
+        )
 
     async def close(self) -> None:
         """Stop the transport (no more invocations), then close clients and the sandbox."""

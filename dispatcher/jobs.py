@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from flotilla.envelope import EXPIRED, OK, Reply
+from flotilla.envelope import EXPIRED, OK, Reply, Started
 
 log = logging.getLogger(__name__)
 
@@ -181,9 +181,18 @@ class JobStore:
         raw = await self.redis.get(self._k(job_id))
         return JobRecord(**json.loads(raw)) if raw is not None else None
 
-    async def mark_running(self, job_id: str) -> None:
-        """Note that a worker started the job (status `running` until a result arrives)."""
+    async def mark_running(self, job_id: str) -> bool:
+        """Note that a worker started the job (status `running` until a result arrives);
+        False (nothing written) when the job is unknown or already has a result."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.exists(self._k(job_id))
+        pipe.exists(self._k(job_id, ":result"))
+        known, finished = await pipe.execute()
+        if not known or finished:
+            return False
+        # Racing a result stored right now is harmless: `get` prefers the result.
         await self.redis.set(self._k(job_id, ":running"), "1", ex=self.ttl_s)
+        return True
 
     async def complete(self, reply: Reply) -> dict[str, Any] | None:
         """Store the job's result unless one exists; returns it when this call stored it."""
@@ -283,7 +292,7 @@ async def deliver_callback(
 class ResultRecorder:
     """Handles job results from the transport: store first-wins, then fire the callback once.
 
-    Pass `handle` to `Transport.consume_job_results`. Callback deliveries run as background
+    Pass `handle` (and `started`) to `Transport.consume_job_results`. Callback deliveries run as background
     tasks (kept here so they are not garbage-collected); `drain()` awaits them on shutdown.
     """
 
@@ -291,6 +300,10 @@ class ResultRecorder:
         self.jobs = jobs
         self.post = post
         self.tasks: set[asyncio.Task[bool]] = set()
+
+    async def started(self, notice: Started) -> None:
+        """A worker started the job: mark it running (pass to `consume_job_results`)."""
+        await self.jobs.mark_running(notice.invocation_id)
 
     async def handle(self, reply: Reply) -> None:
         """Record one job result; duplicates are ignored (and fire no callback)."""

@@ -15,8 +15,14 @@ import logging
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Self
 
-from dispatcher.transport import BrokerUnavailable, CallTimeout, JobResultHandler, QueueFull
-from flotilla.envelope import REPLY_JOB, REPLY_QUEUE, Envelope, Reply, now_ms
+from dispatcher.transport import (
+    BrokerUnavailable,
+    CallTimeout,
+    JobResultHandler,
+    JobStartedHandler,
+    QueueFull,
+)
+from flotilla.envelope import REPLY_JOB, REPLY_QUEUE, Envelope, Reply, Started, now_ms
 from flotilla.topology import Topology
 from worker.handler import EnvelopeHandler, Handled, Settle
 
@@ -45,6 +51,8 @@ class MemoryTransport:
         self._executor = executor or ThreadPoolExecutor(concurrency, "flotilla-memory")
         self._futures: dict[str, asyncio.Future[Reply]] = {}
         self._job_handler: JobResultHandler | None = None
+        self._started_handler: JobStartedHandler | None = None
+        self._notices: set[asyncio.Task[None]] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self.reply_queue_name = REPLY_QUEUE_NAME
         self.dead_letters: list[bytes] = []
@@ -97,9 +105,12 @@ class MemoryTransport:
             raise ValueError("submit() needs an envelope with reply_mode='job'")
         self._publish(envelope)
 
-    async def consume_job_results(self, handler: JobResultHandler) -> None:
-        """Send every job reply to `handler`."""
+    async def consume_job_results(
+        self, handler: JobResultHandler, on_started: JobStartedHandler | None = None
+    ) -> None:
+        """Send every job reply to `handler` (and notices that a job started to `on_started`)."""
         self._job_handler = handler
+        self._started_handler = on_started
 
     def _publish(self, envelope: Envelope) -> None:
         if not self._tasks:
@@ -113,13 +124,32 @@ class MemoryTransport:
         loop = asyncio.get_running_loop()
         while True:
             body = await self._queue.get()
-            handled = await loop.run_in_executor(self._executor, self._handler.handle, body)
+            handled = await loop.run_in_executor(
+                self._executor, self._handler.handle, body, 0, self._announce
+            )
             try:
                 await self._route(handled)
             except Exception:
                 log.exception("routing a reply failed")
             if handled.settle is Settle.REJECT:
                 self.dead_letters.append(body)
+
+    def _announce(self, started: Started) -> None:
+        # On an invocation thread, just before a job runs.
+        if self._started_handler is not None and self._tasks:
+            self._tasks[0].get_loop().call_soon_threadsafe(self._notify, started)
+
+    def _notify(self, started: Started) -> None:
+        task = asyncio.ensure_future(self._mark_started(started))
+        self._notices.add(task)
+        task.add_done_callback(self._notices.discard)
+
+    async def _mark_started(self, started: Started) -> None:
+        assert self._started_handler is not None
+        try:
+            await self._started_handler(started)
+        except Exception:
+            log.exception("job started handler failed")
 
     async def _route(self, handled: Handled) -> None:
         reply = handled.reply

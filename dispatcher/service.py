@@ -2,10 +2,10 @@
 
 Startup: the Redis client, artifact store (S3, bucket created when missing), a sandbox used
 only to validate and precompile deploys, a check that API keys exist (no key in Redis and no
-bootstrap FLOTILLA_ADMIN_KEY means nobody could call the API: refused unless `insecure`), the AMQP transport (declares the topology), the job
-results consumer, then the HTTP server. Shutdown (SIGINT/SIGTERM handled by uvicorn): stop
-serving, let pending callbacks finish briefly, close the transport (fails waiting callers),
-then the clients.
+bootstrap FLOTILLA_ADMIN_KEY means nobody could call the API: refused unless `insecure`),
+the AMQP transport (declares the topology), the job results consumer, then the HTTP server.
+Shutdown (SIGINT/SIGTERM handled by uvicorn): stop serving, let pending callbacks finish
+briefly, close the transport (fails waiting callers), then the clients.
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ from typing import Any
 import httpx
 
 from dispatcher.app import ApiOptions, create_app
-from dispatcher.artifacts import ArtifactStore, S3Backend
 from dispatcher.auth import Authenticator
+from dispatcher.artifacts import ArtifactStore, S3Backend
 from dispatcher.jobs import JobStore, PostFn, ResultRecorder, parse_hosts
 from dispatcher.registry import Deployer, Registry
+from flotilla import logs
 from flotilla.errors import SettingsError
 from flotilla.metrics import DispatcherMetrics
 from flotilla.settings import DispatcherSettings
@@ -91,7 +92,9 @@ class Dispatcher:
         """Check API keys exist (unless insecure), connect the transport, consume job results."""
         await self.check_auth()
         await self.transport.start()
-        await self.transport.consume_job_results(self.recorder.handle)
+        await self.transport.consume_job_results(
+            self.recorder.handle, self.recorder.started
+        )
 
     async def check_auth(self) -> None:
         """SettingsError when auth is on but no key could ever authenticate."""
@@ -164,8 +167,9 @@ async def serve(dispatcher: Dispatcher, listen: str, *, log_level: str = "info")
     await dispatcher.start()
     try:
         server = uvicorn.Server(
+            # log_config=None: uvicorn's loggers propagate to ours (JSON like the rest).
             uvicorn.Config(dispatcher.app, host=host, port=port, log_level=log_level.lower(),
-                           lifespan="off")
+                           lifespan="off", log_config=None)
         )
         await server.serve()
     finally:
@@ -174,8 +178,7 @@ async def serve(dispatcher: Dispatcher, listen: str, *, log_level: str = "info")
 
 def run(settings: DispatcherSettings) -> int:
     """Entry point of `flotilla dispatcher`: serve until SIGINT/SIGTERM; the exit status."""
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.configure(settings.log_level, settings.log_format)
     dispatcher = build(settings)
     asyncio.run(serve(dispatcher, settings.listen, log_level=settings.log_level))
     return 0

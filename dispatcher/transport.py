@@ -5,8 +5,9 @@ A transport does three things:
 - `call(envelope, timeout) -> Reply`: publish a synchronous invocation and wait for its reply
   on the caller's own reply queue, matched by correlation id;
 - `submit(envelope)`: publish a job (publisher-confirmed: once it returns, the broker has it);
-- `consume_job_results(handler)`: feed job replies to an async callback; a result is acked
-  only after the callback returned, so it survives a dispatcher dying mid-way.
+- `consume_job_results(handler, on_started)`: feed job replies to an async callback (and
+  workers' `Started` notices to `on_started`); a result is acked only after the callback
+  returned, so it survives a dispatcher dying mid-way.
 
 Publishing errors are typed: `QueueFull` (the invocations queue is at `x-max-length` and
 rejected the publish) and `BrokerUnavailable` (no connection); both become 503 upstream.
@@ -33,13 +34,23 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
-from flotilla.envelope import REPLY_JOB, REPLY_QUEUE, Envelope, EnvelopeError, Reply, now_ms
+from flotilla.envelope import (
+    REPLY_JOB,
+    REPLY_QUEUE,
+    STARTED_TYPE,
+    Envelope,
+    EnvelopeError,
+    Reply,
+    Started,
+    now_ms,
+)
 from flotilla.errors import FlotillaError
 from flotilla.topology import RECONNECT_INTERVAL_S, Topology, message_ttl_ms
 
 log = logging.getLogger(__name__)
 
 JobResultHandler = Callable[[Reply], Awaitable[None]]
+JobStartedHandler = Callable[[Started], Awaitable[None]]
 
 
 class TransportError(FlotillaError):
@@ -73,8 +84,11 @@ class Transport(Protocol):
     async def submit(self, envelope: Envelope) -> None:
         """Queue `envelope` as a job (reply mode must be "job"); returns once accepted."""
 
-    async def consume_job_results(self, handler: JobResultHandler) -> None:
-        """Start feeding job replies to `handler` (each acked after `handler` returns)."""
+    async def consume_job_results(
+        self, handler: JobResultHandler, on_started: JobStartedHandler | None = None
+    ) -> None:
+        """Start feeding job replies to `handler` (each acked after `handler` returns) and
+        workers' notices that a job started to `on_started`."""
 
 
 class AmqpTransport:
@@ -184,7 +198,9 @@ class AmqpTransport:
                 f"within {self._publish_timeout:.3f}s"
             ) from None
 
-    async def consume_job_results(self, handler: JobResultHandler) -> None:
+    async def consume_job_results(
+        self, handler: JobResultHandler, on_started: JobStartedHandler | None = None
+    ) -> None:
         """Consume the durable job-results queue on a channel of its own."""
         if self._connection is None:
             raise BrokerUnavailable("transport not started")
@@ -197,6 +213,9 @@ class AmqpTransport:
         )
 
         async def on_message(message: AbstractIncomingMessage) -> None:
+            if message.type == STARTED_TYPE:
+                await _on_started(message, on_started)
+                return
             try:
                 reply = Reply.decode(message.body)
             except EnvelopeError as exc:
@@ -263,6 +282,19 @@ class AmqpTransport:
             log.info("dropping late or stray reply %s", reply.correlation_id)
             return
         fut.set_result(reply)
+
+
+async def _on_started(message: AbstractIncomingMessage, on_started: JobStartedHandler | None) -> None:
+    # A notice is informative: failures are logged and the notice dropped, never retried.
+    try:
+        started = Started.decode(message.body)
+        if on_started is not None:
+            await on_started(started)
+    except EnvelopeError as exc:
+        log.warning("dropping malformed job started notice: %s", exc)
+    except Exception:
+        log.exception("job started handler failed")
+    await message.ack()
 
 
 def _delivery_error(exc: aio_pika.exceptions.DeliveryError) -> TransportError:

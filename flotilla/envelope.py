@@ -28,6 +28,9 @@ REPLY_QUEUE = "reply"  # a synchronous caller's own reply queue (`reply_to`)
 REPLY_JOB = "job"  # the durable job-results queue the dispatchers consume
 REPLY_MODES = (REPLY_QUEUE, REPLY_JOB)
 
+# AMQP `type` of a `Started` notice on the job-results queue (replies carry no type).
+STARTED_TYPE = "flotilla.started"
+
 # Outcomes: the sandbox's six, then the ones the worker decides before or around it.
 OK = "ok"
 TIMEOUT = "timeout"
@@ -191,6 +194,30 @@ class Reply:
             timings={k: float(v) for k, v in timings.items()},
             version=m["v"],
         )
+
+
+@dataclass(frozen=True)
+class Started:
+    """A worker's notice that it began running a job: the job is `running` until its reply.
+
+    Published to the job-results queue (AMQP type `STARTED_TYPE`) before the job runs, on
+    the channel its reply will use, so it normally arrives first; a late one is harmless
+    (a stored result wins over the running mark).
+    """
+
+    invocation_id: str
+    attempt: int = 1
+    version: int = FORMAT_VERSION
+
+    def encode(self) -> bytes:
+        """msgpack bytes of this notice."""
+        return _pack({"v": self.version, "id": self.invocation_id, "at": self.attempt})
+
+    @classmethod
+    def decode(cls, data: bytes) -> Started:
+        """Parse msgpack bytes; raises `EnvelopeError` on anything malformed."""
+        m = _unpack(data, "started notice")
+        return cls(_get(m, "id", str), _get(m, "at", int), m["v"])
 
 
 def reply_to(envelope: Envelope, outcome: str, error: str = "", **fields: Any) -> Reply:

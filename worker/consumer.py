@@ -26,7 +26,7 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
-from flotilla.envelope import NOT_FOUND
+from flotilla.envelope import NOT_FOUND, STARTED_TYPE, Started
 from flotilla.metrics import WorkerMetrics
 from flotilla.topology import Topology
 from worker.handler import EnvelopeHandler, Handled, Settle
@@ -62,10 +62,13 @@ class Consumer:
         self._stopping = False
         self._stop = asyncio.Event()
         self._metrics = metrics
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._notices: set[asyncio.Task[None]] = set()
         self.settled = {s: 0 for s in Settle}
 
     async def start(self) -> None:
         """Open the channel, declare the topology and start consuming."""
+        self._loop = asyncio.get_running_loop()
         # The robust channel re-applies qos, re-declares and re-consumes after a reconnect.
         self._channel = await self._connection.channel(publisher_confirms=True)
         # Sync replies go out unconfirmed: their queue is transient anyway, and not waiting
@@ -162,7 +165,13 @@ class Consumer:
         if metrics is not None:
             metrics.in_flight.inc()
         try:
-            handled = await loop.run_in_executor(self._executor, self._handler.handle, message.body)
+            handled = await loop.run_in_executor(
+                self._executor,
+                self._handler.handle,
+                message.body,
+                _redeliveries(message),
+                self._announce,
+            )
         finally:
             if metrics is not None:
                 metrics.in_flight.dec()
@@ -200,6 +209,36 @@ class Consumer:
             routing_key=handled.route,
         )
 
+    def _announce(self, started: Started) -> None:
+        # Called on an invocation thread just before a job runs.
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._publish_started, started)
+
+    def _publish_started(self, started: Started) -> None:
+        # Fire and forget on the job results' (confirmed) channel, ahead of the reply; a
+        # notice that is lost only leaves the job reading `queued` until its result.
+        channel = self._channel
+        if channel is None or channel.is_closed:
+            return
+        task = asyncio.create_task(self._send_started(channel, started))
+        self._notices.add(task)
+        task.add_done_callback(self._notices.discard)
+
+    async def _send_started(self, channel: AbstractChannel, started: Started) -> None:
+        try:
+            await channel.default_exchange.publish(
+                aio_pika.Message(
+                    started.encode(),
+                    correlation_id=started.invocation_id,
+                    type=STARTED_TYPE,
+                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                    content_type="application/msgpack",
+                ),
+                routing_key=self._topology.job_results,
+            )
+        except Exception as exc:  # noqa: BLE001
+            log.warning("job %s started notice not published: %s", started.invocation_id, exc)
+
     async def _settle(self, message: AbstractIncomingMessage, decision: Settle) -> None:
         try:
             if decision is Settle.ACK:
@@ -212,6 +251,13 @@ class Consumer:
         except Exception as exc:  # noqa: BLE001
             # The channel died: the broker already returned the delivery to the queue.
             log.warning("could not %s delivery %s: %s", decision.value, message.delivery_tag, exc)
+
+
+def _redeliveries(message: AbstractIncomingMessage) -> int:
+    """Earlier deliveries of `message`: the quorum queue's `x-delivery-count` (absent at first)."""
+    headers = message.headers
+    count = headers.get("x-delivery-count") if headers else None
+    return count if isinstance(count, int) and count > 0 else 0
 
 
 def _label(handled: Handled) -> str:

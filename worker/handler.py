@@ -8,12 +8,17 @@ in-process `MemoryTransport` run for each delivery, on a worker thread:
 - otherwise the `Runner` runs it -> its reply (ok, guest failure, not_found...), ACK;
 - the runner raising -> `internal` reply, ACK (retrying a worker bug would not help).
 
+A redelivered envelope's `attempt` is raised by the broker's count of earlier deliveries
+(`x-delivery-count` of the quorum queue, passed in as `redeliveries`). A job about to run is
+announced through `on_start` (a `Started` notice; the job then reads as `running`).
+
 The transport then publishes the reply (if any) to `route` and settles the delivery: reply
 first, ack second, so a worker dying in between causes a redelivery, never a lost reply.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
 import time
@@ -29,9 +34,11 @@ from flotilla.envelope import (
     Envelope,
     EnvelopeError,
     Reply,
+    Started,
     now_ms,
     reply_to,
 )
+from flotilla import logs
 from flotilla.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
@@ -84,19 +91,34 @@ class EnvelopeHandler:
         self._clock = clock
         self._metrics = metrics
 
-    def handle(self, body: bytes) -> Handled:
-        """Handle one delivery's body; never raises."""
-        handled = self._handle(body)
+    def handle(
+        self,
+        body: bytes,
+        redeliveries: int = 0,
+        on_start: Callable[[Started], None] | None = None,
+    ) -> Handled:
+        """Handle one delivery's body; never raises.
+
+        `redeliveries`: how often the broker delivered it before (raises `attempt`);
+        `on_start`: called (on this thread) just before a job-mode envelope runs.
+        """
+        handled = self._handle(body, redeliveries, on_start)
         if self._metrics is not None:
             observe(self._metrics, handled)
         return handled
 
-    def _handle(self, body: bytes) -> Handled:
+    def _handle(
+        self, body: bytes, redeliveries: int, on_start: Callable[[Started], None] | None
+    ) -> Handled:
+        logs.unbind()  # this thread's previous delivery
         try:
             envelope = Envelope.decode(body)
         except EnvelopeError as exc:
             log.warning("rejecting malformed envelope to the DLQ: %s", exc)
             return Handled(Settle.REJECT)
+        logs.bind(envelope.invocation_id, envelope.function)
+        if redeliveries > 0:
+            envelope = dataclasses.replace(envelope, attempt=envelope.attempt + redeliveries)
         route = self._job_results if envelope.reply_mode == REPLY_JOB else envelope.reply_to
         now = self._clock()
         queued_ms = now - envelope.published_ms if envelope.published_ms > 0 else None
@@ -104,6 +126,11 @@ class EnvelopeHandler:
         if budget is None:
             reply = reply_to(envelope, EXPIRED, "the invocation's deadline passed before it ran")
             return Handled(Settle.ACK, reply, route, envelope.function, queued_ms)
+        if on_start is not None and envelope.reply_mode == REPLY_JOB:
+            try:
+                on_start(Started(envelope.invocation_id, envelope.attempt))
+            except Exception:  # the running mark is informative: run the job anyway
+                log.exception("announcing job %s as started failed", envelope.invocation_id)
         started = time.perf_counter()
         try:
             reply = self._runner.run(envelope, budget)
