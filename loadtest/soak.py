@@ -19,6 +19,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -76,6 +77,7 @@ class Plan:
     max_growth: float = 0.10
     amqp_url: str = AMQP
     redis_url: str = REDIS
+    aws_endpoint_url: str | None = None  # None: start a moto server
 
 
 @dataclass
@@ -142,7 +144,7 @@ def free_port() -> int:
 class _Upstream(BaseHTTPRequestHandler):
     """The local server the `http` calls reach: answers every GET with a small body."""
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:
         body = b"upstream ok"
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
@@ -154,75 +156,140 @@ class _Upstream(BaseHTTPRequestHandler):
 
 
 class Fleet:
-    """The processes of one soak: moto, a dispatcher and the workers, logs in a temp dir."""
+    """Real processes of a fleet: moto, dispatchers and workers, each logging to a file.
 
-    def __init__(self, plan: Plan) -> None:
-        self.plan = plan
-        self.prefix = f"soak{uuid.uuid4().hex[:8]}"
-        self.dir = Path(tempfile.mkdtemp(prefix="flotilla-soak-"))  # logs
-        # Compiled artifacts are cached by content: a second soak does not compile again.
+    Used by the soak and by the fault tests (tests/hardening/test_faults.py), which kill,
+    restart and reroute single processes by name.
+    """
+
+    def __init__(
+        self,
+        amqp_url: str = AMQP,
+        redis_url: str = REDIS,
+        *,
+        prefix: str | None = None,
+        aws_endpoint_url: str | None = None,
+    ) -> None:
+        self.amqp_url = amqp_url
+        self.redis_url = redis_url
+        self.prefix = prefix or f"soak{uuid.uuid4().hex[:8]}"
+        self.dir = Path(tempfile.mkdtemp(prefix="flotilla-fleet-"))  # logs
+        # Compiled artifacts are cached by content: a second run does not compile again.
         self.cache_dir = WorkerSettings.from_env().cache_dir
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.api = ""
+        self.urls: dict[str, str] = {}  # dispatcher name -> base URL
+        self.logs: dict[str, Path] = {}  # process name -> log of its latest start
+        self.aws_endpoint_url = aws_endpoint_url
+        self.env = dict(os.environ, AWS_ACCESS_KEY_ID="soak", AWS_SECRET_ACCESS_KEY="soak")
+
+    @property
+    def api(self) -> str:
+        """Base URL of the first dispatcher."""
+        return next(iter(self.urls.values()))
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
-        log = open(self.dir / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
+        # One log per start, so a restarted process is judged by its own lines.
+        self.logs[name] = self.dir / f"{name}.{len(list(self.dir.glob(name + '.*')))}.log"
+        log = open(self.logs[name], "wb")  # noqa: SIM115 - the child keeps it
         self.procs[name] = subprocess.Popen(
-            args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env or dict(os.environ)
+            args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env or self.env
         )
+        log.close()
 
-    def start(self) -> None:
-        """Start moto, the dispatcher and the workers; wait until each is ready."""
-        moto_port, api_port = free_port(), free_port()
-        self._spawn("moto", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
-                             "-p", str(moto_port)])
-        _wait_port(moto_port, 30)
-        env = dict(os.environ, AWS_ACCESS_KEY_ID="soak", AWS_SECRET_ACCESS_KEY="soak")
-        common = [
-            "--amqp-url", self.plan.amqp_url, "--redis-url", self.plan.redis_url,
-            "--aws-endpoint-url", f"http://127.0.0.1:{moto_port}",
+    def _common(self, redis_url: str | None) -> list[str]:
+        assert self.aws_endpoint_url is not None, "start_moto() first"
+        return [
+            "--amqp-url", self.amqp_url, "--redis-url", redis_url or self.redis_url,
+            "--aws-endpoint-url", self.aws_endpoint_url,
             "--artifact-bucket", f"{self.prefix}-art", "--artifact-key", "soak-key",
-            "--queue-prefix", self.prefix,
-        ]
-        self._spawn("dispatcher", [sys.executable, "-m", "flotilla", "dispatcher", *common,
-                                   "--cache-dir", self.cache_dir, "--insecure",
-                                   "--listen", f"127.0.0.1:{api_port}"], env)
-        for i in range(self.plan.workers):
-            self._spawn(f"worker-{i}", [
-                sys.executable, "-m", "flotilla", "worker", *common,
-                "--cache-dir", self.cache_dir, "--metrics-port", "0",
-                "--concurrency", str(self.plan.worker_concurrency),
-            ], dict(env, **{SECRET_ENV: "worker-secret"}))
-        self.api = f"http://127.0.0.1:{api_port}"
-        _wait_port(api_port, 60)
-        for i in range(self.plan.workers):
+            "--queue-prefix", self.prefix, "--cache-dir", self.cache_dir,
+        ]  # fmt: skip
+
+    def start_moto(self) -> None:
+        """Start a moto server (S3 for artifacts) unless an endpoint was given."""
+        if self.aws_endpoint_url is not None:
+            return
+        port = free_port()
+        self._spawn(
+            "moto", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+        )
+        _wait_port(port, 30)
+        self.aws_endpoint_url = f"http://127.0.0.1:{port}"
+
+    def start_dispatcher(self, name: str = "dispatcher", *, redis_url: str | None = None) -> str:
+        """Start a dispatcher (auth off: --insecure); its base URL once it listens."""
+        port = free_port()
+        self._spawn(
+            name,
+            [
+                sys.executable,
+                "-m",
+                "flotilla",
+                "dispatcher",
+                *self._common(redis_url),
+                "--insecure",
+                "--listen",
+                f"127.0.0.1:{port}",
+            ],
+        )
+        self.urls[name] = f"http://127.0.0.1:{port}"
+        _wait_port(port, 60, self.procs[name])
+        return self.urls[name]
+
+    def start_worker(
+        self, name: str, *, concurrency: int = 2, redis_url: str | None = None, wait: bool = True
+    ) -> None:
+        """Start a worker; with `wait`, return once it consumes."""
+        self._spawn(name, [
+            sys.executable, "-m", "flotilla", "worker", *self._common(redis_url),
+            "--metrics-port", "0", "--concurrency", str(concurrency),
+        ], dict(self.env, **{SECRET_ENV: "worker-secret"}))  # fmt: skip
+        if wait:
+            self._wait_log(name, b"worker consuming", 60)
+
+    def start(self, workers: int = 2, worker_concurrency: int = 2) -> None:
+        """moto, one dispatcher and `workers` workers, each ready."""
+        self.start_moto()
+        self.start_dispatcher()
+        for i in range(workers):
+            self.start_worker(f"worker-{i}", concurrency=worker_concurrency, wait=False)
+        for i in range(workers):
             self._wait_log(f"worker-{i}", b"worker consuming", 60)
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Send `sig` to one process and reap it."""
+        proc = self.procs[name]
+        proc.send_signal(sig)
+        proc.wait(30)
 
     def log_tail(self, name: str, size: int = 2000) -> str:
         """The end of one process's log."""
-        return (self.dir / f"{name}.log").read_bytes()[-size:].decode(errors="replace")
+        return self.logs[name].read_bytes()[-size:].decode(errors="replace")
 
     def _wait_log(self, name: str, needle: bytes, timeout: float) -> None:
         end = time.monotonic() + timeout
-        path = self.dir / f"{name}.log"
+        path = self.logs[name]
         while time.monotonic() < end:
             if needle in path.read_bytes():
                 return
             if self.procs[name].poll() is not None:
                 break
             time.sleep(0.1)
-        raise RuntimeError(f"{name} not ready: {path.read_bytes()[-2000:].decode(errors='replace')}")
+        raise RuntimeError(
+            f"{name} not ready: {path.read_bytes()[-2000:].decode(errors='replace')}"
+        )
 
     def pids(self) -> dict[str, int]:
-        """Processes whose RSS is judged (ours), plus this one."""
-        out = {name: p.pid for name, p in self.procs.items()}
+        """Process ids of the fleet by name, plus this process as `soak`."""
+        out = {name: p.pid for name, p in self.procs.items() if p.poll() is None}
         out["soak"] = os.getpid()
         return out
 
     def stop(self) -> None:
-        """Terminate every process (kill after 10 s) and delete the queues."""
+        """Terminate every process (kill after 10 s) and delete the queues and keys."""
         for p in self.procs.values():
-            p.terminate()
+            if p.poll() is None:
+                p.terminate()
         for p in self.procs.values():
             try:
                 p.wait(10)
@@ -239,19 +306,19 @@ class Fleet:
 
         from flotilla.topology import Topology
 
-        connection = await aio_pika.connect(self.plan.amqp_url)
+        connection = await aio_pika.connect(self.amqp_url)
         async with connection:
             await Topology(self.prefix).delete(await connection.channel())
-        redis = aioredis.from_url(self.plan.redis_url)
+        redis = aioredis.from_url(self.redis_url)
         for pattern in (f"{self.prefix}:*", f"fn:{self.prefix}:*"):
             async for key in redis.scan_iter(match=pattern, count=1000):
                 await redis.delete(key)
         await redis.aclose()
 
 
-def _wait_port(port: int, timeout: float) -> None:
+def _wait_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
     end = time.monotonic() + timeout
-    while time.monotonic() < end:
+    while time.monotonic() < end and (proc is None or proc.poll() is None):
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 return
@@ -369,9 +436,16 @@ async def _drive(plan: Plan, fleet: Fleet, upstream: str, report: Report) -> Non
         await deploy(client, "echo", build_wat("echo"), {"timeout_ms": 10_000})
         probe = build_guest(PROBE_APP).read_bytes()
         host = upstream.removeprefix("http://")
-        await deploy(client, "probe", probe, {
-            "timeout_ms": 10_000, "allowed_hosts": [host], "cache_namespace": fleet.prefix,
-        })
+        await deploy(
+            client,
+            "probe",
+            probe,
+            {
+                "timeout_ms": 10_000,
+                "allowed_hosts": [host],
+                "cache_namespace": fleet.prefix,
+            },
+        )
         await deploy(client, "hostile", probe, {"timeout_ms": 300})
         await deploy(client, "greedy", probe, {"timeout_ms": 10_000, "memory_limit_mb": 64})
         traffic = Traffic(client, upstream, report)
@@ -405,10 +479,10 @@ def run_soak(plan: Plan) -> Report:
     """Start the fleet, drive the traffic, stop everything; the report says what happened."""
     upstream = ThreadingHTTPServer(("127.0.0.1", 0), _Upstream)
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
-    fleet = Fleet(plan)
+    fleet = Fleet(plan.amqp_url, plan.redis_url, aws_endpoint_url=plan.aws_endpoint_url)
     report = Report()
     try:
-        fleet.start()
+        fleet.start(plan.workers, plan.worker_concurrency)
         asyncio.run(_drive(plan, fleet, f"http://127.0.0.1:{upstream.server_address[1]}", report))
     finally:
         fleet.stop()
