@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
@@ -78,6 +79,7 @@ from flotilla.envelope import (
     Reply,
     now_ms,
 )
+from flotilla import logs
 from flotilla.errors import ComponentError
 from flotilla.metrics import DispatcherMetrics
 
@@ -219,6 +221,15 @@ def create_app(
     return app
 
 
+_FUNCTION_PATH = re.compile(r"^/v1/functions/([^/]+)")
+
+
+def function_of(path: str) -> str | None:
+    """The function a request path names (for log lines), or None."""
+    match = _FUNCTION_PATH.match(path)
+    return match.group(1) if match else None
+
+
 class InvocationIdMiddleware:
     """Gives every request an invocation id (request.state.invocation_id) and echoes it in
     the `flotilla-invocation-id` response header; turns unhandled errors into a 500 problem;
@@ -236,6 +247,7 @@ class InvocationIdMiddleware:
             return
         invocation_id = new_id()
         scope.setdefault("state", {})["invocation_id"] = invocation_id
+        logs.bind(invocation_id, function_of(scope.get("path", "")))
         started = False
         status = 500
         began = time.perf_counter()
@@ -606,7 +618,11 @@ async def healthz() -> dict[str, str]:
     responses=openapi.problem_responses(Unavailable),
 )
 async def readyz(api: Api = ApiDep) -> dict[str, str]:
-    """Ready when Redis (registry and jobs) answers a PING within a second."""
+    """Ready when the broker connection is open and Redis answers a PING within a second."""
+    if hasattr(api.transport, "connection"):  # the AMQP transport (dev mode has no broker)
+        connection = api.transport.connection
+        if connection is None or connection.is_closed:
+            raise Unavailable("the RabbitMQ connection is not open")
     try:
         await asyncio.wait_for(api.registry.redis.ping(), READY_TIMEOUT_S)
     except (TimeoutError, OSError) as exc:

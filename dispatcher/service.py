@@ -141,6 +141,7 @@ def build(settings: DispatcherSettings) -> Dispatcher:
     sandbox, compile = compile_step(settings.cache_dir)
     transport = AmqpTransport(settings.amqp_url, Topology(prefix=settings.queue_prefix))
     http = httpx.AsyncClient(follow_redirects=False)
+    metrics = DispatcherMetrics()
     auth = None if settings.insecure else Authenticator.on_redis(
         redis, prefix=settings.queue_prefix, admin_key=settings.admin_key
     )
@@ -152,9 +153,10 @@ def build(settings: DispatcherSettings) -> Dispatcher:
         jobs=jobs,
         transport=transport,
         options=options_from(settings),
-        metrics=DispatcherMetrics(),
+        metrics=metrics,
         auth=auth,
     )
+    metrics.watch_transport(transport)
     return Dispatcher(app, redis, transport, ResultRecorder(jobs, callback_poster(http)), http,
                       sandbox, auth)
 

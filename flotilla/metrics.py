@@ -7,7 +7,11 @@ in, so tests can read values without a global registry).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 # Sandbox phases are microseconds to milliseconds; end-to-end up to the 900 s timeout cap.
 FAST_BUCKETS = (
@@ -98,11 +102,28 @@ class DispatcherMetrics:
             "flotilla_reply_latency_seconds", "Publish to reply received",
             buckets=FAST_BUCKETS, registry=r,
         )
-        self.stray_replies = Counter(
-            "flotilla_stray_replies_total", "Replies for unknown (late, duplicate) correlation ids",
-            registry=r,
-        )
+        self._transport: object | None = None
+        r.register(_TransportCollector(self))
         self.publishes = Counter(
             "flotilla_publishes_total", "Envelope publishes by result (confirmed, rejected, failed)",
             ["result"], registry=r,
         )
+
+    def watch_transport(self, transport: object) -> None:
+        """Report the transport's count of stray replies (it counts them on its reply path)."""
+        self._transport = transport
+
+
+class _TransportCollector(Collector):
+    """`flotilla_stray_replies_total`, read from the transport at scrape time."""
+
+    def __init__(self, metrics: DispatcherMetrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "flotilla_stray_replies",
+            "Replies for unknown (late, duplicate) correlation ids",
+        )
+        family.add_metric([], getattr(self._metrics._transport, "stray_replies", 0))
+        yield family

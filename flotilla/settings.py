@@ -53,6 +53,9 @@ class _Base:
         help="Local directory for compiled artifacts and built guests", factory=_default_cache_dir
     )
     log_level: str = _setting("INFO", help="Log level: DEBUG, INFO, WARNING, ERROR")
+    log_format: str = _setting(
+        "json", help="Log lines as json (one object per line) or text (human-readable)"
+    )
 
     @classmethod
     def from_env(cls: type[T], environ: Mapping[str, str] | None = None, **overrides: Any) -> T:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
 import sys
 from typing import Any, TypeVar
 
+from flotilla import logs
 from flotilla.errors import FlotillaError
 from flotilla.settings import DispatcherSettings, WorkerSettings
 
@@ -65,8 +65,5 @@ def run(args: argparse.Namespace) -> int:
     except FlotillaError as exc:
         print(f"flotilla worker: error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.configure(settings.log_level, settings.log_format)
     return run_process(settings)
