@@ -142,6 +142,8 @@ class EnvelopeHandler:
                 f"worker error: {type(exc).__name__}: {exc}",
                 timings={"total_ms": (time.perf_counter() - started) * 1000},
             )
+        if log.isEnabledFor(logging.DEBUG):  # tagged with the invocation by flotilla.logs
+            log.debug("ran: %s in %.2f ms", reply.outcome, (time.perf_counter() - started) * 1000)
         return Handled(Settle.ACK, reply, route, envelope.function, queued_ms)
 
 
