@@ -667,6 +667,8 @@ def _parse_config(text: str, name: str) -> FunctionConfig:
         data = json.loads(text)
     except ValueError as exc:
         raise InvalidConfig(f"config is not valid JSON: {exc}", field="config") from None
+    except RecursionError:  # a config is flat; thousands of nested brackets are an attack
+        raise InvalidConfig("config JSON is nested too deeply", field="config") from None
     if isinstance(data, dict) and data.get("name") == name:
         data = {k: v for k, v in data.items() if k != "name"}
     try:
