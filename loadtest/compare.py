@@ -57,8 +57,9 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 async def _measure(name: str, call: Call, concurrency: int, duration_s: float) -> RunResult:
-    return await closed_loop(name, call, concurrency=concurrency, duration_s=duration_s,
-                             warmup=max(5, concurrency))
+    # Warm up with the run's concurrency; a failing warm-up call shows in the run's errors.
+    await asyncio.gather(*(call() for _ in range(max(5, concurrency))), return_exceptions=True)
+    return await closed_loop(name, call, concurrency=concurrency, duration_s=duration_s)
 
 
 async def _delete_queue(name: str) -> None:

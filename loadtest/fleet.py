@@ -91,7 +91,7 @@ class Fleet:
     redis_url: str = "redis://127.0.0.1:6379/0"
     aws_endpoint_url: str | None = None
     log_dir: Path | None = None
-    json_logs: bool = False
+    log_level: str = "WARNING"
     prefix: str = field(default_factory=lambda: f"lt{uuid.uuid4().hex[:10]}")
     base_url: str = ""
     worker_ports: list[int] = field(default_factory=list)
@@ -109,10 +109,9 @@ class Fleet:
             "FLOTILLA_ARTIFACT_BUCKET": self.prefix,
             "FLOTILLA_ARTIFACT_KEY": f"loadtest-{self.prefix}",
             "FLOTILLA_QUEUE_PREFIX": self.prefix,
-            "FLOTILLA_LOG_LEVEL": "WARNING",
+            "FLOTILLA_LOG_LEVEL": self.log_level,
+            "FLOTILLA_LOG_FORMAT": "json",
         })
-        if self.json_logs:
-            env["FLOTILLA_LOG_FORMAT"] = "json"
         return env
 
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
@@ -158,9 +157,22 @@ class Fleet:
             ready.append(wait_ready(f"http://127.0.0.1:{port}/readyz", proc, 60))
         try:
             await asyncio.gather(*ready)
+        except FleetError as exc:
+            await self.stop()
+            raise FleetError(f"{exc}\n{self.log_tail()}") from None
         except BaseException:
             await self.stop()
             raise
+
+    def log_tail(self, lines: int = 5) -> str:
+        """The last lines of each process's log (for errors), when logging to files."""
+        if self.log_dir is None:
+            return "(run with log_dir to keep the processes' output)"
+        out = []
+        for path in sorted(self.log_dir.glob("*.log")):
+            tail = path.read_text(errors="replace").splitlines()[-lines:]
+            out.append(f"--- {path.name}\n" + "\n".join(line[:500] for line in tail))
+        return "\n".join(out)
 
     async def deploy(self, components: dict[str, bytes]) -> None:
         """Deploy each component under its name (idempotent)."""
