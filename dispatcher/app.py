@@ -639,6 +639,13 @@ async def prometheus_metrics(api: Api = ApiDep) -> Response:
 
 
 async def _read_deploy_form(request: Request, name: str) -> tuple[FunctionConfig, bytes]:
+    content_type = request.headers.get("content-type", "")
+    if not content_type.lower().startswith("multipart/form-data"):
+        # Starlette would parse anything else as an empty form: say what is wrong instead.
+        raise InvalidRequest(
+            f"expected a multipart/form-data body (parts `component`, `config`), got "
+            f"{content_type[:100] or 'no content type'!r}"
+        )
     try:
         form = await request.form(max_files=1, max_fields=4)
     except Exception as exc:  # noqa: BLE001 - malformed multipart bodies raise several types
