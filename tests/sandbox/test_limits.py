@@ -8,6 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from flotilla.config import MAX_MAX_BODY_BYTES
+
 from tests.sandbox.conftest import FakeCache, config, req
 from worker.hosts.base import HostError
 from worker.sandbox import LoadedFunction, Outcome, RequestTooLarge, Sandbox
@@ -100,17 +102,26 @@ def test_response_larger_than_memory_limit_cannot_be_built(
 
 def test_100_mib_response_is_a_bad_response(sandbox: Sandbox, modes: LoadedFunction) -> None:
     body = b"b" + struct.pack("<I", 100 * 1024 * 1024)  # fits the 128 MiB default memory
-    result = sandbox.invoke(modes, config(memory_limit_mb=128, max_body_bytes=64 << 20), req(body))
+    result = sandbox.invoke(
+        modes, config(memory_limit_mb=128, max_body_bytes=MAX_MAX_BODY_BYTES), req(body)
+    )
     assert result.outcome is Outcome.BAD_RESPONSE
     assert "too much data" in (result.error or "")
     assert_next_ok(sandbox, modes)
 
 
-def test_request_over_the_transfer_budget_is_refused(
+def test_largest_allowed_body_round_trips_and_one_more_byte_is_refused(
     sandbox: Sandbox, echo: LoadedFunction
 ) -> None:
-    with pytest.raises(RequestTooLarge, match="exceeds max_body_bytes=3500000"):
-        sandbox.invoke(echo, config(max_body_bytes=64 << 20), req(bytes(3_500_001)))
+    # The config cap sits below wasmtime's per-call copy budget, so the largest body a
+    # config allows must make it in and back out of the guest.
+    cfg = config(max_body_bytes=MAX_MAX_BODY_BYTES)
+    body = bytes(range(256)) * (MAX_MAX_BODY_BYTES // 256)
+    result = sandbox.invoke(echo, cfg, req(body))
+    assert result.outcome is Outcome.OK, result.error
+    assert result.response is not None and result.response.body == body
+    with pytest.raises(RequestTooLarge, match=f"exceeds max_body_bytes={MAX_MAX_BODY_BYTES}"):
+        sandbox.invoke(echo, cfg, req(body + b"x"))
 
 
 def test_request_over_max_body_is_refused(sandbox: Sandbox, echo: LoadedFunction) -> None:

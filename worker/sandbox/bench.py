@@ -17,7 +17,7 @@ from typing import Any
 import wasmtime
 from wasmtime.component import Component, Linker, Record
 
-from flotilla.config import FunctionConfig
+from flotilla.config import MAX_MAX_BODY_BYTES, FunctionConfig
 from worker.sandbox.results import Request
 from worker.sandbox.sandbox import LoadedFunction, Sandbox, new_request
 
@@ -178,7 +178,7 @@ def run_bench(
         from flotilla.build import build_guest
 
         python_wasm = build_guest(python_app, cache_dir=cache_dir).read_bytes()
-    config = FunctionConfig(name="bench", max_body_bytes=4 * 1024 * 1024)
+    config = FunctionConfig(name="bench", max_body_bytes=MAX_MAX_BODY_BYTES)
     sandbox = Sandbox(None, cache_dir=cache_dir)
     try:
         trivial = flotilla_runner(sandbox, sandbox.load(echo), config)
