@@ -34,6 +34,7 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
+from flotilla.amqp import connect_robust
 from flotilla.envelope import (
     REPLY_JOB,
     REPLY_QUEUE,
@@ -122,7 +123,7 @@ class AmqpTransport:
     async def start(self) -> None:
         """Connect, declare the topology (unless told not to) and the reply queue."""
         try:
-            self._connection = await aio_pika.connect_robust(
+            self._connection = await connect_robust(
                 self._url,
                 client_properties={"connection_name": self._connection_name},
                 reconnect_interval=RECONNECT_INTERVAL_S,

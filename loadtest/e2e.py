@@ -71,11 +71,13 @@ async def _wait_line(stream: asyncio.StreamReader | None, needle: bytes, timeout
     await asyncio.wait_for(read(), timeout)
 
 
-async def _drain(stream: asyncio.StreamReader | None) -> None:
-    # Keep reading a child's pipe so it never blocks on a full one.
+async def _drain(stream: asyncio.StreamReader | None, tail: list[bytes] | None = None) -> None:
+    # Keep reading a child's pipe so it never blocks on a full one (keeping the last lines).
     if stream is not None:
-        async for _ in stream:
-            pass
+        async for line in stream:
+            if tail is not None:
+                tail.append(line)
+                del tail[:-30]
 
 
 @asynccontextmanager
@@ -91,9 +93,20 @@ async def _process(
     try:
         if isinstance(ready, bytes):
             await _wait_line(proc.stdout, ready, timeout)
-        drainer = asyncio.create_task(_drain(proc.stdout))
-        if isinstance(ready, int):
-            await _wait_port(ready, timeout)
+            drainer = asyncio.create_task(_drain(proc.stdout))
+        else:
+            tail: list[bytes] = []
+            drainer = asyncio.create_task(_drain(proc.stdout, tail))
+            listening = asyncio.ensure_future(_wait_port(ready, timeout))
+            exited = asyncio.ensure_future(proc.wait())
+            await asyncio.wait({listening, exited}, return_when=asyncio.FIRST_COMPLETED)
+            exited.cancel()
+            if not listening.done():
+                listening.cancel()
+                await drainer
+                output = b"".join(tail[-30:]).decode(errors="replace")
+                raise RuntimeError(f"{argv[2:4]} exited with {proc.returncode}:\n{output}")
+            listening.result()
         yield proc
     finally:
         if proc.returncode is None:
@@ -123,11 +136,19 @@ class HttpClient:
         """One POST; raises on a non-200 status."""
         if self._idle:
             reader, writer = self._idle.pop()
+            writer.write(self.request)
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except (asyncio.IncompleteReadError, ConnectionError):
+                # The server closed the idle connection (keep-alive timeout between rounds).
+                writer.close()
+                reader, writer = await self._connect()
+                writer.write(self.request)
+                head = await reader.readuntil(b"\r\n\r\n")
         else:
-            reader, writer = await asyncio.open_connection(self.host, self.port)
-            self._all.append(writer)
-        writer.write(self.request)
-        head = await reader.readuntil(b"\r\n\r\n")
+            reader, writer = await self._connect()
+            writer.write(self.request)
+            head = await reader.readuntil(b"\r\n\r\n")
         status = int(head[9:12])
         length = 0
         for line in head.split(b"\r\n"):
@@ -138,6 +159,11 @@ class HttpClient:
         if status != 200:
             raise RuntimeError(f"http_{status}")
         return body
+
+    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        reader, writer = await asyncio.open_connection(self.host, self.port)
+        self._all.append(writer)
+        return reader, writer
 
     async def close(self) -> None:
         """Close every connection."""

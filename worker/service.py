@@ -25,8 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-import aio_pika
-
+from flotilla.amqp import connect_robust
 from flotilla.metrics import WorkerMetrics
 from flotilla.settings import WorkerSettings
 from flotilla.topology import RECONNECT_INTERVAL_S, Topology
@@ -154,7 +153,7 @@ class WorkerService:
             handler = EnvelopeHandler(
                 runtime.runner, job_results=self.topology.job_results, metrics=self.metrics
             )
-            connection = await aio_pika.connect_robust(
+            connection = await connect_robust(
                 settings.amqp_url,
                 client_properties={"connection_name": f"flotilla-worker-{settings.queue_prefix}"},
                 reconnect_interval=RECONNECT_INTERVAL_S,
