@@ -233,7 +233,10 @@ class Fleet:
             ],
         )
         self.urls[name] = f"http://127.0.0.1:{port}"
-        _wait_port(port, 60, self.procs[name])
+        try:
+            _wait_port(port, 60, self.procs[name])
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}; {name} printed: {self.log_tail(name)}") from None
         return self.urls[name]
 
     def start_worker(
