@@ -139,7 +139,8 @@ def build(settings: DispatcherSettings) -> Dispatcher:
     registry = Registry(redis, prefix=settings.queue_prefix)
     jobs = JobStore(redis, prefix=settings.queue_prefix, ttl_s=settings.job_ttl_s)
     sandbox, compile = compile_step(settings.cache_dir)
-    transport = AmqpTransport(settings.amqp_url, Topology(prefix=settings.queue_prefix))
+    topology = Topology(prefix=settings.queue_prefix, max_length=settings.queue_max_length)
+    transport = AmqpTransport(settings.amqp_url, topology)
     http = httpx.AsyncClient(follow_redirects=False)
     metrics = DispatcherMetrics()
     auth = None if settings.insecure else Authenticator.on_redis(

@@ -53,6 +53,11 @@ class _Base:
         help="Local directory for compiled artifacts and built guests", factory=_default_cache_dir
     )
     log_level: str = _setting("INFO", help="Log level: DEBUG, INFO, WARNING, ERROR")
+    queue_max_length: int = _setting(
+        100_000,
+        help="Most envelopes the invocation queue holds; publishes past it are refused (503). "
+        "Workers and dispatchers of one prefix must agree: it is a queue argument",
+    )
     log_format: str = _setting(
         "json", help="Log lines as json (one object per line) or text (human-readable)"
     )

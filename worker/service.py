@@ -115,7 +115,9 @@ class WorkerService:
         topology: Topology | None = None,
     ) -> None:
         self.settings = settings
-        self.topology = topology or Topology(settings.queue_prefix)
+        self.topology = topology or Topology(
+            settings.queue_prefix, max_length=settings.queue_max_length
+        )
         self._runtime_factory = runtime_factory
         self.stop_requested = asyncio.Event()
         self._force = asyncio.Event()
