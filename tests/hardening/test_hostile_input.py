@@ -23,7 +23,9 @@ import pytest
 import redis.asyncio as aioredis
 import schemathesis
 import uvicorn
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
+from hypothesis.errors import Unsatisfiable
+from schemathesis import GenerationMode
 
 from dispatcher.app import MAX_UPLOAD_BYTES, ApiOptions, create_app
 from dispatcher.artifacts import ArtifactStore, S3Backend
@@ -141,25 +143,34 @@ async def raw_exchange(port: int, head: bytes, body: bytes = b"", *, timeout: fl
 
 # -- schema-based fuzzing ---------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def live_schema(live: Live) -> Any:
-    return schemathesis.openapi.from_url(f"{live.url}/openapi.json")
-
-
-schema = schemathesis.pytest.from_fixture("live_schema")
-
-
-@schema.parametrize()
-@settings(max_examples=6, deadline=None, derandomize=True,
-          suppress_health_check=list(HealthCheck))
-def test_fuzz_no_500s_and_every_error_is_a_problem(case: schemathesis.Case) -> None:
+def check_case(case: schemathesis.Case) -> None:
     if case.operation.path == "/v1/jobs/{job_id}":
         case.query = {**(case.query or {}), "wait": 0}  # long polls only cost time here
     resp = case.call(headers=ADMIN, timeout=30)
     assert resp.status_code < 500 or resp.status_code == 503, (resp.status_code, resp.text)
     if resp.status_code >= 400:
-        assert resp.headers["content-type"].startswith(PROBLEM), resp.text
+        content_type = resp.headers.get("content-type") or [""]
+        assert content_type[0].startswith(PROBLEM), resp.text
         assert json.loads(resp.text)["status"] == resp.status_code
+
+
+@pytest.mark.parametrize("mode", list(GenerationMode), ids=lambda m: m.value)
+def test_fuzz_no_500s_and_every_error_is_a_problem(live: Live, mode: GenerationMode) -> None:
+    # A bounded run per operation, valid (positive) and invalid (negative) requests alike.
+    schema = schemathesis.openapi.from_url(f"{live.url}/openapi.json")
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert len(operations) >= 10
+    for operation in operations:
+        @given(case=operation.as_strategy(generation_mode=mode))
+        @settings(max_examples=8, deadline=None, derandomize=True, database=None,
+                  suppress_health_check=list(HealthCheck))
+        def run(case: schemathesis.Case) -> None:
+            check_case(case)
+
+        try:
+            run()
+        except Unsatisfiable:
+            assert mode is GenerationMode.NEGATIVE  # nothing to get wrong (e.g. /healthz)
 
 
 # -- bodies and content types -------------------------------------------------------------
