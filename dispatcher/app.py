@@ -47,6 +47,7 @@ from dispatcher.problems import (
     FunctionFailed,
     FunctionNotFound,
     FunctionTimeout,
+    HeadersTooLarge,
     InvalidComponent,
     InvalidConfig,
     InvalidRequest,
@@ -97,6 +98,9 @@ HOP_BY_HOP = frozenset(
     }
 )
 READY_TIMEOUT_S = 1.0
+# uvicorn (httptools) parses headers without a limit; far past any real caller, answer 431.
+MAX_HEADERS = 200
+MAX_HEADER_BYTES = 64 * 1024
 NAME_PARAM = Path(description="Function name", pattern=openapi.NAME_PATTERN)
 VERSION_PARAM = Query(
     None, description="Version: `latest` (default), a digest, a digest prefix or a number"
@@ -266,6 +270,17 @@ class InvocationIdMiddleware:
             await send(message)
 
         try:
+            headers = scope.get("headers") or ()
+            if len(headers) > MAX_HEADERS or sum(len(k) + len(v) for k, v in headers) > \
+                    MAX_HEADER_BYTES:
+                err = HeadersTooLarge(
+                    f"at most {MAX_HEADERS} request headers of {MAX_HEADER_BYTES} bytes in all"
+                )
+                body = {**err.to_problem(), "invocation_id": invocation_id}
+                response = JSONResponse(body, status_code=err.status,
+                                        media_type=PROBLEM_MEDIA_TYPE)
+                await response(scope, receive, send_with_id)
+                return
             await self.app(scope, receive, send_with_id)
         except Exception:
             log.exception("unhandled error in %s %s", scope.get("method"), scope.get("path"))

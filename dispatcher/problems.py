@@ -109,6 +109,14 @@ class BodyTooLarge(DispatcherError):
     title = "Request body too large"
 
 
+class HeadersTooLarge(DispatcherError):
+    """Too many request headers, or too many bytes of them."""
+
+    slug = "headers-too-large"
+    status = 431
+    title = "Request headers too large"
+
+
 class InvalidConfig(DispatcherError):
     """The function config sent with a deploy is invalid; `field` names the culprit."""
 
@@ -203,6 +211,7 @@ ALL_ERRORS: tuple[type[DispatcherError], ...] = (
     JobNotFound,
     KeyNotFound,
     BodyTooLarge,
+    HeadersTooLarge,
     InvalidConfig,
     InvalidComponent,
     InvalidRequest,
