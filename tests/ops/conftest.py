@@ -1,4 +1,4 @@
-"""Fixtures of the operations tests: a real fleet (dispatcher + worker processes) per module."""
+"""Fixtures of the operations tests: one real fleet (dispatcher + worker processes) per session."""
 
 from __future__ import annotations
 
@@ -12,13 +12,14 @@ from loadtest.fleet import Fleet
 from tests.guests.build import echo_wasm, probe_wasm  # noqa: F401 - fixtures
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def fleet(
     amqp_url: str, redis_url: str, aws_endpoint_url: str, probe_wasm: Path,  # noqa: F811
     echo_wasm: Path,  # noqa: F811
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[Fleet]:
-    """`flotilla dispatcher` and one `flotilla worker` process (DEBUG JSON logs to files),
+    """`flotilla dispatcher` and one `flotilla worker` process (DEBUG JSON logs to files), shared
+    by the tests/ops modules,
     with the probe and echo guests deployed; queues deleted afterwards."""
     fleet = Fleet(
         workers=1, concurrency=2, amqp_url=amqp_url, redis_url=redis_url,

@@ -22,7 +22,7 @@ def json_lines(text: str) -> list[dict[str, Any]]:
 
 
 @pytest.mark.integration
-@pytest.mark.asyncio(loop_scope="module")
+@pytest.mark.asyncio(loop_scope="session")
 async def test_worker_lines_of_an_invocation_carry_its_id_and_function(fleet: Fleet) -> None:
     async with httpx.AsyncClient(base_url=fleet.base_url, timeout=30) as client:
         resp = await client.post("/v1/functions/echo/invoke", content=b"log me")

@@ -16,7 +16,7 @@ from flotilla.envelope import REPLY_JOB, Envelope, now_ms
 from flotilla.topology import Topology
 from loadtest.fleet import Fleet
 
-pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
 INVOKE_ROUTE = "/v1/functions/{name}/invoke"
 

@@ -1,0 +1,62 @@
+"""`python -m loadtest run`, bounded to a few seconds: in dev mode (MemoryTransport, in the
+load generator's process) and against the real fleet on RabbitMQ; JSON result and PNG chart."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from loadtest.fleet import ROOT, Fleet
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+async def loadtest(*args: str) -> tuple[int, str]:
+    """Run `python -m loadtest ARGS`; (exit status, output)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "loadtest", *args, cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 180)
+    return proc.returncode or 0, out.decode()
+
+
+def check_result(out: Path, scenario: str, mode: str) -> dict[str, Any]:
+    """The JSON result is complete and the chart is a PNG."""
+    doc = json.loads(out.with_suffix(".json").read_text())
+    (run,) = doc["runs"]
+    summary = run["summary"]
+    assert summary["name"] == scenario and summary["mode"] == mode
+    assert summary["ok"] > 0 and summary["errors"] == {}
+    assert summary["p50_ms"] > 0 and summary["p99_ms"] >= summary["p50_ms"]
+    assert run["timeline"] and all(point["rps"] >= 0 for point in run["timeline"])
+    assert doc["machine"]["nproc"] >= 1 and len(doc["machine"]["loadavg"]) == 3
+    assert out.with_suffix(".png").read_bytes().startswith(PNG_MAGIC)
+    return doc
+
+
+@pytest.mark.asyncio
+async def test_open_loop_in_dev_mode(tmp_path: Path) -> None:
+    out = tmp_path / "dev"
+    status, text = await loadtest("run", "--fleet", "dev", "--scenario", "echo", "--mode", "open",
+                                  "--rate", "20", "--duration", "2", "--out", str(out))
+    assert status == 0, text
+    doc = check_result(out, "echo", "open")
+    assert doc["params"]["fleet"] == "dev"
+    assert "p99_ms" in text  # the printed table
+
+
+@pytest.mark.integration
+@pytest.mark.asyncio(loop_scope="session")
+async def test_closed_loop_mixed_against_rabbitmq(fleet: Fleet, tmp_path: Path) -> None:
+    out = tmp_path / "rabbit"
+    status, text = await loadtest("run", "--fleet", fleet.base_url, "--scenario", "mixed",
+                                  "--concurrency", "4", "--duration", "2", "--out", str(out))
+    assert status == 0, text
+    doc = check_result(out, "mixed", "closed")
+    assert doc["runs"][0]["summary"]["concurrency"] == 4
