@@ -32,7 +32,7 @@ app.conf.update(
 )
 
 
-@app.task(name="loadtest.echo")
+@app.task(name="loadtest.echo")  # type: ignore[untyped-decorator]
 def echo(body: str) -> str:
     """Return the body (the trivial task)."""
     return body

@@ -10,7 +10,7 @@ import argparse
 import asyncio
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from loadtest import report, scenarios
 from loadtest.fleet import DevFleet, Fleet, build_guests
@@ -77,7 +77,7 @@ class Session:
         self.fleet: Any = None
         self.target: Any = None
 
-    async def __aenter__(self) -> Session:
+    async def __aenter__(self) -> Self:
         args = self.args
         if args.target == "client" and args.fleet != "local":
             raise SystemExit("--target client needs --fleet local")

@@ -30,8 +30,10 @@ REDIS = "redis://127.0.0.1:6379/0"
 async def _spawn_ready(args: list[str], env: dict[str, str], marker: str,
                        timeout: float = 60) -> subprocess.Popen[bytes]:
     """Start a process and wait until a line containing `marker` appears on its output."""
-    proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(  # noqa: ASYNC220 - Popen starts it, never waits
+        args, env=env, cwd=ROOT, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     assert proc.stdout is not None
     stdout = proc.stdout
 

@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
 
@@ -130,7 +130,7 @@ class Fleet:
         """Start moto (if needed), the dispatcher and the workers; wait until all are ready."""
         if self.aws_endpoint_url is None:
             port = free_port()
-            self._moto = subprocess.Popen(
+            self._moto = subprocess.Popen(  # noqa: ASYNC220 - Popen starts it, never waits
                 [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )
@@ -195,7 +195,7 @@ class Fleet:
             self._moto = None
         await delete_queues(self.amqp_url, self.prefix)
 
-    async def __aenter__(self) -> Fleet:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 
@@ -239,7 +239,7 @@ class DevFleet:
         from dispatcher.dev import build_dev
         from flotilla.settings import DispatcherSettings
 
-        overrides = {"cache_dir": self.cache_dir} if self.cache_dir else {}
+        overrides: dict[str, Any] = {"cache_dir": self.cache_dir} if self.cache_dir else {}
         settings = DispatcherSettings.from_env(insecure=True, **overrides)
         self._stack = build_dev(
             settings, loop=asyncio.get_running_loop(), concurrency=self.concurrency

@@ -28,7 +28,7 @@ async def loadtest(*args: str) -> tuple[int, str]:
 
 def check_result(out: Path, scenario: str, mode: str) -> dict[str, Any]:
     """The JSON result is complete and the chart is a PNG."""
-    doc = json.loads(out.with_suffix(".json").read_text())
+    doc: dict[str, Any] = json.loads(out.with_suffix(".json").read_text())
     (run,) = doc["runs"]
     summary = run["summary"]
     assert summary["name"] == scenario and summary["mode"] == mode
