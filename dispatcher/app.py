@@ -166,6 +166,7 @@ router = APIRouter()
 BEARER = HTTPBearer(
     auto_error=False, description="An API key (`flotilla keys create`): `Bearer flk_...`"
 )
+BearerDep = Security(BEARER)  # declares the scheme in the OpenAPI document
 AUTH_PROBLEMS = (Unauthorized, Forbidden, RateLimited)
 
 
@@ -179,7 +180,7 @@ def require(scope: str) -> Any:
 
     async def authorize(
         request: Request,
-        _: HTTPAuthorizationCredentials | None = Security(BEARER),  # documents the scheme
+        _: HTTPAuthorizationCredentials | None = BearerDep,
     ) -> None:
         api: Api = request.app.state.api
         key = None
