@@ -6,7 +6,9 @@ Against the real app on real Redis (keys, buckets) and moto S3, with a scripted 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+from pathlib import Path
 
 import boto3
 import httpx
@@ -276,3 +278,43 @@ def test_client_commands_send_the_api_key(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("FLOTILLA_API_KEY", "flk_abc")
     with client(argparse.Namespace(url="http://x")) as c:
         assert c.headers["authorization"] == "Bearer flk_abc"
+
+
+@pytest.mark.parametrize("admin_key", ["", "dev-admin-key"])
+async def test_dev_mode_says_whether_keys_are_required(
+    admin_key: str, aws_endpoint_url: str, tmp_path: Path
+) -> None:
+    from dispatcher.dev import serve_dev
+    from flotilla.settings import DispatcherSettings
+    from tests.services import free_port
+
+    listen = f"127.0.0.1:{free_port()}"
+    lines: list[str] = []
+    announced = asyncio.Event()
+
+    def capture(line: str) -> None:
+        lines.append(line)
+        if "API keys" in line:
+            announced.set()
+
+    settings = DispatcherSettings(listen=listen, cache_dir=str(tmp_path), admin_key=admin_key,
+                                  aws_endpoint_url=aws_endpoint_url)
+    task = asyncio.create_task(serve_dev(settings, examples=None, print_fn=capture))
+    try:
+        await asyncio.wait_for(announced.wait(), 60)
+        async with httpx.AsyncClient(base_url=f"http://{listen}") as client:
+            for _ in range(100):  # uvicorn starts listening right after the announcement
+                try:
+                    resp = await client.get("/v1/functions")
+                    break
+                except httpx.ConnectError:
+                    await asyncio.sleep(0.05)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    if admin_key:
+        assert any("API keys: ON" in line for line in lines)
+        assert resp.status_code == 401
+    else:
+        assert any("API keys: OFF" in line for line in lines)
+        assert resp.status_code == 200
