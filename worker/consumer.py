@@ -19,6 +19,7 @@ import logging
 from concurrent.futures import Executor
 
 import aio_pika
+import aiormq
 from aio_pika.abc import (
     AbstractChannel,
     AbstractIncomingMessage,
@@ -191,22 +192,28 @@ class Consumer:
         )
 
     async def _reply(self, handled: Handled) -> None:
-        if handled.reply is None or not handled.route:
+        reply = handled.reply
+        if reply is None or not handled.route:
             return
         job = handled.route == self._topology.job_results
         channel = self._channel if job else self._reply_channel
         assert channel is not None
-        await channel.default_exchange.publish(
-            aio_pika.Message(
-                handled.reply.encode(),
-                correlation_id=handled.reply.correlation_id,
-                # Job results must survive a broker restart; a sync caller's queue would not.
-                delivery_mode=(
-                    aio_pika.DeliveryMode.PERSISTENT if job else aio_pika.DeliveryMode.NOT_PERSISTENT
-                ),
-                content_type="application/msgpack",
-            ),
+        # aiormq directly: aio-pika's Message/Exchange layers cost more than the publish.
+        underlay = await channel.get_underlay_channel()
+        properties = aiormq.spec.Basic.Properties(
+            correlation_id=reply.correlation_id,
+            message_id=reply.invocation_id,
+            content_type="application/msgpack",
+            # Job results must survive a broker restart; a sync caller's queue would not.
+            delivery_mode=2 if job else 1,
+        )
+        # Job results wait for the broker's confirm (acked only once it has them); a sync
+        # reply is only queued for the connection's writer, ahead of the delivery's ack.
+        await underlay.basic_publish(  # type: ignore[call-arg]  # `wait`: not in aiormq's ABC
+            reply.encode(),
             routing_key=handled.route,
+            properties=properties,
+            wait=job,
         )
 
     def _announce(self, started: Started) -> None:
@@ -242,7 +249,7 @@ class Consumer:
     async def _settle(self, message: AbstractIncomingMessage, decision: Settle) -> None:
         try:
             if decision is Settle.ACK:
-                await message.ack()
+                await _ack(message)
             elif decision is Settle.REJECT:
                 await message.reject(requeue=False)
             else:
@@ -251,6 +258,15 @@ class Consumer:
         except Exception as exc:  # noqa: BLE001
             # The channel died: the broker already returned the delivery to the queue.
             log.warning("could not %s delivery %s: %s", decision.value, message.delivery_tag, exc)
+
+
+async def _ack(message: AbstractIncomingMessage) -> None:
+    """Ack on the delivery's aiormq channel without waiting for the writer to drain: the
+    frame is queued behind the reply on the same connection (aio-pika's `ack` waits)."""
+    if message.delivery_tag is None:
+        await message.ack()
+        return
+    await message.channel.basic_ack(message.delivery_tag, wait=False)
 
 
 def _redeliveries(message: AbstractIncomingMessage) -> int:
