@@ -216,22 +216,14 @@ class Fleet:
         _wait_port(port, 30)
         self.aws_endpoint_url = f"http://127.0.0.1:{port}"
 
-    def start_dispatcher(self, name: str = "dispatcher", *, redis_url: str | None = None) -> str:
+    def start_dispatcher(
+        self, name: str = "dispatcher", *, redis_url: str | None = None, extra: tuple[str, ...] = ()
+    ) -> str:
         """Start a dispatcher (auth off: --insecure); its base URL once it listens."""
         port = free_port()
-        self._spawn(
-            name,
-            [
-                sys.executable,
-                "-m",
-                "flotilla",
-                "dispatcher",
-                *self._common(redis_url),
-                "--insecure",
-                "--listen",
-                f"127.0.0.1:{port}",
-            ],
-        )
+        args = [sys.executable, "-m", "flotilla", "dispatcher", *self._common(redis_url)]
+        args += ["--insecure", "--listen", f"127.0.0.1:{port}", *extra]
+        self._spawn(name, args)
         self.urls[name] = f"http://127.0.0.1:{port}"
         try:
             _wait_port(port, 60, self.procs[name])
@@ -240,13 +232,18 @@ class Fleet:
         return self.urls[name]
 
     def start_worker(
-        self, name: str, *, concurrency: int = 2, redis_url: str | None = None, wait: bool = True
+        self,
+        name: str,
+        *,
+        concurrency: int = 2,
+        redis_url: str | None = None,
+        wait: bool = True,
+        extra: tuple[str, ...] = (),
     ) -> None:
         """Start a worker; with `wait`, return once it consumes."""
-        self._spawn(name, [
-            sys.executable, "-m", "flotilla", "worker", *self._common(redis_url),
-            "--metrics-port", "0", "--concurrency", str(concurrency),
-        ], dict(self.env, **{SECRET_ENV: "worker-secret"}))  # fmt: skip
+        args = [sys.executable, "-m", "flotilla", "worker", *self._common(redis_url)]
+        args += ["--metrics-port", "0", "--concurrency", str(concurrency), *extra]
+        self._spawn(name, args, dict(self.env, **{SECRET_ENV: "worker-secret"}))
         if wait:
             self._wait_log(name, b"worker consuming", 60)
 
