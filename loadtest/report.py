@@ -66,9 +66,9 @@ def chart(doc: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")  # no display: render straight to a file
     import matplotlib.pyplot as plt
 
-    fig, (ax_rps, ax_lat, ax_err) = plt.subplots(3, 1, figsize=(9, 8), sharex=True)
+    fig, (ax_rps, ax_lat, ax_err) = plt.subplots(3, 1, figsize=(10, 10), sharex=True)
     for run in doc["runs"]:
-        label = run["summary"]["name"]
+        label = f'{run["summary"]["name"]} c={run["summary"]["concurrency"]}'
         points = run["timeline"]
         t = [p["t"] for p in points]
         ax_rps.plot(t, [p["rps"] for p in points], label=label)
@@ -81,8 +81,8 @@ def chart(doc: dict[str, Any], path: Path) -> None:
     ax_lat.set_yscale("log")
     ax_err.set_ylabel("errors")
     ax_err.set_xlabel("seconds since start")
-    ax_rps.legend(fontsize="small")
-    ax_lat.legend(fontsize="small")
+    ax_rps.legend(fontsize="x-small", ncol=2)
+    ax_lat.legend(fontsize="x-small", ncol=3)
     ax_rps.set_title(str(doc["params"].get("title", "Flotilla load test")))
     fig.tight_layout()
     fig.savefig(path, dpi=80)
