@@ -176,6 +176,7 @@ class Client:
             headers=tuple(headers),
             body=body,
             deadline_ms=now_ms() + timeout_ms,
+            reply_to=self._transport.reply_queue_name,  # so call() need not copy it
         )
         try:
             reply = await self._transport.call(envelope, (timeout_ms + self._margin_ms) / 1000)
