@@ -9,7 +9,9 @@ id -> sha256 for listing and revoking. The key itself is shown once, at creation
 Scopes: `deploy` (deploy, list, show, delete functions), `invoke` (invoke and submit jobs,
 read their jobs; optionally limited to some function names) and `admin` (manage keys).
 `Authenticator.authorize` turns a request's `Authorization: Bearer` header into an `ApiKey`
-or a problem: 401 (missing, malformed, unknown or revoked key), 429 (rate limit), 403 (valid
+with one Redis round trip (a Lua script that reads the record and takes a token from the
+key's bucket, `<prefix>:ratelimit:<sha256>`; nothing is cached, so a revocation holds at
+once on every replica) or a problem: 401 (missing, malformed, unknown or revoked key), 429 (rate limit), 403 (valid
 key, wrong scope or function). The function check never looks at the registry, so a 403
 says nothing about whether the function exists.
 
@@ -29,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dispatcher.problems import Forbidden, RateLimited, Unauthorized
-from dispatcher.ratelimit import Limit, RateLimiter, retry_after_s
+from dispatcher.ratelimit import TAKE_TOKEN_LUA, Limit, retry_after_s
 
 DEPLOY = "deploy"
 INVOKE = "invoke"
@@ -39,6 +41,25 @@ KEY_PREFIX = "flk_"
 KEY_RE = re.compile(r"^flk_([0-9a-f]{12})_[A-Za-z0-9_-]{43}$")
 DEFAULT_LIMIT = Limit(rate=100.0, burst=200)
 BOOTSTRAP_ID = "bootstrap"
+
+# KEYS[1] = the key's record, KEYS[2] = its rate-limit bucket. One round trip per request:
+# nil for an unknown key, else {the record's fields, ms to wait (0: within its limit)}.
+CHECK_KEY_LUA = TAKE_TOKEN_LUA + """
+local record = redis.call('HGETALL', KEYS[1])
+if #record == 0 then
+  return false
+end
+local rate, burst = 0, 1
+for i = 1, #record, 2 do
+  if record[i] == 'rate' then rate = tonumber(record[i + 1]) or 0 end
+  if record[i] == 'burst' then burst = tonumber(record[i + 1]) or 1 end
+end
+local wait = 0
+if rate > 0 then
+  wait = take_token(KEYS[2], rate, burst)
+end
+return {record, wait}
+"""
 
 
 def hash_key(key: str) -> str:
@@ -122,6 +143,7 @@ class KeyStore:
         self.redis = redis
         self.prefix = prefix
         self.index = f"{prefix}:apikeys"
+        self._check = redis.register_script(CHECK_KEY_LUA)
 
     def _record(self, digest: str) -> str:
         return f"{self.prefix}:apikey:{digest}"
@@ -144,12 +166,20 @@ class KeyStore:
             await pipe.execute()
         return record, key
 
-    async def lookup(self, key: str) -> ApiKey | None:
-        """The record of a presented key; None when unknown or revoked."""
+    async def check(self, key: str) -> tuple[ApiKey | None, int]:
+        """The record of a presented key and, when it has a limit, one token taken from its
+        bucket: (None, 0) when unknown or revoked, else (record, ms to wait; 0: allowed)."""
         if not KEY_RE.match(key):
-            return None
-        raw = await self.redis.hgetall(self._record(hash_key(key)))
-        return ApiKey.from_redis(raw) if raw else None
+            return None, 0
+        digest = hash_key(key)
+        found = await self._check(
+            keys=[self._record(digest), f"{self.prefix}:ratelimit:{digest}"], args=[]
+        )
+        if not found:
+            return None, 0
+        fields, wait = found
+        raw = dict(zip(fields[::2], fields[1::2], strict=True))
+        return ApiKey.from_redis(raw), int(wait)
 
     async def list(self) -> list[ApiKey]:
         """Every key's record, oldest first."""
@@ -180,23 +210,27 @@ class KeyStore:
 class Authenticator:
     """Checks the bearer key of a request against the store, the rate limit and a scope."""
 
-    def __init__(self, keys: KeyStore, limiter: RateLimiter, *, admin_key: str = "") -> None:
+    def __init__(self, keys: KeyStore, *, admin_key: str = "") -> None:
         self.keys = keys
-        self.limiter = limiter
         self._admin_digest = hash_key(admin_key) if admin_key else None
 
     @classmethod
     def on_redis(cls, redis: Any, *, prefix: str, admin_key: str = "") -> Authenticator:
-        """Keys and rate-limit buckets both in `redis` under `prefix`."""
-        return cls(KeyStore(redis, prefix=prefix), RateLimiter(redis, prefix=prefix),
-                   admin_key=admin_key)
+        """Keys and their rate-limit buckets in `redis` under `prefix`."""
+        return cls(KeyStore(redis, prefix=prefix), admin_key=admin_key)
 
     async def configured(self) -> bool:
         """True when some key could authenticate (a bootstrap key or a stored key)."""
         return self._admin_digest is not None or await self.keys.count() > 0
 
-    async def authenticate(self, authorization: str | None) -> ApiKey:
-        """The key of an `Authorization` header value; Unauthorized when there is none."""
+    async def authorize(
+        self, authorization: str | None, scope: str, function: str | None = None
+    ) -> ApiKey:
+        """The key, if it is valid, within its rate limit and holds `scope` (for `function`).
+
+        Unauthorized (401), RateLimited (429) or Forbidden (403), in that order: the limit
+        applies before the scope, so forbidden requests cannot probe at an unlimited rate.
+        """
         if not authorization:
             raise Unauthorized("this endpoint needs an API key: send `Authorization: Bearer <key>`")
         scheme, _, token = authorization.partition(" ")
@@ -206,25 +240,18 @@ class Authenticator:
         if self._admin_digest is not None and hmac.compare_digest(
             hash_key(token), self._admin_digest
         ):
-            return BOOTSTRAP
-        key = await self.keys.lookup(token)
-        if key is None:
-            raise Unauthorized("invalid or revoked API key")
-        return key
-
-    async def authorize(
-        self, authorization: str | None, scope: str, function: str | None = None
-    ) -> ApiKey:
-        """The key, if it is valid, within its rate limit and holds `scope` (for `function`)."""
-        key = await self.authenticate(authorization)
-        if key.limit is not None:
-            wait_ms = await self.limiter.take(key.id, key.limit)
-            if wait_ms:
-                raise RateLimited(
-                    f"key {key.id} is limited to {key.limit.rate:g} requests/s "
-                    f"(bursts of {key.limit.burst})",
-                    retry_after_s=retry_after_s(wait_ms),
-                )
+            key, wait_ms = BOOTSTRAP, 0
+        else:
+            found, wait_ms = await self.keys.check(token)
+            if found is None:
+                raise Unauthorized("invalid or revoked API key")
+            key = found
+        if wait_ms and key.limit is not None:
+            raise RateLimited(
+                f"key {key.id} is limited to {key.limit.rate:g} requests/s "
+                f"(bursts of {key.limit.burst})",
+                retry_after_s=retry_after_s(wait_ms),
+            )
         if scope not in key.scopes:
             raise Forbidden(f"key {key.id} does not have the `{scope}` scope")
         if scope == INVOKE and function is not None and not key.may_invoke(function):

@@ -1,5 +1,8 @@
 """Per-key rate limits: a token bucket kept in Redis, shared by every dispatcher replica.
 
+`dispatcher.auth` runs the same Lua function inside its key lookup script (one round trip
+per request); `RateLimiter` runs it alone.
+
 A bucket holds up to `burst` tokens and refills at `rate` tokens per second; each request
 takes one. The whole read-refill-take step is one Lua script, so replicas never race, and it
 reads the clock from Redis (`TIME`), so replicas with skewed clocks agree. A bucket left
@@ -14,34 +17,37 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-# KEYS[1] = bucket; ARGV = rate (tokens/s), burst. Returns {allowed (1|0), wait in ms}.
-TOKEN_BUCKET_LUA = """
-local rate = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
-local tokens = tonumber(state[1])
-local ts = tonumber(state[2])
-if tokens == nil or ts == nil then
-  tokens = burst
-  ts = now
+# A Lua function: take one token from bucket `key`; 0 when allowed, else ms to wait.
+TAKE_TOKEN_LUA = """
+local function take_token(key, rate, burst)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local state = redis.call('HMGET', key, 'tokens', 'ts')
+  local tokens = tonumber(state[1])
+  local ts = tonumber(state[2])
+  if tokens == nil or ts == nil then
+    tokens = burst
+    ts = now
+  end
+  if now > ts then
+    tokens = math.min(burst, tokens + (now - ts) * rate / 1000)
+    ts = now
+  end
+  local wait = 0
+  if tokens >= 1 then
+    tokens = tokens - 1
+  else
+    wait = math.ceil((1 - tokens) * 1000 / rate)
+  end
+  redis.call('HSET', key, 'tokens', tostring(tokens), 'ts', tostring(ts))
+  redis.call('PEXPIRE', key, math.ceil(burst * 1000 / rate) + 1000)
+  return wait
 end
-if now > ts then
-  tokens = math.min(burst, tokens + (now - ts) * rate / 1000)
-  ts = now
-end
-local allowed = 0
-local wait = 0
-if tokens >= 1 then
-  tokens = tokens - 1
-  allowed = 1
-else
-  wait = math.ceil((1 - tokens) * 1000 / rate)
-end
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(ts))
-redis.call('PEXPIRE', KEYS[1], math.ceil(burst * 1000 / rate) + 1000)
-return {allowed, wait}
+"""
+
+# KEYS[1] = bucket; ARGV = rate (tokens/s), burst. Returns the wait in ms (0: allowed).
+TOKEN_BUCKET_LUA = TAKE_TOKEN_LUA + """
+return take_token(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]))
 """
 
 
@@ -85,7 +91,7 @@ class RateLimiter:
 
     async def take(self, bucket: str, limit: Limit) -> int:
         """Take one token from `bucket`: 0 when allowed, else milliseconds to wait."""
-        allowed, wait = await self._script(
+        wait = await self._script(
             keys=[f"{self.prefix}:ratelimit:{bucket}"], args=[limit.rate, limit.burst]
         )
-        return 0 if int(allowed) else max(1, int(wait))
+        return int(wait)
