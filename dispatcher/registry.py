@@ -239,24 +239,45 @@ class ResolveCache:
         self.max_entries = max_entries
         self.clock = clock
         self._entries: dict[tuple[str, str], tuple[float, FunctionVersion]] = {}
+        self._pending: dict[tuple[str, str], asyncio.Future[FunctionVersion]] = {}
 
     async def get_version(self, name: str, selector: str | int = LATEST) -> FunctionVersion:
-        """Like `Registry.get_version`, from the cache when fresh."""
+        """Like `Registry.get_version`, from the cache when fresh.
+
+        Concurrent misses of one key share a single registry read: when an entry expires
+        under load, one Redis round trip refreshes it rather than one per waiting request
+        (each of which would also open a pooled connection).
+        """
         key = (name, str(selector))
         now = self.clock()
         hit = self._entries.get(key)
         if hit is not None and now - hit[0] < self.ttl_s:
             return hit[1]
-        version = await self.registry.get_version(name, selector)
+        pending = self._pending.get(key)
+        if pending is None:
+            pending = asyncio.ensure_future(self.registry.get_version(name, selector))
+            self._pending[key] = pending
+            pending.add_done_callback(lambda f: self._settle(key, f, now))
+        return await asyncio.shield(pending)
+
+    def _settle(
+        self, key: tuple[str, str], future: asyncio.Future[FunctionVersion], began: float
+    ) -> None:
+        if self._pending.get(key) is not future:
+            return  # forgotten meanwhile: do not cache what was read before the change
+        del self._pending[key]
+        if future.cancelled() or future.exception() is not None:
+            return  # misses are not cached
         if len(self._entries) >= self.max_entries:
             self._entries.clear()  # crude but bounded; entries live a second anyway
-        self._entries[key] = (now, version)
-        return version
+        self._entries[key] = (began, future.result())
 
     def forget(self, name: str) -> None:
         """Drop every cached selector of `name` (after a deploy or delete here)."""
         for key in [k for k in self._entries if k[0] == name]:
             del self._entries[key]
+        for key in [k for k in self._pending if k[0] == name]:
+            del self._pending[key]
 
 
 def _text(value: bytes | str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import fakeredis
 import pytest
 
@@ -144,3 +145,22 @@ async def test_resolve_cache_reuses_then_expires(deployer) -> None:
     await d.deploy(cfg(), b"\0asm-one")
     cache.forget("echo")
     assert (await cache.get_version("echo")).digest == v1.digest  # forgotten: re-read
+
+
+async def test_resolve_cache_concurrent_misses_share_one_registry_read(deployer) -> None:
+    from dispatcher.registry import ResolveCache
+
+    d, _ = deployer
+    v1, _ = await d.deploy(cfg(), b"\0asm-one")
+    reads = []
+    real = d.registry.get_version
+
+    async def counting(name, selector="latest"):  # type: ignore[no-untyped-def]
+        reads.append(name)
+        return await real(name, selector)
+
+    d.registry.get_version = counting
+    cache = ResolveCache(d.registry, ttl_s=60.0)
+    got = await asyncio.gather(*(cache.get_version("echo") for _ in range(50)))
+    assert {v.digest for v in got} == {v1.digest}
+    assert reads == ["echo"]
