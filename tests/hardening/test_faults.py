@@ -270,7 +270,7 @@ async def test_workers_killed_in_a_loop_lose_nothing(
 
         async def chaos() -> int:
             kills = 0
-            end = time.monotonic() + 12
+            end = time.monotonic() + 8
             while time.monotonic() < end:
                 await asyncio.sleep(1.0)
                 await asyncio.to_thread(fault_fleet.kill, "victim", signal.SIGKILL)
@@ -281,7 +281,7 @@ async def test_workers_killed_in_a_loop_lose_nothing(
 
         kills, _ = await asyncio.gather(chaos(), submit())
         docs = await wait_jobs(client, jobs, 90)
-    assert kills >= 3 and len(jobs) > 50, (kills, len(jobs))
+    assert kills >= 2 and len(jobs) > 30, (kills, len(jobs))
     assert_all_succeeded(jobs, docs)
     assert fault_fleet.procs["steady"].poll() is None
     assert sorted(await dead_letters(amqp_url, topology)) == sorted(poison)
@@ -375,12 +375,12 @@ async def test_rabbitmq_restart_loses_no_accepted_job(fault_fleet: Fleet) -> Non
             finally:
                 await asyncio.to_thread(_rabbitmqctl, "start_app")
             await asyncio.to_thread(_rabbitmqctl, "await_startup")
-            await asyncio.sleep(6)  # clients reconnect; the stream goes on meanwhile
+            await asyncio.sleep(3)  # clients reconnect; the stream goes on meanwhile
             stop.set()
 
         await asyncio.gather(restart(), stream())
         docs = await wait_jobs(client, accepted, 90)
-    assert len(accepted) > 50
+    assert len(accepted) > 30
     assert_all_succeeded(accepted, docs)
     # Exactly once from the caller's view: one result per job, and it is that job's own.
     bodies = {job_id: job_body(doc) for job_id, doc in docs.items()}

@@ -15,7 +15,7 @@ def test_short_soak_has_no_unexpected_errors_and_loses_no_job(
 ) -> None:
     # RSS growth is not judged here: a few seconds are all warm-up.
     plan = Plan(
-        6,
+        4,
         concurrency=6,
         max_growth=float("inf"),
         amqp_url=amqp_url,
@@ -26,7 +26,7 @@ def test_short_soak_has_no_unexpected_errors_and_loses_no_job(
     print(report.format())
     assert not report.unexpected, report.format()
     assert report.jobs_lost == 0 and report.jobs_done == report.jobs_accepted
-    assert sum(report.calls.values()) > 50
+    assert sum(report.calls.values()) > 30
     assert report.expected["sync"] > 0 and report.expected["job"] > 0
     assert set(report.rss_kib) >= {"dispatcher", "worker-0", "worker-1"}
     assert all(len(v) == 3 and v[2] > 0 for v in report.rss_kib.values())
