@@ -41,7 +41,6 @@ from dispatcher.jobs import MAX_WAIT_S, JobRecord, JobStore, callback_allowed, n
 from dispatcher.problems import (
     PROBLEM_MEDIA_TYPE,
     BodyTooLarge,
-    Problem,
     CallbackNotAllowed,
     Forbidden,
     FunctionFailed,
@@ -53,6 +52,7 @@ from dispatcher.problems import (
     InvalidRequest,
     JobNotFound,
     KeyNotFound,
+    Problem,
     RateLimited,
     Unauthorized,
     Unavailable,
@@ -68,6 +68,7 @@ from dispatcher.registry import (
     ResolveCache,
 )
 from dispatcher.transport import BrokerUnavailable, CallTimeout, QueueFull, Transport
+from flotilla import logs
 from flotilla.config import FunctionConfig
 from flotilla.envelope import (
     EXPIRED,
@@ -80,7 +81,6 @@ from flotilla.envelope import (
     Reply,
     now_ms,
 )
-from flotilla import logs
 from flotilla.errors import ComponentError
 from flotilla.metrics import DispatcherMetrics
 

@@ -18,8 +18,8 @@ from typing import Any
 import httpx
 
 from dispatcher.app import ApiOptions, create_app
-from dispatcher.auth import Authenticator
 from dispatcher.artifacts import ArtifactStore, S3Backend
+from dispatcher.auth import Authenticator
 from dispatcher.jobs import JobStore, PostFn, ResultRecorder, parse_hosts
 from dispatcher.registry import Deployer, Registry
 from flotilla import logs
