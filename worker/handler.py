@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from flotilla import logs
 from flotilla.envelope import (
     EXPIRED,
     INTERNAL,
@@ -38,7 +39,6 @@ from flotilla.envelope import (
     now_ms,
     reply_to,
 )
-from flotilla import logs
 from flotilla.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
