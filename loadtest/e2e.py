@@ -46,6 +46,7 @@ class Plan:
     c64_requests: int = 6_000
     warmup: int = 50
     worker_concurrency: int = 0  # 0: the worker's default (CPU cores)
+    worker_prefetch: int = 0  # 0: the worker's default (2 x concurrency)
     concurrency: int = 64
     rounds: int = 3  # interleaved c64 rounds per system
 
@@ -229,8 +230,30 @@ async def _wait_port(port: int, timeout: float) -> None:
             await asyncio.sleep(0.05)  # polling a port: the child offers no event to await
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, from /proc (0 when unreadable)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _broker_pid() -> int | None:
+    done = subprocess.run(["pgrep", "-f", "beam.smp"], capture_output=True, text=True, check=False)
+    pids = done.stdout.split()
+    return int(pids[0]) if pids else None
+
+
+def _cpu(pids: dict[str, int]) -> dict[str, float]:
+    return {name: cpu_seconds(pid) for name, pid in pids.items()}
+
+
 async def _measure(
-    calls: dict[str, Callable[[], Awaitable[Any]]], plan: Plan, results: dict[str, Any]
+    calls: dict[str, Callable[[], Awaitable[Any]]],
+    plan: Plan,
+    results: dict[str, Any],
+    pids: dict[str, int] | None = None,
 ) -> None:
     """c1 of each system, then `plan.rounds` interleaved c64 rounds of each (a neighbour's
     load then hits every system alike); the c64 figure is the round with the median rps."""
@@ -240,12 +263,18 @@ async def _measure(
         run = await closed_loop(f"{name}_c1", call, concurrency=1, requests=plan.c1_requests)
         results[f"{name}_c1"] = run.summary()
     rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in calls}
+    cpu: dict[str, dict[str, float]] = {name: {} for name in calls}
+    pids = pids or {}
     per_round = max(1, plan.c64_requests // plan.rounds)
     for _ in range(plan.rounds):
         for name, call in calls.items():
+            before = _cpu(pids)
             run = await closed_loop(
                 f"{name}_c64", call, concurrency=plan.concurrency, requests=per_round
             )
+            after = _cpu(pids)
+            for proc in pids:
+                cpu[name][proc] = cpu[name].get(proc, 0.0) + after[proc] - before[proc]
             rounds[name].append(run.summary())
     for name, summaries in rounds.items():
         ordered = sorted(summaries, key=lambda s: s["rps"])
@@ -254,6 +283,10 @@ async def _measure(
         median["requests"] = sum(s["requests"] for s in summaries)
         median["ok"] = sum(s["ok"] for s in summaries)
         median["errors"] = {k: v for s in summaries for k, v in s["errors"].items()}
+        # CPU per call of each process: robust to a busy machine, unlike throughput.
+        median["cpu_us_per_call"] = {
+            proc: round(seconds / median["requests"] * 1e6) for proc, seconds in cpu[name].items()
+        }
         results[f"{name}_c64"] = median
 
 
@@ -297,7 +330,7 @@ async def run_e2e(
         async with AsyncExitStack() as stack:
             await _wait_port(moto_port, 30)
             wasm = packaged(FUNCTION, tmp)
-            await stack.enter_async_context(
+            dispatcher = await stack.enter_async_context(
                 _process(
                     [*flotilla, "dispatcher", "--listen", f"127.0.0.1:{http_port}",
                      "--cache-dir", f"{tmp}/d", "--insecure"],
@@ -308,10 +341,12 @@ async def run_e2e(
             worker_args = ["--cache-dir", f"{tmp}/w", "--metrics-port", "0", "--log-level", "INFO"]
             if plan.worker_concurrency:
                 worker_args += ["--concurrency", str(plan.worker_concurrency)]
-            await stack.enter_async_context(
+            if plan.worker_prefetch:
+                worker_args += ["--prefetch", str(plan.worker_prefetch)]
+            worker = await stack.enter_async_context(
                 _process([*flotilla, "worker", *worker_args], b"worker consuming", env)
             )
-            await stack.enter_async_context(
+            bare_server = await stack.enter_async_context(
                 _process(
                     [sys.executable, "-m", "loadtest.bare_echo", "serve", amqp_url, bare_queue],
                     b"ready", env,
@@ -328,7 +363,15 @@ async def run_e2e(
                 "http": http.call,
                 "client": lambda: client.invoke(FUNCTION, BODY),
             }
-            await _measure(calls, plan, results)
+            pids = {
+                "bench": os.getpid(),
+                "dispatcher": dispatcher.pid,
+                "worker": worker.pid,
+                "bare_server": bare_server.pid,
+            }
+            if (broker := _broker_pid()) is not None:
+                pids["broker"] = broker
+            await _measure(calls, plan, results, pids)
     finally:
         moto.terminate()
         moto.wait(10)
@@ -361,6 +404,9 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
     out["load_average"] = results["load_average"]
     out["prefix"] = results["prefix"]
     out["rounds_rps"] = {k: v.get("rounds_rps") for k, v in results.items() if k.endswith("c64")}
+    out["cpu_us_per_call"] = {
+        k: v.get("cpu_us_per_call") for k, v in results.items() if k.endswith("c64")
+    }
     out["errors"] = {
         k: v["errors"] for k, v in results.items() if isinstance(v, dict) and v.get("errors")
     }
@@ -387,6 +433,9 @@ def format_table(results: dict[str, Any]) -> str:
         f"c64 throughput vs bare: http {h['http_vs_bare_c64']}, client {h['client_vs_bare_c64']} "
         f"(targets 0.7 and 1.0); load average {results['load_average']}"
     )
+    for name in ("bare_c64", "http_c64", "client_c64"):
+        if name in results:
+            lines.append(f"cpu us/call {name}: {results[name].get('cpu_us_per_call')}")
     if h["errors"]:
         lines.append(f"errors: {json.dumps(h['errors'])}")
     return "\n".join(lines)

@@ -84,6 +84,7 @@ def _add_e2e(benches: Any) -> None:
     p.add_argument("--warmup", type=int, default=50, help="calls before each measured run")
     p.add_argument("--rounds", type=int, default=3, help="interleaved c64 rounds per system")
     p.add_argument("--worker-concurrency", type=int, default=0, help="0: the worker default")
+    p.add_argument("--worker-prefetch", type=int, default=0, help="0: the worker default")
     p.set_defaults(func=_run_e2e)
 
 
@@ -99,6 +100,7 @@ def _run_e2e(args: argparse.Namespace) -> int:
         c64_requests=args.requests,
         warmup=args.warmup,
         worker_concurrency=args.worker_concurrency,
+        worker_prefetch=args.worker_prefetch,
         rounds=max(1, args.rounds),
     )
     results = asyncio.run(
