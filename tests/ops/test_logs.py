@@ -39,8 +39,11 @@ async def test_worker_lines_of_an_invocation_carry_its_id_and_function(fleet: Fl
     assert any(line["message"].startswith("ran: ok") for line in mine)
     # Lines that concern no invocation carry no invocation fields.
     assert any("invocation_id" not in line for line in worker)
+    # The dispatcher's lines of the request (uvicorn logs it before the body is sent).
     dispatcher = json_lines((fleet.log_dir / "dispatcher.log").read_text())
-    assert dispatcher, "the dispatcher logged nothing"
+    served = [line for line in dispatcher if line.get("invocation_id") == invocation_id]
+    assert served and all(line["function"] == "echo" for line in served)
+    assert any("POST /v1/functions/echo/invoke" in line["message"] for line in served)
 
 
 def test_records_are_tagged_only_while_bound() -> None:
