@@ -32,7 +32,16 @@ def defined_series() -> dict[str, frozenset[str]]:
             for suffix in SUFFIXES[str(metric._type)]:
                 extra = {"le"} if suffix == "_bucket" else set()
                 series[metric._name + suffix] = labels | extra
+        for family in _collected_only(metrics):
+            for suffix in SUFFIXES[family.type]:
+                series[family.name + suffix] = frozenset()
     return series
+
+
+def _collected_only(metrics: Any) -> list[Any]:
+    """Families a custom collector yields at scrape time (no wrapper object in vars())."""
+    wrapped = {m._name for m in vars(metrics).values() if isinstance(m, MetricWrapperBase)}
+    return [f for f in metrics.registry.collect() if f.name not in wrapped]
 
 
 def metric_families() -> set[str]:
@@ -42,6 +51,8 @@ def metric_families() -> set[str]:
         for metric in vars(metrics).values():
             if isinstance(metric, MetricWrapperBase):
                 names.add(metric._name + ("_total" if metric._type == "counter" else ""))
+        for family in _collected_only(metrics):
+            names.add(family.name + ("_total" if family.type == "counter" else ""))
     return names
 
 
