@@ -34,7 +34,7 @@ from dispatcher.jobs import JobStore, ResultRecorder
 from dispatcher.registry import Deployer, FunctionVersion, Registry
 from dispatcher.service import callback_poster, options_from, split_listen
 from flotilla.config import FunctionConfig
-from flotilla.metrics import DispatcherMetrics
+from flotilla.metrics import DispatcherMetrics, WorkerMetrics
 from flotilla.settings import DispatcherSettings, WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -139,6 +139,7 @@ def build_dev(
     """Build the dev stack on the running `loop` (the worker's registry reads run on it)."""
     import fakeredis
     import httpx
+    from prometheus_client import CollectorRegistry
 
     from dispatcher.memory import MemoryTransport
     from flotilla.topology import Topology
@@ -166,7 +167,11 @@ def build_dev(
         cache_dir=cache_dir, concurrency=concurrency, aws_endpoint_url=aws_endpoint,
         aws_region=settings.aws_region,
     )
-    hosts = HostClients.for_dev(worker_settings)
+    # Worker and dispatcher metrics share one registry: the app's /metrics shows both.
+    registry_metrics = CollectorRegistry()
+    worker_metrics = WorkerMetrics(registry_metrics)
+    dispatcher_metrics = DispatcherMetrics(registry_metrics)
+    hosts = HostClients.for_dev(worker_settings, observe=worker_metrics.observe_host_call)
     closers.append(hosts.close)
     try:
         sandbox = Sandbox(hosts, cache_dir=cache_dir)
@@ -175,11 +180,15 @@ def build_dev(
         source = StoreArtifactSource(registry, store, engine_fingerprint=fingerprint, loop=loop)
         cache = ArtifactCache(
             source, sandbox, cache_dir=cache_dir,
-            tag=lambda data: artifact_tag(store.key, fingerprint, data),
+            tag=lambda data: artifact_tag(store.key, fingerprint, data), metrics=worker_metrics,
         )
         topology = Topology(prefix=settings.queue_prefix)
-        handler = EnvelopeHandler(SandboxRunner(sandbox, cache), job_results=topology.job_results)
+        handler = EnvelopeHandler(
+            SandboxRunner(sandbox, cache), job_results=topology.job_results,
+            metrics=worker_metrics,
+        )
         transport = MemoryTransport(handler, topology=topology, concurrency=concurrency)
+        dispatcher_metrics.watch_transport(transport)
     except BaseException:
         for close in reversed(closers):
             close()
@@ -188,7 +197,7 @@ def build_dev(
     deployer = Deployer(registry, store, compile=sandbox.compile, engine_fingerprint=fingerprint)
     app = create_app(
         registry=registry, deployer=deployer, jobs=jobs, transport=transport,
-        options=options_from(settings), metrics=DispatcherMetrics(),
+        options=options_from(settings), metrics=dispatcher_metrics,
         auth=Authenticator.on_redis(redis, prefix=settings.queue_prefix,
                                     admin_key=settings.admin_key)
         if settings.admin_key else None,
