@@ -10,11 +10,9 @@ import os
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self
 
 from flotilla.errors import SettingsError
-
-T = TypeVar("T", bound="_Base")
 
 
 def _default_cache_dir() -> str:
@@ -63,7 +61,7 @@ class _Base:
     )
 
     @classmethod
-    def from_env(cls: type[T], environ: Mapping[str, str] | None = None, **overrides: Any) -> T:
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Self:
         """Read `FLOTILLA_*` variables from `environ` (default os.environ); overrides win."""
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
@@ -77,7 +75,7 @@ class _Base:
         except TypeError as exc:
             raise SettingsError(str(exc)) from exc
 
-    def with_(self: T, **changes: Any) -> T:
+    def with_(self, **changes: Any) -> Self:
         """A copy with some fields changed."""
         return replace(self, **changes)
 
@@ -114,10 +112,19 @@ class WorkerSettings(_Base):
     drain_timeout_s: float = _setting(
         30.0, help="On SIGTERM, how long in-flight invocations may take to finish"
     )
+    max_abandoned_threads: int = _setting(
+        0,
+        help="Threads left blocked in a host call past their timeout before the worker stops "
+        "taking work (0: 2 x concurrency)",
+    )
 
     def effective_concurrency(self) -> int:
         """Concurrency with 0 resolved to the CPU count."""
         return self.concurrency or max(1, os.cpu_count() or 1)
+
+    def effective_max_abandoned(self) -> int:
+        """The cap on abandoned threads with 0 resolved to twice the concurrency."""
+        return self.max_abandoned_threads or 2 * self.effective_concurrency()
 
     def effective_prefetch(self) -> int:
         """Prefetch with 0 resolved to twice the concurrency."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import uuid
-from typing import Any
+from typing import Self
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
@@ -47,14 +47,14 @@ class BareEchoClient:
         self.queue_name = queue_name
         self.futures: dict[str, asyncio.Future[bytes]] = {}
 
-    async def __aenter__(self) -> BareEchoClient:
+    async def __aenter__(self) -> Self:
         self.connection = await aio_pika.connect_robust(self.amqp_url)
         self.channel = await self.connection.channel()
         self.reply_queue = await self.channel.declare_queue(exclusive=True, auto_delete=True)
         await self.reply_queue.consume(self._on_reply, no_ack=True)
         return self
 
-    async def __aexit__(self, *exc: Any) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.connection.close()
 
     async def _on_reply(self, message: AbstractIncomingMessage) -> None:

@@ -89,7 +89,7 @@ def percentile(sorted_values: list[float], pct: float) -> float:
     """Nearest-rank percentile of an ascending list (0 for an empty list)."""
     if not sorted_values:
         return 0.0
-    rank = max(0, min(len(sorted_values) - 1, int(round(pct / 100 * len(sorted_values))) - 1))
+    rank = max(0, min(len(sorted_values) - 1, round(pct / 100 * len(sorted_values)) - 1))
     return sorted_values[rank]
 
 
@@ -120,7 +120,7 @@ async def closed_loop(
             error = None
             try:
                 await call()
-            except Exception as exc:  # a failed call is a data point, not a crash
+            except Exception as exc:  # noqa: BLE001 - a failed call is a data point, not a crash
                 error = _error_name(exc)
             result.samples.append(Sample(t0 - begin, time.perf_counter() - t0, error))
 
@@ -141,7 +141,7 @@ async def open_loop(
         error = None
         try:
             await call()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a failed call is a data point
             error = _error_name(exc)
         result.samples.append(Sample(t0 - begin, time.perf_counter() - t0, error))
 

@@ -9,7 +9,6 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from flotilla.config import MAX_MAX_BODY_BYTES
-
 from tests.sandbox.conftest import FakeCache, config, req
 from worker.hosts.base import HostError
 from worker.sandbox import LoadedFunction, Outcome, RequestTooLarge, Sandbox
