@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import struct
 import uuid
 from ctypes import byref
@@ -24,7 +25,7 @@ from wasmtime.component import Component, ExportIndex
 from flotilla.config import MIB, FunctionConfig
 from flotilla.errors import ArtifactError, ComponentError, FlotillaError
 from worker.hosts.base import InvocationContext
-from worker.sandbox import abi, capi
+from worker.sandbox import abi, capi, fastpath
 from worker.sandbox.components import ArtifactCache, check_world
 from worker.sandbox.engine import EngineHandle, EngineSettings, build_engine
 from worker.sandbox.linker import HostLinker
@@ -72,7 +73,12 @@ class Sandbox:
     """Engine + Linker + compile cache, and `invoke` for one request at a time per thread."""
 
     def __init__(
-        self, hosts: Any, *, cache_dir: str | Path, engine_settings: EngineSettings | None = None
+        self,
+        hosts: Any,
+        *,
+        cache_dir: str | Path,
+        engine_settings: EngineSettings | None = None,
+        accelerate: bool | None = None,
     ) -> None:
         self._engine: EngineHandle = build_engine(engine_settings)
         self.engine = self._engine.engine
@@ -84,6 +90,11 @@ class Sandbox:
         self._linker_ptr = capi.address(self._linker.linker.ptr())
         self._current = self._linker.current
         self._configs: dict[int, _PreparedConfig] = {}
+        # None: use the C accelerator when built, unless FLOTILLA_SANDBOX_CTYPES=1.
+        if accelerate is None:
+            accelerate = os.environ.get("FLOTILLA_SANDBOX_CTYPES", "") not in ("1", "true")
+        self._fast = fastpath.load() if accelerate else None
+        self.call_path = fastpath.path_name(self._fast)
 
     # ---- loading ------------------------------------------------------------------------
 
@@ -154,102 +165,119 @@ class Sandbox:
         ctx = InvocationContext(
             config, request.invocation_id, monotonic() + config.timeout_ms / 1000.0
         )
-        output = CapturedOutput(ctx)
-        key = self._output.register(output)
+        run = _Run(ctx, CapturedOutput(ctx), config.max_body_bytes, t0)
+        key = self._output.register(run.output)
+        try:
+            if self._fast is not None:
+                return self._invoke_fast(fn, request, run, key)
+            return self._invoke_ctypes(fn, request, run, key)
+        finally:
+            self._output.unregister(key)
+
+    def _invoke_fast(
+        self, fn: LoadedFunction, request: Request, run: _Run, key: int
+    ) -> InvocationResult:
+        # The whole sequence (store, WASI, instantiate, call, read the result, post-return,
+        # drop) is one C call; wasm runs with the GIL released, host callbacks take it back.
+        fc = self._fast
+        assert fc is not None
+        prepared = self._prepared(run.ctx.config)
+        out = self._output
+        current = self._current
+        current.ctx = run.ctx
+        try:
+            stage, err, t_store, t_inst, t_call, lifted = fc.invoke(
+                self._engine_ptr,
+                self._linker_ptr,
+                fn.component_ptr,
+                fn.handle_ptr,
+                prepared.memory_bytes,
+                prepared.ticks,
+                prepared.env.names,
+                prepared.env.values,
+                request.invocation_id,
+                request.function_name,
+                request.headers,
+                request.body,
+                out._stdout_addr,
+                out._stderr_addr,
+                key,
+                out._finalize_addr,
+                run.max_body,
+            )
+        finally:
+            current.ctx = None
+        phases = run.phases
+        phases[1] = t_store or phases[0]
+        phases[2] = t_inst or phases[1]
+        phases[3] = t_call or phases[2]
+        if stage == fc.STAGE_OK:
+            is_ok, status, headers, body, n_body, message = lifted
+            if is_ok < 0:
+                return run.finish(Outcome.BAD_RESPONSE, error=message)
+            if not is_ok:
+                return run.finish(Outcome.FUNCTION_ERROR, error=message)
+            problem = check_response(status, n_body, run.max_body)
+            if problem:
+                return run.finish(Outcome.BAD_RESPONSE, error=problem)
+            return run.finish(Outcome.OK, response=Response(status, headers, body))
+        if stage == fc.STAGE_WASI:
+            raise capi.error_from(err)
+        if stage == fc.STAGE_GET_FUNC:
+            return run.finish(Outcome.TRAP, error="instance has no `handle` function")
+        return run.failure(err)
+
+    def _invoke_ctypes(
+        self, fn: LoadedFunction, request: Request, run: _Run, key: int
+    ) -> InvocationResult:
         store = capi.store_new(self._engine_ptr, None, None)
         try:
             context = capi.store_context(store)
-            prepared = self._prepared(config)
+            prepared = self._prepared(run.ctx.config)
             wasi = self._output.raw_wasi_config(key, prepared.env, request.invocation_id)
             err = capi.context_set_wasi(context, wasi)
             if err:
                 raise capi.error_from(err)
             capi.store_limiter(store, prepared.memory_bytes, -1, -1, -1, -1)
             capi.set_epoch_deadline(context, prepared.ticks)
-            return self._run(fn, config, request, ctx, output, context, t0)
+            return self._run(fn, request, run, context)
         finally:
             capi.store_delete(store)
-            self._output.unregister(key)
 
     def _run(
-        self,
-        fn: LoadedFunction,
-        config: FunctionConfig,
-        request: Request,
-        ctx: InvocationContext,
-        output: CapturedOutput,
-        context: int,
-        t0: float,
+        self, fn: LoadedFunction, request: Request, run: _Run, context: int
     ) -> InvocationResult:
-        t1 = perf_counter()
-        phases = [t0, t1, t1, t1, t1]
-
-        def finish(
-            outcome: Outcome, response: Response | None = None, error: str | None = None
-        ) -> InvocationResult:
-            now = perf_counter()
-            timings = Timings(
-                store_us=(phases[1] - t0) * 1e6,
-                instantiate_us=(phases[2] - phases[1]) * 1e6,
-                call_us=(phases[3] - phases[2]) * 1e6,
-                post_return_us=(now - phases[3]) * 1e6 if phases[3] > phases[2] else 0.0,
-                total_us=(now - t0) * 1e6,
-            )
-            logs = ctx.logs
-            return InvocationResult(
-                outcome,
-                response,
-                error,
-                tuple(logs.records),
-                logs.dropped + (1 if output.dropped else 0),
-                timings,
-            )
-
-        def failure(err: int) -> InvocationResult:
-            error = capi.error_from(err)
-            message = str(error)
-            if isinstance(error, wasmtime.ExitTrap):
-                return finish(Outcome.TRAP, error=f"guest exited with code {error.code}: {message}")
-            outcome = classify_error(
-                message,
-                output.stderr_tail.decode("utf-8", "replace"),
-                past_deadline=monotonic() >= ctx.deadline,
-            )
-            return finish(outcome, error=message)
-
+        phases = run.phases
+        phases[1] = phases[2] = phases[3] = perf_counter()
         scratch = bytearray(SCRATCH_SIZE)
         base = ctypes.addressof(ctypes.c_char.from_buffer(scratch))
         instance, func, result = base, base + capi.INSTANCE_SIZE, base + RESULT_OFFSET
         err = capi.linker_instantiate(self._linker_ptr, context, fn.component_ptr, instance)
         phases[2] = phases[3] = perf_counter()
         if err:
-            return failure(err)
+            return run.failure(err)
         if not capi.instance_get_func(instance, context, fn.handle_ptr, func):
-            return finish(Outcome.TRAP, error="instance has no `handle` function")
+            return run.finish(Outcome.TRAP, error="instance has no `handle` function")
         params = abi.BorrowedRequest(
             request.invocation_id, request.function_name, request.headers, request.body
         )
         current = self._current
-        current.ctx = ctx
+        current.ctx = run.ctx
         try:
             err = capi.func_call(func, context, params.address, 1, result, 1)
         finally:
             current.ctx = None
         phases[3] = perf_counter()
         if err:
-            return failure(err)
+            return run.failure(err)
         try:
-            response, error, problem = _lift_result(scratch, result, config.max_body_bytes)
+            lifted = _lift_result(scratch, result, run.max_body)
         finally:
             capi.val_delete(result)
         err = capi.func_post_return(func, context)
         if err:
-            return failure(err)
-        if problem:
-            return finish(Outcome.BAD_RESPONSE, error=problem)
-        if error is not None:
-            return finish(Outcome.FUNCTION_ERROR, error=error)
-        return finish(Outcome.OK, response=response)
+            return run.failure(err)
+        return run.lifted(*lifted)
 
     def _prepared(self, config: FunctionConfig) -> _PreparedConfig:
         # Keyed by identity: configs are frozen and the worker reuses one per function.
@@ -269,6 +297,70 @@ class Sandbox:
     def close(self) -> None:
         """Stop the epoch ticker (loaded functions stay usable until garbage-collected)."""
         self._engine.close()
+
+
+class _Run:
+    """One invocation's context, captured output and phase clock, and how it ends."""
+
+    __slots__ = ("ctx", "max_body", "output", "phases", "t0")
+
+    def __init__(
+        self, ctx: InvocationContext, output: CapturedOutput, max_body: int, t0: float
+    ) -> None:
+        self.ctx = ctx
+        self.output = output
+        self.max_body = max_body
+        self.t0 = t0
+        # perf_counter at: start, store ready, instantiated, call returned
+        self.phases = [t0, t0, t0, t0]
+
+    def finish(
+        self, outcome: Outcome, response: Response | None = None, error: str | None = None
+    ) -> InvocationResult:
+        """The result, with the phase timings measured so far."""
+        now = perf_counter()
+        t0, t_store, t_inst, t_call = self.phases
+        timings = Timings(
+            store_us=(t_store - t0) * 1e6,
+            instantiate_us=(t_inst - t_store) * 1e6,
+            call_us=(t_call - t_inst) * 1e6,
+            post_return_us=(now - t_call) * 1e6 if t_call > t_inst else 0.0,
+            total_us=(now - t0) * 1e6,
+        )
+        logs = self.ctx.logs
+        return InvocationResult(
+            outcome,
+            response,
+            error,
+            tuple(logs.records),
+            logs.dropped + (1 if self.output.dropped else 0),
+            timings,
+        )
+
+    def failure(self, err: int) -> InvocationResult:
+        """The result for a wasmtime error (takes ownership of `err`)."""
+        error = capi.error_from(err)
+        message = str(error)
+        if isinstance(error, wasmtime.ExitTrap):
+            return self.finish(
+                Outcome.TRAP, error=f"guest exited with code {error.code}: {message}"
+            )
+        outcome = classify_error(
+            message,
+            self.output.stderr_tail.decode("utf-8", "replace"),
+            past_deadline=monotonic() >= self.ctx.deadline,
+        )
+        return self.finish(outcome, error=message)
+
+    def lifted(
+        self, response: Response | None, error: str | None, problem: str | None
+    ) -> InvocationResult:
+        """The result for what `_lift_result` read."""
+        if problem:
+            return self.finish(Outcome.BAD_RESPONSE, error=problem)
+        if error is not None:
+            return self.finish(Outcome.FUNCTION_ERROR, error=error)
+        return self.finish(Outcome.OK, response=response)
 
 
 RESULT_OFFSET = 64  # instance (16 bytes) and func (24 bytes) come first

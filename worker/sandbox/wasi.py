@@ -130,9 +130,10 @@ class GuestEnv:
         env = dict(config.env)
         env["FLOTILLA_FUNCTION_NAME"] = config.name
         names = [k.encode("utf-8") for k in env] + [b"FLOTILLA_INVOCATION_ID"]
-        self.values = [v.encode("utf-8") for v in env.values()]
+        self.values = tuple(v.encode("utf-8") for v in env.values())
         self.count = len(names)
         self.values_type = ctypes.c_char_p * self.count
         self._names = self.values_type(*names)
         self._keep = names
+        self.names = tuple(names)  # the same, as bytes, for the C accelerator
         self.names_address = ctypes.addressof(self._names)
