@@ -2,7 +2,8 @@
 
 Envelopes go through an asyncio queue (bounded: a full queue raises `QueueFull`, like the
 broker's `reject-publish`) to worker tasks that run the same `EnvelopeHandler` the AMQP
-consumer runs, on a thread pool. Replies are routed the way the consumer routes them: to the
+consumer runs, on a thread pool, through the same `InvocationPool` (a run blocked in a host
+call past its timeout is answered `timeout` and its thread abandoned). Replies are routed the way the consumer routes them: to the
 waiting caller's future, or to the job-results handler. Envelopes still travel as bytes, so
 dev mode exercises the real wire format.
 """
@@ -24,6 +25,7 @@ from dispatcher.transport import (
 )
 from flotilla.envelope import REPLY_JOB, REPLY_QUEUE, Envelope, Reply, Started, now_ms
 from flotilla.topology import Topology
+from worker.executor import InvocationPool
 from worker.handler import EnvelopeHandler, Handled, Settle
 
 log = logging.getLogger(__name__)
@@ -42,13 +44,21 @@ class MemoryTransport:
         concurrency: int = 4,
         max_length: int = 10_000,
         executor: Executor | None = None,
+        max_abandoned: int | None = None,
     ) -> None:
+        """`max_abandoned`: threads left blocked past their timeout before the workers wait
+        (default 2 x concurrency; an `executor` passed in needs that much headroom)."""
+        if max_abandoned is None:
+            max_abandoned = 2 * concurrency
         self._handler = handler
         self._topology = topology or Topology()
         self._concurrency = concurrency
         self._queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=max_length)
         self._own_executor = executor is None
-        self._executor = executor or ThreadPoolExecutor(concurrency, "flotilla-memory")
+        self._executor = executor or ThreadPoolExecutor(
+            concurrency + max_abandoned, "flotilla-memory"
+        )
+        self.pool = InvocationPool(handler, self._executor, max_abandoned=max_abandoned)
         self._futures: dict[str, asyncio.Future[Reply]] = {}
         self._job_handler: JobResultHandler | None = None
         self._started_handler: JobStartedHandler | None = None
@@ -121,12 +131,10 @@ class MemoryTransport:
             raise QueueFull("the in-memory invocation queue is full; retry later") from None
 
     async def _work(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
+            await self.pool.wait_for_room()
             body = await self._queue.get()
-            handled = await loop.run_in_executor(
-                self._executor, self._handler.handle, body, 0, self._announce
-            )
+            handled = await self.pool.handle(body, 0, self._announce)
             try:
                 await self._route(handled)
             except Exception:

@@ -72,6 +72,11 @@ class WorkerMetrics:
             "flotilla_expired_total", "Envelopes not run because their deadline had passed",
             registry=r,
         )
+        self.abandoned = Counter(
+            "flotilla_invocations_abandoned_total",
+            "Invocations answered `timeout` while their thread was still blocked in a host call",
+            registry=r,
+        )
 
     def observe_host_call(
         self, interface: str, operation: str, outcome: str, seconds: float

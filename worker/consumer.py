@@ -5,7 +5,10 @@ its reply is published and only then is the delivery settled; every delivery is 
 exactly once, in one `finally`, on every path (ack, reject to the DLQ, or requeue). The one
 exception is a forced close after the drain deadline: the channel closes under the delivery
 and the broker requeues it. A semaphore bounds the invocations running at once; deliveries
-waiting for it when shutdown starts are requeued at once for other workers.
+waiting for it when shutdown starts are requeued at once for other workers. Invocations run
+through an `InvocationPool`: one still blocked in a host call past its timeout is answered
+`timeout` and its thread abandoned; while `max_abandoned` threads are out, no new invocation
+starts and the consumer reports itself not consuming (the worker's /readyz answers 503).
 
 Stop order (see `WorkerService`): `stop_consuming()` (the broker stops sending),
 `drain(timeout)` (in-flight invocations finish, publish their replies and are acked),
@@ -30,6 +33,7 @@ from aio_pika.abc import (
 from flotilla.envelope import NOT_FOUND, STARTED_TYPE, Started
 from flotilla.metrics import WorkerMetrics
 from flotilla.topology import Topology
+from worker.executor import InvocationPool
 from worker.handler import EnvelopeHandler, Handled, Settle
 
 log = logging.getLogger(__name__)
@@ -48,11 +52,13 @@ class Consumer:
         concurrency: int,
         prefetch: int,
         metrics: WorkerMetrics | None = None,
+        max_abandoned: int = 0,
     ) -> None:
+        """`executor` needs `concurrency + max_abandoned` threads (abandoned ones included)."""
         self._connection = connection
         self._topology = topology
         self._handler = handler
-        self._executor = executor
+        self.pool = InvocationPool(handler, executor, max_abandoned=max_abandoned)
         self._prefetch = prefetch
         self._slots = asyncio.Semaphore(concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -144,6 +150,14 @@ class Consumer:
         """Wait for a free invocation slot; False (holding none) once stopping."""
         if self._stopping:
             return False
+        if self.pool.saturated:
+            room = asyncio.ensure_future(self.pool.wait_for_room())
+            stop = asyncio.ensure_future(self._stop.wait())
+            await asyncio.wait({room, stop}, return_when=asyncio.FIRST_COMPLETED)
+            room.cancel()
+            stop.cancel()
+            if self._stopping:
+                return False
         if not self._slots.locked():
             await self._slots.acquire()  # free: returns without suspending
             return True
@@ -166,13 +180,7 @@ class Consumer:
         if metrics is not None:
             metrics.in_flight.inc()
         try:
-            handled = await loop.run_in_executor(
-                self._executor,
-                self._handler.handle,
-                message.body,
-                _redeliveries(message),
-                self._announce,
-            )
+            handled = await self.pool.handle(message.body, _redeliveries(message), self._announce)
         finally:
             if metrics is not None:
                 metrics.in_flight.dec()
@@ -183,10 +191,12 @@ class Consumer:
 
     @property
     def consuming(self) -> bool:
-        """True while the broker may send deliveries (started, not stopping, channel open)."""
+        """True while the broker may send deliveries and they will run (started, not stopping,
+        channel open, not at the cap of abandoned threads)."""
         return (
             self._tag is not None
             and not self._stopping
+            and not self.pool.saturated
             and self._channel is not None
             and not self._channel.is_closed
         )

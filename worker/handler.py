@@ -32,6 +32,7 @@ from flotilla.envelope import (
     INTERNAL,
     NOT_FOUND,
     REPLY_JOB,
+    TIMEOUT,
     Envelope,
     EnvelopeError,
     Reply,
@@ -70,6 +71,26 @@ class Runner(Protocol):
         """Invoke `envelope.function` at `envelope.digest` for at most `timeout_ms`."""
 
 
+# A run may end up to this long after its budget: the runner keeps the function's own timeout
+# when the budget is at most this much shorter (see worker/runner.py, DEADLINE_SLACK_MS).
+RUN_SLACK_MS = 1_000
+
+
+@dataclass
+class Watch:
+    """What the transport needs to answer for an invocation whose thread it stops waiting for.
+
+    The handler fills it (on the invocation thread) just before the function runs; the
+    transport reads it (on its event loop) and marks it `abandoned` when it answers instead.
+    """
+
+    envelope: Envelope | None = None
+    route: str = ""
+    queued_ms: int | None = None
+    due_ms: int | None = None  # wall clock by which the run must have ended
+    abandoned: bool = False
+
+
 def run_timeout_ms(remaining_ms: int) -> int | None:
     """Time budget of an invocation from its deadline; None when it should not start."""
     return remaining_ms if remaining_ms > 0 else None
@@ -85,8 +106,10 @@ class EnvelopeHandler:
         job_results: str,
         clock: Callable[[], int] = now_ms,
         metrics: WorkerMetrics | None = None,
+        run_slack_ms: int = RUN_SLACK_MS,
     ) -> None:
         self._runner = runner
+        self._run_slack_ms = run_slack_ms
         self._job_results = job_results
         self._clock = clock
         self._metrics = metrics
@@ -96,19 +119,44 @@ class EnvelopeHandler:
         body: bytes,
         redeliveries: int = 0,
         on_start: Callable[[Started], None] | None = None,
+        watch: Watch | None = None,
     ) -> Handled:
         """Handle one delivery's body; never raises.
 
         `redeliveries`: how often the broker delivered it before (raises `attempt`);
-        `on_start`: called (on this thread) just before a job-mode envelope runs.
+        `on_start`: called (on this thread) just before a job-mode envelope runs;
+        `watch`: filled just before the function runs (see `abandon`).
         """
-        handled = self._handle(body, redeliveries, on_start)
+        handled = self._handle(body, redeliveries, on_start, watch)
+        # An abandoned invocation was counted when it was answered: its late result is not.
+        if self._metrics is not None and not (watch is not None and watch.abandoned):
+            observe(self._metrics, handled)
+        return handled
+
+    def abandon(self, watch: Watch, blocked_ms: int) -> Handled:
+        """The `timeout` answer for a run still blocked `blocked_ms` after it was due
+        (called by the transport, which stops waiting for its thread)."""
+        envelope = watch.envelope
+        assert envelope is not None, "only a run that started can be abandoned"
+        watch.abandoned = True
+        reply = reply_to(
+            envelope,
+            TIMEOUT,
+            f"the function did not return by its timeout: blocked in a host call (a WASI "
+            f"poll such as sleep) {blocked_ms} ms past it; its thread was abandoned",
+        )
+        handled = Handled(Settle.ACK, reply, watch.route, envelope.function, watch.queued_ms)
         if self._metrics is not None:
+            self._metrics.abandoned.inc()
             observe(self._metrics, handled)
         return handled
 
     def _handle(
-        self, body: bytes, redeliveries: int, on_start: Callable[[Started], None] | None
+        self,
+        body: bytes,
+        redeliveries: int,
+        on_start: Callable[[Started], None] | None,
+        watch: Watch | None,
     ) -> Handled:
         logs.unbind()  # this thread's previous delivery
         try:
@@ -131,6 +179,9 @@ class EnvelopeHandler:
                 on_start(Started(envelope.invocation_id, envelope.attempt))
             except Exception:  # the running mark is informative: run the job anyway
                 log.exception("announcing job %s as started failed", envelope.invocation_id)
+        if watch is not None:
+            watch.envelope, watch.route, watch.queued_ms = envelope, route, queued_ms
+            watch.due_ms = now + budget + self._run_slack_ms  # set last: the transport reads it first
         started = time.perf_counter()
         try:
             reply = self._runner.run(envelope, budget)

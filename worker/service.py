@@ -148,7 +148,11 @@ class WorkerService:
         loop = asyncio.get_running_loop()
         settings = self.settings
         runtime = self._runtime = self._runtime_factory(settings, loop, self.metrics)
-        executor = ThreadPoolExecutor(settings.effective_concurrency(), "flotilla-invoke")
+        # Headroom for threads abandoned blocked in a host call (see worker/executor.py).
+        executor = ThreadPoolExecutor(
+            settings.effective_concurrency() + settings.effective_max_abandoned(),
+            "flotilla-invoke",
+        )
         connection = None
         try:
             await self._start_probes()
@@ -168,6 +172,7 @@ class WorkerService:
                 concurrency=settings.effective_concurrency(),
                 prefetch=settings.effective_prefetch(),
                 metrics=self.metrics,
+                max_abandoned=settings.effective_max_abandoned(),
             )
             await self.consumer.start()
             self.ready.set()
@@ -184,7 +189,9 @@ class WorkerService:
                 await connection.close()
             # After a forced exit or a drain timeout, threads still running guest code are
             # abandoned rather than joined (each is bounded by its function's timeout anyway).
-            drained = self.consumer is None or self.consumer.in_flight == 0
+            drained = self.consumer is None or (
+                self.consumer.in_flight == 0 and self.consumer.pool.abandoned == 0
+            )
             executor.shutdown(wait=drained and not self._force.is_set(), cancel_futures=True)
             runtime.close()
 
