@@ -142,7 +142,9 @@ class InvocationPool:
         run.result.set_result(self._handler.abandon(run.watch, late_ms))
 
 
-def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[[_Run], None], run: _Run) -> None:
+def _call_soon(
+    loop: asyncio.AbstractEventLoop, callback: Callable[[_Run], None], run: _Run
+) -> None:
     try:
         loop.call_soon_threadsafe(callback, run)
     except RuntimeError:  # the loop closed first: nobody waits for this run any more

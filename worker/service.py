@@ -258,7 +258,11 @@ def run_process(settings: WorkerSettings, runtime_factory: RuntimeFactory = sand
         return await service.run()
 
     status = asyncio.run(main())
-    if service is not None and service.forced:
+    # Python would join threads still blocked in a guest's host call at exit (a guest may
+    # sleep for hours): a forced stop, or abandoned threads still out, exit without them.
+    if service is not None and (
+        service.forced or (service.consumer is not None and service.consumer.pool.abandoned)
+    ):
         exit_now(status)
     return status
 

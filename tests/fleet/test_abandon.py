@@ -59,7 +59,9 @@ async def test_blocked_run_is_answered_timeout_and_its_thread_abandoned(
         assert answered - started >= 200  # not before its deadline
         assert (pool.abandoned, pool.saturated) == (1, True)  # the thread still blocks
         assert _value(metrics, "flotilla_invocations_abandoned_total") == 1
-        assert _value(metrics, "flotilla_invocations_total", function="block", outcome="timeout") == 1
+        assert (
+            _value(metrics, "flotilla_invocations_total", function="block", outcome="timeout") == 1
+        )
 
         runner.release.set()
         await pool.wait_for_room()  # the thread came back

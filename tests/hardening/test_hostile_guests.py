@@ -12,7 +12,10 @@ Which test proves which item (tests elsewhere that already prove one are named t
   (pure rules: tests/hosts/test_policy.py, host level: tests/hosts/test_http.py)
 - another function's cache keys, S3 buckets, DynamoDB tables:
   test_cache_keys_of_another_function_are_out_of_reach, test_other_buckets_and_tables_are_denied
-- outliving the timeout (CPU loop, blocking sleep): test_guest_cannot_outlive_its_timeout
+- outliving the timeout (CPU loop, blocking sleep): test_guest_cannot_outlive_its_timeout;
+  a sleep blocked in a WASI poll is answered `timeout` by the worker and its thread abandoned:
+  test_blocking_sleep_is_cut_off_at_the_timeout (in process),
+  test_blocked_guest_is_answered_at_its_timeout_by_a_real_worker (cap and readiness too)
 - memory cap: test_memory_cap_holds
 - flooding logs and stdout: test_log_and_stdout_floods_are_capped
 - a host call held open past the deadline: test_host_call_is_cut_off_at_the_deadline
@@ -24,8 +27,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
+import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +39,18 @@ import httpx
 import pytest
 
 from flotilla.config import FunctionConfig
+from flotilla.envelope import Envelope, now_ms
+from flotilla.metrics import WorkerMetrics
 from flotilla.settings import WorkerSettings
 from loadtest.soak import SECRET_ENV, Fleet
 from tests.guests.build import probe_wasm  # noqa: F401 - fixture
 from tests.hosts.conftest import http_server  # noqa: F401 - fixture
 from tests.sandbox.conftest import persistent_cache_dir
+from worker.executor import InvocationPool
+from worker.handler import EnvelopeHandler
 from worker.hosts.clients import HostClients
 from worker.hosts.http import HttpHost
+from worker.runner import SandboxRunner
 from worker.sandbox import InvocationResult, LoadedFunction, Outcome, Sandbox, new_request
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -271,19 +282,53 @@ def test_guest_cannot_outlive_its_timeout(
     assert result.outcome is Outcome.TIMEOUT, result
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a guest blocked in a WASI poll (time.sleep) is not interrupted: the epoch "
-    "deadline only fires while wasm code runs, so the invocation ends when the sleep does "
-    "(docs/reliability.md, known gaps)",
-)
-def test_blocking_sleep_is_cut_off_at_the_timeout(sandbox: Sandbox, probe: LoadedFunction) -> None:
-    began = time.monotonic()
-    result = invoke(
-        sandbox, probe, cfg("sleepy", timeout_ms=300), {"op": "wall_sleep", "ms": 4_000}
+class _OneFunction:
+    """The `ArtifactCache` lookup of `SandboxRunner`, answering with one loaded function."""
+
+    def __init__(self, fn: LoadedFunction, config: FunctionConfig) -> None:
+        self._found = (fn, config)
+
+    def get(self, name: str, digest: str) -> tuple[LoadedFunction, FunctionConfig]:
+        return self._found
+
+
+def _envelope(function: str, op: dict[str, Any], timeout_ms: int) -> Envelope:
+    iid = uuid.uuid4().hex
+    return Envelope(
+        invocation_id=iid, correlation_id=iid, function=function, digest="d" * 64, headers=(),
+        body=json.dumps(op).encode(), deadline_ms=now_ms() + timeout_ms, reply_to="q.reply",
+    )  # fmt: skip
+
+
+async def test_blocking_sleep_is_cut_off_at_the_timeout(
+    sandbox: Sandbox, probe: LoadedFunction
+) -> None:
+    # time.sleep blocks in a WASI poll inside wasmtime, where the epoch deadline cannot
+    # interrupt it: the worker's InvocationPool answers `timeout` and abandons the thread.
+    config = cfg("sleepy", timeout_ms=300)
+    metrics = WorkerMetrics()
+    handler = EnvelopeHandler(
+        SandboxRunner(sandbox, _OneFunction(probe, config)),  # type: ignore[arg-type]
+        job_results="unused",
+        metrics=metrics,
     )
-    assert result.outcome is Outcome.TIMEOUT, result
-    assert time.monotonic() - began < 4.0  # ended before the guest's own sleep would have
+    executor = ThreadPoolExecutor(2)
+    try:
+        pool = InvocationPool(handler, executor, max_abandoned=1)
+        handled = await pool.handle(
+            _envelope("sleepy", {"op": "wall_sleep", "ms": 3_000}, 300).encode()
+        )
+        assert handled.reply is not None and handled.reply.outcome == "timeout", handled
+        assert "host call" in handled.reply.error
+        assert pool.abandoned == 1  # answered while the guest still sleeps
+        assert metrics.registry.get_sample_value("flotilla_invocations_abandoned_total") == 1
+        # The worker keeps serving on the spare thread meanwhile.
+        echo = await pool.handle(_envelope("sleepy", {"op": "echo"}, 5_000).encode())
+        assert echo.reply is not None and echo.reply.outcome == "ok", echo
+        await pool.wait_for_room()  # the sleep ended; the thread (and its store) came back
+        assert pool.abandoned == 0
+    finally:
+        executor.shutdown(wait=False)
 
 
 @pytest.mark.parametrize(
@@ -393,6 +438,70 @@ async def test_hostile_guests_do_not_hurt_a_normal_one_on_the_same_worker(
         assert set(normals) == {200}, normals
         assert hostile_a[0] == hostile_b[0] == 504  # the loop hit its timeout
         assert all(s in (502, 504) for s in hostile_a + hostile_b), (hostile_a, hostile_b)
+        assert fleet.procs["worker"].poll() is None, fleet.log_tail("worker")
+    finally:
+        await asyncio.to_thread(fleet.stop)
+
+
+async def test_blocked_guest_is_answered_at_its_timeout_by_a_real_worker(
+    amqp_url: str,
+    redis_url: str,
+    aws_endpoint_url: str,
+    probe_wasm: Path,  # noqa: F811
+) -> None:
+    # A worker with two slots and room for two abandoned threads. A guest asleep in a WASI
+    # poll for 6 s with a 500 ms timeout gets its 504 from the worker long before the sleep
+    # ends, while a normal function keeps meeting its own 2 s timeout on the same worker.
+    # A second sleeper reaches the cap: /readyz says 503 until the first thread comes back.
+    fleet = Fleet(amqp_url, redis_url, aws_endpoint_url=aws_endpoint_url)
+    try:
+        await asyncio.to_thread(fleet.start_dispatcher)
+        await asyncio.to_thread(
+            fleet.start_worker, "worker", concurrency=2, extra=("--max-abandoned-threads", "2")
+        )
+        found = re.search(r"/readyz on port (\d+)", fleet.log_tail("worker", 20_000))
+        assert found, fleet.log_tail("worker")
+        probes = f"http://127.0.0.1:{found.group(1)}"
+        wasm = probe_wasm.read_bytes()
+        async with httpx.AsyncClient(base_url=fleet.api, timeout=30) as client:
+            for name, config in (
+                ("normal", {"timeout_ms": 2_000}),
+                ("sleepy", {"timeout_ms": 500}),
+            ):
+                r = await client.put(
+                    f"/v1/functions/{name}",
+                    files={"component": ("p.wasm", wasm, "application/wasm")},
+                    data={"config": json.dumps(config)},
+                    timeout=300,
+                )
+                assert r.status_code in (200, 201), r.text
+
+            async def call(name: str, op: dict[str, Any]) -> httpx.Response:
+                return await client.post(f"/v1/functions/{name}/invoke", content=json.dumps(op))
+
+            async def ready() -> int:
+                return (await client.get(f"{probes}/readyz")).status_code
+
+            assert (await call("normal", {"op": "counter"})).status_code == 200  # warm
+            sleep = {"op": "wall_sleep", "ms": 6_000}
+            sleeper = asyncio.ensure_future(call("sleepy", sleep))
+            normals: list[int] = []
+            while not sleeper.done() or len(normals) < 5:
+                normals.append((await call("normal", {"op": "echo"})).status_code)
+            first = sleeper.result()
+            assert first.status_code == 504, first.text
+            assert "host call" in first.text  # the worker's answer, not the dispatcher's wait
+            assert set(normals) == {200}, normals
+            assert await ready() == 200  # one thread out of two allowed
+
+            second = await call("sleepy", sleep)
+            assert second.status_code == 504 and "host call" in second.text, second.text
+            assert await ready() == 503  # at the cap: no new work until a thread returns
+            while await ready() != 200:  # the first sleep ends; readiness is the only signal
+                await asyncio.sleep(0.1)
+            assert (await call("normal", {"op": "echo"})).status_code == 200
+            metrics = (await client.get(f"{probes}/metrics")).text
+            assert "flotilla_invocations_abandoned_total 2.0" in metrics, metrics
         assert fleet.procs["worker"].poll() is None, fleet.log_tail("worker")
     finally:
         await asyncio.to_thread(fleet.stop)
