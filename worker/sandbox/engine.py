@@ -7,8 +7,10 @@ loaded, so they feed `fingerprint`, which keys the compile cache.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
+import platform
 import threading
 import time
 from dataclasses import dataclass
@@ -45,6 +47,13 @@ class EngineSettings:
     table_keep_resident: int = 1 * MIB
     max_unused_warm_slots: int = 64
     max_wasm_stack: int = 1 * MIB
+    # Process-wide glibc malloc tuning (0: leave malloc alone). wasmtime's C API turns a
+    # list<u8> into one 32-byte C value (and one Rust value) per byte, so a 64 KiB body makes
+    # several MiB-sized allocations per call. glibc serves those with fresh mmaps and gives
+    # them back on free, so every call page-faults its buffers in again: over half the
+    # per-KiB cost. With mmap off and this much free heap kept before trimming, the buffers
+    # are reused warm. The price: up to this many freed bytes stay resident per arena.
+    malloc_keep_freed: int = 256 * MIB
 
     def fingerprint_data(self) -> dict[str, object]:
         """The settings that change generated code or its layout (serialized into the key)."""
@@ -168,9 +177,24 @@ class EngineHandle:
         self.ticker.close()
 
 
+M_TRIM_THRESHOLD = -1  # mallopt parameters (glibc malloc.h)
+M_MMAP_MAX = -4
+
+
+def tune_malloc(keep_freed: int) -> bool:
+    """Serve large allocations from the heap and keep `keep_freed` bytes of it (glibc only)."""
+    if keep_freed <= 0 or platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL(None)
+    return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(
+        libc.mallopt(M_TRIM_THRESHOLD, ctypes.c_int(min(keep_freed, 2**31 - 1)))
+    )
+
+
 def build_engine(settings: EngineSettings | None = None) -> EngineHandle:
     """Create the engine, start its epoch ticker, compute its fingerprint."""
     settings = settings or EngineSettings()
+    tune_malloc(settings.malloc_keep_freed)
     engine = wasmtime.Engine(build_config(settings))
     return EngineHandle(
         engine=engine,
@@ -180,4 +204,10 @@ def build_engine(settings: EngineSettings | None = None) -> EngineHandle:
     )
 
 
-__all__ = ["EngineHandle", "EngineSettings", "build_engine", "engine_fingerprint"]
+__all__ = [
+    "EngineHandle",
+    "EngineSettings",
+    "build_engine",
+    "engine_fingerprint",
+    "tune_malloc",
+]
