@@ -80,14 +80,15 @@ async def deploy(url: str, name: str, wasm: bytes, config: dict[str, Any]) -> No
 async def wait_jobs(
     client: httpx.AsyncClient, jobs: dict[str, bytes], timeout: float
 ) -> dict[str, Any]:
-    """Each job's final document (status and response), waiting up to `timeout` in all."""
+    """Each job's last document (status and response), waiting up to `timeout` in all."""
     end = time.monotonic() + timeout
     out: dict[str, Any] = {}
     for job_id in jobs:
-        while time.monotonic() < end:
-            r = await client.get(f"/v1/jobs/{job_id}", params={"wait": 5}, timeout=30)
+        while True:
+            wait = max(0.0, min(5.0, end - time.monotonic()))
+            r = await client.get(f"/v1/jobs/{job_id}", params={"wait": wait}, timeout=30)
             doc = r.json() if r.status_code == 200 else {"status": f"http {r.status_code}"}
-            if doc.get("status") not in ("queued", "running"):
+            if doc.get("status") not in ("queued", "running") or time.monotonic() >= end:
                 break
         out[job_id] = doc
     return out
@@ -100,10 +101,11 @@ def job_body(doc: dict[str, Any]) -> bytes | None:
     return base64.b64decode(doc["response"]["body"])
 
 
-def assert_all_succeeded(jobs: dict[str, bytes], docs: dict[str, Any]) -> None:
+def assert_all_succeeded(jobs: dict[str, bytes], docs: dict[str, Any], more: str = "") -> None:
     failed = {j: d for j, d in docs.items() if d.get("status") != "succeeded"}
     assert not failed, (
-        f"{len(failed)} of {len(jobs)} jobs did not succeed: {list(failed.items())[:3]}"
+        f"{len(failed)} of {len(jobs)} jobs did not succeed: "
+        f"{[(d.get('status'), d.get('error')) for d in list(failed.values())[:3]]} {more}"
     )
 
 
@@ -241,8 +243,12 @@ async def test_workers_killed_in_a_loop_lose_nothing(
     probe_wasm: Path,  # noqa: F811 - fixture
 ) -> None:
     url = await asyncio.to_thread(fault_fleet.start_dispatcher)
-    await asyncio.to_thread(fault_fleet.start_worker, "steady", concurrency=2)
-    await asyncio.to_thread(fault_fleet.start_worker, "victim", concurrency=2)
+    # Prefetch is pinned to 4: each SIGKILL returns every unacked delivery with one more
+    # delivery counted, and a deep prefetch (the default is 16 x concurrency) lets repeated
+    # kills push an innocent job past the delivery limit (docs/reliability.md, known gaps).
+    shallow = ("--prefetch", "4")
+    await asyncio.to_thread(fault_fleet.start_worker, "steady", concurrency=2, extra=shallow)
+    await asyncio.to_thread(fault_fleet.start_worker, "victim", concurrency=2, extra=shallow)
     await deploy(url, "probe", probe_wasm.read_bytes(), {"timeout_ms": 5_000})
     topology = Topology(fault_fleet.prefix)
     # Poison put in the queue on purpose: the only thing the dead-letter queue may hold.
@@ -275,14 +281,17 @@ async def test_workers_killed_in_a_loop_lose_nothing(
                 await asyncio.sleep(1.0)
                 await asyncio.to_thread(fault_fleet.kill, "victim", signal.SIGKILL)
                 kills += 1
-                await asyncio.to_thread(fault_fleet.start_worker, "victim", concurrency=2)
+                await asyncio.to_thread(
+                    fault_fleet.start_worker, "victim", concurrency=2, extra=shallow
+                )  # fmt: skip
             stop.set()
             return kills
 
         kills, _ = await asyncio.gather(chaos(), submit())
         docs = await wait_jobs(client, jobs, 90)
     assert kills >= 2 and len(jobs) > 30, (kills, len(jobs))
-    assert_all_succeeded(jobs, docs)
+    dead = await dead_letters(amqp_url, topology)
+    assert_all_succeeded(jobs, docs, f"dead letters: {[d[:80] for d in dead]}")
     assert fault_fleet.procs["steady"].poll() is None
     assert sorted(await dead_letters(amqp_url, topology)) == sorted(poison)
 
