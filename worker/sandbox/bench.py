@@ -186,6 +186,7 @@ def run_bench(
             flotilla_runner(sandbox, sandbox.load(python_wasm), config) if python_wasm else None
         )
         results: dict[str, Any] = {"flotilla": summarize(trivial, python, plan, 1.0)}
+        results["flotilla"]["call_path"] = sandbox.call_path  # "c-extension" or "ctypes"
     finally:
         sandbox.close()
     if baseline:
@@ -219,6 +220,9 @@ def format_table(results: dict[str, Any]) -> str:
     for kib in SIZES_KIB:
         cells = [_cell(results[s]["per_kib_us"].get(str(kib))) for s in sides]
         lines.append(f"{f'per KiB at {kib} KiB (us)':28}" + "".join(cells))
+    path = results.get("flotilla", {}).get("call_path")
+    if path:
+        lines.append(f"{'flotilla call path':28}{path:>14}")
     return "\n".join(lines)
 
 
