@@ -23,6 +23,7 @@ import enum
 import logging
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -89,6 +90,22 @@ class Watch:
     queued_ms: int | None = None
     due_ms: int | None = None  # wall clock by which the run must have ended
     abandoned: bool = False
+
+    def arm(self, timeout_ms: int) -> None:
+        """The run starts now with this timeout (the runner knows it once the code is loaded)."""
+        self.due_ms = now_ms() + timeout_ms
+
+
+# The watch of the run on this thread, for a runner that knows its timeout better than the
+# envelope's budget does (jobs: the budget is the job's TTL; loading code takes time too).
+_current_watch: ContextVar[Watch | None] = ContextVar("flotilla_watch", default=None)
+
+
+def arm_watch(timeout_ms: int) -> None:
+    """Called by a runner on the invocation thread as the function starts with `timeout_ms`."""
+    watch = _current_watch.get()
+    if watch is not None:
+        watch.arm(timeout_ms)
 
 
 def run_timeout_ms(remaining_ms: int) -> int | None:
@@ -181,7 +198,9 @@ class EnvelopeHandler:
                 log.exception("announcing job %s as started failed", envelope.invocation_id)
         if watch is not None:
             watch.envelope, watch.route, watch.queued_ms = envelope, route, queued_ms
-            watch.due_ms = now + budget + self._run_slack_ms  # set last: the transport reads it first
+            # Set last: the transport reads due_ms first. A runner may re-arm it (arm_watch).
+            watch.due_ms = now + budget + self._run_slack_ms
+        token = _current_watch.set(watch)
         started = time.perf_counter()
         try:
             reply = self._runner.run(envelope, budget)
@@ -193,6 +212,8 @@ class EnvelopeHandler:
                 f"worker error: {type(exc).__name__}: {exc}",
                 timings={"total_ms": (time.perf_counter() - started) * 1000},
             )
+        finally:
+            _current_watch.reset(token)
         if log.isEnabledFor(logging.DEBUG):  # tagged with the invocation by flotilla.logs
             log.debug("ran: %s in %.2f ms", reply.outcome, (time.perf_counter() - started) * 1000)
         return Handled(Settle.ACK, reply, route, envelope.function, queued_ms)

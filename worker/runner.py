@@ -12,6 +12,7 @@ from typing import Any
 
 from flotilla.envelope import NOT_FOUND, Envelope, Reply, reply_to
 from worker.artifacts import ArtifactCache, ArtifactNotFound
+from worker.handler import arm_watch
 
 DEADLINE_SLACK_MS = 1_000
 
@@ -55,6 +56,7 @@ class SandboxRunner:
             headers=envelope.headers,
             body=envelope.body,
         )
+        arm_watch(timeout)  # due from now: loading did not count, a job's TTL does not either
         result = self._sandbox.invoke(fn, config, request)
         response = result.response
         timings = {

@@ -11,12 +11,12 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from dispatcher.memory import MemoryTransport
-from flotilla.envelope import now_ms
+from flotilla.envelope import Envelope, Reply, now_ms
 from flotilla.metrics import WorkerMetrics
 from flotilla.topology import Topology
 from tests.fleet.fakes import FakeRunner, envelope
 from worker.executor import InvocationPool
-from worker.handler import EnvelopeHandler, Settle
+from worker.handler import EnvelopeHandler, Settle, arm_watch
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -115,3 +115,26 @@ async def test_memory_transport_answers_timeout_and_waits_at_the_cap(runner: Fak
         # ... and then serves it.
         assert (await echo).body == b"later"
         assert not t.pool.saturated
+
+
+class _ArmingRunner(FakeRunner):
+    """Arms the watch with the function's own timeout, as `SandboxRunner` does once loaded."""
+
+    def run(self, envelope: Envelope, timeout_ms: int) -> Reply:
+        arm_watch(100)
+        return super().run(envelope, timeout_ms)
+
+
+async def test_job_is_abandoned_at_the_functions_timeout_not_its_ttl() -> None:
+    # A job's deadline is its TTL (an hour here): the runner's own timeout decides.
+    runner = _ArmingRunner()
+    try:
+        with ThreadPoolExecutor(1) as executor:
+            pool = InvocationPool(_handler(runner), executor, max_abandoned=1, grace_ms=50)
+            env = envelope("block", deadline_in_ms=3_600_000, job=True)
+            handled = await pool.handle(env.encode())
+            assert handled.reply is not None and handled.reply.outcome == "timeout"
+            assert handled.route == TOPOLOGY.job_results
+            runner.release.set()
+    finally:
+        runner.release.set()
