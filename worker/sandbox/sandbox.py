@@ -8,6 +8,7 @@ before returning. wasm runs with the GIL released, host calls take it back.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import logging
 import os
 import struct
@@ -240,9 +241,10 @@ class Sandbox:
                 raise capi.error_from(err)
             capi.store_limiter(store, prepared.memory_bytes, -1, -1, -1, -1)
             capi.set_epoch_deadline(context, prepared.ticks)
-            return self._run(fn, request, run, context)
+            result = self._run(fn, request, run, context)
         finally:
             capi.store_delete(store)
+        return run.retimed(result)  # count the store teardown, as the C path does
 
     def _run(
         self, fn: LoadedFunction, request: Request, run: _Run, context: int
@@ -336,6 +338,17 @@ class _Run:
             logs.dropped + (1 if self.output.dropped else 0),
             timings,
         )
+
+    def retimed(self, result: InvocationResult) -> InvocationResult:
+        """`result` with its last phase and total extended to now (after the store drop)."""
+        now = perf_counter()
+        t0, _, t_inst, t_call = self.phases
+        timings = dataclasses.replace(
+            result.timings,
+            post_return_us=(now - t_call) * 1e6 if t_call > t_inst else 0.0,
+            total_us=(now - t0) * 1e6,
+        )
+        return dataclasses.replace(result, timings=timings)
 
     def failure(self, err: int) -> InvocationResult:
         """The result for a wasmtime error (takes ownership of `err`)."""
