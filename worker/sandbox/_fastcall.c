@@ -393,7 +393,7 @@ static PyObject *invoke(PyObject *self, PyObject *args) {
     W.store_delete(store);
     Py_END_ALLOW_THREADS
     if (!lifted)
-        return NULL; /* the exception from lift_result; err (if any) is dropped with it */
+        return NULL; /* lift_result ran out of memory; a post-return error here is leaked */
     if (err) {
         Py_DECREF(lifted);
         return Py_BuildValue("iKdddO", STAGE_POST_RETURN, (unsigned long long)(uintptr_t)err,
