@@ -3,7 +3,8 @@
 Modules: `engine` (Config, pooling allocator, epoch ticker), `linker` (WASI 0.2 + host
 interfaces), `components` (validation, compile cache), `abi` (fast C value conversions),
 `wasi` (per-invocation WASI context), `outcomes` (failure classification), `results`
-(Request, Response, InvocationResult), `sandbox` (Sandbox.invoke).
+(Request, Response, InvocationResult), `sandbox` (Sandbox.invoke), `fastpath` (the
+optional C accelerator `_fastcall`, built by setup.py; ctypes `capi` is the fallback).
 """
 
 from worker.sandbox.results import InvocationResult, Outcome, Request, Response, Timings
