@@ -58,6 +58,7 @@ from dispatcher.problems import (
     Unauthorized,
     Unavailable,
     add_problem_handlers,
+    error_for_reply,
 )
 from dispatcher.ratelimit import Limit
 from dispatcher.registry import (
@@ -72,9 +73,6 @@ from dispatcher.transport import BrokerUnavailable, CallTimeout, QueueFull, Tran
 from flotilla import logs
 from flotilla.config import FunctionConfig
 from flotilla.envelope import (
-    EXPIRED,
-    INTERNAL,
-    NOT_FOUND,
     OK,
     REPLY_JOB,
     TIMEOUT,
@@ -770,12 +768,4 @@ def _reply_response(reply: Reply, opts: ApiOptions) -> Response:
             if k.lower() not in HOP_BY_HOP and k.lower() != INVOCATION_HEADER
         ] + [(b"content-length", str(len(reply.body)).encode())]
         return response
-    if reply.outcome in (TIMEOUT, EXPIRED):
-        raise FunctionTimeout(reply.error or "the function timed out", outcome=reply.outcome)
-    if reply.outcome in (NOT_FOUND, INTERNAL):
-        raise Unavailable(
-            reply.error or "the worker could not run the function",
-            retry_after_s=opts.retry_after_s,
-            outcome=reply.outcome,
-        )
-    raise FunctionFailed(reply.error or reply.outcome, outcome=reply.outcome)
+    raise error_for_reply(reply, retry_after_s=opts.retry_after_s)

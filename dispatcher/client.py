@@ -25,18 +25,15 @@ from typing import Any, Self
 from dispatcher.jobs import JobRecord, JobStatus, JobStore, new_id
 from dispatcher.problems import (
     BodyTooLarge,
-    FunctionFailed,
     FunctionNotFound,
     FunctionTimeout,
     JobNotFound,
     Unavailable,
+    error_for_reply,
 )
 from dispatcher.registry import FunctionNotDeployed, FunctionVersion, Registry
 from dispatcher.transport import AmqpTransport, BrokerUnavailable, CallTimeout, QueueFull
 from flotilla.envelope import (
-    EXPIRED,
-    INTERNAL,
-    NOT_FOUND,
     OK,
     REPLY_JOB,
     TIMEOUT,
@@ -68,18 +65,7 @@ def raise_for_reply(reply: Reply) -> Response:
     """The response of an `ok` reply; the HTTP API's error for any other outcome."""
     if reply.outcome == OK:
         return Response(reply.status, reply.headers, reply.body, reply.invocation_id)
-    outcome, iid = reply.outcome, reply.invocation_id
-    if outcome in (TIMEOUT, EXPIRED):
-        raise FunctionTimeout(
-            reply.error or "the function timed out", outcome=outcome, invocation_id=iid
-        )
-    if outcome in (NOT_FOUND, INTERNAL):
-        raise Unavailable(
-            reply.error or "the worker could not run the function",
-            outcome=outcome,
-            invocation_id=iid,
-        )
-    raise FunctionFailed(reply.error or outcome, outcome=outcome, invocation_id=iid)
+    raise error_for_reply(reply)
 
 
 class Client:

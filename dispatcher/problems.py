@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from flotilla.envelope import EXPIRED, INTERNAL, NOT_FOUND, TIMEOUT, Reply
 from flotilla.errors import FlotillaError
 
 log = logging.getLogger(__name__)
@@ -166,6 +167,25 @@ class Unavailable(DispatcherError):
 
     def __init__(self, detail: str, *, retry_after_s: int = 1, **extra: Any) -> None:
         super().__init__(detail, headers={"Retry-After": str(retry_after_s)}, **extra)
+
+
+def error_for_reply(reply: Reply, *, retry_after_s: int = 1) -> DispatcherError:
+    """The API error for a reply whose outcome is not `ok` (HTTP API and Python client alike).
+
+    timeout and expired are 504; not_found and internal (the worker could not run it) are
+    503; every guest failure (err, trap, memory limit, bad response) is 502.
+    """
+    outcome, iid = reply.outcome, reply.invocation_id
+    if outcome in (TIMEOUT, EXPIRED):
+        return FunctionTimeout(
+            reply.error or "the function timed out", outcome=outcome, invocation_id=iid
+        )
+    if outcome in (NOT_FOUND, INTERNAL):
+        return Unavailable(
+            reply.error or "the worker could not run the function",
+            retry_after_s=retry_after_s, outcome=outcome, invocation_id=iid,
+        )
+    return FunctionFailed(reply.error or outcome, outcome=outcome, invocation_id=iid)
 
 
 class CallbackNotAllowed(DispatcherError):
