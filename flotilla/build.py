@@ -139,7 +139,7 @@ def find_wit_dir() -> Path:
     package = Path(__file__).resolve().parent
     for candidate in (package / "wit", package.parent / "wit"):
         if (candidate / "flotilla.wit").is_file():
-            return candidate
+            return candidate.resolve()  # flotilla/wit is a symlink to wit/ in a checkout
     raise BuildError(f"cannot find Flotilla's wit/ directory near {package}; pass --wit DIR")
 
 

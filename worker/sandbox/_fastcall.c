@@ -144,10 +144,18 @@ static inline void put_val(unsigned char *val, unsigned char kind, size_t size,
  * with an exception set. */
 static unsigned char *build_request(const char *inv, Py_ssize_t inv_len, const char *fname,
                                     Py_ssize_t fname_len, PyObject *headers,
-                                    const Py_buffer *body) {
+                                    const Py_buffer *body, int raw) {
     Py_ssize_t nh = PySequence_Fast_GET_SIZE(headers);
     size_t nb = (size_t)body->len;
-    size_t o_body = FIXED_SIZE, o_tuples = o_body + nb * VAL_SIZE;
+    const unsigned char *src = body->buf;
+    /* raw: the body is one latin1 string, passed to wasmtime as UTF-8 (bytes >= 0x80 take 2) */
+    size_t body_size = nb * VAL_SIZE;
+    if (raw) {
+        body_size = nb;
+        for (size_t i = 0; i < nb; i++)
+            body_size += src[i] >> 7;
+    }
+    size_t o_body = FIXED_SIZE, o_tuples = o_body + ((body_size + 15) & ~(size_t)15);
     size_t o_pairs = o_tuples + (size_t)nh * VAL_SIZE;
     size_t total = o_pairs + 2 * (size_t)nh * VAL_SIZE;
     unsigned char *buf = tl_buf;
@@ -171,12 +179,29 @@ static unsigned char *build_request(const char *inv, Py_ssize_t inv_len, const c
     put_val(e + ENTRY_VAL, K_STRING, (size_t)inv_len, inv);
     put_val(e + ENTRY_SIZE + ENTRY_VAL, K_STRING, (size_t)fname_len, fname);
     put_val(e + 2 * ENTRY_SIZE + ENTRY_VAL, K_LIST, (size_t)nh, buf + o_tuples);
-    put_val(e + 3 * ENTRY_SIZE + ENTRY_VAL, K_LIST, nb, buf + o_body);
-    unsigned char *slot = buf + o_body;
-    const unsigned char *src = body->buf;
-    for (size_t i = 0; i < nb; i++, slot += VAL_SIZE) {
-        slot[0] = K_U8;
-        slot[VAL_PAYLOAD] = src[i];
+    if (raw) {
+        put_val(e + 3 * ENTRY_SIZE + ENTRY_VAL, K_STRING, body_size, buf + o_body);
+        unsigned char *dst = buf + o_body;
+        if (body_size == nb) {
+            memcpy(dst, src, nb);
+        } else {
+            for (size_t i = 0; i < nb; i++) {
+                unsigned char b = src[i];
+                if (b < 0x80) {
+                    *dst++ = b;
+                } else {
+                    *dst++ = (unsigned char)(0xC0 | (b >> 6));
+                    *dst++ = (unsigned char)(0x80 | (b & 0x3F));
+                }
+            }
+        }
+    } else {
+        put_val(e + 3 * ENTRY_SIZE + ENTRY_VAL, K_LIST, nb, buf + o_body);
+        unsigned char *slot = buf + o_body;
+        for (size_t i = 0; i < nb; i++, slot += VAL_SIZE) {
+            slot[0] = K_U8;
+            slot[VAL_PAYLOAD] = src[i];
+        }
     }
     PyObject **items = PySequence_Fast_ITEMS(headers);
     for (Py_ssize_t j = 0; j < nh; j++) {
@@ -202,19 +227,56 @@ fail:
     return NULL;
 }
 
-static PyObject *string_val(const unsigned char *val) {
+/* The bytes a latin1 string stood for, from the UTF-8 wasmtime gives it as (every character
+ * is below 0x100: one byte, or two starting 0xC2/0xC3). `out` needs latin1_len(data, n). */
+static size_t latin1_len(const unsigned char *data, size_t n) {
+    size_t m = n;
+    for (size_t i = 0; i < n; i++)
+        m -= (data[i] & 0xC0) == 0x80;
+    return m;
+}
+
+/* Writes exactly latin1_len(data, n) bytes: one per byte that is not a continuation byte
+ * (a character above 0xFF, which only a UTF-16-tagged guest string can hold, comes out as
+ * garbage but never overruns `out`). */
+static void latin1_bytes(const unsigned char *data, size_t n, unsigned char *out) {
+    for (size_t i = 0; i < n; i++) {
+        unsigned char b = data[i];
+        if (b < 0x80) {
+            *out++ = b;
+        } else if ((b & 0xC0) != 0x80) {
+            unsigned char next = i + 1 < n ? data[i + 1] : 0;
+            *out++ = (unsigned char)(((b & 0x03) << 6) | (next & 0x3F));
+        }
+    }
+}
+
+static PyObject *string_val(const unsigned char *val, int raw) {
     size_t n;
     unsigned char *data;
     if (val[0] != K_STRING)
         return PyUnicode_FromString("");
     get_vec(val + VAL_PAYLOAD, &n, &data);
-    return PyUnicode_DecodeUTF8((const char *)data, (Py_ssize_t)n, "replace");
+    if (!raw)
+        return PyUnicode_DecodeUTF8((const char *)data, (Py_ssize_t)n, "replace");
+    size_t m = latin1_len(data, n);
+    if (m == n)
+        return PyUnicode_DecodeUTF8((const char *)data, (Py_ssize_t)n, "replace");
+    unsigned char small[256];
+    unsigned char *tmp = m <= sizeof small ? small : malloc(m);
+    if (!tmp)
+        return PyErr_NoMemory();
+    latin1_bytes(data, n, tmp);
+    PyObject *text = PyUnicode_DecodeUTF8((const char *)tmp, (Py_ssize_t)m, "replace");
+    if (tmp != small)
+        free(tmp);
+    return text;
 }
 
 /* (is_ok, status, headers, body, body_len, message) read from handle's result value:
  * is_ok 1: a response (body None when body_len > max_body: the caller rejects it unread);
  * is_ok 0: the guest's err(message); is_ok -1: the value has the wrong shape (message). */
-static PyObject *lift_result(const unsigned char *result, Py_ssize_t max_body) {
+static PyObject *lift_result(const unsigned char *result, Py_ssize_t max_body, int raw) {
     if (result[0] != K_RESULT)
         return Py_BuildValue("iiOOns", -1, 0, Py_None, Py_None, (Py_ssize_t)0,
                              "handle returned a value that is not a result");
@@ -222,7 +284,7 @@ static PyObject *lift_result(const unsigned char *result, Py_ssize_t max_body) {
     unsigned char *payload;
     memcpy(&payload, result + 16, 8);
     if (!is_ok) {
-        PyObject *message = payload ? string_val(payload) : PyUnicode_FromString("");
+        PyObject *message = payload ? string_val(payload, raw) : PyUnicode_FromString("");
         if (!message)
             return NULL;
         return Py_BuildValue("iiOOnN", 0, 0, Py_None, Py_None, (Py_ssize_t)0, message);
@@ -237,7 +299,7 @@ static PyObject *lift_result(const unsigned char *result, Py_ssize_t max_body) {
     const unsigned char *f_status = entries + ENTRY_VAL;
     const unsigned char *f_headers = entries + ENTRY_SIZE + ENTRY_VAL;
     const unsigned char *f_body = entries + 2 * ENTRY_SIZE + ENTRY_VAL;
-    if (f_status[0] != K_U16 || f_headers[0] != K_LIST || f_body[0] != K_LIST)
+    if (f_status[0] != K_U16 || f_headers[0] != K_LIST || f_body[0] != (raw ? K_STRING : K_LIST))
         return Py_BuildValue("iiOOns", -1, 0, Py_None, Py_None, (Py_ssize_t)0,
                              "response record has the wrong shape");
     uint16_t status;
@@ -246,6 +308,9 @@ static PyObject *lift_result(const unsigned char *result, Py_ssize_t max_body) {
     unsigned char *hdata, *bdata;
     get_vec(f_headers + VAL_PAYLOAD, &nh, &hdata);
     get_vec(f_body + VAL_PAYLOAD, &nb, &bdata);
+    size_t n_utf8 = nb;
+    if (raw)
+        nb = latin1_len(bdata, n_utf8);
     if (nb > (size_t)max_body)
         return Py_BuildValue("iiOOns", 1, (int)status, Py_None, Py_None, (Py_ssize_t)nb, NULL);
     PyObject *headers = PyTuple_New((Py_ssize_t)nh);
@@ -255,7 +320,7 @@ static PyObject *lift_result(const unsigned char *result, Py_ssize_t max_body) {
         size_t two;
         unsigned char *strs;
         get_vec(hdata + j * VAL_SIZE + VAL_PAYLOAD, &two, &strs);
-        PyObject *pair = two == 2 ? Py_BuildValue("NN", string_val(strs), string_val(strs + VAL_SIZE))
+        PyObject *pair = two == 2 ? Py_BuildValue("NN", string_val(strs, raw), string_val(strs + VAL_SIZE, raw))
                                   : NULL;
         if (!pair) {
             if (!PyErr_Occurred())
@@ -271,9 +336,16 @@ static PyObject *lift_result(const unsigned char *result, Py_ssize_t max_body) {
         return NULL;
     }
     unsigned char *dst = (unsigned char *)PyBytes_AS_STRING(body);
-    const unsigned char *src = bdata + VAL_PAYLOAD;
-    for (size_t i = 0; i < nb; i++)
-        dst[i] = src[i * VAL_SIZE];
+    if (raw) {
+        if (nb == n_utf8)
+            memcpy(dst, bdata, nb);
+        else
+            latin1_bytes(bdata, n_utf8, dst);
+    } else {
+        const unsigned char *src = bdata + VAL_PAYLOAD;
+        for (size_t i = 0; i < nb; i++)
+            dst[i] = src[i * VAL_SIZE];
+    }
     return Py_BuildValue("iiNNnO", 1, (int)status, headers, body, (Py_ssize_t)nb, Py_None);
 }
 
@@ -295,12 +367,13 @@ static PyObject *invoke(PyObject *self, PyObject *args) {
     unsigned long long ticks;
     long long memory_bytes;
     Py_ssize_t max_body;
+    int raw = 0;
     PyObject *names, *values, *inv_obj, *fname_obj, *headers_obj;
     Py_buffer body;
-    if (!PyArg_ParseTuple(args, "KKKKLKO!O!UUOy*KKKKn", &engine, &linker, &component, &handle,
+    if (!PyArg_ParseTuple(args, "KKKKLKO!O!UUOy*KKKKn|p", &engine, &linker, &component, &handle,
                           &memory_bytes, &ticks, &PyTuple_Type, &names, &PyTuple_Type, &values,
                           &inv_obj, &fname_obj, &headers_obj, &body, &stdout_fn, &stderr_fn,
-                          &key, &finalize, &max_body))
+                          &key, &finalize, &max_body, &raw))
         return NULL;
     PyObject *headers = NULL, *lifted = NULL;
     unsigned char *params = NULL;
@@ -334,7 +407,7 @@ static PyObject *invoke(PyObject *self, PyObject *args) {
     headers = PySequence_Fast(headers_obj, "headers must be a sequence");
     if (!headers)
         goto fail;
-    params = build_request(inv, inv_len, fname, fname_len, headers, &body);
+    params = build_request(inv, inv_len, fname, fname_len, headers, &body, raw);
     if (!params)
         goto fail;
 
@@ -386,7 +459,7 @@ static PyObject *invoke(PyObject *self, PyObject *args) {
         return Py_BuildValue("iKdddO", stage, (unsigned long long)(uintptr_t)err, t_store,
                              t_inst, t_call, Py_None);
 
-    lifted = lift_result(result, max_body);
+    lifted = lift_result(result, max_body, raw);
     Py_BEGIN_ALLOW_THREADS
     W.val_delete(result);
     err = W.func_post_return(func, context);

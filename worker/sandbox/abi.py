@@ -338,7 +338,10 @@ class BorrowedRequest:
         function_name: str,
         headers: Sequence[tuple[str, str]],
         body: bytes,
+        *,
+        body_as_string: bool = False,
     ) -> None:
+        """`body_as_string`: `body` is UTF-8 text to pass as a `string` (byte-string export)."""
         inv = invocation_id.encode("utf-8")
         fname = function_name.encode("utf-8")
         nh = len(headers)
@@ -346,7 +349,7 @@ class BorrowedRequest:
         # Layout: [param val + 4 record entries][nb u8 vals][nh tuple vals][2*nh string vals]
         #         [string bytes]
         o_body = _FIXED.size
-        o_tuples = o_body + nb * VAL_SIZE
+        o_tuples = o_body + (((nb + 15) & ~15) if body_as_string else nb * VAL_SIZE)
         o_pairs = o_tuples + nh * VAL_SIZE
         o_str = o_pairs + 2 * nh * VAL_SIZE
         if nh:
@@ -384,11 +387,14 @@ class BorrowedRequest:
             base + o_tuples,
             4,
             _NAME_ADDRS[3],
-            K_LIST,
+            K_STRING if body_as_string else K_LIST,
             nb,
             base + o_body,
         )
-        if nb:
+        if body_as_string:
+            buf[o_body : o_body + nb] = body
+            nb = 0  # no u8 slots left clean
+        elif nb:
             end = o_tuples
             if nb > clean:  # kind bytes of slots [clean, nb) may hold older data
                 buf[o_body + clean * VAL_SIZE : end : VAL_SIZE] = _u8_kinds(nb - clean)

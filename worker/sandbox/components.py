@@ -13,6 +13,7 @@ import hashlib
 import logging
 import os
 import re
+import subprocess
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from wasmtime.component import Component
 from wasmtime.component import _types as ct
 
 from flotilla.errors import ArtifactError, ComponentError
+from worker.sandbox import rawabi
 from worker.sandbox.linker import INTERFACES, interface_name
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,7 @@ HEADERS = "list<tuple<string,string>>"
 REQUEST = f"record{{invocation-id:string,function-name:string,headers:{HEADERS},body:list<u8>}}"
 RESPONSE = f"record{{status:u16,headers:{HEADERS},body:list<u8>}}"
 HANDLE_TYPE = f"func(request:{REQUEST})->result<{RESPONSE},string>"
+RAW_HANDLE_TYPE = HANDLE_TYPE.replace("body:list<u8>", "body:string")
 
 
 def describe(ty: object) -> str:
@@ -103,6 +106,31 @@ def check_world(component: Component, engine: wasmtime.Engine) -> None:
         )
 
 
+def with_raw_export(wasm: bytes) -> bytes | None:
+    """`wasm` with the byte-string export (see rawabi), or None when it cannot be added.
+
+    ComponentError when the component uses the names the export reserves.
+    """
+    from worker.sandbox.guests import GuestAssemblyError, wasm_tools
+
+    try:
+        tool = wasm_tools()
+    except GuestAssemblyError as exc:
+        log.warning("no byte-string export (bodies cross per byte): %s", exc)
+        return None
+    try:
+        return rawabi.add_raw_export(bytes(wasm), tool)
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.warning("no byte-string export (bodies cross per byte): %s", exc)
+        return None
+
+
+def has_raw_export(component: Component, engine: wasmtime.Engine) -> bool:
+    """Whether `component` carries the byte-string export with the type the sandbox expects."""
+    export = component.type.exports(engine).get(rawabi.RAW_EXPORT)
+    return export is not None and describe(export.ty) == RAW_HANDLE_TYPE
+
+
 @dataclass
 class CacheStats:
     """Counters of the compile cache (tests and metrics read them)."""
@@ -131,10 +159,24 @@ class ArtifactCache:
     def compile(self, wasm: bytes) -> Component:
         """Compile `wasm` (counted in stats.compiles); ComponentError if wasmtime rejects it."""
         check_binary(wasm)
+        component = None
         try:
-            component = Component(self.engine, bytes(wasm))
-        except wasmtime.WasmtimeError as exc:
-            raise ComponentError(f"component does not compile: {exc}") from exc
+            raw = with_raw_export(wasm)
+        except ComponentError:
+            raise
+        except (ValueError, IndexError, UnicodeError) as exc:  # unreadable: the compile says why
+            log.info("no byte-string export: %s", exc)
+            raw = None
+        if raw is not None:
+            try:
+                component = Component(self.engine, raw)
+            except wasmtime.WasmtimeError as exc:  # compile the original: per-byte bodies
+                log.info("byte-string export does not compile, not using it: %s", exc)
+        if component is None:
+            try:
+                component = Component(self.engine, bytes(wasm))
+            except wasmtime.WasmtimeError as exc:
+                raise ComponentError(f"component does not compile: {exc}") from exc
         with self._lock:
             self.stats.compiles += 1
         return component

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import wasmtime
 from wasmtime import _ffi as ffi
 
+from worker.sandbox.rawabi import VERSION as RAW_ABI_VERSION
+
 MIB = 1024 * 1024
 GIB = 1024 * MIB
 
@@ -64,6 +66,8 @@ class EngineSettings:
             "max_memory_size": self.max_memory_size,
             "max_wasm_stack": self.max_wasm_stack,
             "epoch": True,
+            # artifacts are compiled from the component with the byte-string export added
+            "raw_abi": RAW_ABI_VERSION,
         }
 
 

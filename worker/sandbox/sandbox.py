@@ -26,8 +26,8 @@ from wasmtime.component import Component, ExportIndex
 from flotilla.config import MIB, FunctionConfig
 from flotilla.errors import ArtifactError, ComponentError, FlotillaError
 from worker.hosts.base import InvocationContext
-from worker.sandbox import abi, capi, fastpath
-from worker.sandbox.components import ArtifactCache, check_world
+from worker.sandbox import abi, capi, fastpath, rawabi
+from worker.sandbox.components import ArtifactCache, check_world, has_raw_export
 from worker.sandbox.engine import EngineHandle, EngineSettings, build_engine
 from worker.sandbox.linker import HostLinker
 from worker.sandbox.outcomes import check_response, classify_error
@@ -52,12 +52,23 @@ class LoadedFunction:
     handle: ExportIndex
     component_ptr: int = 0  # raw addresses for the hot path (kept valid by the objects above)
     handle_ptr: int = 0
+    # The byte-string export (see rawabi): bodies cross as one latin1 string. None for a
+    # component it could not be added to; those take bodies per byte, up to
+    # MAX_REQUEST_BODY_BYTES in and about 2.6 MiB out (wasmtime's hostcall fuel).
+    raw: ExportIndex | None = None
+    raw_ptr: int = 0
+
+    @property
+    def max_body_bytes(self) -> int:
+        """The largest body this component can take and return, whatever its config says."""
+        return rawabi.MAX_BODY_BYTES if self.raw is not None else MAX_REQUEST_BODY_BYTES
 
 
 MAX_PREPARED_CONFIGS = 512
-# wasmtime's per-call transfer budget ("hostcall fuel", not settable through the C API) runs
-# out lowering a list<u8> of about 4 MiB; refuse larger requests up front instead of trapping.
-MAX_REQUEST_BODY_BYTES = 3_500_000
+# Without the byte-string export, wasmtime's per-call transfer budget ("hostcall fuel", not
+# settable through the C API) runs out near 2.66 MiB of list<u8> lifted from the guest and
+# about 4 MiB lowered into it; refuse larger requests up front instead of trapping.
+MAX_REQUEST_BODY_BYTES = 2_500_000
 
 
 @dataclass(frozen=True)
@@ -129,8 +140,19 @@ class Sandbox:
         if handle is None:
             raise ComponentError("component does not export `handle`")
         self._trial_instantiate(component)
+        raw = (
+            component.get_export_index(rawabi.RAW_EXPORT)
+            if has_raw_export(component, self.engine)
+            else None
+        )
         return LoadedFunction(
-            sha, component, handle, capi.address(component.ptr()), capi.address(handle.ptr())
+            sha,
+            component,
+            handle,
+            capi.address(component.ptr()),
+            capi.address(handle.ptr()),
+            raw,
+            capi.address(raw.ptr()) if raw is not None else 0,
         )
 
     def _trial_instantiate(self, component: Component) -> None:
@@ -157,10 +179,10 @@ class Sandbox:
         self, fn: LoadedFunction, config: FunctionConfig, request: Request
     ) -> InvocationResult:
         """Run `handle(request)` in a new store and instance; never raises for guest failures."""
-        if len(request.body) > min(config.max_body_bytes, MAX_REQUEST_BODY_BYTES):
+        limit = min(config.max_body_bytes, fn.max_body_bytes)
+        if len(request.body) > limit:
             raise RequestTooLarge(
-                f"request body of {len(request.body)} bytes exceeds "
-                f"max_body_bytes={min(config.max_body_bytes, MAX_REQUEST_BODY_BYTES)}"
+                f"request body of {len(request.body)} bytes exceeds max_body_bytes={limit}"
             )
         t0 = perf_counter()
         ctx = InvocationContext(
@@ -186,25 +208,27 @@ class Sandbox:
         out = self._output
         current = self._current
         current.ctx = run.ctx
+        raw = fn.raw_ptr != 0
         try:
             stage, err, t_store, t_inst, t_call, lifted = fc.invoke(
                 self._engine_ptr,
                 self._linker_ptr,
                 fn.component_ptr,
-                fn.handle_ptr,
+                fn.raw_ptr or fn.handle_ptr,
                 prepared.memory_bytes,
                 prepared.ticks,
                 prepared.env.names,
                 prepared.env.values,
                 request.invocation_id,
-                request.function_name,
-                request.headers,
+                rawabi.to_raw(request.function_name) if raw else request.function_name,
+                _raw_headers(request.headers) if raw else request.headers,
                 request.body,
                 out._stdout_addr,
                 out._stderr_addr,
                 key,
                 out._finalize_addr,
                 run.max_body,
+                raw,
             )
         finally:
             current.ctx = None
@@ -258,11 +282,21 @@ class Sandbox:
         phases[2] = phases[3] = perf_counter()
         if err:
             return run.failure(err)
-        if not capi.instance_get_func(instance, context, fn.handle_ptr, func):
+        raw = fn.raw_ptr != 0
+        if not capi.instance_get_func(instance, context, fn.raw_ptr or fn.handle_ptr, func):
             return run.finish(Outcome.TRAP, error="instance has no `handle` function")
-        params = abi.BorrowedRequest(
-            request.invocation_id, request.function_name, request.headers, request.body
-        )
+        if raw:
+            params = abi.BorrowedRequest(
+                request.invocation_id,
+                rawabi.to_raw(request.function_name),
+                _raw_headers(request.headers),
+                request.body.decode("latin-1").encode("utf-8"),
+                body_as_string=True,
+            )
+        else:
+            params = abi.BorrowedRequest(
+                request.invocation_id, request.function_name, request.headers, request.body
+            )
         current = self._current
         current.ctx = run.ctx
         try:
@@ -273,7 +307,7 @@ class Sandbox:
         if err:
             return run.failure(err)
         try:
-            lifted = _lift_result(scratch, result, run.max_body)
+            lifted = _lift_result(scratch, result, run.max_body, raw)
         finally:
             capi.val_delete(result)
         err = capi.func_post_return(func, context)
@@ -358,6 +392,12 @@ class _Run:
             return self.finish(
                 Outcome.TRAP, error=f"guest exited with code {error.code}: {message}"
             )
+        if rawabi.OVER_LIMIT_FUNC in message:
+            return self.finish(
+                Outcome.BAD_RESPONSE,
+                error=f"response over Flotilla's limits: body over {rawabi.MAX_BODY_BYTES} "
+                f"bytes or headers over {rawabi.MAX_HEADER_BYTES} bytes",
+            )
         outcome = classify_error(
             message,
             self.output.stderr_tail.decode("utf-8", "replace"),
@@ -386,32 +426,55 @@ _ENTRY = struct.Struct("<QQB7xQQ8x")
 
 
 def _lift_result(
-    scratch: bytearray, result: int, max_body: int
+    scratch: bytearray, result: int, max_body: int, raw: bool = False
 ) -> tuple[Response | None, str | None, str | None]:
-    """(response, function error, bad-response reason) read from the handle's result value."""
+    """(response, function error, bad-response reason) read from the handle's result value.
+
+    `raw`: the value came from the byte-string export (strings hold one byte per character).
+    """
     kind, is_ok, payload = _RESULT.unpack_from(scratch, RESULT_OFFSET)  # our own memory
     if kind != abi.K_RESULT:
         return None, None, f"handle returned a value of kind {kind}, not a result"
     if not is_ok:
-        return None, (abi.get_string(abi.Val.from_address(payload)) if payload else ""), None
+        message = abi.get_string(abi.Val.from_address(payload)) if payload else ""
+        return None, (rawabi.from_raw(message) if raw else message), None
     nfields, entries = capi.read_vec(payload + 8)
     if nfields != 3:
         return None, None, "response record has the wrong shape"
-    raw = ctypes.string_at(entries, 3 * _ENTRY.size)
-    status = int.from_bytes(raw[24:26], "little")
-    _, _, _, n_headers, _ = _ENTRY.unpack_from(raw, _ENTRY.size)
-    _, _, _, n_body, body_ptr = _ENTRY.unpack_from(raw, 2 * _ENTRY.size)
+    fields = ctypes.string_at(entries, 3 * _ENTRY.size)
+    status = int.from_bytes(fields[24:26], "little")
+    _, _, _, n_headers, _ = _ENTRY.unpack_from(fields, _ENTRY.size)
+    _, _, body_kind, n_body, body_ptr = _ENTRY.unpack_from(fields, 2 * _ENTRY.size)
+    body = b""
+    if raw:
+        if body_kind != abi.K_STRING:
+            return None, None, "response record has the wrong shape"
+        body = ctypes.string_at(body_ptr, n_body) if n_body else b""
+        if not body.isascii():
+            try:
+                body = body.decode("utf-8").encode("latin-1")
+            except UnicodeError:
+                return None, None, "response body is not a byte string"
+        n_body = len(body)
     problem = check_response(status, n_body, max_body)
     if problem:
         return None, None, problem
     headers: tuple[tuple[str, str], ...] = ()
     if n_headers:
         headers = tuple(abi.get_headers(abi.Val.from_address(entries + _ENTRY.size + 16)))
-    body = b""
-    if n_body:
+        if raw:
+            headers = tuple((rawabi.from_raw(k), rawabi.from_raw(v)) for k, v in headers)
+    if not raw and n_body:
         arr = (ctypes.c_ubyte * (n_body * abi.VAL_SIZE)).from_address(body_ptr)
         body = memoryview(arr).cast("B")[abi.PAYLOAD :: abi.VAL_SIZE].tobytes()
     return Response(status, headers, body), None, None
+
+
+def _raw_headers(headers: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    """Headers as the byte-string export takes them (see rawabi.to_raw)."""
+    if all(k.isascii() and v.isascii() for k, v in headers):
+        return headers
+    return tuple((rawabi.to_raw(k), rawabi.to_raw(v)) for k, v in headers)
 
 
 def new_request(
