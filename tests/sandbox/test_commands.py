@@ -95,6 +95,7 @@ def test_bench_sandbox_json_smoke(capfd: pytest.CaptureFixture[str]) -> None:
         "instantiate_p50_us",
         "call_p50_us",
         "post_return_p50_us",
+        "teardown_p50_us",
     }
 
 

@@ -352,15 +352,19 @@ static PyObject *lift_result(const unsigned char *result, Py_ssize_t max_body, i
 /* invoke(engine, linker, component, handle_index, memory_bytes, ticks,
  *        env_names: tuple[bytes], env_values: tuple[bytes],
  *        invocation_id: str, function_name: str, headers: tuple[tuple[str, str], ...],
- *        body: bytes-like, stdout_fn, stderr_fn, key, finalize_fn, max_body)
- * -> (stage, error, t_store, t_instantiate, t_call, lifted)
+ *        body: bytes-like, stdout_fn, stderr_fn, key, finalize_fn, max_body,
+ *        raw=False)
+ * -> (stage, error, t_store, t_instantiate, t_call, lifted, t_post_return)
  *
  * New store with its WASI context (env + FLOTILLA_INVOCATION_ID, output callbacks carrying
  * `key`), memory limit and epoch deadline; instantiate; call `handle(request)`; read the
  * result (`lifted`, see lift_result; None unless stage is STAGE_OK); free it; post-return;
- * delete the store. The GIL is released around the wasmtime calls (host callbacks take it).
+ * delete the store. `raw`: `handle` is the byte-string
+ * export (worker/sandbox/rawabi.py): the body crosses as one latin1 string.
+ * The GIL is released around the wasmtime calls (host callbacks take it).
  * `error` is a wasmtime_error_t* the caller owns, or 0; `stage` says where it came from.
- * The t_* are perf_counter() values at the end of each phase (0 if not reached).
+ * The t_* are perf_counter() values at the end of each phase (0 if not reached); the store
+ * teardown follows t_post_return.
  */
 static PyObject *invoke(PyObject *self, PyObject *args) {
     unsigned long long engine, linker, component, handle, stdout_fn, stderr_fn, key, finalize;
@@ -456,23 +460,25 @@ static PyObject *invoke(PyObject *self, PyObject *args) {
     Py_DECREF(headers);
     PyBuffer_Release(&body);
     if (stage != STAGE_OK)
-        return Py_BuildValue("iKdddO", stage, (unsigned long long)(uintptr_t)err, t_store,
-                             t_inst, t_call, Py_None);
+        return Py_BuildValue("iKdddOd", stage, (unsigned long long)(uintptr_t)err, t_store,
+                             t_inst, t_call, Py_None, 0.0);
 
     lifted = lift_result(result, max_body, raw);
+    double t_post;
     Py_BEGIN_ALLOW_THREADS
     W.val_delete(result);
     err = W.func_post_return(func, context);
+    t_post = now();
     W.store_delete(store);
     Py_END_ALLOW_THREADS
     if (!lifted)
         return NULL; /* lift_result ran out of memory; a post-return error here is leaked */
     if (err) {
         Py_DECREF(lifted);
-        return Py_BuildValue("iKdddO", STAGE_POST_RETURN, (unsigned long long)(uintptr_t)err,
-                             t_store, t_inst, t_call, Py_None);
+        return Py_BuildValue("iKdddOd", STAGE_POST_RETURN, (unsigned long long)(uintptr_t)err,
+                             t_store, t_inst, t_call, Py_None, t_post);
     }
-    return Py_BuildValue("iKdddN", STAGE_OK, 0ULL, t_store, t_inst, t_call, lifted);
+    return Py_BuildValue("iKdddNd", STAGE_OK, 0ULL, t_store, t_inst, t_call, lifted, t_post);
 fail:
     Py_XDECREF(headers);
     PyBuffer_Release(&body);

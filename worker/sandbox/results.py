@@ -46,7 +46,13 @@ class Timings:
     instantiate_us: float = 0.0
     call_us: float = 0.0  # lowering the request, running handle, lifting to C values
     post_return_us: float = 0.0  # reading the response into Python, post-return
-    total_us: float = 0.0
+    teardown_us: float = 0.0  # dropping the store (instance, memory, WASI context)
+    total_us: float = 0.0  # all of the above
+
+    @property
+    def invocation_us(self) -> float:
+        """New store, instantiate, call and post-return: the total without the teardown."""
+        return self.total_us - self.teardown_us
 
 
 @dataclass(frozen=True)

@@ -210,7 +210,7 @@ class Sandbox:
         current.ctx = run.ctx
         raw = fn.raw_ptr != 0
         try:
-            stage, err, t_store, t_inst, t_call, lifted = fc.invoke(
+            stage, err, t_store, t_inst, t_call, lifted, t_post = fc.invoke(
                 self._engine_ptr,
                 self._linker_ptr,
                 fn.component_ptr,
@@ -236,6 +236,7 @@ class Sandbox:
         phases[1] = t_store or phases[0]
         phases[2] = t_inst or phases[1]
         phases[3] = t_call or phases[2]
+        phases[4] = t_post
         if stage == fc.STAGE_OK:
             is_ok, status, headers, body, n_body, message = lifted
             if is_ok < 0:
@@ -311,6 +312,7 @@ class Sandbox:
         finally:
             capi.val_delete(result)
         err = capi.func_post_return(func, context)
+        phases[4] = perf_counter()
         if err:
             return run.failure(err)
         return run.lifted(*lifted)
@@ -347,22 +349,15 @@ class _Run:
         self.output = output
         self.max_body = max_body
         self.t0 = t0
-        # perf_counter at: start, store ready, instantiated, call returned
-        self.phases = [t0, t0, t0, t0]
+        # perf_counter at: start, store ready, instantiated, call returned, post-return done
+        # (0: the teardown has not started)
+        self.phases = [t0, t0, t0, t0, 0.0]
 
     def finish(
         self, outcome: Outcome, response: Response | None = None, error: str | None = None
     ) -> InvocationResult:
         """The result, with the phase timings measured so far."""
-        now = perf_counter()
-        t0, t_store, t_inst, t_call = self.phases
-        timings = Timings(
-            store_us=(t_store - t0) * 1e6,
-            instantiate_us=(t_inst - t_store) * 1e6,
-            call_us=(t_call - t_inst) * 1e6,
-            post_return_us=(now - t_call) * 1e6 if t_call > t_inst else 0.0,
-            total_us=(now - t0) * 1e6,
-        )
+        timings = self._timings(perf_counter())
         logs = self.ctx.logs
         return InvocationResult(
             outcome,
@@ -373,16 +368,21 @@ class _Run:
             timings,
         )
 
-    def retimed(self, result: InvocationResult) -> InvocationResult:
-        """`result` with its last phase and total extended to now (after the store drop)."""
-        now = perf_counter()
-        t0, _, t_inst, t_call = self.phases
-        timings = dataclasses.replace(
-            result.timings,
-            post_return_us=(now - t_call) * 1e6 if t_call > t_inst else 0.0,
+    def _timings(self, now: float) -> Timings:
+        t0, t_store, t_inst, t_call, t_post = self.phases
+        end = t_post or now  # the C path drops the store before `now`, after t_post
+        return Timings(
+            store_us=(t_store - t0) * 1e6,
+            instantiate_us=(t_inst - t_store) * 1e6,
+            call_us=(t_call - t_inst) * 1e6,
+            post_return_us=(end - t_call) * 1e6 if t_call > t_inst else 0.0,
+            teardown_us=(now - t_post) * 1e6 if t_post else 0.0,
             total_us=(now - t0) * 1e6,
         )
-        return dataclasses.replace(result, timings=timings)
+
+    def retimed(self, result: InvocationResult) -> InvocationResult:
+        """`result` with the store teardown (done after it was made) counted in."""
+        return dataclasses.replace(result, timings=self._timings(perf_counter()))
 
     def failure(self, err: int) -> InvocationResult:
         """The result for a wasmtime error (takes ownership of `err`)."""
