@@ -19,7 +19,7 @@ import pytest
 from flotilla.config import DEFAULT_MAX_BODY_BYTES, FunctionConfig
 from flotilla.errors import ComponentError
 from tests.guests.wat import build_wat, wasm_tools
-from tests.sandbox.conftest import FakeHosts, config, persistent_cache_dir, req
+from tests.sandbox.conftest import FakeCache, FakeHosts, config, persistent_cache_dir, req
 from worker.sandbox import LoadedFunction, Outcome, Sandbox, rawabi
 from worker.sandbox.sandbox import MAX_REQUEST_BODY_BYTES, RequestTooLarge
 
@@ -169,3 +169,15 @@ def test_rewrite_leaves_core_modules_untouched(probe: LoadedFunction) -> None:
     after = [p for sid, p in rawabi.sections(raw) if sid == 1]
     assert after[: len(before)] == before  # the guest's modules, byte for byte
     assert len(after) == len(before) + 1  # plus the aligner
+
+
+def test_host_results_of_6_mib_reach_the_guest(
+    sandbox: Sandbox, modes: LoadedFunction, fake_cache: FakeCache
+) -> None:
+    # Host-to-guest lowering is not limited by wasmtime's hostcall fuel (only lifting is):
+    # a cache value as large as the default body limit reaches the guest and comes back.
+    value = ALL_BYTES * (DEFAULT_MAX_BODY_BYTES // 256)
+    fake_cache.behaviour = lambda key: value
+    result = sandbox.invoke(modes, config(max_body_bytes=DEFAULT_MAX_BODY_BYTES), req(b"g"))
+    assert result.outcome is Outcome.OK, result.error
+    assert result.response is not None and result.response.body == value
