@@ -31,6 +31,7 @@ from aio_pika.abc import (
     AbstractChannel,
     AbstractIncomingMessage,
     AbstractQueue,
+    AbstractRobustChannel,
     AbstractRobustConnection,
 )
 
@@ -131,14 +132,24 @@ class AmqpTransport:
             self._channel = await self._connection.channel(publisher_confirms=True)
             if self._declare:
                 await self._topology.declare(self._channel)
-            reply_channel = await self._connection.channel(publisher_confirms=False)
+            reply_channel: AbstractRobustChannel = await self._connection.channel(
+                publisher_confirms=False
+            )
             self._reply_queue = await reply_channel.declare_queue(
                 self.reply_queue_name, exclusive=True, auto_delete=True
             )
-            await self._reply_queue.consume(self._on_reply, no_ack=True)
+            # Replies are consumed on the aiormq channel itself (no aio-pika message or task
+            # per reply); aio-pika re-declares the queue after a reconnect, then this
+            # callback consumes it again on the new channel.
+            reply_channel.reopen_callbacks.add(self._consume_replies)  # type: ignore[arg-type]
+            await self._consume_replies(reply_channel)
         except (aiormq.exceptions.AMQPError, ConnectionError, OSError) as exc:
             await self.close()
             raise BrokerUnavailable(f"cannot connect to RabbitMQ: {exc}") from exc
+
+    async def _consume_replies(self, channel: AbstractRobustChannel) -> None:
+        underlay = await channel.get_underlay_channel()
+        await underlay.basic_consume(self.reply_queue_name, self._on_reply, no_ack=True)
 
     async def close(self) -> None:
         """Fail pending calls, then close the connection."""
@@ -261,11 +272,12 @@ class AmqpTransport:
         )
         try:
             channel = await self._channel.get_underlay_channel()
-            confirmation = await channel.basic_publish(
+            confirmation = await channel.basic_publish(  # type: ignore[call-arg]  # `wait`
                 envelope.encode(published_ms=now),
                 routing_key=self._topology.invocations,
                 properties=properties,
                 mandatory=True,
+                wait=False,  # no wait for the writer to drain: only for the broker's confirm
             )
         except aio_pika.exceptions.DeliveryError as exc:
             raise _delivery_error(exc) from exc
@@ -276,7 +288,7 @@ class AmqpTransport:
         if isinstance(confirmation, (aiormq.spec.Basic.Return, aiormq.abc.DeliveredMessage)):
             raise BrokerUnavailable(f"queue {self._topology.invocations} does not exist")
 
-    async def _on_reply(self, message: AbstractIncomingMessage) -> None:
+    async def _on_reply(self, message: aiormq.abc.DeliveredMessage) -> None:
         try:
             reply = Reply.decode(message.body)
         except EnvelopeError as exc:
