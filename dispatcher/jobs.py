@@ -23,7 +23,9 @@ import asyncio
 import base64
 import json
 import logging
+import os
 import secrets
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -47,10 +49,44 @@ CALLBACK_BASE_DELAY_S = 0.5
 CALLBACK_MAX_DELAY_S = 30.0
 
 
+class _RandomHex:
+    """Random hex digits for ids, read from `os.urandom` 2,000 bytes (200 ids) at a time."""
+
+    BATCH = 4000
+
+    def __init__(self) -> None:
+        self.digits = ""
+        self.at = self.BATCH
+        self.lock = threading.Lock()
+        # A forked child must not hand out the digits its parent has left in the batch.
+        os.register_at_fork(after_in_child=self.forget)
+
+    def forget(self) -> None:
+        """Drop the batch: the next id reads a fresh one."""
+        self.at = self.BATCH
+
+    def take(self, n: int) -> str:
+        """The next `n` (<= BATCH) random hex digits."""
+        with self.lock:
+            at = self.at
+            if at + n > self.BATCH:
+                self.digits = secrets.token_hex(self.BATCH // 2)
+                at = 0
+            self.at = at + n
+            return self.digits[at:at + n]
+
+
+_random_hex = _RandomHex()
+
+
 def new_id(now_ms: int | None = None) -> str:
-    """A new invocation/job id: 12 hex digits of epoch ms + 20 random hex digits."""
+    """A new invocation/job id: 12 hex digits of epoch ms + 20 random hex digits.
+
+    The random digits come from one `os.urandom` read per 200 ids rather than a getrandom
+    syscall per request; they are just as unpredictable.
+    """
     ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
-    return f"{ms:012x}{secrets.token_hex(10)}"
+    return f"{ms:012x}{_random_hex.take(20)}"
 
 
 def id_time_ms(job_id: str) -> int | None:

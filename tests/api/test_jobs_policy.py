@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from dispatcher.jobs import (
@@ -49,6 +51,25 @@ def test_ids_embed_their_time() -> None:
     assert id_time_ms("xyz") is None
     assert id_time_ms("g" * 32) is None
     assert new_id() != new_id()
+
+
+def test_ids_stay_unique_across_random_batches_and_forks() -> None:
+    # Given ids drawn across several os.urandom batches (200 ids each)
+    ids = [new_id(now_ms=1) for _ in range(1_000)]
+    # Then none repeats and each has 20 random hex digits
+    assert len(set(ids)) == len(ids)
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    # and a forked child does not reuse the digits its parent had left in its batch
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its next id, then leave without running pytest's exit
+        os.write(write, new_id(now_ms=1).encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 64).decode()
+    os.waitpid(pid, 0)
+    os.close(read)
+    assert child != new_id(now_ms=1)
 
 
 async def test_deliver_callback_retries_then_gives_up() -> None:
