@@ -86,7 +86,7 @@ class Envelope:
                 "cid": self.correlation_id,
                 "fn": self.function,
                 "dg": self.digest,
-                "h": [list(h) for h in self.headers],
+                "h": self.headers,  # tuples pack as msgpack arrays, as lists do
                 "b": self.body,
                 "dl": self.deadline_ms,
                 "at": self.attempt,
@@ -100,6 +100,12 @@ class Envelope:
     def decode(cls, data: bytes) -> Envelope:
         """Parse msgpack bytes; raises `EnvelopeError` on anything malformed."""
         m = _unpack(data, "envelope")
+        fast = _fast_envelope(cls, m)
+        return fast if fast is not None else cls._decode_checked(m)
+
+    @classmethod
+    def _decode_checked(cls, m: dict[str, Any]) -> Envelope:
+        # Field by field, so the error names the first bad field.
         if m.get("rm") == REPLY_QUEUE and not m.get("rt"):
             raise EnvelopeError("field 'rt' (reply_to) is required when reply mode is 'reply'")
         return cls(
@@ -156,10 +162,10 @@ class Reply:
                 "cid": self.correlation_id,
                 "o": self.outcome,
                 "s": self.status,
-                "h": [list(h) for h in self.headers],
+                "h": self.headers,  # tuples pack as msgpack arrays, as lists do
                 "b": self.body,
                 "e": self.error,
-                "l": [list(r) for r in self.logs],
+                "l": self.logs,
                 "t": dict(self.timings),
             }
         )
@@ -168,6 +174,12 @@ class Reply:
     def decode(cls, data: bytes) -> Reply:
         """Parse msgpack bytes; raises `EnvelopeError` on anything malformed."""
         m = _unpack(data, "reply")
+        fast = _fast_reply(cls, m)
+        return fast if fast is not None else cls._decode_checked(m)
+
+    @classmethod
+    def _decode_checked(cls, m: dict[str, Any]) -> Reply:
+        # Field by field, so the error names the first bad field.
         logs = _get(m, "l", list)
         for r in logs:
             if not (
@@ -251,6 +263,87 @@ def _unpack(data: bytes, what: str) -> dict[str, Any]:
             f"{what} format version {version!r} is not supported (expected {FORMAT_VERSION})"
         )
     return value
+
+
+_OUTCOME_SET = frozenset(OUTCOMES)
+_REPLY_MODE_SET = frozenset(REPLY_MODES)
+
+
+def _string_pairs(raw: list[Any]) -> Headers | None:
+    """`raw` as a tuple of (str, str) pairs, or None when any item is not a pair of str."""
+    out = []
+    for h in raw:
+        if type(h) is not list or len(h) != 2 or type(h[0]) is not str or type(h[1]) is not str:
+            return None
+        out.append((h[0], h[1]))
+    return tuple(out)
+
+
+def _fast_envelope(cls: type[Envelope], m: dict[str, Any]) -> Envelope | None:
+    """The envelope of a well-formed map without per-field checks and dataclass __init__
+    (the common case, several times faster); None when anything is off, for
+    `_decode_checked` to name it. The checks are the same, by exact type (msgpack makes
+    exactly str, bytes, int, list and dict; `type(x) is int` also rules out bool)."""
+    try:
+        iid, cid, fn, dg, h, b = m["id"], m["cid"], m["fn"], m["dg"], m["h"], m["b"]
+        dl, at, rm, rt, pt = m["dl"], m["at"], m["rm"], m["rt"], m["pt"]
+    except KeyError:
+        return None
+    if not (
+        type(iid) is str and type(cid) is str and type(fn) is str and type(dg) is str
+        and type(b) is bytes and type(dl) is int and type(at) is int and type(rm) is str
+        and type(rt) is str and type(pt) is int and type(h) is list
+        and rm in _REPLY_MODE_SET and (rt or rm != REPLY_QUEUE)
+    ):
+        return None
+    headers = _string_pairs(h)
+    if headers is None:
+        return None
+    envelope = object.__new__(cls)
+    envelope.__dict__.update(
+        invocation_id=iid, correlation_id=cid, function=fn, digest=dg, headers=headers,
+        body=b, deadline_ms=dl, attempt=at, reply_mode=rm, reply_to=rt, published_ms=pt,
+        version=m["v"],
+    )
+    return envelope
+
+
+def _fast_reply(cls: type[Reply], m: dict[str, Any]) -> Reply | None:
+    """As `_fast_envelope`, for a reply."""
+    try:
+        iid, cid, o, st, h, b, e, lg, t = (
+            m["id"], m["cid"], m["o"], m["s"], m["h"], m["b"], m["e"], m["l"], m["t"]
+        )
+    except KeyError:
+        return None
+    if not (
+        type(iid) is str and type(cid) is str and type(o) is str and type(st) is int
+        and type(b) is bytes and type(e) is str and type(h) is list and type(lg) is list
+        and type(t) is dict and o in _OUTCOME_SET
+    ):
+        return None
+    headers = _string_pairs(h)
+    if headers is None:
+        return None
+    logs = []
+    for r in lg:
+        if not (
+            type(r) is list and len(r) == 3 and type(r[0]) is str and type(r[1]) is str
+            and type(r[2]) is int
+        ):
+            return None
+        logs.append((r[0], r[1], r[2]))
+    timings = {}
+    for k, v in t.items():
+        if type(k) is not str or (type(v) is not float and type(v) is not int):
+            return None
+        timings[k] = float(v)
+    reply = object.__new__(cls)
+    reply.__dict__.update(
+        invocation_id=iid, correlation_id=cid, outcome=o, status=st, headers=headers, body=b,
+        error=e, logs=tuple(logs), timings=MappingProxyType(timings), version=m["v"],
+    )
+    return reply
 
 
 def _is_int(v: Any) -> bool:
