@@ -153,6 +153,12 @@ MALFORMED_REPLIES = [
     ("log time as str", _reply_map(l=[["info", "x", "now"]])),
     ("timings not a map", _reply_map(t=[1])),
     ("timing not a number", _reply_map(t={"a": "1"})),
+    ("timing as bool", _reply_map(t={"a": True})),
+    ("status as bool", _reply_map(s=False)),
+    ("log time as bool", _reply_map(l=[["info", "x", True]])),
+    ("header not a pair", _reply_map(h=[["a", "b", "c"]])),
+    ("missing timings", _reply_map(t=_DROP)),
+    ("bin instead of str error", _reply_map(e=b"boom")),
 ]
 
 
@@ -160,6 +166,20 @@ MALFORMED_REPLIES = [
 def test_malformed_reply_raises_envelope_error(case: str, data: bytes) -> None:
     with pytest.raises(EnvelopeError):
         Reply.decode(data)
+
+
+def test_decoded_reply_is_the_same_value_as_a_constructed_one() -> None:
+    # The one-pass decoder builds the object without __init__: same fields, same guarantees.
+    decoded = Reply.decode(REPLY.encode())
+    fields = [f.name for f in dataclasses.fields(Reply)]
+    assert [getattr(decoded, f) for f in fields] == [getattr(REPLY, f) for f in fields]
+    assert vars(decoded).keys() == vars(REPLY).keys()
+    assert isinstance(decoded.timings["total_ms"], float)
+    with pytest.raises(TypeError):
+        decoded.timings["x"] = 1.0  # type: ignore[index]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        decoded.outcome = "trap"  # type: ignore[misc]
+    assert Envelope.decode(ENVELOPE.encode()).headers == ENVELOPE.headers
 
 
 def test_decode_rejects_non_bytes() -> None:
