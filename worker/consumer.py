@@ -4,31 +4,41 @@ Each delivery is handled on a thread of the invocation pool (wasm releases the G
 its reply is published and only then is the delivery settled; every delivery is settled
 exactly once, in one `finally`, on every path (ack, reject to the DLQ, or requeue). The one
 exception is a forced close after the drain deadline: the channel closes under the delivery
-and the broker requeues it. A semaphore bounds the invocations running at once; deliveries
-waiting for it when shutdown starts are requeued at once for other workers. Invocations run
-through an `InvocationPool`: one still blocked in a host call past its timeout is answered
-`timeout` and its thread abandoned; while `max_abandoned` threads are out, no new invocation
-starts and the consumer reports itself not consuming (the worker's /readyz answers 503).
+and the broker requeues it. A slot counter bounds the invocations running at once;
+deliveries waiting for a slot when shutdown starts are requeued at once for other workers.
+Invocations run through an `InvocationPool`: one still blocked in a host call past its
+timeout is answered `timeout` and its thread abandoned; while `max_abandoned` threads are
+out, no new invocation starts and the consumer reports itself not consuming (the worker's
+/readyz answers 503).
+
+The hot path is aiormq's, under aio-pika's robust channel: deliveries are consumed on the
+channel's aiormq channel (no aio-pika `IncomingMessage` and callback task per delivery), and
+re-consumed whenever the robust channel reopens (reconnect, channel error) or the broker
+cancels the consumer. Acks are batched per channel (`_Acks`): the contiguous prefix of
+delivery tags whose replies went out is acked with one `multiple=True` frame per event-loop
+turn; rejects and requeues go out at once, one frame each. A quorum queue turns every
+settle frame into a Raft command, so fewer frames also means less broker work.
 
 Stop order (see `WorkerService`): `stop_consuming()` (the broker stops sending),
 `drain(timeout)` (in-flight invocations finish, publish their replies and are acked),
-`close()` (the channel; unacked leftovers return to the queue).
+`close()` (pending acks go out, then the channel closes; unacked leftovers return to the
+queue).
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
+import collections
 import logging
 from concurrent.futures import Executor
+from typing import Any
 
 import aio_pika
 import aiormq
-from aio_pika.abc import (
-    AbstractChannel,
-    AbstractIncomingMessage,
-    AbstractQueue,
-    AbstractRobustConnection,
-)
+from aio_pika.abc import AbstractChannel, AbstractQueue, AbstractRobustConnection
+from aiormq.abc import ChannelFrame, DeliveredMessage
+from pamqp import commands as spec
 
 from flotilla.envelope import NOT_FOUND, STARTED_TYPE, Started
 from flotilla.metrics import WorkerMetrics
@@ -60,12 +70,13 @@ class Consumer:
         self._handler = handler
         self.pool = InvocationPool(handler, executor, max_abandoned=max_abandoned)
         self._prefetch = prefetch
-        self._slots = asyncio.Semaphore(concurrency)
+        self._slots = _Slots(concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         self._channel: AbstractChannel | None = None
         self._reply_channel: AbstractChannel | None = None
         self._queue: AbstractQueue | None = None
         self._tag: str | None = None
+        self._acks: _Acks | None = None  # those of the channel consumed now
         self._stopping = False
         self._stop = asyncio.Event()
         self._metrics = metrics
@@ -76,15 +87,65 @@ class Consumer:
     async def start(self) -> None:
         """Open the channel, declare the topology and start consuming."""
         self._loop = asyncio.get_running_loop()
-        # The robust channel re-applies qos, re-declares and re-consumes after a reconnect.
-        self._channel = await self._connection.channel(publisher_confirms=True)
+        # The robust channel re-applies qos and re-declares after a reconnect; its reopen
+        # callback (below) consumes again.
+        channel = await self._connection.channel(publisher_confirms=True)
+        self._channel = channel
         # Sync replies go out unconfirmed: their queue is transient anyway, and not waiting
         # for a confirm lets the reply and the ack leave in one write, one broker round trip
         # sooner. Job results use the confirmed channel: acked only once the broker has them.
         self._reply_channel = await self._connection.channel(publisher_confirms=False)
-        await self._channel.set_qos(prefetch_count=self._prefetch)
-        self._queue = await self._topology.declare(self._channel)
-        self._tag = await self._queue.consume(self._on_message)
+        await channel.set_qos(prefetch_count=self._prefetch)
+        self._queue = await self._topology.declare(channel)
+        channel.reopen_callbacks.add(self._on_reopen)  # type: ignore[attr-defined]
+        await self._consume()
+
+    async def _consume(self) -> None:
+        """Consume the queue on the robust channel's current aiormq channel."""
+        assert self._channel is not None and self._queue is not None
+        underlay = await self._channel.get_underlay_channel()
+        if self._acks is not None and self._acks.channel is underlay and self._tag is not None:
+            return  # already consuming on this one
+        acks = _Acks(underlay)
+        self._acks = acks
+        underlay.on_consumer_cancel_callbacks.add(self._on_cancelled)
+        ok = await underlay.basic_consume(self._queue.name, self._on_delivery)
+        tag = ok.consumer_tag
+        assert tag is not None
+        if self._stopping:  # stop_consuming() ran meanwhile: undo
+            await underlay.basic_cancel(tag)
+            return
+        self._tag = tag
+
+    async def _on_reopen(self, *_: Any) -> None:
+        # The robust channel reopened (reconnect or channel error) and re-declared the queue.
+        self._tag = None
+        if self._stopping:
+            return
+        try:
+            await self._consume()
+        except Exception:
+            log.exception("consuming again after the channel reopened failed")
+
+    def _on_cancelled(self, frame: spec.Basic.Cancel) -> None:
+        # The broker cancelled the consumer (the queue was deleted, say): declare and consume
+        # again, as aio-pika's robust queue would.
+        if frame.consumer_tag != self._tag or self._stopping:
+            return
+        self._tag = None
+        log.warning("the broker cancelled the consumer; declaring and consuming again")
+        task = asyncio.ensure_future(self._resubscribe())
+        self._notices.add(task)
+        task.add_done_callback(self._notices.discard)
+
+    async def _resubscribe(self) -> None:
+        assert self._channel is not None
+        try:
+            self._queue = await self._topology.declare(self._channel)
+            self._acks = None
+            await self._consume()
+        except Exception:
+            log.exception("consuming again after the broker cancelled the consumer failed")
 
     @property
     def in_flight(self) -> int:
@@ -95,44 +156,58 @@ class Consumer:
         """Ask the broker to stop sending; deliveries not yet started will be requeued."""
         self._stopping = True
         self._stop.set()
-        if self._queue is not None and self._tag is not None:
+        self._slots.close()
+        acks, tag = self._acks, self._tag
+        self._tag = None
+        if acks is not None and tag is not None and not acks.channel.is_closed:
             try:
-                await self._queue.cancel(self._tag)
+                await acks.channel.basic_cancel(tag)
             except Exception as exc:  # noqa: BLE001 - the channel may be gone; leftovers requeue
                 log.warning("cancelling the consumer failed: %s", exc)
-            self._tag = None
 
     async def drain(self, timeout: float) -> bool:
         """Wait up to `timeout` s for in-flight deliveries to settle; True if all did."""
-        if not self._tasks:
-            return True
-        _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
+        else:
+            pending = set()
+        self._flush_acks()  # the acks of those that finished go out now
         return not pending
 
     async def close(self) -> None:
-        """Close the channel; unacked deliveries return to the queue."""
+        """Send pending acks, then close the channel; unacked deliveries return to the queue."""
         for task in list(self._tasks):
             task.cancel()
+        self._flush_acks()
         for channel in (self._reply_channel, self._channel):
             if channel is not None and not channel.is_closed:
                 await channel.close()
 
-    async def _on_message(self, message: AbstractIncomingMessage) -> None:
-        # aio-pika runs each delivery's callback in a task of its own: track it for drain().
+    def _flush_acks(self) -> None:
+        if self._acks is not None:
+            self._acks.flush()
+
+    async def _on_delivery(self, message: DeliveredMessage) -> None:
+        # aiormq runs each delivery's callback in a task of its own: track it for drain().
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
+        tag = int(message.delivery.delivery_tag)  # type: ignore[union-attr,arg-type]
+        acks = self._acks
+        if acks is None or acks.channel is not message.channel:
+            acks = _Acks(message.channel)  # not the channel consumed now (cannot happen)
+        acks.delivered(tag)
         decision: Settle | None = Settle.REQUEUE
         try:
             if not await self._acquire_slot():
                 return  # stopping: requeue it for another worker
             try:
-                decision = await self._run(message)
+                decision = await self._run(message, acks)
             finally:
                 self._slots.release()
         except asyncio.CancelledError:
-            # Only close() cancels, after the drain deadline: the channel is closing and the
-            # broker requeues whatever is unsettled; settling now would race that close.
+            # close() cancels after the drain deadline, and aiormq when the channel closes:
+            # the broker requeues whatever is unsettled; settling now would race that close.
             decision = None
             raise
         except Exception:
@@ -141,9 +216,10 @@ class Consumer:
         finally:
             try:
                 if decision is not None:
-                    await self._settle(message, decision)
+                    self._settle(acks, tag, decision)
             finally:
-                # Only now: drain() must not return before the ack went out.
+                # Only now: drain() must not return before the settle is queued (its ack
+                # goes out at the latest when drain() returns).
                 self._tasks.discard(task)
 
     async def _acquire_slot(self) -> bool:
@@ -158,22 +234,9 @@ class Consumer:
             stop.cancel()
             if self._stopping:
                 return False
-        if not self._slots.locked():
-            await self._slots.acquire()  # free: returns without suspending
-            return True
-        acquire = asyncio.ensure_future(self._slots.acquire())
-        stop = asyncio.ensure_future(self._stop.wait())
-        await asyncio.wait({acquire, stop}, return_when=asyncio.FIRST_COMPLETED)
-        stop.cancel()
-        if acquire.done() and not acquire.cancelled():
-            if not self._stopping:
-                return True
-            self._slots.release()
-            return False
-        acquire.cancel()
-        return False
+        return await self._slots.acquire()
 
-    async def _run(self, message: AbstractIncomingMessage) -> Settle:
+    async def _run(self, message: DeliveredMessage, acks: _Acks) -> Settle:
         loop = asyncio.get_running_loop()
         started = loop.time()
         metrics = self._metrics
@@ -184,6 +247,9 @@ class Consumer:
         finally:
             if metrics is not None:
                 metrics.in_flight.dec()
+        # Arm this turn's ack flush before the reply is queued: it then runs ahead of the
+        # connection writer's next step, and the ack leaves in the same write as the reply.
+        acks.soon()
         await self._reply(handled)
         if metrics is not None and handled.reply is not None:
             metrics.total.labels(_label(handled)).observe(loop.time() - started)
@@ -256,32 +322,159 @@ class Consumer:
         except Exception as exc:  # noqa: BLE001
             log.warning("job %s started notice not published: %s", started.invocation_id, exc)
 
-    async def _settle(self, message: AbstractIncomingMessage, decision: Settle) -> None:
-        try:
-            if decision is Settle.ACK:
-                await _ack(message)
-            elif decision is Settle.REJECT:
-                await message.reject(requeue=False)
-            else:
-                await message.nack(requeue=True)
-            self.settled[decision] += 1
-        except Exception as exc:  # noqa: BLE001
+    def _settle(self, acks: _Acks, tag: int, decision: Settle) -> None:
+        if acks.channel.is_closed:
             # The channel died: the broker already returned the delivery to the queue.
-            log.warning("could not %s delivery %s: %s", decision.value, message.delivery_tag, exc)
+            log.warning("could not %s delivery %s: the channel closed", decision.value, tag)
+            return
+        if decision is Settle.ACK:
+            acks.ack(tag)
+        else:
+            acks.settle_now(tag, requeue=decision is Settle.REQUEUE)
+        self.settled[decision] += 1
 
 
-async def _ack(message: AbstractIncomingMessage) -> None:
-    """Ack on the delivery's aiormq channel without waiting for the writer to drain: the
-    frame is queued behind the reply on the same connection (aio-pika's `ack` waits)."""
-    if message.delivery_tag is None:
-        await message.ack()
-        return
-    await message.channel.basic_ack(message.delivery_tag, wait=False)
+class _Acks:
+    """The delivery tags of one aiormq channel, settled in tag order with as few frames as
+    possible.
+
+    `ack(tag)` only marks a delivery done; once per event-loop turn `flush()` acks the
+    longest contiguous prefix of delivered tags that are all done or already settled, with
+    one `multiple=True` frame on the prefix's last acked tag. RabbitMQ closes the channel
+    (PRECONDITION_FAILED, unknown delivery tag) on a tag acked twice or no longer held, so:
+    a multiple ack only ever names a tag still outstanding (a done one, never a rejected or
+    requeued one), and a tag leaves the prefix exactly once. A multiple ack covers the tags
+    still held up to it: those settled on their own earlier (reject, requeue) are not held
+    any more, and every other tag up to it is done (the prefix is contiguous), so no delivery
+    is acked before its reply went out. Rejects and requeues go out at once, one frame each.
+    """
+
+    def __init__(self, channel: aiormq.abc.AbstractChannel) -> None:
+        self.channel = channel
+        self._outstanding: collections.deque[int] = collections.deque()  # in tag order
+        self._done: set[int] = set()  # outstanding, reply out: to ack
+        self._settled: set[int] = set()  # outstanding here, settled at the broker already
+        self._scheduled = False
+
+    def delivered(self, tag: int) -> None:
+        """A delivery arrived (aiormq starts the callbacks in tag order)."""
+        outstanding = self._outstanding
+        if not outstanding or tag > outstanding[-1]:
+            outstanding.append(tag)
+        else:
+            bisect.insort(outstanding, tag)  # type: ignore[type-var]
+
+    def ack(self, tag: int) -> None:
+        """`tag` is done: it will be acked by the end of the next loop turn."""
+        self._done.add(tag)
+        self.soon()
+
+    def settle_now(self, tag: int, *, requeue: bool) -> None:
+        """Reject (dead-letter) or requeue `tag` with a frame of its own, now."""
+        frame = (
+            spec.Basic.Nack(delivery_tag=tag, multiple=False, requeue=True)
+            if requeue
+            else spec.Basic.Reject(delivery_tag=tag, requeue=False)
+        )
+        self._send(frame)
+        self._settled.add(tag)
+        self.soon()  # the prefix may advance past it
+
+    def soon(self) -> None:
+        """Flush at the next loop turn (once, however many acks come before it)."""
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Ack the contiguous done prefix with one frame (nothing if the channel closed)."""
+        self._scheduled = False
+        outstanding, done, settled = self._outstanding, self._done, self._settled
+        if self.channel.is_closed:
+            # The broker requeued all of them with the channel: nothing may be acked now.
+            outstanding.clear()
+            done.clear()
+            settled.clear()
+            return
+        last = 0
+        count = 0
+        while outstanding:
+            tag = outstanding[0]
+            if tag in done:
+                done.discard(tag)
+                last = tag
+                count += 1
+            elif tag in settled:
+                settled.discard(tag)
+            else:
+                break
+            outstanding.popleft()
+        if count:
+            self._send(spec.Basic.Ack(delivery_tag=last, multiple=count > 1))
+
+    def _send(self, frame: spec.Basic.Ack | spec.Basic.Nack | spec.Basic.Reject) -> None:
+        # What aiormq's basic_ack/basic_nack/basic_reject(wait=False) do, without a task per
+        # frame: marshal it and queue it for the connection's writer, behind the replies
+        # already queued (one FIFO per connection: replies leave before their acks).
+        channel: Any = self.channel
+        payload = ChannelFrame.marshall(channel_number=channel.number, frames=[frame])
+        try:
+            channel.write_queue.put_nowait(payload)
+        except asyncio.QueueFull:  # the writer is behind: wait for room in a task
+            task = asyncio.ensure_future(channel.write_queue.put(payload))
+            _background.add(task)
+            task.add_done_callback(_background.discard)
 
 
-def _redeliveries(message: AbstractIncomingMessage) -> int:
+_background: set[asyncio.Future[None]] = set()
+
+
+class _Slots:
+    """At most `n` invocations at once; waiters are served in order and all get False (no
+    slot) once `close()`d. One future per waiting delivery, no task."""
+
+    def __init__(self, n: int) -> None:
+        self._free = n
+        self._waiters: collections.deque[asyncio.Future[bool]] = collections.deque()
+        self._closed = False
+
+    async def acquire(self) -> bool:
+        """A slot (True), or False once closed (holding none)."""
+        if self._closed:
+            return False
+        if self._free > 0 and not self._waiters:
+            self._free -= 1
+            return True
+        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled() and waiter.result():
+                self.release()  # handed a slot just as it was cancelled: pass it on
+            raise
+
+    def release(self) -> None:
+        """Give a slot back (to the first waiter still waiting)."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(True)
+                return
+        self._free += 1
+
+    def close(self) -> None:
+        """Every waiter, now and later, gets False."""
+        self._closed = True
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(False)
+
+
+def _redeliveries(message: DeliveredMessage) -> int:
     """Earlier deliveries of `message`: the quorum queue's `x-delivery-count` (absent at first)."""
-    headers = message.headers
+    headers = message.header.properties.headers
     count = headers.get("x-delivery-count") if headers else None
     return count if isinstance(count, int) and count > 0 else 0
 
