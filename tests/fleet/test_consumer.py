@@ -79,6 +79,14 @@ async def test_ok_reply_then_ack(worker: Worker, transport: AmqpTransport) -> No
     await _until(lambda: worker.consumer.settled[Settle.ACK] == 1)
 
 
+async def test_reply_larger_than_a_frame(worker: Worker, transport: AmqpTransport) -> None:
+    # Replies of one frame are queued directly; larger ones go through basic_publish.
+    body = bytes(range(256)) * 2_000  # 512000 bytes: several 128 KiB frames
+    reply = await transport.call(envelope("echo", body), timeout=10)
+    assert reply.body == body
+    await _until(lambda: worker.consumer.settled[Settle.ACK] == 1)
+
+
 async def test_guest_failure_is_replied_and_acked(worker: Worker, transport: AmqpTransport) -> None:
     reply = await transport.call(envelope("fail"), timeout=10)
     assert (reply.outcome, reply.error) == ("function_error", "guest said no")
