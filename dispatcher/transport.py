@@ -23,10 +23,12 @@ import dataclasses
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Protocol, Self
+from functools import partial
+from typing import Any, Protocol, Self, cast
 
 import aio_pika
 import aiormq
+import pamqp.frame
 from aio_pika.abc import (
     AbstractChannel,
     AbstractIncomingMessage,
@@ -34,6 +36,9 @@ from aio_pika.abc import (
     AbstractRobustChannel,
     AbstractRobustConnection,
 )
+from aiormq.abc import ChannelFrame
+from pamqp.body import ContentBody
+from pamqp.header import ContentHeader
 
 from flotilla.amqp import connect_robust
 from flotilla.envelope import (
@@ -116,6 +121,8 @@ class AmqpTransport:
         self._reply_queue: AbstractQueue | None = None
         self._job_channel: AbstractChannel | None = None
         self._futures: dict[str, asyncio.Future[Reply]] = {}
+        self._publisher: aiormq.Channel | None = None  # the confirmed channel's aiormq channel
+        self._method_frame: tuple[int, bytes] = (-1, b"")  # Basic.Publish, marshalled once
         # A stable name, so the robust connection re-declares the same queue after a reconnect.
         self.reply_queue_name = f"{topology.prefix}.reply.{uuid.uuid4().hex}"
         self.stray_replies = 0
@@ -175,40 +182,63 @@ class AmqpTransport:
                 envelope, reply_mode=REPLY_QUEUE, reply_to=self.reply_queue_name
             )
         cid = envelope.correlation_id
-        fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        fut: asyncio.Future[Reply] = loop.create_future()
         self._futures[cid] = fut
-        published = False
+        timer = None
         try:
-            # One timeout over both steps: a confirm that never comes (a silent network
+            # One deadline over both steps: a confirm that never comes (a silent network
             # partition) must not hold the caller longer than the reply could.
-            async with asyncio.timeout(timeout):
-                await self._publish(envelope)
-                published = True
-                return await fut
-        except TimeoutError:
-            if not published:
-                raise BrokerUnavailable(
-                    f"the broker did not confirm invocation {envelope.invocation_id} "
-                    f"within {timeout:.3f}s"
-                ) from None
-            raise CallTimeout(
-                f"no reply for invocation {envelope.invocation_id} within {timeout:.3f}s"
-            ) from None
+            try:
+                confirmation = await self._send(envelope, deadline)
+            except TimeoutError:
+                raise self._unconfirmed("invocation", envelope, timeout) from None
+            # The caller waits for the reply only: the confirm settles `fut` when it is a
+            # refusal, and the timer when neither came in time.
+            confirmation.add_done_callback(partial(_on_confirmed, fut))
+            timer = loop.call_at(deadline, self._expire, fut, confirmation, envelope, timeout)
+            return await fut
         finally:
+            if timer is not None:
+                timer.cancel()
             self._futures.pop(cid, None)
 
     async def submit(self, envelope: Envelope) -> None:
         """Publish a job envelope and wait (up to `publish_timeout_s`) for the broker's confirm."""
         if envelope.reply_mode != REPLY_JOB:
             raise ValueError("submit() needs an envelope with reply_mode='job'")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._publish_timeout
         try:
-            async with asyncio.timeout(self._publish_timeout):
-                await self._publish(envelope)
+            confirmation = await self._send(envelope, deadline)
+            async with asyncio.timeout_at(deadline):
+                await asyncio.shield(confirmation)
         except TimeoutError:
-            raise BrokerUnavailable(
-                f"the broker did not confirm job {envelope.invocation_id} "
-                f"within {self._publish_timeout:.3f}s"
-            ) from None
+            raise self._unconfirmed("job", envelope, self._publish_timeout) from None
+        except Exception as exc:
+            raise _publish_error(exc) from exc
+        if (error := _refusal(confirmation.result())) is not None:
+            raise error
+
+    def _expire(
+        self, fut: asyncio.Future[Reply], confirmation: asyncio.Future[Any], envelope: Envelope,
+        timeout: float,
+    ) -> None:
+        if fut.done():
+            return
+        if not confirmation.done():
+            fut.set_exception(self._unconfirmed("invocation", envelope, timeout))
+            return
+        fut.set_exception(
+            CallTimeout(f"no reply for invocation {envelope.invocation_id} within {timeout:.3f}s")
+        )
+
+    @staticmethod
+    def _unconfirmed(what: str, envelope: Envelope, timeout: float) -> BrokerUnavailable:
+        return BrokerUnavailable(
+            f"the broker did not confirm {what} {envelope.invocation_id} within {timeout:.3f}s"
+        )
 
     async def consume_job_results(
         self, handler: JobResultHandler, on_started: JobStartedHandler | None = None
@@ -255,12 +285,55 @@ class AmqpTransport:
         """Calls waiting for a reply."""
         return len(self._futures)
 
-    async def _publish(self, envelope: Envelope) -> None:
+    async def _send(self, envelope: Envelope, deadline: float) -> asyncio.Future[Any]:
+        """Queue the envelope's publish on the confirmed channel; its confirmation future.
+
+        aiormq's own `basic_publish` keeps the same books (delivery tag, confirmation
+        future, message id for returns) but under a lock, a timeout and two context
+        managers per call, and it makes its caller wait for the confirm. Here the frames
+        go to the connection's write queue first, and the delivery tag is taken right
+        after, in the same step: the broker numbers a channel's publishes in the order
+        they reach it, which is this order. Every publish on this channel comes here.
+        TimeoutError when the channel or the write queue could not take it by `deadline`.
+        """
+        channel = self._publisher
+        if channel is None or channel.is_closed:
+            async with asyncio.timeout_at(deadline):
+                channel = await self._reopened_channel()
+        frame = self._publish_frame(channel, envelope)
+        queue = channel.write_queue
+        if queue.full():  # the writer is behind: wait for room (rare)
+            async with asyncio.timeout_at(deadline):
+                await queue.put(frame)
+            if channel.is_closed:
+                raise BrokerUnavailable("publish failed: the channel closed")
+        else:
+            queue.put_nowait(frame)
+        # No await since the frame went in: the tag is this publish's.
+        channel.delivery_tag += 1
+        tag = channel.delivery_tag
+        confirmation = channel.create_future()
+        channel.confirmations[tag] = confirmation
+        message_id = envelope.invocation_id
+        channel.message_id_delivery_tag[message_id] = tag
+        confirmation.add_done_callback(partial(_forget_message_id, channel, message_id, tag))
+        return confirmation
+
+    async def _reopened_channel(self) -> aiormq.Channel:
+        # Before the first publish and after a reconnect: wait for the (new) channel.
         if self._channel is None:
             raise BrokerUnavailable("transport not started")
+        try:
+            channel = cast(aiormq.Channel, await self._channel.get_underlay_channel())
+        except (aiormq.exceptions.AMQPError, ConnectionError, OSError, RuntimeError) as exc:
+            raise BrokerUnavailable(f"publish failed: {exc}") from exc
+        self._publisher = channel
+        return channel
+
+    def _publish_frame(self, channel: aiormq.Channel, envelope: Envelope) -> ChannelFrame:
         now = now_ms()
         ttl = message_ttl_ms(envelope.reply_mode, envelope.remaining_ms(now))
-        # aiormq directly: building an aio_pika.Message costs more than the publish itself.
+        body = envelope.encode(published_ms=now)
         properties = aiormq.spec.Basic.Properties(
             content_type="application/msgpack",
             delivery_mode=2,  # persistent
@@ -270,23 +343,20 @@ class AmqpTransport:
             reply_to=envelope.reply_to or None,
             expiration=str(ttl) if ttl is not None else None,
         )
-        try:
-            channel = await self._channel.get_underlay_channel()
-            confirmation = await channel.basic_publish(  # type: ignore[call-arg]  # `wait`
-                envelope.encode(published_ms=now),
-                routing_key=self._topology.invocations,
-                properties=properties,
-                mandatory=True,
-                wait=False,  # no wait for the writer to drain: only for the broker's confirm
+        number = channel.number
+        if self._method_frame[0] != number:
+            method = aiormq.spec.Basic.Publish(
+                exchange="", routing_key=self._topology.invocations, mandatory=True
             )
-        except aio_pika.exceptions.DeliveryError as exc:
-            raise _delivery_error(exc) from exc
-        except (aiormq.exceptions.AMQPError, ConnectionError, OSError, RuntimeError) as exc:
-            raise BrokerUnavailable(f"publish failed: {exc}") from exc
-        if isinstance(confirmation, aiormq.spec.Basic.Nack):
-            raise QueueFull(f"queue {self._topology.invocations} rejected the envelope")
-        if isinstance(confirmation, (aiormq.spec.Basic.Return, aiormq.abc.DeliveredMessage)):
-            raise BrokerUnavailable(f"queue {self._topology.invocations} does not exist")
+            self._method_frame = (number, pamqp.frame.marshal(method, number))
+        parts = [
+            self._method_frame[1],
+            pamqp.frame.marshal(ContentHeader(body_size=len(body), properties=properties), number),
+        ]
+        size = channel.max_content_size
+        for at in range(0, len(body), size):
+            parts.append(pamqp.frame.marshal(ContentBody(body[at:at + size]), number))
+        return ChannelFrame(payload=b"".join(parts), should_close=False)
 
     async def _on_reply(self, message: aiormq.abc.DeliveredMessage) -> None:
         try:
@@ -314,6 +384,43 @@ async def _on_started(message: AbstractIncomingMessage, on_started: JobStartedHa
     except Exception:
         log.exception("job started handler failed")
     await message.ack()
+
+
+def _forget_message_id(
+    channel: aiormq.Channel, message_id: str, tag: int, _: asyncio.Future[Any]
+) -> None:
+    # What aiormq's basic_publish does once a publish is settled.
+    if channel.message_id_delivery_tag.get(message_id) == tag:
+        del channel.message_id_delivery_tag[message_id]
+
+
+def _refusal(result: Any) -> TransportError | None:
+    """The error a settled confirmation means, or None for an ack."""
+    if isinstance(result, aiormq.spec.Basic.Nack):
+        return QueueFull("the invocations queue is full; retry later")
+    if isinstance(result, (aiormq.spec.Basic.Return, aiormq.abc.DeliveredMessage)):
+        return BrokerUnavailable("the invocations queue does not exist (envelope not routable)")
+    return None
+
+
+def _publish_error(exc: BaseException) -> TransportError:
+    if isinstance(exc, TransportError):
+        return exc
+    if isinstance(exc, aio_pika.exceptions.DeliveryError):
+        return _delivery_error(exc)
+    return BrokerUnavailable(f"publish failed: {exc!r}")
+
+
+def _on_confirmed(fut: asyncio.Future[Reply], confirmation: asyncio.Future[Any]) -> None:
+    """Settle a caller's reply future with the error a refused or failed publish means."""
+    if fut.done():
+        return
+    if confirmation.cancelled():
+        fut.set_exception(BrokerUnavailable("publish failed: cancelled"))
+    elif (exc := confirmation.exception()) is not None:
+        fut.set_exception(_publish_error(exc))
+    elif (error := _refusal(confirmation.result())) is not None:
+        fut.set_exception(error)
 
 
 def _delivery_error(exc: aio_pika.exceptions.DeliveryError) -> TransportError:

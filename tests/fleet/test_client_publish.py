@@ -1,0 +1,85 @@
+"""AmqpTransport's publishing against a real RabbitMQ: its own delivery-tag bookkeeping must
+match the broker's numbering (confirms and nacks reach the right callers), and a publish
+nobody can route fails fast and typed."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aio_pika
+import pytest
+
+from dispatcher.transport import AmqpTransport, BrokerUnavailable, QueueFull
+from flotilla.topology import Topology
+from tests.fleet.fakes import envelope
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+
+async def test_confirms_and_nacks_reach_the_publishes_they_answer(
+    amqp_url: str, unique: str
+) -> None:
+    # Given a queue one envelope short of its limit, then a burst of 60 concurrent jobs:
+    # more than the connection's write queue holds (10 frames), so some publishes wait
+    topology = Topology(unique, max_length=20)
+    try:
+        async with AmqpTransport(amqp_url, topology) as t:
+            for _ in range(19):
+                await t.submit(envelope(job=True))
+            jobs = [envelope(job=True) for _ in range(60)]
+            results = await asyncio.gather(*(t.submit(j) for j in jobs), return_exceptions=True)
+            # Then every publish is either confirmed or refused as QueueFull (usually some of
+            # each: quorum queues check the limit against a length that may lag a burst)
+            assert all(r is None or isinstance(r, QueueFull) for r in results), results
+            accepted = {j.invocation_id for j, r in zip(jobs, results, strict=True) if r is None}
+            # and the confirmed ones are exactly the burst's envelopes the queue holds
+            queued = await _drain(amqp_url, topology)
+            assert accepted == queued & {j.invocation_id for j in jobs}
+            assert t.pending == 0
+    finally:
+        await _delete(amqp_url, topology)
+
+
+async def test_unroutable_publish_is_broker_unavailable(amqp_url: str, unique: str) -> None:
+    # Given a transport told not to declare, for a prefix whose queues do not exist
+    topology = Topology(unique)
+    async with AmqpTransport(amqp_url, topology, declare=False) as t:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        # Then a call fails as soon as the broker returns the envelope, not at its timeout
+        with pytest.raises(BrokerUnavailable, match="not routable"):
+            await t.call(envelope(), timeout=30)
+        assert loop.time() - started < 10
+        # and so does a job
+        with pytest.raises(BrokerUnavailable, match="not routable"):
+            await t.submit(envelope(job=True))
+        assert t.pending == 0
+        # and the transport still publishes once the queues exist
+        connection = await aio_pika.connect(amqp_url)
+        async with connection:
+            await topology.declare(await connection.channel())
+        try:
+            await t.submit(envelope(job=True))
+        finally:
+            await _delete(amqp_url, topology)
+
+
+async def _drain(amqp_url: str, topology: Topology) -> set[str]:
+    """The message ids of every envelope in the invocations queue (consumed)."""
+    ids: set[str] = set()
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(
+            topology.invocations, durable=True, arguments=topology.invocation_arguments()
+        )
+        while (message := await queue.get(no_ack=True, fail=False)) is not None:
+            assert message.message_id is not None
+            ids.add(message.message_id)
+    return ids
+
+
+async def _delete(amqp_url: str, topology: Topology) -> None:
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        await topology.delete(await connection.channel())
