@@ -133,11 +133,22 @@ class Api:
     metrics: DispatcherMetrics | None = None
     versions: ResolveCache | None = None
     auth: Authenticator | None = None  # None: auth is off (dev mode or --insecure)
+    children: dict[tuple[int, tuple[str, ...]], Any] = field(
+        default_factory=dict, compare=False, repr=False
+    )  # labelled metric children, see `child`
 
     def published(self, result: str) -> None:
         """Count one publish by result (confirmed, rejected, failed)."""
         if self.metrics is not None:
-            self.metrics.publishes.labels(result).inc()
+            self.child(self.metrics.publishes, result).inc()
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """`metric.labels(*labels)`, looked up once (`labels()` takes a lock and builds keys)."""
+        key = (id(metric), labels)
+        found = self.children.get(key)
+        if found is None:
+            found = self.children[key] = metric.labels(*labels)
+        return found
 
     def unavailable(self, exc: Exception) -> Unavailable:
         """The 503 problem for a transport error, counted as a rejected or failed publish."""
@@ -361,11 +372,9 @@ class FlotillaApp(FastAPI):
         except Exception as exc:  # noqa: BLE001 - each error becomes its problem document
             status, headers, body = _problem_of(exc, scope, invocation_id, api.options)
         finally:
-            if api.metrics is not None:
-                api.metrics.requests.labels(INVOKE_ROUTE, str(status)).inc()
-                api.metrics.request_duration.labels(INVOKE_ROUTE).observe(
-                    time.perf_counter() - began
-                )
+            if (m := api.metrics) is not None:
+                api.child(m.requests, INVOKE_ROUTE, str(status)).inc()
+                api.child(m.request_duration, INVOKE_ROUTE).observe(time.perf_counter() - began)
         headers.append((_INVOCATION_HEADER, invocation_id.encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
@@ -617,6 +626,8 @@ async def call_function(
         headers=headers,
         body=body,
         deadline_ms=now_ms() + timeout_ms,
+        # The transport's own reply queue up front, so its call() need not copy the envelope.
+        reply_to=getattr(api.transport, "reply_queue_name", ""),
     )
     m = api.metrics
     began = time.perf_counter()
