@@ -34,7 +34,6 @@ import logging
 from concurrent.futures import Executor
 from typing import Any
 
-import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractQueue, AbstractRobustConnection
 from aiormq.abc import ChannelFrame, DeliveredMessage
@@ -310,16 +309,18 @@ class Consumer:
         task.add_done_callback(self._notices.discard)
 
     async def _send_started(self, channel: AbstractChannel, started: Started) -> None:
+        # On the channel the job's result will take, so it reaches the queue first.
         try:
-            await channel.default_exchange.publish(
-                aio_pika.Message(
-                    started.encode(),
+            underlay = await channel.get_underlay_channel()
+            await underlay.basic_publish(
+                started.encode(),
+                routing_key=self._topology.job_results,
+                properties=aiormq.spec.Basic.Properties(
                     correlation_id=started.invocation_id,
-                    type=STARTED_TYPE,
-                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                    message_type=STARTED_TYPE,
+                    delivery_mode=2,
                     content_type="application/msgpack",
                 ),
-                routing_key=self._topology.job_results,
             )
         except Exception as exc:  # noqa: BLE001
             log.warning("job %s started notice not published: %s", started.invocation_id, exc)
