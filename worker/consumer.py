@@ -78,6 +78,8 @@ class Consumer:
         self._queue: AbstractQueue | None = None
         self._tag: str | None = None
         self._acks: _Acks | None = None  # those of the channel consumed now
+        # The aiormq channels under the job (True) and reply (False) channels, as last seen.
+        self._underlays: dict[bool, aiormq.abc.AbstractChannel] = {}
         self._stopping = False
         self._stop = asyncio.Event()
         self._metrics = metrics
@@ -276,7 +278,9 @@ class Consumer:
         channel = self._channel if job else self._reply_channel
         assert channel is not None
         # aiormq directly: aio-pika's Message/Exchange layers cost more than the publish.
-        underlay = await channel.get_underlay_channel()
+        underlay = self._underlays.get(job)
+        if underlay is None or underlay.is_closed:  # first reply, or reopened since
+            underlay = self._underlays[job] = await channel.get_underlay_channel()
         properties = aiormq.spec.Basic.Properties(
             correlation_id=reply.correlation_id,
             message_id=reply.invocation_id,

@@ -129,3 +129,31 @@ async def test_silent_partition_does_not_hold_callers(
             proxy.cut()  # let close() finish quickly
     finally:
         await proxy.close()
+
+
+async def test_worker_consumes_again_after_its_queue_was_deleted(
+    amqp_url: str, topology: Topology, unique: str, worker_connection: Any
+) -> None:
+    # The broker cancels the consumer of a deleted queue; the worker declares it again and
+    # consumes again (as aio-pika's robust queue would for its own consumers).
+    async with AmqpTransport(amqp_url, topology, connection_name=f"caller-{unique}") as caller:
+        assert (await caller.call(envelope("echo", b"1"), timeout=10)).body == b"1"
+        admin = await aio_pika.connect(amqp_url)
+        async with admin:
+            await (await admin.channel()).queue_delete(topology.invocations)
+
+            async def consumers() -> int:
+                channel = await admin.channel()
+                try:
+                    queue = await channel.declare_queue(topology.invocations, passive=True)
+                except aio_pika.exceptions.ChannelNotFoundEntity:
+                    return 0
+                count = queue.declaration_result.consumer_count or 0
+                await channel.close()
+                return count
+
+            end = asyncio.get_running_loop().time() + 20
+            while await consumers() != 1:  # the broker offers no event for this: poll
+                assert asyncio.get_running_loop().time() < end, "the worker did not consume again"
+                await asyncio.sleep(0.05)
+        assert (await caller.call(envelope("echo", b"2"), timeout=10)).body == b"2"
