@@ -365,19 +365,21 @@ class FlotillaApp(FastAPI):
         began = time.perf_counter()
         status = 500
         try:
-            status, headers, body = await _invoke_raw(api, scope, receive, name, invocation_id)
-        except _ClientGone:
-            status = 499  # nginx's "client closed request": counted, nothing to answer
-            return
-        except Exception as exc:  # noqa: BLE001 - each error becomes its problem document
-            status, headers, body = _problem_of(exc, scope, invocation_id, api.options)
+            try:
+                status, headers, body = await _invoke_raw(api, scope, receive, name, invocation_id)
+            except _ClientGone:
+                status = 499  # nginx's "client closed request": counted, nothing to answer
+                return
+            except Exception as exc:  # noqa: BLE001 - each error becomes its problem document
+                status, headers, body = _problem_of(exc, scope, invocation_id, api.options)
+            headers.append((_INVOCATION_HEADER, invocation_id.encode()))
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
         finally:
+            # Counted once the response is sent, as InvocationIdMiddleware does.
             if (m := api.metrics) is not None:
                 api.child(m.requests, INVOKE_ROUTE, str(status)).inc()
                 api.child(m.request_duration, INVOKE_ROUTE).observe(time.perf_counter() - began)
-        headers.append((_INVOCATION_HEADER, invocation_id.encode()))
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
 
 
 class _ClientGone(Exception):
