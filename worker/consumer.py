@@ -49,6 +49,9 @@ from worker.handler import EnvelopeHandler, Handled, Settle
 
 log = logging.getLogger(__name__)
 
+# How long a finished delivery behind a still-running one may wait for a batched ack.
+STRAGGLER_ACK_S = 0.002
+
 
 class Consumer:
     """Consumes the invocations queue of one topology with manual acks and bounded prefetch."""
@@ -188,7 +191,7 @@ class Consumer:
 
     def _flush_acks(self) -> None:
         if self._acks is not None:
-            self._acks.flush()
+            self._acks.flush(stragglers=True)
 
     async def _on_delivery(self, message: DeliveredMessage) -> None:
         # aiormq runs each delivery's callback in a task of its own: track it for drain().
@@ -351,17 +354,26 @@ class _Acks:
     (PRECONDITION_FAILED, unknown delivery tag) on a tag acked twice or no longer held, so:
     a multiple ack only ever names a tag still outstanding (a done one, never a rejected or
     requeued one), and a tag leaves the prefix exactly once. A multiple ack covers the tags
-    still held up to it: those settled on their own earlier (reject, requeue) are not held
-    any more, and every other tag up to it is done (the prefix is contiguous), so no delivery
-    is acked before its reply went out. Rejects and requeues go out at once, one frame each.
+    still held up to it: those settled on their own earlier (reject, requeue, a straggler's
+    single ack) are not held any more, and every other tag up to it is done (the prefix is
+    contiguous), so no delivery is acked before its reply went out. Rejects and requeues go
+    out at once, one frame each.
+
+    A done tag behind one still running (a straggler: a long invocation holds the prefix)
+    waits at most `straggler_s` for the prefix to reach it, then is acked on its own: it
+    must not hold a prefetch slot for as long as the slow invocation runs.
     """
 
-    def __init__(self, channel: aiormq.abc.AbstractChannel) -> None:
+    def __init__(
+        self, channel: aiormq.abc.AbstractChannel, straggler_s: float = STRAGGLER_ACK_S
+    ) -> None:
         self.channel = channel
+        self._straggler_s = straggler_s
         self._outstanding: collections.deque[int] = collections.deque()  # in tag order
         self._done: set[int] = set()  # outstanding, reply out: to ack
         self._settled: set[int] = set()  # outstanding here, settled at the broker already
         self._scheduled = False
+        self._stragglers: asyncio.TimerHandle | None = None
 
     def delivered(self, tag: int) -> None:
         """A delivery arrived (aiormq starts the callbacks in tag order)."""
@@ -372,7 +384,8 @@ class _Acks:
             bisect.insort(outstanding, tag)  # type: ignore[type-var]
 
     def ack(self, tag: int) -> None:
-        """`tag` is done: it will be acked by the end of the next loop turn."""
+        """`tag` is done: it will be acked by the end of the next loop turn (or, behind a
+        running one, within `straggler_s`)."""
         self._done.add(tag)
         self.soon()
 
@@ -393,8 +406,9 @@ class _Acks:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self.flush)
 
-    def flush(self) -> None:
-        """Ack the contiguous done prefix with one frame (nothing if the channel closed)."""
+    def flush(self, *, stragglers: bool = False) -> None:
+        """Ack the contiguous done prefix with one frame, and with `stragglers` every other
+        done tag with one frame each (nothing at all if the channel closed)."""
         self._scheduled = False
         outstanding, done, settled = self._outstanding, self._done, self._settled
         if self.channel.is_closed:
@@ -402,6 +416,7 @@ class _Acks:
             outstanding.clear()
             done.clear()
             settled.clear()
+            self._cancel_stragglers()
             return
         last = 0
         count = 0
@@ -418,6 +433,27 @@ class _Acks:
             outstanding.popleft()
         if count:
             self._send(spec.Basic.Ack(delivery_tag=last, multiple=count > 1))
+        if not done:
+            self._cancel_stragglers()
+        elif stragglers:
+            self._cancel_stragglers()
+            for tag in sorted(done):
+                self._send(spec.Basic.Ack(delivery_tag=tag, multiple=False))
+            settled.update(done)  # the prefix passes them later without a second ack
+            done.clear()
+        elif self._stragglers is None:
+            self._stragglers = asyncio.get_running_loop().call_later(
+                self._straggler_s, self._ack_stragglers
+            )
+
+    def _ack_stragglers(self) -> None:
+        self._stragglers = None
+        self.flush(stragglers=True)
+
+    def _cancel_stragglers(self) -> None:
+        if self._stragglers is not None:
+            self._stragglers.cancel()
+            self._stragglers = None
 
     def _send(self, frame: spec.Basic.Ack | spec.Basic.Nack | spec.Basic.Reject) -> None:
         # What aiormq's basic_ack/basic_nack/basic_reject(wait=False) do, without a task per

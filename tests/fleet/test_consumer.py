@@ -87,6 +87,22 @@ async def test_reply_larger_than_a_frame(worker: Worker, transport: AmqpTranspor
     await _until(lambda: worker.consumer.settled[Settle.ACK] == 1)
 
 
+async def test_a_long_invocation_does_not_hold_back_the_acks_of_later_ones(
+    worker: Worker, transport: AmqpTransport
+) -> None:
+    # Acks are batched over contiguous delivery tags; finished deliveries behind one still
+    # running are acked on their own soon after, or they would fill the prefetch window (8)
+    # and the broker would stop delivering until the long one ends.
+    blocked = asyncio.create_task(transport.call(envelope("block"), timeout=30))
+    await asyncio.to_thread(worker.runner.started.acquire, True, 10)
+    for i in range(20):
+        reply = await transport.call(envelope("echo", b"%d" % i), timeout=10)
+        assert reply.body == b"%d" % i
+    await _until(lambda: worker.consumer.settled[Settle.ACK] == 20)
+    worker.runner.release.set()
+    assert (await blocked).body == b"done"
+
+
 async def test_guest_failure_is_replied_and_acked(worker: Worker, transport: AmqpTransport) -> None:
     reply = await transport.call(envelope("fail"), timeout=10)
     assert (reply.outcome, reply.error) == ("function_error", "guest said no")

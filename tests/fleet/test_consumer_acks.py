@@ -42,8 +42,8 @@ async def _turn() -> None:
     await asyncio.sleep(0)
 
 
-def _acks(channel: RecordingChannel) -> _Acks:
-    return _Acks(channel)  # type: ignore[arg-type]
+def _acks(channel: RecordingChannel, straggler_s: float = 3600) -> _Acks:
+    return _Acks(channel, straggler_s)  # type: ignore[arg-type]
 
 
 async def test_done_prefix_is_acked_once_with_multiple() -> None:
@@ -63,6 +63,43 @@ async def test_done_prefix_is_acked_once_with_multiple() -> None:
     [ack] = channel.frames()
     assert (ack.delivery_tag, ack.multiple) == (4, True)
     assert channel.frames() == []
+
+
+async def test_a_straggler_behind_a_running_delivery_is_acked_on_its_own() -> None:
+    # A long invocation (1) must not keep finished ones (2) holding prefetch slots.
+    channel = RecordingChannel()
+    acks = _acks(channel, straggler_s=0)
+    for tag in (1, 2):
+        acks.delivered(tag)
+    acks.ack(2)
+    for _ in range(4):
+        await _turn()
+    [ack] = channel.frames()
+    assert (ack.delivery_tag, ack.multiple) == (2, False)
+    acks.ack(1)
+    await _turn()
+    [ack] = channel.frames()  # names 1 alone: 2 is not held any more
+    assert (ack.delivery_tag, ack.multiple) == (1, False)
+    assert channel.frames() == []
+
+
+async def test_flushing_stragglers_acks_every_finished_delivery() -> None:
+    # What drain() and close() do: nothing finished may go back to the queue.
+    channel = RecordingChannel()
+    acks = _acks(channel)
+    for tag in (1, 2, 3, 4):
+        acks.delivered(tag)
+    acks.ack(1)
+    acks.ack(3)
+    acks.ack(4)
+    acks.flush(stragglers=True)
+    assert [(f.delivery_tag, f.multiple) for f in channel.frames()] == [
+        (1, False), (3, False), (4, False)
+    ]
+    acks.ack(2)
+    await _turn()
+    # 2 closes the gap; 3 and 4 are settled already, so the ack names 2 alone.
+    assert [(f.delivery_tag, f.multiple) for f in channel.frames()] == [(2, False)]
 
 
 async def test_a_lone_ack_is_not_multiple() -> None:
