@@ -16,8 +16,9 @@ channel's aiormq channel (no aio-pika `IncomingMessage` and callback task per de
 re-consumed whenever the robust channel reopens (reconnect, channel error) or the broker
 cancels the consumer. Acks are batched per channel (`_Acks`): the contiguous prefix of
 delivery tags whose replies went out is acked with one `multiple=True` frame per event-loop
-turn; rejects and requeues go out at once, one frame each. A quorum queue turns every
-settle frame into a Raft command, so fewer frames also means less broker work.
+turn (a finished delivery behind one still running is acked on its own within
+`STRAGGLER_ACK_S`); rejects and requeues go out at once, one frame each. A quorum queue
+turns every settle frame into a Raft command, so fewer frames also means less broker work.
 
 Stop order (see `WorkerService`): `stop_consuming()` (the broker stops sending),
 `drain(timeout)` (in-flight invocations finish, publish their replies and are acked),
@@ -110,11 +111,14 @@ class Consumer:
         """Consume the queue on the robust channel's current aiormq channel."""
         assert self._channel is not None and self._queue is not None
         underlay = await self._channel.get_underlay_channel()
-        if self._acks is not None and self._acks.channel is underlay and self._tag is not None:
+        same = self._acks is not None and self._acks.channel is underlay
+        if same and self._tag is not None:
             return  # already consuming on this one
-        acks = _Acks(underlay)
-        self._acks = acks
-        underlay.on_consumer_cancel_callbacks.add(self._on_cancelled)
+        if not same:
+            # One `_Acks` per aiormq channel, kept across a re-consume on the same channel:
+            # tags are the channel's, and a multiple ack must see all of them.
+            self._acks = _Acks(underlay)
+            underlay.on_consumer_cancel_callbacks.add(self._on_cancelled)
         ok = await underlay.basic_consume(self._queue.name, self._on_delivery)
         tag = ok.consumer_tag
         assert tag is not None
@@ -148,7 +152,6 @@ class Consumer:
         assert self._channel is not None
         try:
             self._queue = await self._topology.declare(self._channel)
-            self._acks = None
             await self._consume()
         except Exception:
             log.exception("consuming again after the broker cancelled the consumer failed")
