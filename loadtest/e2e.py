@@ -121,6 +121,18 @@ async def _process(
             drainer.cancel()
 
 
+class HttpStatusError(RuntimeError):
+    """A non-200 answer; the load runner counts it by status and problem type."""
+
+    def __init__(self, status: int, body: bytes) -> None:
+        try:
+            kind = str(json.loads(body).get("type", "")).rsplit(":", 1)[-1]
+        except (ValueError, AttributeError):
+            kind = ""
+        self.problem_type = f"http_{status}" + (f"_{kind}" if kind else "")
+        super().__init__(self.problem_type)
+
+
 class HttpClient:
     """Minimal keep-alive HTTP/1.1 POST client: one connection per lane, reused."""
 
@@ -158,7 +170,7 @@ class HttpClient:
         body = await reader.readexactly(length) if length else b""
         self._idle.append((reader, writer))
         if status != 200:
-            raise RuntimeError(f"http_{status}")
+            raise HttpStatusError(status, body)
         return body
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
