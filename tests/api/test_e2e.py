@@ -214,3 +214,14 @@ async def test_worker_refuses_tampered_artifact(fleet: Fleet, echo_wasm: Path) -
     assert refused.status_code == 503
     assert refused.json()["outcome"] == "internal"
     assert "HMAC" in refused.json()["detail"] or "content address" in refused.json()["detail"]
+
+
+async def test_default_6_mib_body_of_every_byte_value_round_trips(fleet: Fleet) -> None:
+    # The default max_body_bytes, through HTTP, RabbitMQ, the worker and a Python guest (the
+    # body crosses the sandbox as one byte string: worker/sandbox/rawabi.py).
+    body = bytes(range(256)) * (6 * 1024 * 1024 // 256)
+    resp = await fleet.client.post("/v1/functions/echo/invoke", content=body)
+    assert resp.status_code == 200, resp.text[:300]
+    assert resp.content == body
+    over = await fleet.client.post("/v1/functions/echo/invoke", content=body + b"x")
+    assert over.status_code == 413
