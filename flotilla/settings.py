@@ -106,7 +106,12 @@ class WorkerSettings(_Base):
         0, help="Invocations run at once per process (0: number of CPU cores)"
     )
     prefetch: int = _setting(
-        0, help="Unacked deliveries held per process (0: 2 x concurrency)"
+        0, help="Unacked deliveries held per process (0: 16 x concurrency)"
+    )
+    poison_runs: int = _setting(
+        3,
+        help="Starts after which an envelope that keeps killing its worker is dead-lettered "
+        "(counted in Redis for redelivered envelopes only)",
     )
     metrics_port: int = _setting(9102, help="Port of the worker's /metrics, /healthz, /readyz")
     drain_timeout_s: float = _setting(
@@ -127,13 +132,14 @@ class WorkerSettings(_Base):
         return self.max_abandoned_threads or 2 * self.effective_concurrency()
 
     def effective_prefetch(self) -> int:
-        """Prefetch with 0 resolved to twice the concurrency."""
-        # Shallow on purpose. A deep prefetch is faster (bench e2e: client/bare 1.23-1.59 at
-        # 128 vs 0.49-0.70 at 2 x concurrency) but RabbitMQ counts a delivery against every
-        # unacked envelope a crashed worker held, so repeated crashes push innocent envelopes
-        # past the quorum queue's delivery limit into the dead-letter queue (the chaos test
-        # failed 2 of ~12 runs at 16 x concurrency). Raise it where workers rarely crash.
-        return self.prefetch or 2 * self.effective_concurrency()
+        """Prefetch with 0 resolved to 16 times the concurrency."""
+        # Deep: with 2 x concurrency the worker waits on acks more than it works (bench e2e:
+        # client/bare 0.66 at 4 vs 1.01 at 16 and 1.07 at 128). RabbitMQ counts a delivery
+        # against every unacked envelope of a worker that died, so its delivery limit would
+        # dead-letter prefetched innocents when workers die repeatedly; poison envelopes are
+        # caught by counting runs instead (worker.handler.RunLedger), and the queue's
+        # delivery limit is only a high backstop (flotilla.topology).
+        return self.prefetch or 16 * self.effective_concurrency()
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,10 @@ from flotilla.envelope import REPLY_JOB
 # Seconds between reconnect attempts of robust connections (aio-pika's default is 5 s;
 # callers and queued work wait on every second of an outage).
 RECONNECT_INTERVAL_S = 1.0
-DEFAULT_DELIVERY_LIMIT = 5
+# A backstop: workers dead-letter envelopes that keep killing them after POISON_RUNS starts
+# (worker/handler.py RunLedger); the broker's count also grows for envelopes a dying worker
+# only held, so it is set high enough not to catch those.
+DEFAULT_DELIVERY_LIMIT = 20
 DEFAULT_MAX_LENGTH = 100_000
 # Nothing consumes the dead-letter queue: it is for inspection, so it is bounded (oldest
 # dropped first) and forgets after a day rather than growing with every expired call.

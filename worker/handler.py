@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from flotilla import logs
 from flotilla.envelope import (
@@ -113,6 +113,39 @@ def run_timeout_ms(remaining_ms: int) -> int | None:
     return remaining_ms if remaining_ms > 0 else None
 
 
+POISON_RUNS = 3
+
+
+class RunLedger:
+    """Counts, in Redis, the runs of envelopes that arrived redelivered (poison detection).
+
+    RabbitMQ counts a delivery against every unacked envelope of a worker that died, run or
+    only prefetched, so its delivery limit also dead-letters innocent envelopes when workers
+    die repeatedly with a deep prefetch. This counts runs instead: an envelope redelivered
+    after a crash is counted as it starts (first deliveries cost nothing), and the handler
+    dead-letters it once it has started `poison_runs` times before. The quorum queue's
+    delivery limit stays as a backstop for when Redis is out of reach.
+    """
+
+    def __init__(self, redis: Any, prefix: str, ttl_s: int = 86_400) -> None:
+        self._redis = redis
+        self._prefix = prefix
+        self._ttl_s = ttl_s
+
+    def count_run(self, invocation_id: str) -> int | None:
+        """Runs of this envelope after redeliveries, this one included; None if unknown."""
+        key = f"{self._prefix}:runs:{invocation_id}"
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.incr(key)
+            pipe.expire(key, self._ttl_s)
+            count, _ = pipe.execute()
+            return int(count)
+        except Exception as exc:  # noqa: BLE001 - any client failure: fall back, never crash
+            log.warning("run ledger unavailable (%s); using the delivery count", exc)
+            return None
+
+
 class EnvelopeHandler:
     """Decodes, checks the deadline, runs, and decides how to settle one delivery."""
 
@@ -124,7 +157,13 @@ class EnvelopeHandler:
         clock: Callable[[], int] = now_ms,
         metrics: WorkerMetrics | None = None,
         run_slack_ms: int = RUN_SLACK_MS,
+        runs: RunLedger | None = None,
+        poison_runs: int = POISON_RUNS,
     ) -> None:
+        """`runs`/`poison_runs`: an envelope redelivered after it started `poison_runs` times
+        is dead-lettered (with an `internal` reply) instead of run again (see RunLedger)."""
+        self._runs = runs
+        self._poison_runs = poison_runs
         self._runner = runner
         self._run_slack_ms = run_slack_ms
         self._job_results = job_results
@@ -191,6 +230,23 @@ class EnvelopeHandler:
         if budget is None:
             reply = reply_to(envelope, EXPIRED, "the invocation's deadline passed before it ran")
             return Handled(Settle.ACK, reply, route, envelope.function, queued_ms)
+        if redeliveries > 0 and self._runs is not None:
+            runs = self._runs.count_run(envelope.invocation_id)
+            # Earlier starts: the first delivery (assumed to have run) plus counted reruns.
+            started_before = runs if runs is not None else redeliveries
+            if started_before >= self._poison_runs:
+                log.error(
+                    "dead-lettering %s: started %d times, each ending its worker",
+                    envelope.invocation_id,
+                    started_before,
+                )
+                reply = reply_to(
+                    envelope,
+                    INTERNAL,
+                    f"the invocation was dead-lettered: it started {started_before} times "
+                    "and each time its worker process died",
+                )
+                return Handled(Settle.REJECT, reply, route, envelope.function, queued_ms)
         if on_start is not None and envelope.reply_mode == REPLY_JOB:
             try:
                 on_start(Started(envelope.invocation_id, envelope.attempt))

@@ -30,7 +30,8 @@ from flotilla.metrics import WorkerMetrics
 from flotilla.settings import WorkerSettings
 from flotilla.topology import RECONNECT_INTERVAL_S, Topology
 from worker.consumer import Consumer
-from worker.handler import EnvelopeHandler, Runner
+from worker.handler import EnvelopeHandler, RunLedger, Runner
+from worker.hosts.cache import connect_redis
 from worker.probes import ProbeServer
 
 log = logging.getLogger(__name__)
@@ -156,8 +157,14 @@ class WorkerService:
         connection = None
         try:
             await self._start_probes()
+            ledger = connect_redis(settings.redis_url, max_connections=4)
+            runtime.closers.append(ledger.close)
             handler = EnvelopeHandler(
-                runtime.runner, job_results=self.topology.job_results, metrics=self.metrics
+                runtime.runner,
+                job_results=self.topology.job_results,
+                metrics=self.metrics,
+                runs=RunLedger(ledger, settings.queue_prefix),
+                poison_runs=settings.poison_runs,
             )
             connection = await connect_robust(
                 settings.amqp_url,

@@ -127,3 +127,44 @@ async def test_memory_transport_timeout_then_stray_reply() -> None:
         runner.release.set()
         assert (await t.call(envelope("echo"), timeout=5)).ok  # FIFO: the late reply came first
         assert t.stray_replies == 1
+
+
+def _ledger_handler(redis: object) -> tuple[EnvelopeHandler, FakeRunner]:
+    from worker.handler import RunLedger
+
+    runner = FakeRunner()
+    ledger = RunLedger(redis, "unit")
+    return EnvelopeHandler(runner, job_results=TOPOLOGY.job_results, runs=ledger), runner
+
+
+def test_redelivered_envelopes_are_counted_and_dead_lettered_at_poison_runs() -> None:
+    import fakeredis
+
+    redis = fakeredis.FakeRedis()
+    handler, runner = _ledger_handler(redis)
+    env = envelope("echo", reply_to_queue="q.reply")
+    assert handler.handle(env.encode(), redeliveries=0).settle is Settle.ACK
+    assert redis.get(f"unit:runs:{env.invocation_id}") is None  # first deliveries cost nothing
+    for expected_runs in (1, 2):  # a worker died under it twice more
+        assert handler.handle(env.encode(), redeliveries=expected_runs).settle is Settle.ACK
+        assert int(redis.get(f"unit:runs:{env.invocation_id}")) == expected_runs
+    dead = handler.handle(env.encode(), redeliveries=3)
+    assert dead.settle is Settle.REJECT
+    assert dead.reply is not None and dead.reply.outcome == "internal"
+    assert "started 3 times" in dead.reply.error
+    assert runner.runs[env.invocation_id] == 3
+    # An envelope only ever held (prefetched) by dying workers has no runs counted: it runs.
+    held = envelope("echo", reply_to_queue="q.reply")
+    assert handler.handle(held.encode(), redeliveries=7).settle is Settle.ACK
+
+
+def test_without_redis_the_delivery_count_decides() -> None:
+    class Down:
+        def pipeline(self, **_: object) -> object:
+            raise ConnectionError("redis is down")
+
+    handler, runner = _ledger_handler(Down())
+    env = envelope("echo", reply_to_queue="q.reply")
+    assert handler.handle(env.encode(), redeliveries=2).settle is Settle.ACK
+    assert handler.handle(env.encode(), redeliveries=3).settle is Settle.REJECT
+    assert runner.runs[env.invocation_id] == 1

@@ -19,6 +19,7 @@ from flotilla.envelope import Envelope
 from flotilla.topology import Topology
 from tests.fleet.fakes import envelope
 from tests.fleet.proxy import CuttableProxy
+from worker.handler import POISON_RUNS
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
@@ -37,7 +38,14 @@ class WorkerProcess:
 
     @classmethod
     async def start(
-        cls, amqp_url: str, prefix: str, started: list[WorkerProcess], *, concurrency: int = 2
+        cls,
+        amqp_url: str,
+        prefix: str,
+        started: list[WorkerProcess],
+        *,
+        concurrency: int = 2,
+        delivery_limit: int = LIMIT,
+        prefetch: int = 0,
     ) -> WorkerProcess:
         """Start one; it is in `started` (for cleanup) before its readiness is awaited."""
         env = dict(
@@ -47,9 +55,10 @@ class WorkerProcess:
             FLOTILLA_CONCURRENCY=str(concurrency),
             FLOTILLA_DRAIN_TIMEOUT_S="20",
             FLOTILLA_METRICS_PORT="0",
+            FLOTILLA_PREFETCH=str(prefetch),
         )
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "tests.fleet.fake_worker", str(LIMIT),
+            sys.executable, "-m", "tests.fleet.fake_worker", str(delivery_limit),
             cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE,
         )
         worker = cls(proc)
@@ -184,6 +193,50 @@ async def test_poison_message_reaches_the_dlq(spawn, caller: AmqpTransport, amqp
     message = await dead
     assert Envelope.decode(message.body).invocation_id == env.invocation_id
     assert crashes == LIMIT + 1, history
+
+
+async def test_runs_not_deliveries_decide_poison(spawn, amqp_url: str, topology: Topology, unique: str) -> None:  # type: ignore[no-untyped-def]
+    # The broker's delivery limit is only a backstop here; workers prefetch deeply. A poison
+    # envelope at the head of the queue kills every worker that starts it, while six innocent
+    # envelopes sit prefetched (never started) in each of those workers.
+    backstop = Topology(topology.prefix, delivery_limit=20, max_length=1_000)
+    async with AmqpTransport(amqp_url, backstop, connection_name=f"caller-{unique}") as caller:
+        poison = envelope("crash")
+        innocents = [envelope("echo", f"innocent {n}".encode()) for n in range(6)]
+        calls = [asyncio.create_task(caller.call(e, timeout=120)) for e in (poison, *innocents)]
+        await _queued(amqp_url, backstop.invocations, len(calls))
+        crashes = 0
+        while not calls[0].done():
+            w = await spawn(concurrency=1, delivery_limit=20, prefetch=8)
+            exited = asyncio.create_task(w.proc.wait())
+            await asyncio.wait({exited, calls[0]}, timeout=60, return_when=asyncio.FIRST_COMPLETED)
+            if exited.done():
+                assert exited.result() == 3, "the worker did not die of the poison"
+                crashes += 1
+            assert crashes <= POISON_RUNS, "the run count did not stop the poison"
+        reply = await calls[0]
+        assert reply.outcome == "internal" and "dead-lettered" in reply.error, reply
+        # Each innocent was held by POISON_RUNS dying workers (a delivery counted each time,
+        # past the old limit of 2) and still ran, once the poison was out of the way.
+        replies = await asyncio.gather(*calls[1:])
+        assert [(r.outcome, r.body) for r in replies] == [("ok", e.body) for e in innocents]
+    assert crashes == POISON_RUNS
+    dead = await _dead_letter_waiter(amqp_url, backstop.dead_letters)
+    message = await asyncio.wait_for(dead, 10)
+    assert Envelope.decode(message.body).invocation_id == poison.invocation_id
+
+
+async def _queued(amqp_url: str, queue_name: str, count: int) -> None:
+    """Wait until `queue_name` holds `count` messages (published and confirmed)."""
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        for _ in range(200):
+            queue = await channel.declare_queue(queue_name, passive=True)
+            if queue.declaration_result.message_count >= count:
+                return
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"{queue_name} never held {count} messages")
 
 
 async def test_worker_survives_a_cut_connection(spawn, caller: AmqpTransport, amqp_url: str) -> None:  # type: ignore[no-untyped-def]

@@ -243,10 +243,10 @@ async def test_workers_killed_in_a_loop_lose_nothing(
     probe_wasm: Path,  # noqa: F811 - fixture
 ) -> None:
     url = await asyncio.to_thread(fault_fleet.start_dispatcher)
-    # Prefetch is pinned to 4: each SIGKILL returns every unacked delivery with one more
-    # delivery counted, and a deep prefetch (the default is 16 x concurrency) lets repeated
-    # kills push an innocent job past the delivery limit (docs/reliability.md, known gaps).
-    shallow = ("--prefetch", "4")
+    # The default, deep prefetch (16 x concurrency): each SIGKILL returns every unacked
+    # delivery with one more delivery counted by RabbitMQ, but poison is caught by counting
+    # runs (worker.handler.RunLedger), so the envelopes a killed worker only held are safe.
+    shallow: tuple[str, ...] = ()
     await asyncio.to_thread(fault_fleet.start_worker, "steady", concurrency=2, extra=shallow)
     await asyncio.to_thread(fault_fleet.start_worker, "victim", concurrency=2, extra=shallow)
     await deploy(url, "probe", probe_wasm.read_bytes(), {"timeout_ms": 5_000})
