@@ -407,11 +407,7 @@ async def _invoke_raw(
             declared = v.decode("latin-1")
         if lower not in _SKIPPED_REQUEST_HEADERS:
             guest.append((key, v.decode("latin-1")))
-    if api.auth is not None:  # before the parameters are looked at, as in require()
-        await api.auth.authorize(authorization, INVOKE, name)
-    if _NAME.fullmatch(name) is None:  # the words of FastAPI's validation error
-        msg = f"String should match pattern '{openapi.NAME_PATTERN}'"
-        raise InvalidRequest(f"path.name: {msg}", errors=[{"loc": ["path", "name"], "msg": msg}])
+    await _authorize_invoke(api, authorization, name)
     version = None
     if query := scope.get("query_string"):
         for k, v in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
@@ -657,14 +653,20 @@ async def serve_invoke(request: Request) -> Response:
     """POST /v1/functions/{name}/invoke: `require(INVOKE)`, then `invoke`'s parameters."""
     api: Api = request.app.state.api
     name: str = request.path_params["name"]
+    key = await _authorize_invoke(api, request.headers.get("authorization"), name)
+    request.state.api_key = key
+    return await invoke(request, name, request.query_params.get("version"), api)
+
+
+async def _authorize_invoke(api: Api, authorization: str | None, name: str) -> ApiKey | None:
+    """`require(INVOKE)`, then the `name` parameter's check, in FastAPI's order and words."""
     key = None
     if api.auth is not None:  # before the parameters are looked at, as in require()
-        key = await api.auth.authorize(request.headers.get("authorization"), INVOKE, name)
-    request.state.api_key = key
-    if _NAME.fullmatch(name) is None:  # the words of FastAPI's validation error
+        key = await api.auth.authorize(authorization, INVOKE, name)
+    if _NAME.fullmatch(name) is None:
         msg = f"String should match pattern '{openapi.NAME_PATTERN}'"
         raise InvalidRequest(f"path.name: {msg}", errors=[{"loc": ["path", "name"], "msg": msg}])
-    return await invoke(request, name, request.query_params.get("version"), api)
+    return key
 
 
 router.add_api_route(
