@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 all: lint test
 
-$(STAMP): pyproject.toml setup.py worker/sandbox/_fastcall.c
+$(STAMP): pyproject.toml setup.py flotilla/sandbox/_fastcall.c
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'

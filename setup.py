@@ -1,6 +1,6 @@
 """Build config for the optional C accelerator of the sandbox (everything else: pyproject.toml).
 
-`worker/sandbox/_fastcall.c` makes each invocation one or two C calls instead of ~15 ctypes
+`flotilla/sandbox/_fastcall.c` makes each invocation one or two C calls instead of ~15 ctypes
 calls. It is optional: if it does not compile (no compiler, no Python headers) the install
 goes on and the sandbox uses its ctypes path (`flotilla bench sandbox` says which ran).
 """
@@ -10,8 +10,8 @@ from setuptools import Extension, setup
 setup(
     ext_modules=[
         Extension(
-            "worker.sandbox._fastcall",
-            sources=["worker/sandbox/_fastcall.c"],
+            "flotilla.sandbox._fastcall",
+            sources=["flotilla/sandbox/_fastcall.c"],
             extra_compile_args=["-O2", "-std=c11", "-Wall"],
             optional=True,
         )

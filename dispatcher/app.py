@@ -39,39 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from dispatcher import openapi
 from dispatcher.auth import ADMIN, DEPLOY, INVOKE, ApiKey, Authenticator
-from dispatcher.jobs import MAX_WAIT_S, JobRecord, JobStore, callback_allowed, new_id
-from dispatcher.problems import (
-    PROBLEM_MEDIA_TYPE,
-    BodyTooLarge,
-    CallbackNotAllowed,
-    DispatcherError,
-    Forbidden,
-    FunctionFailed,
-    FunctionNotFound,
-    FunctionTimeout,
-    HeadersTooLarge,
-    InvalidComponent,
-    InvalidConfig,
-    InvalidRequest,
-    JobNotFound,
-    KeyNotFound,
-    Problem,
-    RateLimited,
-    Unauthorized,
-    Unavailable,
-    add_problem_handlers,
-    error_for_reply,
-)
-from dispatcher.ratelimit import Limit
-from dispatcher.registry import (
-    LATEST,
-    Deployer,
-    FunctionNotDeployed,
-    FunctionVersion,
-    Registry,
-    ResolveCache,
-)
-from dispatcher.transport import BrokerUnavailable, CallTimeout, QueueFull, Transport
+from dispatcher.problems import PROBLEM_MEDIA_TYPE, Problem, add_problem_handlers
 from flotilla import logs
 from flotilla.config import FunctionConfig
 from flotilla.envelope import (
@@ -83,8 +51,38 @@ from flotilla.envelope import (
     Reply,
     now_ms,
 )
-from flotilla.errors import ComponentError
+from flotilla.errors import (
+    ApiError,
+    BodyTooLarge,
+    CallbackNotAllowed,
+    ComponentError,
+    Forbidden,
+    FunctionFailed,
+    FunctionNotFound,
+    FunctionTimeout,
+    HeadersTooLarge,
+    InvalidComponent,
+    InvalidConfig,
+    InvalidRequest,
+    JobNotFound,
+    KeyNotFound,
+    RateLimited,
+    Unauthorized,
+    Unavailable,
+    error_for_reply,
+)
+from flotilla.jobs import MAX_WAIT_S, JobRecord, JobStore, callback_allowed, new_id
 from flotilla.metrics import DispatcherMetrics
+from flotilla.ratelimit import Limit
+from flotilla.registry import (
+    LATEST,
+    Deployer,
+    FunctionNotDeployed,
+    FunctionVersion,
+    Registry,
+    ResolveCache,
+)
+from flotilla.transport import BrokerUnavailable, CallTimeout, QueueFull, Transport
 
 log = logging.getLogger(__name__)
 
@@ -459,7 +457,7 @@ def _problem_of(
     elif isinstance(exc, (BotoCoreError, ClientError)):
         log.warning("artifact store failed: %s", exc)
         exc = Unavailable(f"the artifact store failed: {exc}", retry_after_s=opts.retry_after_s)
-    if isinstance(exc, DispatcherError):
+    if isinstance(exc, ApiError):
         document = exc.to_problem(instance=scope["path"])
         document["invocation_id"] = invocation_id
         response = JSONResponse(document, status_code=exc.status, headers=exc.headers,

@@ -30,8 +30,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from dispatcher.problems import Forbidden, RateLimited, Unauthorized
-from dispatcher.ratelimit import TAKE_TOKEN_LUA, Limit, retry_after_s
+from flotilla.errors import Forbidden, RateLimited, Unauthorized
+from flotilla.ratelimit import TAKE_TOKEN_LUA, Limit, retry_after_s
 
 DEPLOY = "deploy"
 INVOKE = "invoke"

@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from dispatcher.problems import PROBLEM_MEDIA_TYPE, TYPE_PREFIX, DispatcherError, Problem
+from dispatcher.problems import PROBLEM_MEDIA_TYPE, Problem
 from flotilla.config import (
     BUCKET_RE,
     HOST_PATTERN_RE,
@@ -22,6 +22,7 @@ from flotilla.config import (
     RESERVED_ENV,
     TABLE_RE,
 )
+from flotilla.errors import TYPE_PREFIX, ApiError
 
 NAME_PATTERN = r"^[a-z][a-z0-9-]{0,62}$"
 
@@ -75,7 +76,7 @@ RAW_BODY: dict[str, Any] = {
 }
 
 
-def problem_responses(*errors: type[DispatcherError]) -> dict[int | str, dict[str, Any]]:
+def problem_responses(*errors: type[ApiError]) -> dict[int | str, dict[str, Any]]:
     """`responses` entries for the given problem types (merged per status)."""
     out: dict[int | str, dict[str, Any]] = {}
     for err in errors:

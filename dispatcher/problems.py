@@ -18,13 +18,11 @@ from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from flotilla.envelope import EXPIRED, INTERNAL, NOT_FOUND, TIMEOUT, Reply
-from flotilla.errors import FlotillaError
+from flotilla.errors import ApiError, InvalidRequest, Unavailable
 
 log = logging.getLogger(__name__)
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
-TYPE_PREFIX = "urn:flotilla:problem:"
 
 
 class Problem(BaseModel):
@@ -40,213 +38,8 @@ class Problem(BaseModel):
     invocation_id: str | None = None
 
 
-class DispatcherError(FlotillaError):
-    """Base class of errors the HTTP API reports as problem documents."""
-
-    slug = "internal"
-    status = 500
-    title = "Internal error"
-
-    def __init__(
-        self,
-        detail: str,
-        *,
-        headers: dict[str, str] | None = None,
-        **extra: Any,
-    ) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        self.headers = dict(headers or {})
-        self.extra = extra
-
-    @property
-    def type(self) -> str:
-        """The stable problem type URI."""
-        return TYPE_PREFIX + self.slug
-
-    def to_problem(self, *, instance: str | None = None) -> dict[str, Any]:
-        """The JSON body of the problem document."""
-        body: dict[str, Any] = {
-            "type": self.type,
-            "title": self.title,
-            "status": self.status,
-            "detail": self.detail,
-        }
-        if instance is not None:
-            body["instance"] = instance
-        body.update(self.extra)
-        return body
-
-
-class FunctionNotFound(DispatcherError):
-    """No function (or no such version of it) is deployed under that name."""
-
-    slug = "function-not-found"
-    status = 404
-    title = "Function not found"
-
-
-class JobNotFound(DispatcherError):
-    """No job with that id exists (never submitted, or too old to tell)."""
-
-    slug = "job-not-found"
-    status = 404
-    title = "Job not found"
-
-
-class KeyNotFound(DispatcherError):
-    """No API key with that id (never created, or revoked)."""
-
-    slug = "key-not-found"
-    status = 404
-    title = "API key not found"
-
-
-class BodyTooLarge(DispatcherError):
-    """The request body is larger than the function's max_body_bytes (or the upload cap)."""
-
-    slug = "body-too-large"
-    status = 413
-    title = "Request body too large"
-
-
-class HeadersTooLarge(DispatcherError):
-    """Too many request headers, or too many bytes of them."""
-
-    slug = "headers-too-large"
-    status = 431
-    title = "Request headers too large"
-
-
-class InvalidConfig(DispatcherError):
-    """The function config sent with a deploy is invalid; `field` names the culprit."""
-
-    slug = "invalid-config"
-    status = 422
-    title = "Invalid function config"
-
-
-class InvalidComponent(DispatcherError):
-    """The uploaded file is not a component targeting the flotilla function world."""
-
-    slug = "invalid-component"
-    status = 422
-    title = "Invalid component"
-
-
-class InvalidRequest(DispatcherError):
-    """The HTTP request itself is malformed (missing field, bad parameter)."""
-
-    slug = "invalid-request"
-    status = 422
-    title = "Invalid request"
-
-
-class FunctionFailed(DispatcherError):
-    """The guest returned err, trapped, ran out of memory or returned a bad response."""
-
-    slug = "function-failed"
-    status = 502
-    title = "Function failed"
-
-
-class FunctionTimeout(DispatcherError):
-    """No reply within the function's timeout plus the reply margin."""
-
-    slug = "function-timeout"
-    status = 504
-    title = "Function timed out"
-
-
-class Unavailable(DispatcherError):
-    """The queue is full or the broker is unreachable; retry after `Retry-After` seconds."""
-
-    slug = "unavailable"
-    status = 503
-    title = "Service unavailable"
-
-    def __init__(self, detail: str, *, retry_after_s: int = 1, **extra: Any) -> None:
-        super().__init__(detail, headers={"Retry-After": str(retry_after_s)}, **extra)
-
-
-def error_for_reply(reply: Reply, *, retry_after_s: int = 1) -> DispatcherError:
-    """The API error for a reply whose outcome is not `ok` (HTTP API and Python client alike).
-
-    timeout and expired are 504; not_found and internal (the worker could not run it) are
-    503; every guest failure (err, trap, memory limit, bad response) is 502.
-    """
-    outcome, iid = reply.outcome, reply.invocation_id
-    if outcome in (TIMEOUT, EXPIRED):
-        return FunctionTimeout(
-            reply.error or "the function timed out", outcome=outcome, invocation_id=iid
-        )
-    if outcome in (NOT_FOUND, INTERNAL):
-        return Unavailable(
-            reply.error or "the worker could not run the function",
-            retry_after_s=retry_after_s, outcome=outcome, invocation_id=iid,
-        )
-    return FunctionFailed(reply.error or outcome, outcome=outcome, invocation_id=iid)
-
-
-class CallbackNotAllowed(DispatcherError):
-    """A job's callback URL is not http(s) or its host is not in settings.callback_hosts."""
-
-    slug = "callback-not-allowed"
-    status = 403
-    title = "Callback URL not allowed"
-
-
-class Unauthorized(DispatcherError):
-    """No API key, a malformed Authorization header, or a key that is unknown or revoked."""
-
-    slug = "unauthorized"
-    status = 401
-    title = "Unauthorized"
-
-    def __init__(self, detail: str, **extra: Any) -> None:
-        super().__init__(detail, headers={"WWW-Authenticate": 'Bearer realm="flotilla"'}, **extra)
-
-
-class Forbidden(DispatcherError):
-    """A valid API key without the scope (or the function) the request needs."""
-
-    slug = "forbidden"
-    status = 403
-    title = "Forbidden"
-
-
-class RateLimited(DispatcherError):
-    """The API key used up its request rate; retry after `Retry-After` seconds."""
-
-    slug = "rate-limited"
-    status = 429
-    title = "Too many requests"
-
-    def __init__(self, detail: str, *, retry_after_s: int = 1, **extra: Any) -> None:
-        super().__init__(detail, headers={"Retry-After": str(retry_after_s)}, **extra)
-
-
-ALL_ERRORS: tuple[type[DispatcherError], ...] = (
-    FunctionNotFound,
-    JobNotFound,
-    KeyNotFound,
-    BodyTooLarge,
-    HeadersTooLarge,
-    InvalidConfig,
-    InvalidComponent,
-    InvalidRequest,
-    FunctionFailed,
-    FunctionTimeout,
-    Unavailable,
-    CallbackNotAllowed,
-    Unauthorized,
-    Forbidden,
-    RateLimited,
-)
-
-
-def problem_response(request: Request, err: DispatcherError) -> JSONResponse:
-    """The problem document response of a DispatcherError."""
+def problem_response(request: Request, err: ApiError) -> JSONResponse:
+    """The problem document response of a ApiError."""
     body = err.to_problem(instance=request.url.path)
     body["invocation_id"] = getattr(request.state, "invocation_id", None)
     return JSONResponse(
@@ -260,7 +53,7 @@ def add_problem_handlers(app: FastAPI, *, retry_after_s: int = 1) -> None:
     from botocore.exceptions import BotoCoreError, ClientError
 
     async def on_dispatcher_error(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, DispatcherError)
+        assert isinstance(exc, ApiError)
         return problem_response(request, exc)
 
     async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -297,7 +90,7 @@ def add_problem_handlers(app: FastAPI, *, retry_after_s: int = 1) -> None:
             request, Unavailable(f"the artifact store failed: {exc}", retry_after_s=retry_after_s)
         )
 
-    app.add_exception_handler(DispatcherError, on_dispatcher_error)
+    app.add_exception_handler(ApiError, on_dispatcher_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(redis.exceptions.ConnectionError, on_redis_down)

@@ -18,13 +18,13 @@ from typing import Any
 import httpx
 
 from dispatcher.app import ApiOptions, create_app
-from dispatcher.artifacts import ArtifactStore, S3Backend
 from dispatcher.auth import Authenticator
-from dispatcher.jobs import JobStore, PostFn, ResultRecorder, parse_hosts
-from dispatcher.registry import Deployer, Registry
 from flotilla import logs
+from flotilla.artifacts import ArtifactStore, S3Backend
 from flotilla.errors import SettingsError
+from flotilla.jobs import JobStore, PostFn, ResultRecorder, parse_hosts
 from flotilla.metrics import DispatcherMetrics
+from flotilla.registry import Deployer, Registry
 from flotilla.settings import DispatcherSettings
 
 log = logging.getLogger(__name__)
@@ -66,13 +66,11 @@ def compile_step(cache_dir: str) -> tuple[Any, Any]:
     """A sandbox used only to validate and precompile deploys: (sandbox, compile function).
 
     It links the host interfaces (a component that imports them must link) but never runs
-    guest code, so dev-mode host clients (no connections) are enough.
+    guest code, so it has no host clients at all.
     """
-    from flotilla.settings import WorkerSettings
-    from worker.hosts.clients import HostClients
-    from worker.sandbox import Sandbox
+    from flotilla.sandbox import Sandbox
 
-    sandbox = Sandbox(HostClients.for_dev(WorkerSettings()), cache_dir=cache_dir)
+    sandbox = Sandbox(None, cache_dir=cache_dir)
     return sandbox, sandbox.compile
 
 
@@ -121,8 +119,8 @@ def build(settings: DispatcherSettings) -> Dispatcher:
     """Build (without connecting) everything a dispatcher process needs."""
     import redis.asyncio as aioredis
 
-    from dispatcher.transport import AmqpTransport
     from flotilla.topology import Topology
+    from flotilla.transport import AmqpTransport
 
     if not settings.artifact_key:
         raise SettingsError(

@@ -16,7 +16,7 @@ MAX_TIMEOUT_MS = 900_000
 DEFAULT_MEMORY_LIMIT_MB = 128
 MAX_MEMORY_LIMIT_MB = 4096
 # Request and response bodies. Bodies cross the wasm boundary as one byte string (see
-# worker/sandbox/rawabi.py), which is also where the 8 MiB ceiling comes from; a component
+# flotilla/sandbox/rawabi.py), which is also where the 8 MiB ceiling comes from; a component
 # the byte-string export cannot be added to takes bodies up to 2.5 MB (wasmtime's per-call
 # copy budget with per-byte values, docs/performance.md).
 DEFAULT_MAX_BODY_BYTES = 6 * MIB

@@ -3,13 +3,13 @@ aio-pika RPC echo measured in the same run.
 
 It starts what it needs (a moto server for the artifact bucket, one `flotilla worker`, one
 `flotilla dispatcher`, the bare echo server), all under a unique queue prefix, deploys the
-trivial WAT echo (worker/sandbox/wat/echo.wat) through the HTTP API, then drives, at
+trivial WAT echo (flotilla/sandbox/wat/echo.wat) through the HTTP API, then drives, at
 concurrency 1 and 64 (closed loop):
 
 - `bare`: `loadtest.bare_echo` (publish with reply_to + correlation id, a consumer replies);
 - `http`: POST /v1/functions/echo/invoke over keep-alive HTTP/1.1 connections (a minimal
   client, so the figures measure the dispatcher rather than the load generator's HTTP stack);
-- `client`: `dispatcher.client.Client.invoke` (AMQP straight to the workers).
+- `client`: `flotilla.client.Client.invoke` (AMQP straight to the workers).
 
 Afterwards it stops the processes and deletes its queues and Redis keys.
 """
@@ -312,10 +312,10 @@ async def run_e2e(
     import aio_pika
     import redis.asyncio as aioredis
 
-    from dispatcher.client import Client
+    from flotilla.client import Client
+    from flotilla.sandbox.guests import packaged
     from flotilla.topology import Topology
     from loadtest.bare_echo import BareEchoClient
-    from worker.sandbox.guests import packaged
 
     prefix = f"e2e{uuid.uuid4().hex[:8]}"
     tmp = tempfile.mkdtemp(prefix="flotilla-e2e-")

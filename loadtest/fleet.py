@@ -236,7 +236,7 @@ class DevFleet:
 
     async def start(self) -> None:
         """Build and start the dev stack."""
-        from dispatcher.dev import build_dev
+        from flotilla.dev.stack import build_dev
         from flotilla.settings import DispatcherSettings
 
         overrides: dict[str, Any] = {"cache_dir": self.cache_dir} if self.cache_dir else {}

@@ -429,11 +429,12 @@ class Traffic:
 
 async def _drive(plan: Plan, fleet: Fleet, upstream: str, report: Report) -> None:
     from flotilla.build import build_guest
-    from tests.guests.wat import build_wat
+    from flotilla.sandbox.guests import packaged
 
     limits = httpx.Limits(max_connections=plan.concurrency + 4)
     async with httpx.AsyncClient(base_url=fleet.api, timeout=60, limits=limits) as client:
-        await deploy(client, "echo", build_wat("echo"), {"timeout_ms": 10_000})
+        echo = packaged("echo", fleet.cache_dir)
+        await deploy(client, "echo", echo, {"timeout_ms": 10_000})
         probe = build_guest(PROBE_APP).read_bytes()
         host = upstream.removeprefix("http://")
         await deploy(

@@ -139,10 +139,10 @@ class HttpTarget:
 
 
 class ClientTarget:
-    """The Python client (`dispatcher.client.Client`) straight to RabbitMQ."""
+    """The Python client (`flotilla.client.Client`) straight to RabbitMQ."""
 
     def __init__(self, amqp_url: str, redis_url: str, prefix: str) -> None:
-        from dispatcher.client import Client
+        from flotilla.client import Client
 
         self.client = Client(amqp_url, queue_prefix=prefix, redis_url=redis_url)
 

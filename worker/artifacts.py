@@ -97,7 +97,7 @@ class StoreArtifactSource:
 
     def fetch(self, name: str, digest: str) -> FetchedArtifact:
         """Read the version from the registry, then its verified artifact (or component)."""
-        from dispatcher.registry import FunctionNotDeployed
+        from flotilla.registry import FunctionNotDeployed
 
         future = asyncio.run_coroutine_threadsafe(
             self._registry.get_version(name, digest), self._loop

@@ -39,7 +39,7 @@ class SandboxRunner:
 
     def run(self, envelope: Envelope, timeout_ms: int) -> Reply:
         """Invoke the envelope's function version; `not_found` when it does not exist."""
-        from worker.sandbox.results import Request
+        from flotilla.sandbox.results import Request
 
         started = time.perf_counter()
         try:

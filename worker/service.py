@@ -26,12 +26,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flotilla.amqp import connect_robust
+from flotilla.hosts.cache import connect_redis
 from flotilla.metrics import WorkerMetrics
 from flotilla.settings import WorkerSettings
 from flotilla.topology import RECONNECT_INTERVAL_S, Topology
 from worker.consumer import Consumer
 from worker.handler import EnvelopeHandler, RunLedger, Runner
-from worker.hosts.cache import connect_redis
 from worker.probes import ProbeServer
 
 log = logging.getLogger(__name__)
@@ -66,12 +66,12 @@ def sandbox_runtime(
     """The production runtime: host clients, sandbox, registry + S3 artifact store, cache."""
     import redis.asyncio
 
-    from dispatcher.artifacts import ArtifactStore, S3Backend, artifact_tag
-    from dispatcher.registry import Registry
+    from flotilla.artifacts import ArtifactStore, S3Backend, artifact_tag
+    from flotilla.hosts.clients import HostClients
+    from flotilla.registry import Registry
+    from flotilla.sandbox import Sandbox
     from worker.artifacts import ArtifactCache, StoreArtifactSource
-    from worker.hosts.clients import HostClients
     from worker.runner import SandboxRunner
-    from worker.sandbox import Sandbox
 
     hosts = HostClients.from_settings(settings, observe=metrics.observe_host_call)
     runtime = Runtime(runner=None, closers=[hosts.close])  # type: ignore[arg-type]

@@ -34,7 +34,7 @@ def add_parser(subparsers: Any) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Run dev mode until Ctrl-C."""
-    from dispatcher.dev import EXAMPLES_DIR, serve_dev
+    from flotilla.dev.stack import EXAMPLES_DIR, serve_dev
 
     try:
         settings = DispatcherSettings.from_env(

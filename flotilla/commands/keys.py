@@ -17,7 +17,7 @@ from typing import Any
 
 from dispatcher.auth import DEFAULT_LIMIT, SCOPES, ApiKey, Authenticator
 from dispatcher.openapi import NAME_PATTERN
-from dispatcher.ratelimit import Limit
+from flotilla.ratelimit import Limit
 from flotilla.settings import DispatcherSettings
 
 

@@ -67,9 +67,9 @@ def run(args: argparse.Namespace) -> int:
     """Load, invoke once, print; the exit status names the outcome."""
     from flotilla.commands.functions import read_data
     from flotilla.errors import FlotillaError
+    from flotilla.hosts.clients import HostClients
+    from flotilla.sandbox import Sandbox, new_request
     from flotilla.settings import WorkerSettings
-    from worker.hosts.clients import HostClients
-    from worker.sandbox import Sandbox, new_request
 
     try:
         config = load_config(args.config, args.wasm)

@@ -13,12 +13,12 @@ import pytest
 import redis.asyncio as aioredis
 
 from dispatcher.app import ApiOptions, create_app
-from dispatcher.artifacts import ArtifactStore, S3Backend
-from dispatcher.jobs import JobStore, ResultRecorder
-from dispatcher.registry import Deployer, Registry
+from flotilla.artifacts import ArtifactStore, S3Backend
 from flotilla.envelope import OK, Envelope, Reply
 from flotilla.errors import ComponentError
+from flotilla.jobs import JobStore, ResultRecorder
 from flotilla.metrics import DispatcherMetrics
+from flotilla.registry import Deployer, Registry
 from tests.guests.build import echo_wasm, probe_wasm  # noqa: F401 - fixtures
 
 WASM = b"\0asm\x0d\x00\x01\x00fake component"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import boto3
 import pytest
 
-from dispatcher.artifacts import (
+from flotilla.artifacts import (
     HMAC_META,
     ArtifactStore,
     LocalBackend,

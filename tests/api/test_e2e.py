@@ -218,7 +218,7 @@ async def test_worker_refuses_tampered_artifact(fleet: Fleet, echo_wasm: Path) -
 
 async def test_default_6_mib_body_of_every_byte_value_round_trips(fleet: Fleet) -> None:
     # The default max_body_bytes, through HTTP, RabbitMQ, the worker and a Python guest (the
-    # body crosses the sandbox as one byte string: worker/sandbox/rawabi.py).
+    # body crosses the sandbox as one byte string: flotilla/sandbox/rawabi.py).
     body = bytes(range(256)) * (6 * 1024 * 1024 // 256)
     resp = await fleet.client.post("/v1/functions/echo/invoke", content=body)
     assert resp.status_code == 200, resp.text[:300]

@@ -8,9 +8,9 @@ import json
 
 import pytest
 
-from dispatcher.jobs import new_id
-from dispatcher.transport import BrokerUnavailable, CallTimeout, QueueFull
 from flotilla.envelope import FUNCTION_ERROR, OK, TIMEOUT, TRAP, Reply
+from flotilla.jobs import new_id
+from flotilla.transport import BrokerUnavailable, CallTimeout, QueueFull
 from tests.api.conftest import WASM, Api
 
 pytestmark = pytest.mark.integration
@@ -311,9 +311,9 @@ async def test_artifact_store_down_is_503(redis_url: str, unique: str) -> None:
     from botocore.config import Config
 
     from dispatcher.app import create_app
-    from dispatcher.artifacts import ArtifactStore, S3Backend
-    from dispatcher.jobs import JobStore
-    from dispatcher.registry import Deployer, Registry
+    from flotilla.artifacts import ArtifactStore, S3Backend
+    from flotilla.jobs import JobStore
+    from flotilla.registry import Deployer, Registry
     from tests.api.conftest import FakeTransport, fake_compile
 
     s3 = boto3.client("s3", endpoint_url="http://127.0.0.1:9", region_name="us-east-1",
@@ -345,9 +345,9 @@ async def test_not_ready_and_503_when_redis_is_down(tmp_path) -> None:
     import redis.asyncio as aioredis
 
     from dispatcher.app import create_app
-    from dispatcher.artifacts import ArtifactStore, LocalBackend
-    from dispatcher.jobs import JobStore
-    from dispatcher.registry import Deployer, Registry
+    from flotilla.artifacts import ArtifactStore, LocalBackend
+    from flotilla.jobs import JobStore
+    from flotilla.registry import Deployer, Registry
     from tests.api.conftest import FakeTransport, fake_compile
 
     redis = aioredis.from_url("redis://127.0.0.1:9/0", socket_connect_timeout=1)

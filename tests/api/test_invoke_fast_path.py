@@ -11,8 +11,8 @@ import pytest
 from fastapi import FastAPI
 
 from dispatcher.app import FlotillaApp
-from dispatcher.transport import BrokerUnavailable, CallTimeout, QueueFull
 from flotilla.envelope import FUNCTION_ERROR, OK, Envelope, Reply
+from flotilla.transport import BrokerUnavailable, CallTimeout, QueueFull
 from tests.api.conftest import WASM, Api
 
 CASES: list[tuple[str, dict[str, Any]]] = [

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from dispatcher.jobs import (
+from flotilla.jobs import (
     callback_allowed,
     deliver_callback,
     id_time_ms,
@@ -108,8 +108,8 @@ async def test_wait_wakes_on_result_with_fakeredis() -> None:
 
     import fakeredis
 
-    from dispatcher.jobs import JobRecord, JobStore
     from flotilla.envelope import OK, Reply
+    from flotilla.jobs import JobRecord, JobStore
 
     store = JobStore(fakeredis.FakeAsyncRedis(), prefix="t", ttl_s=60)
     job_id = new_id()

@@ -22,10 +22,10 @@ from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from dispatcher.app import ApiOptions, create_app
-from dispatcher.artifacts import ArtifactStore, LocalBackend
-from dispatcher.jobs import JobStore
 from dispatcher.openapi import NAME_PATTERN
-from dispatcher.registry import Deployer, Registry
+from flotilla.artifacts import ArtifactStore, LocalBackend
+from flotilla.jobs import JobStore
+from flotilla.registry import Deployer, Registry
 from tests.api.conftest import WASM, FakeTransport, fake_compile
 
 TARGETED = {"invoke", "submit_job"}

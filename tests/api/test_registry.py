@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+
 import fakeredis
 import pytest
 
-from dispatcher.artifacts import ArtifactStore, LocalBackend
-from dispatcher.registry import (
+from flotilla.artifacts import ArtifactStore, LocalBackend
+from flotilla.config import FunctionConfig
+from flotilla.errors import ComponentError
+from flotilla.registry import (
     Deployer,
     FunctionNotDeployed,
     Registry,
     version_digest,
 )
-from flotilla.config import FunctionConfig
-from flotilla.errors import ComponentError
 
 
 @pytest.fixture
@@ -128,7 +129,7 @@ async def test_list_and_delete(deployer) -> None:
 
 
 async def test_resolve_cache_reuses_then_expires(deployer) -> None:
-    from dispatcher.registry import ResolveCache
+    from flotilla.registry import ResolveCache
 
     d, _ = deployer
     now = [100.0]
@@ -148,7 +149,7 @@ async def test_resolve_cache_reuses_then_expires(deployer) -> None:
 
 
 async def test_resolve_cache_concurrent_misses_share_one_registry_read(deployer) -> None:
-    from dispatcher.registry import ResolveCache
+    from flotilla.registry import ResolveCache
 
     d, _ = deployer
     v1, _ = await d.deploy(cfg(), b"\0asm-one")

@@ -1,4 +1,4 @@
-"""A bare wasmtime-py runner for smoke-testing built guests, independent of worker/sandbox.
+"""A bare wasmtime-py runner for smoke-testing built guests, independent of flotilla/sandbox.
 
 Host interfaces are backed by a `FakeHosts` object (dict cache, dict S3/DynamoDB, canned
 HTTP), so the probe's ops can be checked without services. Compiled components are

@@ -22,18 +22,18 @@ from pathlib import Path
 import aio_pika
 import redis.asyncio as aioredis
 
-from dispatcher.artifacts import ArtifactStore, S3Backend
-from dispatcher.client import Client
-from dispatcher.registry import Deployer, Registry
+from flotilla.artifacts import ArtifactStore, S3Backend
+from flotilla.client import Client
 from flotilla.config import FunctionConfig
+from flotilla.hosts.clients import HostClients
+from flotilla.registry import Deployer, Registry
+from flotilla.sandbox import Sandbox
 from flotilla.settings import WorkerSettings
 from flotilla.topology import Topology
 from loadtest.bare_echo import BareEchoClient
 from loadtest.runner import closed_loop
 from tests.guests.wat import build_wat
 from tests.services import moto_server
-from worker.hosts.clients import HostClients
-from worker.sandbox import Sandbox
 
 ROOT = Path(__file__).resolve().parents[2]
 AMQP = "amqp://guest:guest@127.0.0.1:5672/"

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from dispatcher.memory import MemoryTransport
+from flotilla.dev.memory import MemoryTransport
 from flotilla.envelope import Envelope, Reply, now_ms
 from flotilla.metrics import WorkerMetrics
 from flotilla.topology import Topology

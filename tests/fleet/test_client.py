@@ -18,16 +18,16 @@ import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
 
-from dispatcher.artifacts import ArtifactStore, S3Backend
-from dispatcher.client import Client
-from dispatcher.problems import BodyTooLarge, FunctionNotFound, JobNotFound, Unavailable
-from dispatcher.registry import Deployer, FunctionVersion, Registry
+from flotilla.artifacts import ArtifactStore, S3Backend
+from flotilla.client import Client
 from flotilla.config import FunctionConfig
+from flotilla.errors import BodyTooLarge, FunctionNotFound, JobNotFound, Unavailable
+from flotilla.hosts.clients import HostClients
+from flotilla.registry import Deployer, FunctionVersion, Registry
+from flotilla.sandbox import Sandbox
 from flotilla.settings import WorkerSettings
 from flotilla.topology import Topology
 from tests.guests.wat import build_wat
-from worker.hosts.clients import HostClients
-from worker.sandbox import Sandbox
 
 pytestmark = [
     pytest.mark.integration,

@@ -9,8 +9,8 @@ import asyncio
 import aio_pika
 import pytest
 
-from dispatcher.transport import AmqpTransport, BrokerUnavailable, QueueFull
 from flotilla.topology import Topology
+from flotilla.transport import AmqpTransport, BrokerUnavailable, QueueFull
 from tests.fleet.fakes import envelope
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]

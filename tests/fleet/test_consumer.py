@@ -10,9 +10,9 @@ from dataclasses import dataclass
 import aio_pika
 import pytest
 
-from dispatcher.transport import AmqpTransport, CallTimeout
 from flotilla.envelope import Reply, now_ms
 from flotilla.topology import Topology
+from flotilla.transport import AmqpTransport, CallTimeout
 from tests.fleet.fakes import FakeRunner, envelope
 from worker.consumer import Consumer
 from worker.handler import EnvelopeHandler, Settle

@@ -13,8 +13,8 @@ import pytest
 from pamqp import commands as spec
 from pamqp import frame as pamqp_frame
 
-from dispatcher.transport import AmqpTransport
 from flotilla.topology import Topology
+from flotilla.transport import AmqpTransport
 from tests.fleet.fakes import FakeRunner, envelope
 from worker.consumer import Consumer, _Acks
 from worker.handler import EnvelopeHandler, Settle

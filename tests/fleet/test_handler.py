@@ -6,10 +6,10 @@ import asyncio
 
 import pytest
 
-from dispatcher.memory import MemoryTransport
-from dispatcher.transport import CallTimeout, QueueFull
+from flotilla.dev.memory import MemoryTransport
 from flotilla.envelope import Reply, now_ms
 from flotilla.topology import Topology
+from flotilla.transport import CallTimeout, QueueFull
 from tests.fleet.fakes import FakeRunner, envelope
 from worker.handler import EnvelopeHandler, Settle, run_timeout_ms
 from worker.runner import capped_timeout_ms

@@ -16,11 +16,11 @@ import aio_pika
 import pytest
 import redis.asyncio as aioredis
 
-from dispatcher.jobs import JobRecord, JobStore, ResultRecorder
-from dispatcher.memory import MemoryTransport
-from dispatcher.transport import AmqpTransport
+from flotilla.dev.memory import MemoryTransport
 from flotilla.envelope import Envelope, Reply, Started
+from flotilla.jobs import JobRecord, JobStore, ResultRecorder
 from flotilla.topology import Topology
+from flotilla.transport import AmqpTransport
 from tests.fleet.fakes import FakeRunner, envelope
 from worker.consumer import Consumer
 from worker.handler import EnvelopeHandler

@@ -12,8 +12,8 @@ from urllib.parse import urlsplit
 import aio_pika
 import pytest
 
-from dispatcher.transport import AmqpTransport, BrokerUnavailable, CallTimeout
 from flotilla.topology import Topology
+from flotilla.transport import AmqpTransport, BrokerUnavailable, CallTimeout
 from tests.fleet.fakes import FakeRunner, envelope
 from tests.fleet.proxy import CuttableProxy
 from worker.consumer import Consumer

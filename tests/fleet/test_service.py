@@ -7,9 +7,9 @@ import asyncio
 import httpx
 import pytest
 
-from dispatcher.transport import AmqpTransport
 from flotilla.settings import WorkerSettings
 from flotilla.topology import Topology
+from flotilla.transport import AmqpTransport
 from tests.fleet.fakes import FakeRunner, envelope
 from worker.service import Runtime, WorkerService
 

@@ -7,9 +7,9 @@ import asyncio
 import aio_pika
 import pytest
 
-from dispatcher.transport import AmqpTransport, BrokerUnavailable, CallTimeout, QueueFull
 from flotilla.envelope import Envelope
 from flotilla.topology import Topology
+from flotilla.transport import AmqpTransport, BrokerUnavailable, CallTimeout, QueueFull
 from tests.fleet.fakes import envelope
 from tests.services import free_port
 

@@ -14,9 +14,9 @@ from urllib.parse import urlsplit
 import aio_pika
 import pytest
 
-from dispatcher.transport import AmqpTransport
 from flotilla.envelope import Envelope
 from flotilla.topology import Topology
+from flotilla.transport import AmqpTransport
 from tests.fleet.fakes import envelope
 from tests.fleet.proxy import CuttableProxy
 from worker.handler import POISON_RUNS

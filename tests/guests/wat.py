@@ -1,6 +1,6 @@
 """Assemble a core-module WAT file into a `function`-world component, cached by content.
 
-The WAT implements the canonical ABI by hand (see worker/sandbox/wat/echo.wat); wasm-tools
+The WAT implements the canonical ABI by hand (see flotilla/sandbox/wat/echo.wat); wasm-tools
 embeds the WIT and wraps it into a component in a few milliseconds.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 WIT_DIR = ROOT / "wit"
 WAT_DIR = Path(__file__).resolve().parent / "wat"
-PACKAGE_WAT_DIR = ROOT / "worker" / "sandbox" / "wat"
+PACKAGE_WAT_DIR = ROOT / "flotilla" / "sandbox" / "wat"
 
 
 def wasm_tools() -> str:
@@ -75,7 +75,7 @@ def build_wat_text(
 
 
 def build_wat(name: str, **kwargs: object) -> bytes:
-    """Component bytes for tests/guests/wat/<name>.wat (or the packaged worker/sandbox/wat)."""
+    """Component bytes for tests/guests/wat/<name>.wat (or the packaged flotilla/sandbox/wat)."""
     path = WAT_DIR / f"{name}.wat"
     if not path.exists():
         path = PACKAGE_WAT_DIR / f"{name}.wat"

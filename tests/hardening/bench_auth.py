@@ -20,11 +20,11 @@ import httpx
 import redis.asyncio as aioredis
 
 from dispatcher.app import ApiOptions, create_app
-from dispatcher.artifacts import ArtifactStore, LocalBackend
 from dispatcher.auth import INVOKE, Authenticator
-from dispatcher.jobs import JobStore
-from dispatcher.ratelimit import Limit
-from dispatcher.registry import Deployer, Registry
+from flotilla.artifacts import ArtifactStore, LocalBackend
+from flotilla.jobs import JobStore
+from flotilla.ratelimit import Limit
+from flotilla.registry import Deployer, Registry
 from tests.api.conftest import WASM, FakeTransport, fake_compile
 
 ADMIN = "bench-admin-key"

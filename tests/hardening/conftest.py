@@ -15,10 +15,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from dispatcher.app import ApiOptions, create_app
-from dispatcher.artifacts import ArtifactStore, S3Backend
 from dispatcher.auth import Authenticator
-from dispatcher.jobs import JobStore
-from dispatcher.registry import Deployer, Registry
+from flotilla.artifacts import ArtifactStore, S3Backend
+from flotilla.jobs import JobStore
+from flotilla.registry import Deployer, Registry
 from tests.api.conftest import WASM, FakeTransport, fake_compile
 
 AUTH_ADMIN_KEY = "hardening-bootstrap-admin-key"

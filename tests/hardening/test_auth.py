@@ -15,10 +15,10 @@ import httpx
 import pytest
 
 from dispatcher.auth import ADMIN, DEPLOY, INVOKE, Authenticator, hash_key
-from dispatcher.ratelimit import Limit, refill, retry_after_s
 from dispatcher.service import Dispatcher
 from flotilla.cli import main
 from flotilla.errors import SettingsError
+from flotilla.ratelimit import Limit, refill, retry_after_s
 from tests.api.conftest import WASM, FakeTransport
 from tests.hardening.conftest import AuthApi, auth_app, bearer
 
@@ -284,7 +284,7 @@ def test_client_commands_send_the_api_key(monkeypatch: pytest.MonkeyPatch) -> No
 async def test_dev_mode_says_whether_keys_are_required(
     admin_key: str, aws_endpoint_url: str, tmp_path: Path
 ) -> None:
-    from dispatcher.dev import serve_dev
+    from flotilla.dev.stack import serve_dev
     from flotilla.settings import DispatcherSettings
     from tests.services import free_port
 

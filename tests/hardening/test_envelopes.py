@@ -22,11 +22,11 @@ import msgpack
 import pytest
 import redis.asyncio as aioredis
 
-from dispatcher.artifacts import ArtifactStore, S3Backend
-from dispatcher.registry import Deployer, FunctionVersion, Registry
 from dispatcher.service import compile_step
+from flotilla.artifacts import ArtifactStore, S3Backend
 from flotilla.config import FunctionConfig
 from flotilla.envelope import Envelope, Reply, now_ms
+from flotilla.registry import Deployer, FunctionVersion, Registry
 from flotilla.settings import WorkerSettings
 from flotilla.topology import Topology
 from tests.guests.wat import WAT_DIR, build_wat_text
@@ -34,7 +34,7 @@ from worker.service import WorkerService
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
-ECHO_CORE = (WAT_DIR.parents[2] / "worker" / "sandbox" / "wat" / "echo.wat").read_text()
+ECHO_CORE = (WAT_DIR.parents[2] / "flotilla" / "sandbox" / "wat" / "echo.wat").read_text()
 ARTIFACT_KEY = "envelopes-key"
 
 

@@ -40,7 +40,10 @@ import pytest
 
 from flotilla.config import FunctionConfig
 from flotilla.envelope import Envelope, now_ms
+from flotilla.hosts.clients import HostClients
+from flotilla.hosts.http import HttpHost
 from flotilla.metrics import WorkerMetrics
+from flotilla.sandbox import InvocationResult, LoadedFunction, Outcome, Sandbox, new_request
 from flotilla.settings import WorkerSettings
 from loadtest.soak import SECRET_ENV, Fleet
 from tests.guests.build import probe_wasm  # noqa: F401 - fixture
@@ -48,10 +51,7 @@ from tests.hosts.conftest import http_server  # noqa: F401 - fixture
 from tests.sandbox.conftest import persistent_cache_dir
 from worker.executor import InvocationPool
 from worker.handler import EnvelopeHandler
-from worker.hosts.clients import HostClients
-from worker.hosts.http import HttpHost
 from worker.runner import SandboxRunner
-from worker.sandbox import InvocationResult, LoadedFunction, Outcome, Sandbox, new_request
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -345,8 +345,8 @@ def test_memory_cap_holds(sandbox: Sandbox, probe: LoadedFunction, op: dict[str,
 
 
 def test_log_and_stdout_floods_are_capped(sandbox: Sandbox, probe: LoadedFunction) -> None:
-    from worker.hosts.base import MAX_LOG_BYTES, MAX_LOG_RECORDS
-    from worker.sandbox.wasi import OUTPUT_CAP
+    from flotilla.hosts.base import MAX_LOG_BYTES, MAX_LOG_RECORDS
+    from flotilla.sandbox.wasi import OUTPUT_CAP
 
     config = cfg("chatty")
     result = invoke(sandbox, probe, config, {"op": "stdout", "n": 20 << 20})

@@ -28,11 +28,11 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
 from dispatcher.app import MAX_UPLOAD_BYTES, ApiOptions, create_app
-from dispatcher.artifacts import ArtifactStore, S3Backend
 from dispatcher.auth import Authenticator
-from dispatcher.jobs import JobStore
-from dispatcher.registry import Deployer, Registry
 from dispatcher.service import compile_step
+from flotilla.artifacts import ArtifactStore, S3Backend
+from flotilla.jobs import JobStore
+from flotilla.registry import Deployer, Registry
 from tests.api.conftest import FakeTransport
 from tests.guests.wat import WAT_DIR, assemble_core, build_wat_text
 from tests.hardening.conftest import AUTH_ADMIN_KEY, bearer
@@ -42,7 +42,7 @@ pytestmark = pytest.mark.integration
 
 PROBLEM = "application/problem+json"
 ADMIN = bearer(AUTH_ADMIN_KEY)
-ECHO_CORE = (WAT_DIR.parents[2] / "worker" / "sandbox" / "wat" / "echo.wat").read_text()
+ECHO_CORE = (WAT_DIR.parents[2] / "flotilla" / "sandbox" / "wat" / "echo.wat").read_text()
 BODY_LIMIT = 1024
 
 

@@ -14,7 +14,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from flotilla.config import FunctionConfig
-from worker.hosts.base import InvocationContext
+from flotilla.hosts.base import InvocationContext
 
 MakeCtx = Callable[..., InvocationContext]
 

@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
+from flotilla.hosts.aws import aws_clients
+from flotilla.hosts.base import HostError
+from flotilla.hosts.dynamodb import DynamoDbHost
+from flotilla.hosts.s3 import S3Host
 from tests.hosts.conftest import MakeCtx, closed_port
-from worker.hosts.aws import aws_clients
-from worker.hosts.base import HostError
-from worker.hosts.dynamodb import DynamoDbHost
-from worker.hosts.s3 import S3Host
 
 pytestmark = pytest.mark.integration
 

@@ -9,10 +9,10 @@ from collections.abc import Callable, Iterator
 import pytest
 import redis
 
+from flotilla.hosts.base import HostError, InvocationContext
+from flotilla.hosts.cache import CacheHost, connect_redis, fake_redis
+from flotilla.hosts.policy import MAX_CACHE_KEY_BYTES, MAX_CACHE_VALUE_BYTES
 from tests.hosts.conftest import MakeCtx, TcpProxy, closed_port
-from worker.hosts.base import HostError, InvocationContext
-from worker.hosts.cache import CacheHost, connect_redis, fake_redis
-from worker.hosts.policy import MAX_CACHE_KEY_BYTES, MAX_CACHE_VALUE_BYTES
 
 
 @pytest.fixture(params=["redis", "fakeredis"])

@@ -6,11 +6,11 @@ import time
 
 import pytest
 
+from flotilla.hosts.base import HostError, LogSink
+from flotilla.hosts.clients import HostClients
+from flotilla.hosts.log import LogHost
 from flotilla.settings import WorkerSettings
 from tests.hosts.conftest import MakeCtx, closed_port
-from worker.hosts.base import HostError, LogSink
-from worker.hosts.clients import HostClients
-from worker.hosts.log import LogHost
 
 
 def test_dev_clients_need_no_redis_server(make_ctx: MakeCtx) -> None:

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, ParamValidationError
 
-from worker.hosts.aws import map_error
-from worker.hosts.dynamodb import MAX_DEPTH, dump_attributes, parse_attributes
+from flotilla.hosts.aws import map_error
+from flotilla.hosts.dynamodb import MAX_DEPTH, dump_attributes, parse_attributes
 
 
 @pytest.mark.parametrize(

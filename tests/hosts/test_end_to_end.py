@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 
 from flotilla.config import FunctionConfig
+from flotilla.hosts.clients import HostClients
+from flotilla.sandbox import LoadedFunction, Sandbox, new_request
 from flotilla.settings import WorkerSettings
 from tests.guests.build import probe_wasm  # noqa: F401 - fixture
-from worker.hosts.clients import HostClients
-from worker.sandbox import LoadedFunction, Sandbox, new_request
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

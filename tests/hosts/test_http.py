@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
+from flotilla.hosts.base import HostError, InvocationContext
+from flotilla.hosts.http import HttpHost
 from tests.hosts.conftest import MakeCtx, RoutesHandler, RoutesServer, closed_port
-from worker.hosts.base import HostError, InvocationContext
-from worker.hosts.http import HttpHost
 
 
 @pytest.fixture(scope="module")

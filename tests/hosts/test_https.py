@@ -16,9 +16,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from flotilla.hosts.base import HostError
+from flotilla.hosts.http import HttpHost
 from tests.hosts.conftest import MakeCtx, RoutesHandler, RoutesServer
-from worker.hosts.base import HostError
-from worker.hosts.http import HttpHost
 
 
 def _self_signed(directory: Path, name: str) -> tuple[Path, Path]:

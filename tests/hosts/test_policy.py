@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker.hosts.policy import (
+from flotilla.hosts.policy import (
     MAX_CACHE_KEY_BYTES,
     MAX_CACHE_TTL_MS,
     MAX_CACHE_VALUE_BYTES,

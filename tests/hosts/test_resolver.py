@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from worker.hosts.resolver import ResolveFn, Resolver
+from flotilla.hosts.resolver import ResolveFn, Resolver
 
 
 class Clock:

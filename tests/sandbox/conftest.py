@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from flotilla.config import FunctionConfig
+from flotilla.hosts.base import HostError, InvocationContext
+from flotilla.sandbox import LoadedFunction, Request, Sandbox, new_request
 from tests.guests.wat import build_wat
-from worker.hosts.base import HostError, InvocationContext
-from worker.sandbox import LoadedFunction, Request, Sandbox, new_request
 
 PYGUEST_DIR = Path(__file__).resolve().parent / "pyguest"
 

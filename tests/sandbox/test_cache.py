@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from flotilla.errors import ArtifactError
+from flotilla.sandbox import Outcome, Sandbox
+from flotilla.sandbox.components import sha256_hex
 from tests.guests.wat import build_wat
 from tests.sandbox.conftest import config, req
-from worker.sandbox import Outcome, Sandbox
-from worker.sandbox.components import sha256_hex
 
 
 @pytest.fixture(scope="module")

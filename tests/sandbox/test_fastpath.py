@@ -8,11 +8,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from flotilla.sandbox import InvocationResult, LoadedFunction, Outcome, Request, Sandbox, fastpath
+from flotilla.sandbox.engine import tune_malloc
 from tests.guests.wat import build_wat
 from tests.sandbox.conftest import FakeCache, FakeHosts, config, persistent_cache_dir, req
 from tests.services import unavailable
-from worker.sandbox import InvocationResult, LoadedFunction, Outcome, Request, Sandbox, fastpath
-from worker.sandbox.engine import tune_malloc
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def ctypes_sandbox(fake_hosts: FakeHosts) -> Iterator[Sandbox]:
 def fast(sandbox: Sandbox) -> Sandbox:
     """The shared sandbox, which must be running on the accelerator."""
     if sandbox.call_path != "c-extension":
-        unavailable("worker/sandbox/_fastcall was not built (pip install -e . builds it)")
+        unavailable("flotilla/sandbox/_fastcall was not built (pip install -e . builds it)")
     return sandbox
 
 
@@ -99,7 +99,7 @@ def test_accelerate_false_uses_ctypes(ctypes_sandbox: Sandbox) -> None:
 def test_layout_constants_match_wasmtime_py() -> None:
     module = fastpath.load()
     if module is None:
-        unavailable("worker/sandbox/_fastcall was not built")
+        unavailable("flotilla/sandbox/_fastcall was not built")
     assert fastpath._layout_mismatch(module) is None
 
 

@@ -9,9 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from flotilla.config import MAX_MAX_BODY_BYTES
+from flotilla.hosts.base import HostError
+from flotilla.sandbox import LoadedFunction, Outcome, RequestTooLarge, Sandbox
 from tests.sandbox.conftest import FakeCache, config, req
-from worker.hosts.base import HostError
-from worker.sandbox import LoadedFunction, Outcome, RequestTooLarge, Sandbox
 
 
 def assert_next_ok(sandbox: Sandbox, fn: LoadedFunction) -> None:
@@ -105,7 +105,7 @@ def test_100_mib_response_is_a_bad_response(sandbox: Sandbox, modes: LoadedFunct
         modes, config(memory_limit_mb=128, max_body_bytes=MAX_MAX_BODY_BYTES), req(body)
     )
     assert result.outcome is Outcome.BAD_RESPONSE
-    # stopped in the guest, before wasmtime copies anything out (worker/sandbox/rawabi.py)
+    # stopped in the guest, before wasmtime copies anything out (flotilla/sandbox/rawabi.py)
     assert "body over 8388608 bytes" in (result.error or "")
     assert_next_ok(sandbox, modes)
 

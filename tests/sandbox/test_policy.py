@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from worker.sandbox.engine import EngineSettings, engine_fingerprint
-from worker.sandbox.linker import deadline_error, error_variant
+from flotilla.sandbox.engine import EngineSettings, engine_fingerprint
+from flotilla.sandbox.linker import deadline_error, error_variant
 
 
 @pytest.mark.parametrize(
@@ -56,7 +56,7 @@ def test_fingerprint_changes_with_code_affecting_settings() -> None:
     ],
 )
 def test_borrowed_requests_reuse_the_scratch_buffer(sequence: list[tuple[bytes, int]]) -> None:
-    from worker.sandbox import abi
+    from flotilla.sandbox import abi
 
     for body, n_headers in sequence:  # shrinking and growing bodies, headers after the body
         headers = [(f"h{i}", f"v{i}" * i) for i in range(n_headers)]

@@ -1,4 +1,4 @@
-"""The byte-string export (worker/sandbox/rawabi.py): bodies cross as one latin1 string.
+"""The byte-string export (flotilla/sandbox/rawabi.py): bodies cross as one latin1 string.
 
 Every component the sandbox compiles gets `flotilla-raw-handle`, the guest's own core
 `handle` re-lifted with string bodies; these tests pin that it is added, that bytes come
@@ -18,10 +18,10 @@ import pytest
 
 from flotilla.config import DEFAULT_MAX_BODY_BYTES, FunctionConfig
 from flotilla.errors import ComponentError
+from flotilla.sandbox import LoadedFunction, Outcome, Sandbox, rawabi
+from flotilla.sandbox.sandbox import MAX_REQUEST_BODY_BYTES, RequestTooLarge
 from tests.guests.wat import build_wat, wasm_tools
 from tests.sandbox.conftest import FakeCache, FakeHosts, config, persistent_cache_dir, req
-from worker.sandbox import LoadedFunction, Outcome, Sandbox, rawabi
-from worker.sandbox.sandbox import MAX_REQUEST_BODY_BYTES, RequestTooLarge
 
 ALL_BYTES = bytes(range(256))
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,7 +34,7 @@ def any_sandbox(
     """The shared sandbox, and one forced onto the ctypes path."""
     if request.param == "c-extension":
         if sandbox.call_path != "c-extension":
-            pytest.skip("worker/sandbox/_fastcall was not built")
+            pytest.skip("flotilla/sandbox/_fastcall was not built")
         yield sandbox
         return
     sb = Sandbox(fake_hosts, cache_dir=persistent_cache_dir(), accelerate=False)

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 from flotilla.config import FunctionConfig
+from flotilla.hosts.base import InvocationContext
+from flotilla.hosts.clients import HostClients
+from flotilla.sandbox import Outcome, Sandbox
 from flotilla.settings import WorkerSettings
 from tests.guests.wat import build_wat
 from tests.sandbox.conftest import req
-from worker.hosts.base import InvocationContext
-from worker.hosts.clients import HostClients
-from worker.sandbox import Outcome, Sandbox
 
 pytestmark = pytest.mark.integration
 

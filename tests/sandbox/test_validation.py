@@ -7,14 +7,14 @@ import os
 import pytest
 
 from flotilla.errors import ComponentError
+from flotilla.sandbox import Sandbox
+from flotilla.sandbox.components import HANDLE_TYPE, check_binary
+from flotilla.sandbox.outcomes import check_response, classify_error
+from flotilla.sandbox.results import Outcome
 from tests.guests.wat import WAT_DIR, assemble_core, build_wat_text
-from worker.sandbox import Sandbox
-from worker.sandbox.components import HANDLE_TYPE, check_binary
-from worker.sandbox.outcomes import check_response, classify_error
-from worker.sandbox.results import Outcome
 
 BAD_WIT = WAT_DIR / "bad"
-ECHO_CORE = (WAT_DIR.parents[2] / "worker" / "sandbox" / "wat" / "echo.wat").read_text()
+ECHO_CORE = (WAT_DIR.parents[2] / "flotilla" / "sandbox" / "wat" / "echo.wat").read_text()
 
 
 def test_core_module_is_rejected(sandbox: Sandbox) -> None:

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
+from flotilla.sandbox import LoadedFunction, Outcome, Sandbox
+from flotilla.sandbox.wasi import OUTPUT_CAP
 from tests.sandbox.conftest import config, req
-from worker.sandbox import LoadedFunction, Outcome, Sandbox
-from worker.sandbox.wasi import OUTPUT_CAP
 
 
 def probe_json(sandbox: Sandbox, fn: LoadedFunction, mode: str, **cfg: Any) -> Any:

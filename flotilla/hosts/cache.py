@@ -28,9 +28,9 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from worker.hosts.base import HostError, InvocationContext
-from worker.hosts.observe import Meter, Observe
-from worker.hosts.policy import (
+from flotilla.hosts.base import HostError, InvocationContext
+from flotilla.hosts.observe import Meter, Observe
+from flotilla.hosts.policy import (
     cache_key,
     check_cache_key,
     check_cache_value,

@@ -23,8 +23,8 @@ from wasmtime.component import Component
 from wasmtime.component import _types as ct
 
 from flotilla.errors import ArtifactError, ComponentError
-from worker.sandbox import rawabi
-from worker.sandbox.linker import INTERFACES, interface_name
+from flotilla.sandbox import rawabi
+from flotilla.sandbox.linker import INTERFACES, interface_name
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def with_raw_export(wasm: bytes) -> bytes | None:
 
     ComponentError when the component uses the names the export reserves.
     """
-    from worker.sandbox.guests import GuestAssemblyError, wasm_tools
+    from flotilla.sandbox.guests import GuestAssemblyError, wasm_tools
 
     try:
         tool = wasm_tools()

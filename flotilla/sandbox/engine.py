@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import wasmtime
 from wasmtime import _ffi as ffi
 
-from worker.sandbox.rawabi import VERSION as RAW_ABI_VERSION
+from flotilla.sandbox.rawabi import VERSION as RAW_ABI_VERSION
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB

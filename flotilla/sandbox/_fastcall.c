@@ -1,6 +1,6 @@
 /* One C call per invocation phase, instead of ~15 ctypes calls (~1.5 us each).
  *
- * Optional accelerator for worker/sandbox/sandbox.py: if this extension is missing, the
+ * Optional accelerator for flotilla/sandbox/sandbox.py: if this extension is missing, the
  * sandbox makes the same wasmtime C API calls through ctypes. Nothing here links against
  * libwasmtime: `bind` receives the addresses of the C functions from the library wasmtime-py
  * already loaded (so both paths use one copy of wasmtime), and the prototypes below are
@@ -360,7 +360,7 @@ static PyObject *lift_result(const unsigned char *result, Py_ssize_t max_body, i
  * `key`), memory limit and epoch deadline; instantiate; call `handle(request)`; read the
  * result (`lifted`, see lift_result; None unless stage is STAGE_OK); free it; post-return;
  * delete the store. `raw`: `handle` is the byte-string
- * export (worker/sandbox/rawabi.py): the body crosses as one latin1 string.
+ * export (flotilla/sandbox/rawabi.py): the body crosses as one latin1 string.
  * The GIL is released around the wasmtime calls (host callbacks take it).
  * `error` is a wasmtime_error_t* the caller owns, or 0; `stage` says where it came from.
  * The t_* are perf_counter() values at the end of each phase (0 if not reached); the store

@@ -13,10 +13,10 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from worker.hosts.aws import check_deadline, error_code, map_error
-from worker.hosts.base import HostError, InvocationContext
-from worker.hosts.observe import Meter, Observe
-from worker.hosts.policy import check_object_key
+from flotilla.hosts.aws import check_deadline, error_code, map_error
+from flotilla.hosts.base import HostError, InvocationContext
+from flotilla.hosts.observe import Meter, Observe
+from flotilla.hosts.policy import check_object_key
 
 DEFAULT_MAX_OBJECT_BYTES = 64 * 1024 * 1024
 MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})

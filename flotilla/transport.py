@@ -13,7 +13,7 @@ Publishing errors are typed: `QueueFull` (the invocations queue is at `x-max-len
 rejected the publish) and `BrokerUnavailable` (no connection); both become 503 upstream.
 `CallTimeout` means no reply came in time (504 upstream).
 
-`dispatcher/memory.py` implements the same protocol in-process for dev mode.
+`flotilla/dev/memory.py` implements the same protocol in-process for dev mode.
 """
 
 from __future__ import annotations

@@ -25,14 +25,14 @@ from wasmtime.component import Component, ExportIndex
 
 from flotilla.config import MIB, FunctionConfig
 from flotilla.errors import ArtifactError, ComponentError, FlotillaError
-from worker.hosts.base import InvocationContext
-from worker.sandbox import abi, capi, fastpath, rawabi
-from worker.sandbox.components import ArtifactCache, check_world, has_raw_export
-from worker.sandbox.engine import EngineHandle, EngineSettings, build_engine
-from worker.sandbox.linker import HostLinker
-from worker.sandbox.outcomes import check_response, classify_error
-from worker.sandbox.results import InvocationResult, Outcome, Request, Response, Timings
-from worker.sandbox.wasi import CapturedOutput, GuestEnv, OutputRouter
+from flotilla.hosts.base import InvocationContext
+from flotilla.sandbox import abi, capi, fastpath, rawabi
+from flotilla.sandbox.components import ArtifactCache, check_world, has_raw_export
+from flotilla.sandbox.engine import EngineHandle, EngineSettings, build_engine
+from flotilla.sandbox.linker import HostLinker
+from flotilla.sandbox.outcomes import check_response, classify_error
+from flotilla.sandbox.results import InvocationResult, Outcome, Request, Response, Timings
+from flotilla.sandbox.wasi import CapturedOutput, GuestEnv, OutputRouter
 
 log = logging.getLogger(__name__)
 

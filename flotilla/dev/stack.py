@@ -28,18 +28,18 @@ from pathlib import Path
 from typing import Any
 
 from dispatcher.app import create_app
-from dispatcher.artifacts import ArtifactStore, LocalBackend, artifact_tag
 from dispatcher.auth import Authenticator
-from dispatcher.jobs import JobStore, ResultRecorder
-from dispatcher.registry import Deployer, FunctionVersion, Registry
 from dispatcher.service import callback_poster, options_from, split_listen
+from flotilla.artifacts import ArtifactStore, LocalBackend, artifact_tag
 from flotilla.config import FunctionConfig
+from flotilla.jobs import JobStore, ResultRecorder
 from flotilla.metrics import DispatcherMetrics, WorkerMetrics
+from flotilla.registry import Deployer, FunctionVersion, Registry
 from flotilla.settings import DispatcherSettings, WorkerSettings
 
 log = logging.getLogger(__name__)
 
-EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "examples"
 KEY_FILE = "dev-artifact-key"
 
 
@@ -141,13 +141,13 @@ def build_dev(
     import httpx
     from prometheus_client import CollectorRegistry
 
-    from dispatcher.memory import MemoryTransport
+    from flotilla.dev.memory import MemoryTransport
+    from flotilla.hosts.clients import HostClients
+    from flotilla.sandbox import Sandbox
     from flotilla.topology import Topology
     from worker.artifacts import ArtifactCache, StoreArtifactSource
     from worker.handler import EnvelopeHandler
-    from worker.hosts.clients import HostClients
     from worker.runner import SandboxRunner
-    from worker.sandbox import Sandbox
 
     cache_dir = settings.cache_dir
     closers: list[Callable[[], Any]] = []

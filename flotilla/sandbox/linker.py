@@ -26,8 +26,8 @@ from wasmtime import Engine
 from wasmtime import _ffi as ffi
 from wasmtime.component import Linker
 
-from worker.hosts.base import HostError, InvocationContext
-from worker.sandbox import abi
+from flotilla.hosts.base import HostError, InvocationContext
+from flotilla.sandbox import abi
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ import wasmtime
 from wasmtime import _ffi as ffi
 
 from flotilla.config import FunctionConfig
-from worker.hosts.base import InvocationContext
-from worker.sandbox import capi
+from flotilla.hosts.base import InvocationContext
+from flotilla.sandbox import capi
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import ctypes
 import logging
 from types import ModuleType
 
-from worker.sandbox import abi, capi
+from flotilla.sandbox import abi, capi
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def load() -> ModuleType | None:
     global _BOUND
     if _BOUND is None:
         try:
-            from worker.sandbox import _fastcall  # type: ignore[attr-defined]
+            from flotilla.sandbox import _fastcall  # type: ignore[attr-defined]
         except ImportError as exc:
             log.info("sandbox C accelerator unavailable (%s); using ctypes", exc)
             return None

@@ -82,5 +82,5 @@ def assemble(
 
 
 def packaged(name: str, cache_dir: str | Path) -> bytes:
-    """A WAT guest shipped in worker/sandbox/wat/, e.g. `packaged("echo", cache_dir)`."""
+    """A WAT guest shipped in flotilla/sandbox/wat/, e.g. `packaged("echo", cache_dir)`."""
     return assemble((WAT_DIR / f"{name}.wat").read_text(), cache_dir)

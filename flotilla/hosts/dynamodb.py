@@ -20,9 +20,9 @@ import binascii
 import json
 from typing import Any
 
-from worker.hosts.aws import check_deadline, map_error
-from worker.hosts.base import HostError, InvocationContext
-from worker.hosts.observe import Meter, Observe
+from flotilla.hosts.aws import check_deadline, map_error
+from flotilla.hosts.base import HostError, InvocationContext
+from flotilla.hosts.observe import Meter, Observe
 
 MAX_TEXT_BYTES = 400 * 1024
 MAX_DEPTH = 32

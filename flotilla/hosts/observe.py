@@ -13,7 +13,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from types import TracebackType
 
-from worker.hosts.base import HostError
+from flotilla.hosts.base import HostError
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ interfaces), `components` (validation, compile cache), `abi` (fast C value conve
 optional C accelerator `_fastcall`, built by setup.py; ctypes `capi` is the fallback).
 """
 
-from worker.sandbox.results import InvocationResult, Outcome, Request, Response, Timings
-from worker.sandbox.sandbox import LoadedFunction, RequestTooLarge, Sandbox, new_request
+from flotilla.sandbox.results import InvocationResult, Outcome, Request, Response, Timings
+from flotilla.sandbox.sandbox import LoadedFunction, RequestTooLarge, Sandbox, new_request
 
 __all__ = [
     "InvocationResult",

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from worker.hosts.base import InvocationContext
-from worker.hosts.observe import Meter, Observe
+from flotilla.hosts.base import InvocationContext
+from flotilla.hosts.observe import Meter, Observe
 
 LEVELS = ("debug", "info", "warn", "error")
 

@@ -1,6 +1,6 @@
 """The `http` host interface: outbound requests limited to the function's `allowed_hosts`.
 
-Each request goes through these steps, in order (the rules are in `worker.hosts.policy`):
+Each request goes through these steps, in order (the rules are in `flotilla.hosts.policy`):
 
 1. budget: timeout = min(timeout-ms, the invocation's remaining time), for connect, each
    read and the whole body; nothing left is `timeout`;
@@ -41,9 +41,9 @@ from urllib3.exceptions import (
     ReadTimeoutError,
 )
 
-from worker.hosts.base import HostError, InvocationContext
-from worker.hosts.observe import Meter, Observe
-from worker.hosts.policy import (
+from flotilla.hosts.base import HostError, InvocationContext
+from flotilla.hosts.observe import Meter, Observe
+from flotilla.hosts.policy import (
     HOST_SET_HEADERS,
     Target,
     check_headers,
@@ -53,7 +53,7 @@ from worker.hosts.policy import (
     match_host,
     parse_url,
 )
-from worker.hosts.resolver import DEFAULT_TTL, ResolveFn, Resolver, system_resolve
+from flotilla.hosts.resolver import DEFAULT_TTL, ResolveFn, Resolver, system_resolve
 
 HttpResult = tuple[int, list[tuple[str, str]], bytes]
 

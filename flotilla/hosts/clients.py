@@ -10,14 +10,14 @@ from dataclasses import dataclass
 
 import redis
 
+from flotilla.hosts.aws import aws_clients
+from flotilla.hosts.cache import CacheHost, connect_redis, fake_redis
+from flotilla.hosts.dynamodb import DynamoDbHost
+from flotilla.hosts.http import HttpHost
+from flotilla.hosts.log import LogHost
+from flotilla.hosts.observe import Observe
+from flotilla.hosts.s3 import S3Host
 from flotilla.settings import WorkerSettings
-from worker.hosts.aws import aws_clients
-from worker.hosts.cache import CacheHost, connect_redis, fake_redis
-from worker.hosts.dynamodb import DynamoDbHost
-from worker.hosts.http import HttpHost
-from worker.hosts.log import LogHost
-from worker.hosts.observe import Observe
-from worker.hosts.s3 import S3Host
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from worker.hosts.base import LogRecord
+from flotilla.hosts.base import LogRecord
 
 
 @dataclass(frozen=True)

@@ -22,17 +22,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Self
 
-from dispatcher.jobs import JobRecord, JobStatus, JobStore, new_id
-from dispatcher.problems import (
-    BodyTooLarge,
-    FunctionNotFound,
-    FunctionTimeout,
-    JobNotFound,
-    Unavailable,
-    error_for_reply,
-)
-from dispatcher.registry import FunctionNotDeployed, FunctionVersion, Registry
-from dispatcher.transport import AmqpTransport, BrokerUnavailable, CallTimeout, QueueFull
 from flotilla.envelope import (
     OK,
     REPLY_JOB,
@@ -42,7 +31,18 @@ from flotilla.envelope import (
     Started,
     now_ms,
 )
+from flotilla.errors import (
+    BodyTooLarge,
+    FunctionNotFound,
+    FunctionTimeout,
+    JobNotFound,
+    Unavailable,
+    error_for_reply,
+)
+from flotilla.jobs import JobRecord, JobStatus, JobStore, new_id
+from flotilla.registry import FunctionNotDeployed, FunctionVersion, Registry
 from flotilla.topology import Topology
+from flotilla.transport import AmqpTransport, BrokerUnavailable, CallTimeout, QueueFull
 
 DEFAULT_REPLY_MARGIN_MS = 2_000
 DEFAULT_RESOLVE_TTL_S = 1.0

@@ -18,8 +18,8 @@ import wasmtime
 from wasmtime.component import Component, Linker, Record
 
 from flotilla.config import MAX_MAX_BODY_BYTES, FunctionConfig
-from worker.sandbox.results import Request
-from worker.sandbox.sandbox import LoadedFunction, Sandbox, new_request
+from flotilla.sandbox.results import Request
+from flotilla.sandbox.sandbox import LoadedFunction, Sandbox, new_request
 
 SIZES_KIB = (1, 64, 1024)
 PHASES = ("store_us", "instantiate_us", "call_us", "post_return_us")
@@ -91,7 +91,7 @@ class Naive:
         self.linker = Linker(self.engine)
         self.linker.add_wasip2()
         # The echo guests never call a host; the world's imports only need to link.
-        from worker.sandbox.linker import HOST_FUNCS, interface_name
+        from flotilla.sandbox.linker import HOST_FUNCS, interface_name
 
         with self.linker.root() as root:
             for iface in ("cache", "http", "s3", "dynamodb", "log"):
@@ -178,7 +178,7 @@ def run_bench(
     baseline: bool = True,
 ) -> dict[str, Any]:
     """Measure both sides; returns {"flotilla": {...}, "baseline": {...}}."""
-    from worker.sandbox.guests import packaged
+    from flotilla.sandbox.guests import packaged
 
     plan = plan or Plan()
     echo = packaged("echo", cache_dir)

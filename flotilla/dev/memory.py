@@ -16,15 +16,15 @@ import logging
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Self
 
-from dispatcher.transport import (
+from flotilla.envelope import REPLY_JOB, REPLY_QUEUE, Envelope, Reply, Started, now_ms
+from flotilla.topology import Topology
+from flotilla.transport import (
     BrokerUnavailable,
     CallTimeout,
     JobResultHandler,
     JobStartedHandler,
     QueueFull,
 )
-from flotilla.envelope import REPLY_JOB, REPLY_QUEUE, Envelope, Reply, Started, now_ms
-from flotilla.topology import Topology
 from worker.executor import InvocationPool
 from worker.handler import EnvelopeHandler, Handled, Settle
 

@@ -15,7 +15,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
-from worker.hosts.base import HostError, InvocationContext
+from flotilla.hosts.base import HostError, InvocationContext
 
 CONNECT_TIMEOUT = 1.0
 READ_TIMEOUT = 10.0
