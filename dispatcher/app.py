@@ -41,7 +41,7 @@ from dispatcher import openapi
 from dispatcher.auth import ADMIN, DEPLOY, INVOKE, ApiKey, Authenticator
 from dispatcher.problems import PROBLEM_MEDIA_TYPE, Problem, add_problem_handlers
 from flotilla import logs
-from flotilla.config import FunctionConfig
+from flotilla.config import NAME_PATTERN, FunctionConfig
 from flotilla.envelope import (
     OK,
     REPLY_JOB,
@@ -101,8 +101,8 @@ READY_TIMEOUT_S = 1.0
 # uvicorn (httptools) parses headers without a limit; far past any real caller, answer 431.
 MAX_HEADERS = 200
 MAX_HEADER_BYTES = 64 * 1024
-NAME_PARAM = Path(description="Function name", pattern=openapi.NAME_PATTERN)
-_NAME = re.compile(openapi.NAME_PATTERN)  # anchored; fullmatch: "$" would allow a newline
+NAME_PARAM = Path(description="Function name", pattern=NAME_PATTERN)
+_NAME = re.compile(NAME_PATTERN)  # anchored; fullmatch: "$" would allow a newline
 VERSION_PARAM = Query(
     None, description="Version: `latest` (default), a digest, a digest prefix or a number"
 )
@@ -662,7 +662,7 @@ async def _authorize_invoke(api: Api, authorization: str | None, name: str) -> A
     if api.auth is not None:  # before the parameters are looked at, as in require()
         key = await api.auth.authorize(authorization, INVOKE, name)
     if _NAME.fullmatch(name) is None:
-        msg = f"String should match pattern '{openapi.NAME_PATTERN}'"
+        msg = f"String should match pattern '{NAME_PATTERN}'"
         raise InvalidRequest(f"path.name: {msg}", errors=[{"loc": ["path", "name"], "msg": msg}])
     return key
 
@@ -783,7 +783,7 @@ class KeyRequest(BaseModel):
 
     name: str = Field("", max_length=200, description="What the key is for")
     scopes: list[Literal["deploy", "invoke", "admin"]] = Field(min_length=1, max_length=3)
-    functions: list[Annotated[str, Field(pattern=openapi.NAME_PATTERN)]] = Field(
+    functions: list[Annotated[str, Field(pattern=NAME_PATTERN)]] = Field(
         default_factory=list, max_length=1000,
         description="Functions the invoke scope covers (empty: all)",
     )

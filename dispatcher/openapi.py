@@ -24,8 +24,6 @@ from flotilla.config import (
 )
 from flotilla.errors import TYPE_PREFIX, ApiError
 
-NAME_PATTERN = r"^[a-z][a-z0-9-]{0,62}$"
-
 # The config form field as JSON Schema (mirrors flotilla.config; the server re-validates).
 CONFIG_SCHEMA: dict[str, Any] = {
     "type": "object",

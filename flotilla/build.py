@@ -135,12 +135,14 @@ def check_app(app: Path) -> None:
 
 
 def find_wit_dir() -> Path:
-    """The WIT directory shipped with Flotilla (the repository's `wit/` for editable installs)."""
-    package = Path(__file__).resolve().parent
-    for candidate in (package / "wit", package.parent / "wit"):
-        if (candidate / "flotilla.wit").is_file():
-            return candidate.resolve()  # flotilla/wit is a symlink to wit/ in a checkout
-    raise BuildError(f"cannot find Flotilla's wit/ directory near {package}; pass --wit DIR")
+    """The WIT directory shipped with Flotilla; BuildError when it cannot be found."""
+    from flotilla.sandbox.guests import GuestAssemblyError
+    from flotilla.sandbox.guests import find_wit_dir as find
+
+    try:
+        return find()
+    except GuestAssemblyError as exc:
+        raise BuildError(str(exc)) from None
 
 
 def componentize_py_command() -> str:

@@ -23,7 +23,8 @@ DEFAULT_MAX_BODY_BYTES = 6 * MIB
 MAX_MAX_BODY_BYTES = 8 * MIB
 
 # Names appear in URLs, queue routing, metric labels and cache prefixes: keep them boring.
-NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+NAME_PATTERN = r"^[a-z][a-z0-9-]{0,62}$"
+NAME_RE = re.compile(NAME_PATTERN)
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 # allowed_hosts entries: exact host, or "*." + domain, optionally ":port".
 HOST_PATTERN_RE = re.compile(

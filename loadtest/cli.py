@@ -10,12 +10,12 @@ import argparse
 import asyncio
 import time
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
-from loadtest import report, scenarios
-from loadtest.fleet import DevFleet, Fleet, build_guests
-from loadtest.runner import RunResult, closed_loop, open_loop
-from loadtest.targets import ClientTarget, HttpTarget
+from loadtest import scenarios
+
+if TYPE_CHECKING:  # the rest is imported when a command runs: `flotilla` builds this parser
+    from loadtest.runner import RunResult
 
 SUMMARY_COLUMNS = ["name", "mode", "concurrency", "requests", "rps", "p50_ms", "p90_ms",
                    "p99_ms", "errors"]
@@ -78,6 +78,9 @@ class Session:
         self.target: Any = None
 
     async def __aenter__(self) -> Self:
+        from loadtest.fleet import DevFleet, Fleet, build_guests
+        from loadtest.targets import ClientTarget, HttpTarget
+
         args = self.args
         if args.target == "client" and args.fleet != "local":
             raise SystemExit("--target client needs --fleet local")
@@ -107,6 +110,8 @@ class Session:
 
 
 async def _run(args: argparse.Namespace) -> list[RunResult]:
+    from loadtest.runner import closed_loop, open_loop
+
     scenario = scenarios.get(args.scenario)
     if args.payload_size is not None:
         scenario = scenarios.with_payload(scenario, args.payload_size)
@@ -121,6 +126,8 @@ async def _run(args: argparse.Namespace) -> list[RunResult]:
 
 
 async def _scenarios(args: argparse.Namespace) -> list[RunResult]:
+    from loadtest.runner import closed_loop
+
     names = args.only or list(scenarios.SCENARIOS)
     results = []
     async with Session(args) as session:
@@ -133,10 +140,14 @@ async def _scenarios(args: argparse.Namespace) -> list[RunResult]:
 
 
 def _print(results: list[RunResult]) -> None:
+    from loadtest import report
+
     print(report.table([r.summary() for r in results], SUMMARY_COLUMNS))
 
 
 def _finish(doc: dict[str, Any], out: Path) -> None:
+    from loadtest import report
+
     json_path, png_path = report.write(doc, out)
     print(f"load average {doc['machine']['loadavg']} on {doc['machine']['nproc']} cores")
     print(f"wrote {json_path} and {png_path}")
@@ -151,7 +162,7 @@ def _params(args: argparse.Namespace, title: str) -> dict[str, Any]:
 
 def main(args: argparse.Namespace) -> int:
     """Run the chosen command; 0 when every run finished without errors."""
-    from loadtest import compare
+    from loadtest import compare, report
 
     handler = args.handler
     if handler in (_run, _scenarios):

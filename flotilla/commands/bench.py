@@ -51,7 +51,7 @@ def _add_sandbox(benches: Any) -> None:
 
 
 def _run_sandbox(args: argparse.Namespace) -> int:
-    from flotilla.sandbox.bench import Plan, format_table, run_bench
+    from loadtest.sandbox import Plan, format_table, run_bench
 
     cache_dir = args.cache_dir or WorkerSettings.from_env().cache_dir
     plan = Plan(trivial=100, python=10, per_size=(10, 3, 2)) if args.quick else Plan()

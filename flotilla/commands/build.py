@@ -7,8 +7,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from flotilla.build import BuildError, build
-
 
 def add_parser(subparsers: Any) -> None:
     """Register the `build` subcommand."""
@@ -36,6 +34,8 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Build, print where the component went, and return the exit status."""
+    from flotilla.build import BuildError, build
+
     output = args.output or Path(f"{args.app.resolve().parent.name}.wasm")
     try:
         result = build(

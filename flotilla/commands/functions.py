@@ -12,9 +12,10 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
+if TYPE_CHECKING:
+    import httpx
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 TIMEOUT_S = 60.0
@@ -34,6 +35,8 @@ def client(args: argparse.Namespace, timeout: float = TIMEOUT_S) -> httpx.Client
     base = args.url or os.environ.get("FLOTILLA_URL") or DEFAULT_URL
     key = os.environ.get("FLOTILLA_API_KEY")
     headers = {"Authorization": f"Bearer {key}"} if key else {}
+    import httpx  # here, not at the top: every `flotilla` command builds this module's parser
+
     return httpx.Client(base_url=base, timeout=timeout, headers=headers)
 
 

@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 from dispatcher.auth import DEFAULT_LIMIT, SCOPES, ApiKey, Authenticator
-from dispatcher.openapi import NAME_PATTERN
+from flotilla.config import NAME_PATTERN
 from flotilla.ratelimit import Limit
 from flotilla.settings import DispatcherSettings
 

@@ -35,10 +35,14 @@ def wasm_tools() -> str:
 
 
 def find_wit_dir() -> Path:
-    """The repository's (or installed package's) WIT directory."""
-    from flotilla.build import find_wit_dir as find
-
-    return find()
+    """The WIT directory shipped with Flotilla (the repository's `wit/` for editable installs)."""
+    package = Path(__file__).resolve().parents[1]
+    for candidate in (package / "wit", package.parent / "wit"):
+        if (candidate / "flotilla.wit").is_file():
+            return candidate.resolve()  # flotilla/wit is a symlink to wit/ in a checkout
+    raise GuestAssemblyError(
+        f"cannot find Flotilla's wit/ directory near {package}; pass --wit DIR"
+    )
 
 
 def assemble(

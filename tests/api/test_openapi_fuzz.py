@@ -22,8 +22,8 @@ from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from dispatcher.app import ApiOptions, create_app
-from dispatcher.openapi import NAME_PATTERN
 from flotilla.artifacts import ArtifactStore, LocalBackend
+from flotilla.config import NAME_PATTERN
 from flotilla.jobs import JobStore
 from flotilla.registry import Deployer, Registry
 from tests.api.conftest import WASM, FakeTransport, fake_compile

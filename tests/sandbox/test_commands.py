@@ -100,9 +100,9 @@ def test_bench_sandbox_json_smoke(capfd: pytest.CaptureFixture[str]) -> None:
 
 
 def test_naive_baseline_runs_the_echo(tmp_path: Path) -> None:
-    from flotilla.sandbox.bench import Naive, measure
     from flotilla.sandbox.guests import packaged
     from flotilla.sandbox.sandbox import new_request
+    from loadtest.sandbox import Naive, measure
 
     run = Naive().runner(packaged("echo", tmp_path))
     figures = measure(run, new_request("bench", b"x" * 1024), 5)
