@@ -91,14 +91,14 @@ class Naive:
         self.linker = Linker(self.engine)
         self.linker.add_wasip2()
         # The echo guests never call a host; the world's imports only need to link.
-        from flotilla.sandbox.linker import HOST_FUNCS, interface_name
+        from flotilla.hosts.registry import INTERFACES
+        from flotilla.sandbox.linker import interface_name
 
         with self.linker.root() as root:
-            for iface in ("cache", "http", "s3", "dynamodb", "log"):
-                with root.add_instance(interface_name(iface)) as inst:
-                    for fn in HOST_FUNCS:
-                        if fn.interface == iface:
-                            inst.add_func(fn.name, _unused_host_func)
+            for iface in INTERFACES:
+                with root.add_instance(interface_name(iface.name)) as inst:
+                    for fn in iface.funcs:
+                        inst.add_func(fn.name, _unused_host_func)
 
     def runner(self, wasm: bytes) -> Runner:
         """A runner for `wasm` (compiled once, like any sensible embedder)."""

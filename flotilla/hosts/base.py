@@ -54,6 +54,24 @@ class LogSink:
         self.records.append(LogRecord(level, message, int(time.time() * 1000)))
 
 
+START_KINDS = ("sync", "job", "spawned", "scheduled")
+
+
+@dataclass(frozen=True)
+class CallInfo:
+    """How an invocation was started and what its caller asked for (the `invocation` interface)."""
+
+    method: str = "POST"
+    path: str = "/"
+    query: tuple[tuple[str, str], ...] = ()
+    caller: str | None = None  # the API key id; None for public and dev-mode calls
+    kind: str = "sync"  # one of START_KINDS
+    attempt: int = 1
+
+
+SYNC_CALL = CallInfo()
+
+
 @dataclass
 class InvocationContext:
     """The state one invocation's host calls see; created per invocation, dropped after."""
@@ -63,6 +81,8 @@ class InvocationContext:
     deadline: float  # time.monotonic() value after which host calls must not run
     logs: LogSink = field(default_factory=LogSink)
     host_calls: int = 0
+    call: CallInfo = SYNC_CALL
+    spawns: int = 0  # jobs this invocation started (spawn.job), capped per invocation
 
     def remaining(self) -> float:
         """Seconds left before the invocation's deadline (never negative)."""

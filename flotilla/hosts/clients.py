@@ -6,7 +6,8 @@ urllib3 PoolManager (plus the resolver threads), one boto3 S3 client and one Dyn
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import redis
 
@@ -17,6 +18,9 @@ from flotilla.hosts.http import HttpHost
 from flotilla.hosts.log import LogHost
 from flotilla.hosts.observe import Observe
 from flotilla.hosts.s3 import S3Host
+from flotilla.hosts.secrets import SecretReader
+from flotilla.hosts.spawn import JobSpawner
+from flotilla.hosts.topics import TopicPublisher
 from flotilla.settings import WorkerSettings
 
 
@@ -30,6 +34,10 @@ class HostClients:
     dynamodb: DynamoDbHost
     log: LogHost
     redis: redis.Redis
+    # Clients that need the process's broker or stores; None answers `unavailable`.
+    secrets: SecretReader | None = None
+    topics: TopicPublisher | None = None
+    spawn: JobSpawner | None = None
 
     @classmethod
     def from_settings(
@@ -69,6 +77,10 @@ class HostClients:
     ) -> HostClients:
         """Clients for `flotilla dev`: the cache is fakeredis, so no Redis server is needed."""
         return cls.from_settings(settings or WorkerSettings(), observe=observe, dev=True)
+
+    def with_clients(self, **clients: Any) -> HostClients:
+        """A copy with some clients set (e.g. `spawn=...` once the process has a broker)."""
+        return replace(self, **clients)
 
     def close(self) -> None:
         """Close every pool (call once, after the last invocation finished)."""

@@ -8,6 +8,9 @@ base64 in the text and bytes for boto3, both ways. Everything else goes to the l
 client as-is, so DynamoDB's own validation (key schema, empty sets, number syntax) answers
 as `invalid-argument` too.
 
+`put-item-if` sends a condition expression with its expression attribute values
+(DynamoDB-JSON text, `{}` for none); a failed condition is `ok(false)`, not an error.
+
 A table outside `dynamodb_tables` is `denied` before any request. `get-item` reads with
 ConsistentRead (a function sees its own writes) and returns None for a missing item.
 AccessDenied is `denied`; any other service or network failure is `unavailable`.
@@ -20,12 +23,14 @@ import binascii
 import json
 from typing import Any
 
+from flotilla.hosts import interface as wit
 from flotilla.hosts.aws import check_deadline, map_error
 from flotilla.hosts.base import HostError, InvocationContext
 from flotilla.hosts.observe import Meter, Observe
 
 MAX_TEXT_BYTES = 400 * 1024
 MAX_DEPTH = 32
+MAX_CONDITION_BYTES = 4096
 SCALAR_STRING_TYPES = frozenset({"S", "N"})
 STRING_SET_TYPES = frozenset({"SS", "NS"})
 
@@ -125,6 +130,37 @@ class DynamoDbHost:
             except Exception as exc:  # noqa: BLE001 - botocore failures become WIT cases
                 raise map_error("dynamodb", exc) from None
 
+    def put_item_if(
+        self, ctx: InvocationContext, table: str, item: str, condition: str, values: str
+    ) -> bool:
+        """Write the item only when `condition` holds; False when it did not."""
+        with self._meter.measure("put_item_if"):
+            parsed = self._check(ctx, table, item, "item")
+            if not condition.strip() or len(condition) > MAX_CONDITION_BYTES:
+                raise HostError(
+                    "invalid-argument",
+                    f"condition must be a non-empty expression of at most "
+                    f"{MAX_CONDITION_BYTES} bytes",
+                )
+            request: dict[str, Any] = {
+                "TableName": table, "Item": parsed, "ConditionExpression": condition
+            }
+            if values.strip() not in ("", "{}"):
+                try:
+                    request["ExpressionAttributeValues"] = parse_attributes(values)
+                except ValueError as exc:
+                    raise HostError(
+                        "invalid-argument", f"values are not DynamoDB-JSON: {exc}"
+                    ) from None
+            try:
+                self.client.put_item(**request)
+            except Exception as exc:  # noqa: BLE001 - botocore failures become WIT cases
+                if getattr(exc, "response", {}).get("Error", {}).get("Code") == \
+                        "ConditionalCheckFailedException":
+                    return False
+                raise map_error("dynamodb", exc) from None
+            return True
+
     def delete_item(self, ctx: InvocationContext, table: str, key: str) -> None:
         """Delete the item by key; deleting an absent item is not an error."""
         with self._meter.measure("delete_item"):
@@ -143,3 +179,39 @@ class DynamoDbHost:
             raise HostError("invalid-argument", f"{what} is not DynamoDB-JSON: {exc}") from None
         check_deadline(ctx)
         return parsed
+
+
+# ---- the WIT interface ----------------------------------------------------------------------
+
+
+def _get(host: DynamoDbHost, ctx: InvocationContext, a: Any) -> wit.Writer:
+    return wit.ok(wit.opt_string(host.get_item(ctx, wit.arg_string(a, 0), wit.arg_string(a, 1))))
+
+
+def _put(host: DynamoDbHost, ctx: InvocationContext, a: Any) -> wit.Writer:
+    host.put_item(ctx, wit.arg_string(a, 0), wit.arg_string(a, 1))
+    return wit.ok()
+
+
+def _put_if(host: DynamoDbHost, ctx: InvocationContext, a: Any) -> wit.Writer:
+    table, item = wit.arg_string(a, 0), wit.arg_string(a, 1)
+    condition, values = wit.arg_string(a, 2), wit.arg_string(a, 3)
+    return wit.ok_bool(host.put_item_if(ctx, table, item, condition, values))
+
+
+def _delete(host: DynamoDbHost, ctx: InvocationContext, a: Any) -> wit.Writer:
+    host.delete_item(ctx, wit.arg_string(a, 0), wit.arg_string(a, 1))
+    return wit.ok()
+
+
+INTERFACE = wit.Interface(
+    "dynamodb",
+    (
+        wit.HostFunc("get-item", _get),
+        wit.HostFunc("put-item", _put),
+        wit.HostFunc("delete-item", _delete),
+        wit.HostFunc("put-item-if", _put_if),
+    ),
+    errors={"denied": True, "unavailable": True, "invalid-argument": True},
+    client="dynamodb",
+)

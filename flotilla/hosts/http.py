@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import socket
 import time
+from typing import Any
 
 import urllib3
 from urllib3.exceptions import (
@@ -41,6 +42,7 @@ from urllib3.exceptions import (
     ReadTimeoutError,
 )
 
+from flotilla.hosts import interface as wit
 from flotilla.hosts.base import HostError, InvocationContext
 from flotilla.hosts.observe import Meter, Observe
 from flotilla.hosts.policy import (
@@ -54,6 +56,7 @@ from flotilla.hosts.policy import (
     parse_url,
 )
 from flotilla.hosts.resolver import DEFAULT_TTL, ResolveFn, Resolver, system_resolve
+from flotilla.sandbox import abi
 
 HttpResult = tuple[int, list[tuple[str, str]], bytes]
 
@@ -298,3 +301,43 @@ def _reason(exc: BaseException) -> str:
     text = str(exc)
     # urllib3 prefixes its messages with the connection object's repr; keep the useful part.
     return text.split(": ", 1)[1] if text.startswith("<") and ": " in text else text
+
+
+# ---- the WIT interface ----------------------------------------------------------------------
+
+
+def _invoke(host: HttpHost, ctx: InvocationContext, a: Any) -> wit.Writer:
+    method, url, headers, body, timeout = abi.get_fields(a[0])
+    t = abi.get_option(timeout)
+    status, out_headers, out_body = host.invoke(
+        ctx,
+        abi.get_string(method),
+        abi.get_string(url),
+        abi.get_headers(headers),
+        abi.get_bytes(body),
+        None if t is None else abi.get_u32(t),
+    )
+
+    def put_response(val: abi.Val) -> None:
+        s, h, b = abi.start_record(val, (b"status", b"headers", b"body"))
+        abi.put_u16(s, int(status))
+        abi.put_headers(h, list(out_headers))
+        abi.put_bytes(b, out_body)
+
+    return wit.ok(put_response)
+
+
+INTERFACE = wit.Interface(
+    "http",
+    (wit.HostFunc("invoke", _invoke),),
+    errors={
+        "denied": True,
+        "timeout": False,
+        "connection": True,
+        "invalid-request": True,
+        "too-large": False,
+    },
+    fallback="connection",
+    deadline=("timeout", None),
+    client="http",
+)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from flotilla.hosts import interface as wit
 from flotilla.hosts.base import InvocationContext
 from flotilla.hosts.observe import Meter, Observe
+from flotilla.sandbox import abi
 
 LEVELS = ("debug", "info", "warn", "error")
 
@@ -22,3 +26,18 @@ class LogHost:
         """Record one message at `level` (debug | info | warn | error)."""
         with self._meter.measure("log"):
             ctx.logs.add(level if level in LEVELS else "info", message)
+
+
+# ---- the WIT interface ----------------------------------------------------------------------
+
+
+def _log(host: LogHost, ctx: InvocationContext, a: Any) -> wit.Writer:
+    host.log(ctx, abi.get_enum(a[0]), wit.arg_string(a, 1))
+    return _nothing
+
+
+def _nothing(_val: abi.Val) -> None:
+    return None
+
+
+INTERFACE = wit.Interface("log", (wit.HostFunc("log", _log, returns=False),), client="log")

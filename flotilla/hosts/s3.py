@@ -13,10 +13,12 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from flotilla.hosts import interface as wit
 from flotilla.hosts.aws import check_deadline, error_code, map_error
 from flotilla.hosts.base import HostError, InvocationContext
 from flotilla.hosts.observe import Meter, Observe
 from flotilla.hosts.policy import check_object_key
+from flotilla.sandbox import abi
 
 DEFAULT_MAX_OBJECT_BYTES = 64 * 1024 * 1024
 MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
@@ -106,3 +108,34 @@ class S3Host:
 
     def _too_big(self, size: int) -> str:
         return f"object is {size} bytes, over the {self._max}-byte limit"
+
+
+# ---- the WIT interface ----------------------------------------------------------------------
+
+
+def _get(host: S3Host, ctx: InvocationContext, a: Any) -> wit.Writer:
+    return wit.ok(wit.opt_bytes(host.get_object(ctx, wit.arg_string(a, 0), wit.arg_string(a, 1))))
+
+
+def _put(host: S3Host, ctx: InvocationContext, a: Any) -> wit.Writer:
+    ct = abi.get_option(a[3])
+    bucket, key, body = wit.arg_string(a, 0), wit.arg_string(a, 1), wit.arg_bytes(a, 2)
+    host.put_object(ctx, bucket, key, body, None if ct is None else abi.get_string(ct))
+    return wit.ok()
+
+
+def _delete(host: S3Host, ctx: InvocationContext, a: Any) -> wit.Writer:
+    host.delete_object(ctx, wit.arg_string(a, 0), wit.arg_string(a, 1))
+    return wit.ok()
+
+
+INTERFACE = wit.Interface(
+    "s3",
+    (
+        wit.HostFunc("get-object", _get),
+        wit.HostFunc("put-object", _put),
+        wit.HostFunc("delete-object", _delete),
+    ),
+    errors={"denied": True, "unavailable": True, "invalid-argument": True},
+    client="s3",
+)

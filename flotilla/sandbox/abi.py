@@ -94,6 +94,18 @@ def put_u16(val: Val, value: int) -> None:
     val.of.u16 = value
 
 
+def put_u32(val: Val, value: int) -> None:
+    """Write a `u32`."""
+    val.kind = K_U32
+    val.of.u32 = value
+
+
+def put_enum(val: Val, case: str) -> None:
+    """Write an enum case."""
+    val.kind = K_ENUM
+    val.of.enumeration = name_vec(case.encode("utf-8"))
+
+
 def put_s64(val: Val, value: int) -> None:
     """Write an `s64`."""
     val.kind = K_S64

@@ -24,14 +24,17 @@ from wasmtime.component import _types as ct
 
 from flotilla.errors import ArtifactError, ComponentError
 from flotilla.sandbox import rawabi
-from flotilla.sandbox.linker import INTERFACES, interface_name
+from flotilla.sandbox.linker import PACKAGE, VERSION
 
 log = logging.getLogger(__name__)
 
 WASM_MAGIC = b"\0asm"
 CORE_VERSION = b"\x01\x00\x00\x00"
 COMPONENT_LAYER = b"\x01\x00"
-ALLOWED_FLOTILLA = frozenset(interface_name(i) for i in INTERFACES)
+# Any 0.1.x of the world's interfaces: wasmtime links older 0.1 imports to our definitions.
+FLOTILLA_IMPORT_RE = re.compile(
+    "^" + re.escape(PACKAGE) + r"/([a-z0-9-]+)@" + re.escape(VERSION.rsplit(".", 1)[0]) + r"\.\d+$"
+)
 WASI_IMPORT_RE = re.compile(r"^wasi:[a-z0-9-]+/[a-z0-9-]+@0\.2\.\d+$")
 
 HEADERS = "list<tuple<string,string>>"
@@ -97,13 +100,23 @@ def check_world(component: Component, engine: wasmtime.Engine) -> None:
     got = describe(handle)
     if got != HANDLE_TYPE:
         raise ComponentError(f"`handle` has the wrong type: expected {HANDLE_TYPE}, got {got}")
+    allowed = world_interfaces()
     for name in ty.imports(engine):
-        if name in ALLOWED_FLOTILLA or WASI_IMPORT_RE.match(name):
+        found = FLOTILLA_IMPORT_RE.match(name)
+        if (found and found.group(1) in allowed) or WASI_IMPORT_RE.match(name):
             continue
         raise ComponentError(
             f"component imports {name!r}, which Flotilla does not provide "
-            "(allowed: the flotilla:function@0.1.0 interfaces and wasi:*@0.2.x)"
+            f"(allowed: the {PACKAGE}@{VERSION} interfaces, older 0.1.x included, "
+            "and wasi:*@0.2.x)"
         )
+
+
+def world_interfaces() -> frozenset[str]:
+    """The names of the world's interfaces a component may import (`types` included)."""
+    from flotilla.hosts.registry import INTERFACES
+
+    return frozenset({"types"} | {i.name for i in INTERFACES})
 
 
 def with_raw_export(wasm: bytes) -> bytes | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from flotilla.hosts.base import LogRecord
+from flotilla.hosts.base import SYNC_CALL, CallInfo, LogRecord
 
 
 @dataclass(frozen=True)
@@ -16,6 +16,7 @@ class Request:
     function_name: str
     headers: tuple[tuple[str, str], ...] = ()
     body: bytes = b""
+    call: CallInfo = SYNC_CALL  # method, path, query, caller, kind, attempt (`invocation`)
 
 
 @dataclass(frozen=True)

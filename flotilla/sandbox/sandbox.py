@@ -186,7 +186,8 @@ class Sandbox:
             )
         t0 = perf_counter()
         ctx = InvocationContext(
-            config, request.invocation_id, monotonic() + config.timeout_ms / 1000.0
+            config, request.invocation_id, monotonic() + config.timeout_ms / 1000.0,
+            call=request.call,
         )
         run = _Run(ctx, CapturedOutput(ctx), config.max_body_bytes, t0)
         key = self._output.register(run.output)

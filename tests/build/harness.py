@@ -23,7 +23,7 @@ from wasmtime.component import Component, Linker, Record, Variant
 
 from flotilla.settings import WorkerSettings
 
-PACKAGE = "flotilla:function/{}@0.1.0"
+PACKAGE = "flotilla:function/{}@0.1.1"
 
 
 @dataclass
@@ -55,6 +55,13 @@ class FakeHosts:
         self.cache[key] = str(value).encode()
         return value
 
+    def set_if_equal(self, key: str, expected: bytes, value: bytes, _ttl: int) -> bool:
+        """cache.set-if-equal."""
+        if self.cache.get(key) != expected:
+            return False
+        self.cache[key] = value
+        return True
+
     def invoke(self, request: Record) -> Record:
         """http.invoke: the canned response."""
         status, headers, body = self.http_response
@@ -64,7 +71,7 @@ class FakeHosts:
 
 
 def define_hosts(linker: Linker, hosts: FakeHosts) -> None:
-    """Define the five flotilla host interfaces on `linker`."""
+    """Define every flotilla host interface on `linker` (fakes, no services)."""
     ops: dict[str, dict[str, Callable[..., Any]]] = {
         "cache": {
             "get": lambda k: hosts.cache.get(k),
@@ -72,6 +79,9 @@ def define_hosts(linker: Linker, hosts: FakeHosts) -> None:
             "set-if-absent": lambda k, v, t: hosts.cache.setdefault(k, v) is v,
             "delete": lambda k: hosts.cache.pop(k, None) and None,
             "increment": hosts.increment,
+            "set-if-equal": hosts.set_if_equal,
+            "set-if-present": lambda k, v, t: k in hosts.cache
+            and hosts.cache.__setitem__(k, v) is None,
         },
         "http": {"invoke": hosts.invoke},
         "s3": {
@@ -83,7 +93,21 @@ def define_hosts(linker: Linker, hosts: FakeHosts) -> None:
             "get-item": lambda t, k: hosts.items.get((t, _pk(k))),
             "put-item": lambda t, item: hosts.items.__setitem__((t, _pk(item)), item),
             "delete-item": lambda t, k: hosts.items.pop((t, _pk(k)), None) and None,
+            "put-item-if": lambda t, item, cond, values: hosts.items.setdefault(
+                (t, _pk(item)), item) is item,
         },
+        "invocation": {
+            "method": lambda: "POST",
+            "path": lambda: "/",
+            "query": list,
+            "caller": lambda: None,
+            "kind": lambda: "sync",
+            "attempt": lambda: 1,
+            "remaining-ms": lambda: 1000,
+        },
+        "secrets": {"get": lambda name: None},
+        "topics": {"publish": lambda topic, message: None},
+        "spawn": {"job": lambda function, headers, body: "job-1"},
         "log": {"log": lambda level, message: hosts.logs.append((level, message))},
     }
     with linker.root() as root:

@@ -46,7 +46,7 @@ def test_guest_is_a_valid_function_component(name: str) -> None:
     world = component_world(path)
     assert HANDLE in world
     imports = re.findall(r"^\s*import ([^;]+);", world, re.MULTILINE)
-    assert "flotilla:function/cache@0.1.0" in imports
+    assert "flotilla:function/cache@0.1.1" in imports
     assert [i for i in imports if not i.startswith(("wasi:", "flotilla:function/"))] == []
 
 

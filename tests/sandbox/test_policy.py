@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from flotilla.hosts.registry import INTERFACES
 from flotilla.sandbox.engine import EngineSettings, engine_fingerprint
-from flotilla.sandbox.linker import deadline_error, error_variant
+
+BY_NAME = {i.name: i for i in INTERFACES}
 
 
 @pytest.mark.parametrize(
@@ -21,10 +23,10 @@ from flotilla.sandbox.linker import deadline_error, error_variant
         ("dynamodb", "whatever", None, ("unavailable", "whatever")),
     ],
 )
-def test_error_variant(
+def test_error_case(
     interface: str, case: str, detail: str | None, expected: tuple[str, str | None]
 ) -> None:
-    assert error_variant(interface, case, detail) == expected
+    assert BY_NAME[interface].error(case, detail) == expected
 
 
 @pytest.mark.parametrize(
@@ -35,8 +37,8 @@ def test_error_variant(
         ("s3", ("unavailable", "invocation deadline exceeded")),
     ],
 )
-def test_deadline_error(interface: str, expected: tuple[str, str | None]) -> None:
-    assert deadline_error(interface) == expected
+def test_deadline_case(interface: str, expected: tuple[str, str | None]) -> None:
+    assert BY_NAME[interface].deadline == expected
 
 
 def test_fingerprint_changes_with_code_affecting_settings() -> None:

@@ -6,8 +6,8 @@
 ;;   g cache.get("k") -> 200 value | 404 | 500+case error  h cache.get in an endless loop
 ;;   L log.log(info, "k") then echo                        anything else: echo
 (module
-  (import "flotilla:function/cache@0.1.0" "get" (func $cache_get (param i32 i32 i32)))
-  (import "flotilla:function/log@0.1.0" "log" (func $log (param i32 i32 i32)))
+  (import "flotilla:function/cache@0.1.1" "get" (func $cache_get (param i32 i32 i32)))
+  (import "flotilla:function/log@0.1.1" "log" (func $log (param i32 i32 i32)))
   (memory (export "memory") 1)
   (data (i32.const 64) "boom")
   (data (i32.const 72) "k")

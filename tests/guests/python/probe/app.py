@@ -41,6 +41,10 @@ Ops (arguments with their defaults):
   s3.get bucket key | s3.put bucket key body content_type=null | s3.delete bucket key
   dynamodb.get table key | dynamodb.put table item | dynamodb.delete table key
         (key/item: DynamoDB-JSON text, or an object which is JSON-encoded)
+  cache.set_if_equal key expected value ttl_ms=0 | cache.set_if_present key value ttl_ms=0
+  dynamodb.put_if table item condition values={}
+  invocation                        -> {method, path, query, caller, kind, attempt, remaining_ms}
+  secrets.get name | topics.publish topic message | spawn.job function headers=[] body=""
   log      level="info" message="probe"
   hammer   call={host op} n=100     -> runs the host op n times: {n, ok, errors, last, ms}
   batch    ops=[{op...}, ...]       -> list of each op's JSON result (ops that return JSON)
@@ -62,7 +66,18 @@ import time
 
 import wit_world
 from componentize_py_types import Err
-from wit_world.imports import cache, dynamodb, http, log, s3, types
+from wit_world.imports import (
+    cache,
+    dynamodb,
+    http,
+    invocation,
+    log,
+    s3,
+    secrets,
+    spawn,
+    topics,
+    types,
+)
 
 COUNTER = 0
 HOLD: list = []
@@ -112,6 +127,12 @@ def host_call(cmd: dict):
         return cache.delete(cmd["key"])
     if op == "cache.increment":
         return cache.increment(cmd["key"], int(cmd.get("delta", 1)), ttl)
+    if op == "cache.set_if_equal":
+        return cache.set_if_equal(
+            cmd["key"], as_bytes(cmd.get("expected")), as_bytes(cmd.get("value")), ttl
+        )
+    if op == "cache.set_if_present":
+        return cache.set_if_present(cmd["key"], as_bytes(cmd.get("value")), ttl)
     if op == "http.invoke":
         request = http.Request(
             method=cmd.get("method", "GET"),
@@ -140,6 +161,29 @@ def host_call(cmd: dict):
         return dynamodb.put_item(cmd["table"], as_json_text(cmd["item"]))
     if op == "dynamodb.delete":
         return dynamodb.delete_item(cmd["table"], as_json_text(cmd["key"]))
+    if op == "dynamodb.put_if":
+        return dynamodb.put_item_if(
+            cmd["table"], as_json_text(cmd["item"]), cmd["condition"],
+            as_json_text(cmd.get("values", {})),
+        )
+    if op == "invocation":
+        return {
+            "method": invocation.method(),
+            "path": invocation.path(),
+            "query": [list(q) for q in invocation.query()],
+            "caller": invocation.caller(),
+            "kind": invocation.kind().name.lower(),
+            "attempt": invocation.attempt(),
+            "remaining_ms": invocation.remaining_ms(),
+        }
+    if op == "secrets.get":
+        return secrets.get(cmd["name"])
+    if op == "topics.publish":
+        return topics.publish(cmd["topic"], as_bytes(cmd.get("message")))
+    if op == "spawn.job":
+        return spawn.job(
+            cmd["function"], [tuple(h) for h in cmd.get("headers", [])], as_bytes(cmd.get("body"))
+        )
     if op == "log":
         level = getattr(log.Level, str(cmd.get("level", "info")).upper())
         return log.log(level, str(cmd.get("message", "probe")))
@@ -150,6 +194,8 @@ HOST_OPS = {
     "cache.get", "cache.set", "cache.set_if_absent", "cache.delete", "cache.increment",
     "http.invoke", "s3.get", "s3.put", "s3.delete",
     "dynamodb.get", "dynamodb.put", "dynamodb.delete", "log",
+    "cache.set_if_equal", "cache.set_if_present", "dynamodb.put_if", "invocation",
+    "secrets.get", "topics.publish", "spawn.job",
 }  # fmt: skip
 
 
