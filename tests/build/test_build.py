@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from flotilla import build as build_mod
+from flotilla.build import common as build_common
+from flotilla.build import python as build_mod
 from flotilla.build import (
     BuildError,
     build,
@@ -302,7 +303,7 @@ def test_a_fresh_build_evicts_old_guests_over_budget(
     old = guests / ("0" * 64 + ".wasm")
     old.write_bytes(b"x" * 100)
     os.utime(old, (1_000_000, 1_000_000))
-    monkeypatch.setattr(build_mod, "MAX_CACHE_BYTES", 50)
+    monkeypatch.setattr(build_common, "MAX_CACHE_BYTES", 50)
     result = build(app, cache_dir=cache, run=FakeCompiler())
     assert not old.exists()
     assert (guests / f"{result.key}.wasm").exists()

@@ -1,4 +1,4 @@
-"""Building Python guests with componentize-py, cached by content.
+"""Python guests, built with componentize-py and cached by content (see `common`).
 
 A Python guest is a directory holding an app module (usually `app.py`) that defines
 `class WitWorld(wit_world.WitWorld)` with a `handle` method. componentize-py turns it
@@ -18,7 +18,6 @@ part of the key: vendor them into the app's directory to make the build reproduc
 from __future__ import annotations
 
 import ast
-import fcntl
 import hashlib
 import os
 import shutil
@@ -26,40 +25,27 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 
-from flotilla.errors import FlotillaError
+from flotilla.build.common import (
+    BUILD_TIMEOUT_S,
+    DEFAULT_WORLD,
+    BuildError,
+    BuildResult,
+    Runner,
+    copy_atomic,
+    default_cache_dir,
+    feed,
+    find_wit_dir,
+    locked,
+    prune,
+    wit_files,
+)
 
-DEFAULT_WORLD = "function"
-BUILD_TIMEOUT_S = 600.0
-MAX_CACHE_BYTES = 2 * 1024**3
-"""Built guests beyond this total are evicted, least recently used first."""
-EVICT_GRACE_S = 3600.0
-"""Guests used this recently are never evicted (another process may be copying one)."""
 # Bump when the key's recipe or the build command changes meaning.
 KEY_FORMAT = b"flotilla-guest-build/1"
-
-Runner = Callable[[Sequence[str], Path], "subprocess.CompletedProcess[str]"]
-"""Runs a command in a directory and returns it completed (injectable for tests)."""
-
-
-class BuildError(FlotillaError):
-    """A guest could not be built: bad app source, missing tool or WIT, or a compiler failure."""
-
-
-@dataclass(frozen=True)
-class BuildResult:
-    """Outcome of one build: where the component is, its cache key, and whether it was cached."""
-
-    path: Path
-    key: str
-    cached: bool
-    seconds: float
-
 
 def build_guest(
     app_path: str | Path,
@@ -91,27 +77,27 @@ def build(
     app = Path(app_path).resolve()
     check_app(app)
     wit = Path(wit_dir).resolve() if wit_dir is not None else find_wit_dir()
-    wit_files = _wit_files(wit)
+    wits = wit_files(wit)
     command = componentize_py_command()
-    key = cache_key(app, wit_files, world=world, tool_version=componentize_py_version(command))
-    guests = Path(cache_dir if cache_dir is not None else _default_cache_dir()) / "guests"
+    key = cache_key(app, wits, world=world, tool_version=componentize_py_version(command))
+    guests = Path(cache_dir if cache_dir is not None else default_cache_dir()) / "guests"
     guests.mkdir(parents=True, exist_ok=True)
     cached_path = guests / f"{key}.wasm"
 
     cached = cached_path.exists() and not force
     if not cached:
-        with _locked(guests / f"{key}.lock"):
+        with locked(guests / f"{key}.lock"):
             # Another process may have finished the same build while we waited.
             cached = cached_path.exists() and not force
             if not cached:
                 _componentize(app, wit, world, command, cached_path, run or _run)
-                _prune(guests)
+                prune(guests)
     if cached:
         os.utime(cached_path)  # mtime is "last used" for eviction (atime is often off)
     result_path = cached_path
     if output is not None:
         result_path = Path(output)
-        _copy_atomic(cached_path, result_path)
+        copy_atomic(cached_path, result_path)
     return BuildResult(result_path, key, cached, time.perf_counter() - started)
 
 
@@ -132,17 +118,6 @@ def check_app(app: Path) -> None:
             f"{app}: defines no top-level 'class WitWorld(wit_world.WitWorld)' with a "
             "'handle(self, request)' method; componentize-py needs it as the entry point"
         )
-
-
-def find_wit_dir() -> Path:
-    """The WIT directory shipped with Flotilla; BuildError when it cannot be found."""
-    from flotilla.sandbox.guests import GuestAssemblyError
-    from flotilla.sandbox.guests import find_wit_dir as find
-
-    try:
-        return find()
-    except GuestAssemblyError as exc:
-        raise BuildError(str(exc)) from None
 
 
 def componentize_py_command() -> str:
@@ -184,65 +159,12 @@ def cache_key(app: Path, wit_files: Sequence[Path], *, world: str, tool_version:
     """sha256 over the app's sources, the WIT files, the world, module name and tool version."""
     digest = hashlib.sha256(KEY_FORMAT)
     for label, value in (("world", world), ("module", app.stem), ("tool", tool_version)):
-        _feed(digest, label.encode(), value.encode())
+        feed(digest, label.encode(), value.encode())
     for path in source_files(app.parent):
-        _feed(digest, b"py:" + path.relative_to(app.parent).as_posix().encode(), path.read_bytes())
+        feed(digest, b"py:" + path.relative_to(app.parent).as_posix().encode(), path.read_bytes())
     for path in wit_files:
-        _feed(digest, b"wit:" + path.name.encode(), path.read_bytes())
+        feed(digest, b"wit:" + path.name.encode(), path.read_bytes())
     return digest.hexdigest()
-
-
-def evictions(
-    entries: Sequence[tuple[str, int, float]], *, max_bytes: int, now: float, grace_s: float
-) -> list[str]:
-    """Names to delete from (name, size, last_used) entries, least recently used first,
-    until the rest fit in `max_bytes`; entries used within `grace_s` of `now` are kept."""
-    total = sum(size for _, size, _ in entries)
-    doomed = []
-    for name, size, last_used in sorted(entries, key=lambda e: e[2]):
-        if total <= max_bytes:
-            break
-        if now - last_used < grace_s:
-            continue
-        doomed.append(name)
-        total -= size
-    return doomed
-
-
-def _prune(guests: Path) -> None:
-    entries = []
-    for path in guests.glob("*.wasm"):
-        try:
-            stat = path.stat()
-        except FileNotFoundError:
-            continue
-        entries.append((path.name, stat.st_size, stat.st_mtime))
-    budget = MAX_CACHE_BYTES
-    for name in evictions(entries, max_bytes=budget, now=time.time(), grace_s=EVICT_GRACE_S):
-        (guests / name).unlink(missing_ok=True)
-        (guests / name).with_suffix(".lock").unlink(missing_ok=True)
-
-
-def _feed(digest: hashlib._Hash, name: bytes, data: bytes) -> None:
-    # Length prefixes keep ("ab", "c") and ("a", "bc") apart.
-    for part in (name, data):
-        digest.update(len(part).to_bytes(8, "big"))
-        digest.update(part)
-
-
-def _wit_files(wit: Path) -> list[Path]:
-    if not wit.is_dir():
-        raise BuildError(f"{wit}: WIT directory does not exist")
-    files = sorted(wit.rglob("*.wit"))
-    if not files:
-        raise BuildError(f"{wit}: contains no .wit files")
-    return files
-
-
-def _default_cache_dir() -> str:
-    from flotilla.settings import WorkerSettings
-
-    return WorkerSettings.from_env().cache_dir
 
 
 def _componentize(
@@ -286,23 +208,3 @@ def _run(argv: Sequence[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _copy_atomic(source: Path, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        shutil.copyfile(source, tmp_name)
-        os.chmod(tmp_name, 0o644)
-        os.replace(tmp_name, target)
-    finally:
-        Path(tmp_name).unlink(missing_ok=True)
-
-
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
