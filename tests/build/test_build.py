@@ -15,8 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from flotilla.build import common as build_common
-from flotilla.build import python as build_mod
 from flotilla.build import (
     BuildError,
     build,
@@ -26,6 +24,8 @@ from flotilla.build import (
     evictions,
     find_wit_dir,
 )
+from flotilla.build import common as build_common
+from flotilla.build import python as build_mod
 from flotilla.cli import main
 
 APP = """\
