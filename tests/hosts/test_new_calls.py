@@ -156,7 +156,9 @@ def test_set_if_equal_race_has_exactly_one_winner(
         start = threading.Barrier(writers)
         wins: list[bool] = []
 
-        def write(i: int, r: int = round_) -> None:
+        def write(
+            i: int, r: int = round_, start: threading.Barrier = start, wins: list[bool] = wins
+        ) -> None:
             start.wait()
             [(ok, won)] = run(sandbox, probe, config, [
                 {"op": "cache.set_if_equal", "key": "cas", "expected": f"v{r}",
