@@ -276,6 +276,8 @@ def test_wheel_from_the_build_stage_copies_has_the_accelerator_and_wit(
     assert "-py3-none-any" not in name
     wits = {f"flotilla/wit/{p.name}" for p in (REPO / "wit").glob("*.wit")}
     assert wits and wits <= files
+    wats = {p.relative_to(REPO).as_posix() for p in (REPO / "flotilla").rglob("*.wat")}
+    assert wats and wats <= files  # the packaged guests (`flotilla bench sandbox`)
     # The control: without setup.py (the old image) the wheel is pure Python, the slow path.
     without = text.replace("setup.py ", "")
     assert without != text
