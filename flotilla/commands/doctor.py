@@ -38,9 +38,16 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument("--no-services", dest="services", action="store_false",
                         help="skip RabbitMQ, Redis and S3 (e.g. while building an image)")
-    parser.add_argument("--timeout", type=float, default=2.0,
+    parser.add_argument("--timeout", type=_seconds, default=2.0,
                         help="seconds each service may take to answer (default 2)")
     parser.set_defaults(func=main)
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 60:
+        raise argparse.ArgumentTypeError(f"{text}: give seconds between 0 and 60")
+    return value
 
 
 def main(args: argparse.Namespace) -> int:

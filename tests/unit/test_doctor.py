@@ -183,9 +183,12 @@ def test_usage_errors_exit_2(
     assert message in capsys.readouterr().err
 
 
-def test_unknown_use_is_refused_by_the_parser(capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("argv", [["--for", "nope"], ["--timeout", "0"], ["--timeout", "x"]])
+def test_bad_flags_are_refused_by_the_parser(
+    capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
     with pytest.raises(SystemExit) as exited:
-        main(["doctor", "--for", "nope"])
+        main(["doctor", *argv])
     assert exited.value.code == 2
 
 
