@@ -42,8 +42,9 @@ from pamqp import commands as spec
 from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 
-from flotilla.envelope import NOT_FOUND, STARTED_TYPE, Started
+from flotilla.envelope import STARTED_TYPE, Started
 from flotilla.metrics import WorkerMetrics
+from flotilla.outcomes import Outcome
 from flotilla.topology import Topology
 from worker.executor import InvocationPool
 from worker.handler import EnvelopeHandler, Handled, Settle
@@ -558,4 +559,4 @@ def _redeliveries(message: DeliveredMessage) -> int:
 def _label(handled: Handled) -> str:
     # Unknown functions would make the label set unbounded.
     assert handled.reply is not None
-    return handled.function if handled.reply.outcome != NOT_FOUND else "-"
+    return handled.function if handled.reply.outcome is not Outcome.NOT_FOUND else "-"

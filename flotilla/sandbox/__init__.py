@@ -5,9 +5,11 @@ interfaces), `components` (validation, compile cache), `abi` (fast C value conve
 `wasi` (per-invocation WASI context), `outcomes` (failure classification), `results`
 (Request, Response, InvocationResult), `sandbox` (Sandbox.invoke), `fastpath` (the
 optional C accelerator `_fastcall`, built by setup.py; ctypes `capi` is the fallback).
+`Outcome` is `flotilla.outcomes.Outcome`, re-exported for the sandbox's callers.
 """
 
-from flotilla.sandbox.results import InvocationResult, Outcome, Request, Response, Timings
+from flotilla.outcomes import Outcome
+from flotilla.sandbox.results import InvocationResult, Request, Response, Timings
 from flotilla.sandbox.sandbox import LoadedFunction, RequestTooLarge, Sandbox, new_request
 
 __all__ = [

@@ -26,12 +26,13 @@ from wasmtime.component import Component, ExportIndex
 from flotilla.config import MIB, FunctionConfig
 from flotilla.errors import ArtifactError, ComponentError, FlotillaError
 from flotilla.hosts.base import InvocationContext
+from flotilla.outcomes import Outcome
 from flotilla.sandbox import abi, capi, fastpath, rawabi
 from flotilla.sandbox.components import ArtifactCache, check_world, has_raw_export
 from flotilla.sandbox.engine import EngineHandle, EngineSettings, build_engine
 from flotilla.sandbox.linker import HostLinker
 from flotilla.sandbox.outcomes import check_response, classify_error
-from flotilla.sandbox.results import InvocationResult, Outcome, Request, Response, Timings
+from flotilla.sandbox.results import InvocationResult, Request, Response, Timings
 from flotilla.sandbox.wasi import CapturedOutput, GuestEnv, OutputRouter
 
 log = logging.getLogger(__name__)
