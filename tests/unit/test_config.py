@@ -117,6 +117,14 @@ def test_version_digests_of_known_configs_are_pinned() -> None:
     )
 
 
+def test_reads_are_plain_attribute_reads() -> None:
+    # The worker reads the config per invocation: no __getattr__ hook (a pydantic BaseModel
+    # has one, ~3x slower per read: tests/unit/bench_config_attrs.py), values in __dict__.
+    cfg = FunctionConfig("echo")
+    assert not hasattr(FunctionConfig, "__getattr__")
+    assert vars(cfg)["timeout_ms"] == cfg.timeout_ms
+
+
 def test_positional_name_and_validated_replace() -> None:
     cfg = FunctionConfig("echo", timeout_ms=1234)
     assert (cfg.name, cfg.timeout_ms, cfg.cache_namespace) == ("echo", 1234, "echo")
