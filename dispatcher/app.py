@@ -42,15 +42,7 @@ from dispatcher.auth import ADMIN, DEPLOY, INVOKE, ApiKey, Authenticator
 from dispatcher.problems import PROBLEM_MEDIA_TYPE, Problem, add_problem_handlers
 from flotilla import logs
 from flotilla.config import NAME_PATTERN, FunctionConfig
-from flotilla.envelope import (
-    OK,
-    REPLY_JOB,
-    TIMEOUT,
-    Envelope,
-    Headers,
-    Reply,
-    now_ms,
-)
+from flotilla.envelope import REPLY_JOB, Envelope, Headers, Reply, now_ms
 from flotilla.errors import (
     ApiError,
     BodyTooLarge,
@@ -73,6 +65,7 @@ from flotilla.errors import (
 )
 from flotilla.jobs import MAX_WAIT_S, JobRecord, JobStore, callback_allowed, new_id
 from flotilla.metrics import DispatcherMetrics
+from flotilla.outcomes import Outcome
 from flotilla.ratelimit import Limit
 from flotilla.registry import (
     LATEST,
@@ -417,7 +410,7 @@ async def _invoke_raw(
         raise BodyTooLarge(f"body of {declared} bytes exceeds the function's limit of {limit}")
     body = await _receive_body(receive, limit)
     reply = await call_function(api, name, fn, invocation_id, tuple(guest), body)
-    if reply.outcome != OK:
+    if reply.outcome != Outcome.OK:
         raise error_for_reply(reply, retry_after_s=api.options.retry_after_s)
     headers = [
         (k.encode("latin-1"), v.encode("latin-1"))
@@ -634,7 +627,7 @@ async def call_function(
     except CallTimeout:
         api.published("confirmed")
         raise FunctionTimeout(
-            f"no reply within {timeout_ms} ms (+{margin_ms} ms margin)", outcome=TIMEOUT
+            f"no reply within {timeout_ms} ms (+{margin_ms} ms margin)", outcome=Outcome.TIMEOUT
         ) from None
     except (QueueFull, BrokerUnavailable) as exc:
         raise api.unavailable(exc) from None
@@ -951,7 +944,7 @@ def _guest_headers(request: Request) -> tuple[tuple[str, str], ...]:
 
 
 def _reply_response(reply: Reply, opts: ApiOptions) -> Response:
-    if reply.outcome == OK:
+    if reply.outcome == Outcome.OK:
         response = Response(content=reply.body, status_code=reply.status)
         response.raw_headers = [
             (k.encode("latin-1"), v.encode("latin-1"))

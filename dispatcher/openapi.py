@@ -2,7 +2,8 @@
 problem responses, links between operations, and problem+json media types.
 
 Kept accurate for schema-based fuzzing: every error a route can answer is declared with
-its problem type, and the deploy form's config part carries the FunctionConfig schema.
+its problem type, and the deploy form's config part carries the schema pydantic generates
+from `FunctionConfig` (no hand copy to drift from the server's checks).
 """
 
 from __future__ import annotations
@@ -13,41 +14,23 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from dispatcher.problems import PROBLEM_MEDIA_TYPE, Problem
-from flotilla.config import (
-    BUCKET_RE,
-    HOST_PATTERN_RE,
-    MAX_MAX_BODY_BYTES,
-    MAX_MEMORY_LIMIT_MB,
-    MAX_TIMEOUT_MS,
-    RESERVED_ENV,
-    TABLE_RE,
-)
+from flotilla.config import FunctionConfig
 from flotilla.errors import TYPE_PREFIX, ApiError
 
-# The config form field as JSON Schema (mirrors flotilla.config; the server re-validates).
-CONFIG_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "additionalProperties": False,
-    "properties": {
-        "env": {
-            "type": "object",
-            "propertyNames": {"pattern": r"^[A-Za-z_][A-Za-z0-9_]{0,127}$",
-                              "not": {"enum": list(RESERVED_ENV)}},
-            "additionalProperties": {"type": "string", "pattern": "^[^\\u0000]*$"},
-            "maxProperties": 64,
-        },
-        "timeout_ms": {"type": "integer", "minimum": 1, "maximum": MAX_TIMEOUT_MS},
-        "memory_limit_mb": {"type": "integer", "minimum": 1, "maximum": MAX_MEMORY_LIMIT_MB},
-        "max_body_bytes": {"type": "integer", "minimum": 0, "maximum": MAX_MAX_BODY_BYTES},
-        "allowed_hosts": {"type": "array", "maxItems": 100,
-                          "items": {"type": "string", "pattern": HOST_PATTERN_RE.pattern}},
-        "cache_namespace": {"type": "string", "pattern": r"^([a-z][a-z0-9-]{0,62})?$"},
-        "s3_buckets": {"type": "array", "maxItems": 100,
-                       "items": {"type": "string", "pattern": BUCKET_RE.pattern}},
-        "dynamodb_tables": {"type": "array", "maxItems": 100,
-                            "items": {"type": "string", "pattern": TABLE_RE.pattern}},
-    },
-}
+
+def config_schema() -> dict[str, Any]:
+    """The deploy form's `config` part: `FunctionConfig`'s own JSON schema, with `name`
+    optional (the path names the function; a name given in the config must be the same)."""
+    schema = FunctionConfig.json_schema()
+    required = [f for f in schema.get("required", []) if f != "name"]
+    if required:
+        schema["required"] = required
+    else:
+        schema.pop("required", None)
+    return schema
+
+
+CONFIG_SCHEMA = config_schema()
 
 DEPLOY_BODY: dict[str, Any] = {
     "required": True,

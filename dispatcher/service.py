@@ -25,19 +25,11 @@ from flotilla.errors import SettingsError
 from flotilla.jobs import JobStore, PostFn, ResultRecorder, parse_hosts
 from flotilla.metrics import DispatcherMetrics
 from flotilla.registry import Deployer, Registry
-from flotilla.settings import DispatcherSettings
+from flotilla.settings import DispatcherSettings, split_listen
 
 log = logging.getLogger(__name__)
 
 CALLBACK_TIMEOUT_S = 10.0
-
-
-def split_listen(listen: str) -> tuple[str, int]:
-    """"host:port" (or "[v6]:port") as (host, port); SettingsError when malformed."""
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise SettingsError(f"listen must be host:port, got {listen!r}")
-    return host.strip("[]") or "127.0.0.1", int(port)
 
 
 def options_from(settings: DispatcherSettings) -> ApiOptions:

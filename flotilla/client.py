@@ -22,15 +22,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Self
 
-from flotilla.envelope import (
-    OK,
-    REPLY_JOB,
-    TIMEOUT,
-    Envelope,
-    Reply,
-    Started,
-    now_ms,
-)
+from flotilla.envelope import REPLY_JOB, Envelope, Reply, Started, now_ms
 from flotilla.errors import (
     BodyTooLarge,
     FunctionNotFound,
@@ -40,6 +32,7 @@ from flotilla.errors import (
     error_for_reply,
 )
 from flotilla.jobs import JobRecord, JobStatus, JobStore, new_id
+from flotilla.outcomes import Outcome
 from flotilla.registry import FunctionNotDeployed, FunctionVersion, Registry
 from flotilla.topology import Topology
 from flotilla.transport import AmqpTransport, BrokerUnavailable, CallTimeout, QueueFull
@@ -63,7 +56,7 @@ class Response:
 
 def raise_for_reply(reply: Reply) -> Response:
     """The response of an `ok` reply; the HTTP API's error for any other outcome."""
-    if reply.outcome == OK:
+    if reply.outcome is Outcome.OK:
         return Response(reply.status, reply.headers, reply.body, reply.invocation_id)
     raise error_for_reply(reply)
 
@@ -169,7 +162,7 @@ class Client:
         except CallTimeout:
             raise FunctionTimeout(
                 f"no reply within {timeout_ms} ms (+{self._margin_ms} ms margin)",
-                outcome=TIMEOUT,
+                outcome=Outcome.TIMEOUT,
                 invocation_id=invocation_id,
             ) from None
         except (QueueFull, BrokerUnavailable) as exc:

@@ -18,6 +18,7 @@ from typing import Any
 import msgpack
 
 from flotilla.errors import FlotillaError
+from flotilla.outcomes import Outcome
 
 FORMAT_VERSION = 1
 
@@ -30,21 +31,6 @@ REPLY_MODES = (REPLY_QUEUE, REPLY_JOB)
 
 # AMQP `type` of a `Started` notice on the job-results queue (replies carry no type).
 STARTED_TYPE = "flotilla.started"
-
-# Outcomes: the sandbox's six, then the ones the worker decides before or around it.
-OK = "ok"
-TIMEOUT = "timeout"
-MEMORY_LIMIT = "memory_limit"
-TRAP = "trap"
-FUNCTION_ERROR = "function_error"
-BAD_RESPONSE = "bad_response"
-EXPIRED = "expired"  # the deadline had passed before the worker could start it
-NOT_FOUND = "not_found"  # the worker has no artifact for (function, digest)
-INTERNAL = "internal"  # a worker-side failure that is not the guest's fault
-OUTCOMES = (
-    OK, TIMEOUT, MEMORY_LIMIT, TRAP, FUNCTION_ERROR, BAD_RESPONSE, EXPIRED, NOT_FOUND, INTERNAL,
-)
-
 
 class EnvelopeError(FlotillaError, ValueError):
     """Bytes that are not a valid envelope or reply of this format version."""
@@ -134,7 +120,7 @@ class Reply:
 
     invocation_id: str
     correlation_id: str
-    outcome: str
+    outcome: Outcome  # a plain string given here is converted (EnvelopeError if unknown)
     status: int = 0  # the function's status when outcome == "ok", else 0
     headers: Headers = ()
     body: bytes = b""
@@ -144,14 +130,18 @@ class Reply:
     version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
-        if self.outcome not in OUTCOMES:
-            raise EnvelopeError(f"outcome must be one of {OUTCOMES}, got {self.outcome!r}")
+        outcome = _OUTCOMES.get(self.outcome) if isinstance(self.outcome, str) else None
+        if outcome is None:
+            raise EnvelopeError(
+                f"outcome must be one of {', '.join(_OUTCOMES)}, got {self.outcome!r}"
+            )
+        object.__setattr__(self, "outcome", outcome)
         object.__setattr__(self, "timings", MappingProxyType(dict(self.timings)))
 
     @property
     def ok(self) -> bool:
         """True when the function returned a response."""
-        return self.outcome == OK
+        return self.outcome is Outcome.OK
 
     def encode(self) -> bytes:
         """msgpack bytes of this reply."""
@@ -232,7 +222,7 @@ class Started:
         return cls(_get(m, "id", str), _get(m, "at", int), m["v"])
 
 
-def reply_to(envelope: Envelope, outcome: str, error: str = "", **fields: Any) -> Reply:
+def reply_to(envelope: Envelope, outcome: Outcome, error: str = "", **fields: Any) -> Reply:
     """A reply to `envelope` (same ids) with the given outcome and fields."""
     return Reply(
         invocation_id=envelope.invocation_id,
@@ -265,7 +255,9 @@ def _unpack(data: bytes, what: str) -> dict[str, Any]:
     return value
 
 
-_OUTCOME_SET = frozenset(OUTCOMES)
+# Wire string -> member: a StrEnum member hashes and compares as its string, so a decoded
+# str finds its member (and a member itself) with one dict lookup.
+_OUTCOMES: dict[str, Outcome] = {o.value: o for o in Outcome}
 _REPLY_MODE_SET = frozenset(REPLY_MODES)
 
 
@@ -319,8 +311,11 @@ def _fast_reply(cls: type[Reply], m: dict[str, Any]) -> Reply | None:
     if not (
         type(iid) is str and type(cid) is str and type(o) is str and type(st) is int
         and type(b) is bytes and type(e) is str and type(h) is list and type(lg) is list
-        and type(t) is dict and o in _OUTCOME_SET
+        and type(t) is dict
     ):
+        return None
+    outcome = _OUTCOMES.get(o)
+    if outcome is None:
         return None
     headers = _string_pairs(h)
     if headers is None:
@@ -340,7 +335,7 @@ def _fast_reply(cls: type[Reply], m: dict[str, Any]) -> Reply | None:
         timings[k] = float(v)
     reply = object.__new__(cls)
     reply.__dict__.update(
-        invocation_id=iid, correlation_id=cid, outcome=o, status=st, headers=headers, body=b,
+        invocation_id=iid, correlation_id=cid, outcome=outcome, status=st, headers=headers, body=b,
         error=e, logs=tuple(logs), timings=MappingProxyType(timings), version=m["v"],
     )
     return reply

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from flotilla.outcomes import Outcome
+
 if TYPE_CHECKING:
     from flotilla.envelope import Reply
 
@@ -174,14 +176,12 @@ def error_for_reply(reply: Reply, *, retry_after_s: int = 1) -> ApiError:
     timeout and expired are 504; not_found and internal (the worker could not run it) are
     503; every guest failure (err, trap, memory limit, bad response) is 502.
     """
-    from flotilla.envelope import EXPIRED, INTERNAL, NOT_FOUND, TIMEOUT
-
     outcome, iid = reply.outcome, reply.invocation_id
-    if outcome in (TIMEOUT, EXPIRED):
+    if outcome in (Outcome.TIMEOUT, Outcome.EXPIRED):
         return FunctionTimeout(
             reply.error or "the function timed out", outcome=outcome, invocation_id=iid
         )
-    if outcome in (NOT_FOUND, INTERNAL):
+    if outcome in (Outcome.NOT_FOUND, Outcome.INTERNAL):
         return Unavailable(
             reply.error or "the worker could not run the function",
             retry_after_s=retry_after_s, outcome=outcome, invocation_id=iid,

@@ -32,7 +32,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from flotilla.envelope import EXPIRED, OK, Reply, Started
+from flotilla.envelope import Reply, Started
+from flotilla.outcomes import Outcome
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +173,7 @@ class JobStatus:
 
 def result_from_reply(reply: Reply) -> dict[str, Any]:
     """The stored result of a job: status, outcome, and the response or the error."""
-    if reply.outcome == OK:
+    if reply.outcome is Outcome.OK:
         return {
             "status": SUCCEEDED,
             "outcome": reply.outcome,
@@ -185,7 +186,7 @@ def result_from_reply(reply: Reply) -> dict[str, Any]:
             "finished_at": time.time(),
         }
     return {
-        "status": STATUS_EXPIRED if reply.outcome == EXPIRED else FAILED,
+        "status": STATUS_EXPIRED if reply.outcome is Outcome.EXPIRED else FAILED,
         "outcome": reply.outcome,
         "response": None,
         "error": {"outcome": reply.outcome, "message": reply.error},

@@ -1,18 +1,43 @@
-"""Process settings: one frozen dataclass per process, loaded from an injectable mapping.
+"""Process settings: one frozen pydantic-settings model per process, loaded from an
+injectable mapping.
 
 Every field maps to one environment variable (`FLOTILLA_<FIELD>`) and one CLI flag
-(`--<field-with-dashes>`); the README's settings table lists them all.
+(`--<field-with-dashes>`, `add_flags`); the README's settings table lists them all. Types
+and ranges are the fields' own (pydantic parses "3" for an int, "true" for a bool); a bad
+value is a `SettingsError` naming the variable: `FLOTILLA_CONCURRENCY: must be >= 0, got -1`.
+
+Constructing a settings object reads nothing but its arguments: the environment comes in
+through `from_env(environ)` only (os.environ when none is given), so tests and embedders
+decide what a process sees.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 from collections.abc import Mapping
-from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Literal, Self, TypeVar, get_args, get_origin
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_core import ErrorDetails
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+from pydantic_settings.sources.utils import parse_env_vars
 
 from flotilla.errors import SettingsError
+
+ENV_PREFIX = "FLOTILLA_"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def env_name(field: str) -> str:
+    """The environment variable of a settings field."""
+    return ENV_PREFIX + field.upper()
 
 
 def _default_cache_dir() -> str:
@@ -20,107 +45,140 @@ def _default_cache_dir() -> str:
     return str(Path(base) / "flotilla")
 
 
-def _setting(default: Any = MISSING, *, help: str, factory: Any = MISSING) -> Any:
-    if factory is not MISSING:
-        return field(default_factory=factory, metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+def split_listen(listen: str) -> tuple[str, int]:
+    """"host:port" (or "[v6]:port") as (host, port); SettingsError when malformed."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise SettingsError(f"listen must be host:port, got {listen!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
 
 
-@dataclass(frozen=True)
-class _Base:
-    """Shared loading logic; subclasses only declare fields."""
+class _Base(BaseSettings):
+    """Shared fields and loading; subclasses only declare fields."""
 
-    amqp_url: str = _setting(
-        "amqp://guest:guest@127.0.0.1:5672/", help="RabbitMQ URL (AMQP 0-9-1)"
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_ignore_empty=True, frozen=True, extra="forbid"
     )
-    redis_url: str = _setting("redis://127.0.0.1:6379/0", help="Redis URL (cache, registry, jobs)")
-    aws_endpoint_url: str | None = _setting(
-        None, help="S3/DynamoDB endpoint for local or compatible services (default: AWS)"
+
+    amqp_url: str = Field(
+        default="amqp://guest:guest@127.0.0.1:5672/", description="RabbitMQ URL (AMQP 0-9-1)"
     )
-    aws_region: str = _setting("us-east-1", help="AWS region for S3 and DynamoDB")
-    artifact_bucket: str = _setting(
-        "flotilla-artifacts", help="S3 bucket holding components and compiled artifacts"
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0", description="Redis URL (cache, registry, jobs)"
     )
-    artifact_key: str = _setting(
-        "", help="HMAC-SHA256 key that authenticates compiled artifacts (required outside dev)"
+    aws_endpoint_url: str | None = Field(
+        default=None,
+        description="S3/DynamoDB endpoint for local or compatible services (default: AWS)",
     )
-    queue_prefix: str = _setting(
-        "flotilla", help="Prefix of every queue and exchange name (isolates deployments and tests)"
+    aws_region: str = Field(default="us-east-1", description="AWS region for S3 and DynamoDB")
+    artifact_bucket: str = Field(
+        default="flotilla-artifacts",
+        description="S3 bucket holding components and compiled artifacts",
     )
-    cache_dir: str = _setting(
-        help="Local directory for compiled artifacts and built guests", factory=_default_cache_dir
+    artifact_key: str = Field(
+        default="",
+        description="HMAC-SHA256 key that authenticates compiled artifacts (required outside dev)",
     )
-    log_level: str = _setting("INFO", help="Log level: DEBUG, INFO, WARNING, ERROR")
-    queue_max_length: int = _setting(
-        100_000,
-        help="Most envelopes the invocation queue holds; publishes past it are refused (503). "
-        "Workers and dispatchers of one prefix must agree: it is a queue argument",
+    queue_prefix: str = Field(
+        default="flotilla", min_length=1,
+        description="Prefix of every queue and exchange name (isolates deployments and tests)",
     )
-    log_format: str = _setting(
-        "json", help="Log lines as json (one object per line) or text (human-readable)"
+    cache_dir: str = Field(
+        default_factory=_default_cache_dir,
+        description="Local directory for compiled artifacts and built guests",
     )
+    log_level: str = Field(default="INFO", description="Log level: " + ", ".join(LOG_LEVELS))
+    queue_max_length: int = Field(
+        default=100_000, ge=1,
+        description="Most envelopes the invocation queue holds; publishes past it are refused "
+        "(503). Workers and dispatchers of one prefix must agree: it is a queue argument",
+    )
+    log_format: Literal["json", "text"] = Field(
+        default="json",
+        description="Log lines as json (one object per line) or text (human-readable)",
+    )
+
+    def __init__(self, **values: Any) -> None:
+        """Validate `values` (and nothing else: see `from_env`); SettingsError names the
+        variable of the first bad one."""
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise SettingsError(_describe(exc)) from None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Constructor arguments only: no hidden read of os.environ, .env or secret files."""
+        return (init_settings,)
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, level: str) -> str:
+        if level.upper() not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}, got {level!r}")
+        return level
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Self:
-        """Read `FLOTILLA_*` variables from `environ` (default os.environ); overrides win."""
-        env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            name = "FLOTILLA_" + f.name.upper()
-            if name in env and env[name] != "":
-                values[f.name] = _parse(f.name, f.type, env[name])
+        """Read `FLOTILLA_*` variables from `environ` (default os.environ); overrides that
+        are not None win; empty variables count as unset."""
+        values = _EnvironSource(cls, os.environ if environ is None else environ)()
         values.update({k: v for k, v in overrides.items() if v is not None})
-        try:
-            return cls(**values)
-        except TypeError as exc:
-            raise SettingsError(str(exc)) from exc
+        return cls(**values)
 
     def with_(self, **changes: Any) -> Self:
-        """A copy with some fields changed."""
-        return replace(self, **changes)
+        """A copy with some fields changed (validated again)."""
+        return type(self)(**{**self.model_dump(), **changes})
 
 
-def _parse(name: str, type_name: Any, raw: str) -> Any:
-    type_text = str(type_name)
-    try:
-        if type_text.startswith("int"):
-            return int(raw)
-        if type_text.startswith("float"):
-            return float(raw)
-        if type_text.startswith("bool"):
-            if raw.lower() in ("1", "true", "yes", "on"):
-                return True
-            if raw.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(raw)
-    except ValueError:
-        raise SettingsError(f"FLOTILLA_{name.upper()}={raw!r} is not a valid {type_text}") from None
-    return raw
+class _EnvironSource(EnvSettingsSource):
+    """pydantic-settings' environment source over a given mapping instead of os.environ."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._environ = environ  # before super(): its __init__ loads the variables
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return parse_env_vars(
+            self._environ, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str
+        )
 
 
-@dataclass(frozen=True)
 class WorkerSettings(_Base):
     """Settings of a worker process."""
 
-    concurrency: int = _setting(
-        0, help="Invocations run at once per process (0: number of CPU cores)"
+    concurrency: int = Field(
+        default=0, ge=0,
+        description="Invocations run at once per process (0: number of CPU cores)",
     )
-    prefetch: int = _setting(
-        0, help="Unacked deliveries held per process (0: 16 x concurrency)"
+    prefetch: int = Field(
+        default=0, ge=0,
+        description="Unacked deliveries held per process (0: 16 x concurrency)",
     )
-    poison_runs: int = _setting(
-        3,
-        help="Starts after which an envelope that keeps killing its worker is dead-lettered "
-        "(counted in Redis for redelivered envelopes only)",
+    poison_runs: int = Field(
+        default=3, ge=1,
+        description="Starts after which an envelope that keeps killing its worker is "
+        "dead-lettered (counted in Redis for redelivered envelopes only)",
     )
-    metrics_port: int = _setting(9102, help="Port of the worker's /metrics, /healthz, /readyz")
-    drain_timeout_s: float = _setting(
-        30.0, help="On SIGTERM, how long in-flight invocations may take to finish"
+    metrics_port: int = Field(
+        default=9102, ge=0, le=65535,
+        description="Port of the worker's /metrics, /healthz, /readyz (0: any free port)",
     )
-    max_abandoned_threads: int = _setting(
-        0,
-        help="Threads left blocked in a host call past their timeout before the worker stops "
-        "taking work (0: 2 x concurrency)",
+    drain_timeout_s: float = Field(
+        default=30.0, gt=0,
+        description="On SIGTERM, how long in-flight invocations may take to finish",
+    )
+    max_abandoned_threads: int = Field(
+        default=0, ge=0,
+        description="Threads left blocked in a host call past their timeout before the worker "
+        "stops taking work (0: 2 x concurrency)",
     )
 
     def effective_concurrency(self) -> int:
@@ -142,19 +200,96 @@ class WorkerSettings(_Base):
         return self.prefetch or 16 * self.effective_concurrency()
 
 
-@dataclass(frozen=True)
 class DispatcherSettings(_Base):
     """Settings of a dispatcher process."""
 
-    listen: str = _setting("127.0.0.1:8080", help="host:port of the HTTP API")
-    job_ttl_s: int = _setting(86_400, help="How long job results are kept in Redis")
-    reply_margin_ms: int = _setting(
-        2_000, help="How long past a function's timeout a synchronous caller is held"
+    listen: str = Field(default="127.0.0.1:8080", description="host:port of the HTTP API")
+    job_ttl_s: int = Field(
+        default=86_400, ge=1, description="How long job results are kept in Redis"
     )
-    insecure: bool = _setting(False, help="Serve without API keys (never in production)")
-    admin_key: str = _setting(
-        "", help="Bootstrap API key holding every scope (create real keys with it, then unset)"
+    reply_margin_ms: int = Field(
+        default=2_000, ge=0,
+        description="How long past a function's timeout a synchronous caller is held",
     )
-    callback_hosts: str = _setting(
-        "", help="Comma-separated hosts that job callbacks may be POSTed to"
+    insecure: bool = Field(
+        default=False, description="Serve without API keys (never in production)"
     )
+    admin_key: str = Field(
+        default="",
+        description="Bootstrap API key holding every scope (create real keys with it, then unset)",
+    )
+    callback_hosts: str = Field(
+        default="", description="Comma-separated hosts that job callbacks may be POSTed to"
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _host_and_port(cls, listen: str) -> str:
+        try:
+            split_listen(listen)
+        except SettingsError as exc:
+            raise ValueError(f"must be host:port with a port of 1-65535, got {listen!r}") from exc
+        return listen
+
+
+S = TypeVar("S", bound=_Base)
+
+
+def add_flags(parser: argparse.ArgumentParser, cls: type[_Base]) -> None:
+    """One `--field-name` flag per settings field, parsed to the field's type, default None
+    (unset: the environment variable, then the field's default apply)."""
+    for name, field in cls.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        help_text = f"{field.description} (env {env_name(name)})"
+        kind = _scalar(field.annotation)
+        if kind is bool:
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
+                                default=None, help=help_text)
+        elif get_origin(kind) is Literal:
+            parser.add_argument(flag, dest=name, choices=get_args(kind), default=None,
+                                help=help_text)
+        else:
+            parser.add_argument(flag, dest=name, type=kind, default=None, help=help_text)
+
+
+def from_args(cls: type[S], args: argparse.Namespace) -> S:
+    """The settings object: environment first, flags given on the command line win."""
+    return cls.from_env(**{name: getattr(args, name, None) for name in cls.model_fields})
+
+
+def _scalar(annotation: Any) -> Any:
+    """`int` of `int | None`; other annotations as they are."""
+    members = [a for a in get_args(annotation) if a is not type(None)]
+    return members[0] if get_origin(annotation) is not Literal and members else annotation
+
+
+def _describe(exc: ValidationError) -> str:
+    """The first error, as "VARIABLE: what is wrong, got what"."""
+    error = exc.errors()[0]
+    field = str(error["loc"][0]) if error["loc"] else ""
+    return f"{env_name(field)}: {_problem(error)}"
+
+
+def _problem(error: ErrorDetails) -> str:
+    kind, value, ctx = error["type"], error.get("input"), error.get("ctx", {})
+    bounds = {"greater_than_equal": (">=", "ge"), "greater_than": (">", "gt"),
+              "less_than_equal": ("<=", "le"), "less_than": ("<", "lt")}
+    if kind in bounds:
+        op, key = bounds[kind]
+        bound = ctx[key]
+        if isinstance(bound, float) and bound.is_integer():
+            bound = int(bound)  # "> 0", not "> 0.0", for a float field
+        return f"must be {op} {bound}, got {value}"
+    if kind.startswith("int_"):
+        return f"must be an integer, got {value!r}"
+    if kind.startswith("float_"):
+        return f"must be a number, got {value!r}"
+    if kind.startswith("bool_"):
+        return f"must be true or false, got {value!r}"
+    if kind == "literal_error":
+        return f"must be one of {ctx['expected']}, got {value!r}"
+    if kind == "value_error":
+        return str(ctx.get("error", error["msg"]))
+    if kind == "extra_forbidden":
+        return "is not a setting"
+    return f"{error['msg']}, got {value!r}"

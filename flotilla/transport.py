@@ -28,7 +28,6 @@ from typing import Any, Protocol, Self, cast
 
 import aio_pika
 import aiormq
-import pamqp.frame
 from aio_pika.abc import (
     AbstractChannel,
     AbstractIncomingMessage,
@@ -37,10 +36,8 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 from aiormq.abc import ChannelFrame
-from pamqp.body import ContentBody
-from pamqp.header import ContentHeader
 
-from flotilla.amqp import connect_robust
+from flotilla import amqp
 from flotilla.envelope import (
     REPLY_JOB,
     REPLY_QUEUE,
@@ -131,7 +128,7 @@ class AmqpTransport:
     async def start(self) -> None:
         """Connect, declare the topology (unless told not to) and the reply queue."""
         try:
-            self._connection = await connect_robust(
+            self._connection = await amqp.connect_robust(
                 self._url,
                 client_properties={"connection_name": self._connection_name},
                 reconnect_interval=RECONNECT_INTERVAL_S,
@@ -292,8 +289,9 @@ class AmqpTransport:
         future, message id for returns) but under a lock, a timeout and two context
         managers per call, and it makes its caller wait for the confirm. Here the frames
         go to the connection's write queue first, and the delivery tag is taken right
-        after, in the same step: the broker numbers a channel's publishes in the order
-        they reach it, which is this order. Every publish on this channel comes here.
+        after, in the same step (`flotilla.amqp`): the broker numbers a channel's publishes
+        in the order they reach it, which is this order. Every publish on this channel
+        comes here.
         TimeoutError when the channel or the write queue could not take it by `deadline`.
         """
         channel = self._publisher
@@ -301,23 +299,13 @@ class AmqpTransport:
             async with asyncio.timeout_at(deadline):
                 channel = await self._reopened_channel()
         frame = self._publish_frame(channel, envelope)
-        queue = channel.write_queue
-        if queue.full():  # the writer is behind: wait for room (rare)
+        if not amqp.queue_frame(channel, frame):  # the writer is behind: wait for room (rare)
             async with asyncio.timeout_at(deadline):
-                await queue.put(frame)
+                await amqp.put_frame(channel, frame)
             if channel.is_closed:
                 raise BrokerUnavailable("publish failed: the channel closed")
-        else:
-            queue.put_nowait(frame)
         # No await since the frame went in: the tag is this publish's.
-        channel.delivery_tag += 1
-        tag = channel.delivery_tag
-        confirmation = channel.create_future()
-        channel.confirmations[tag] = confirmation
-        message_id = envelope.invocation_id
-        channel.message_id_delivery_tag[message_id] = tag
-        confirmation.add_done_callback(partial(_forget_message_id, channel, message_id, tag))
-        return confirmation
+        return amqp.expect_confirm(channel, envelope.invocation_id)
 
     async def _reopened_channel(self) -> aiormq.Channel:
         # Before the first publish and after a reconnect: wait for the (new) channel.
@@ -343,20 +331,12 @@ class AmqpTransport:
             reply_to=envelope.reply_to or None,
             expiration=str(ttl) if ttl is not None else None,
         )
-        number = channel.number
-        if self._method_frame[0] != number:
+        if self._method_frame[0] != channel.number:
             method = aiormq.spec.Basic.Publish(
                 exchange="", routing_key=self._topology.invocations, mandatory=True
             )
-            self._method_frame = (number, pamqp.frame.marshal(method, number))
-        parts = [
-            self._method_frame[1],
-            pamqp.frame.marshal(ContentHeader(body_size=len(body), properties=properties), number),
-        ]
-        size = channel.max_content_size
-        for at in range(0, len(body), size):
-            parts.append(pamqp.frame.marshal(ContentBody(body[at:at + size]), number))
-        return ChannelFrame(payload=b"".join(parts), should_close=False)
+            self._method_frame = (channel.number, amqp.marshal(method, channel))
+        return amqp.publish_frame(channel, self._method_frame[1], body, properties)
 
     async def _on_reply(self, message: aiormq.abc.DeliveredMessage) -> None:
         try:
@@ -384,14 +364,6 @@ async def _on_started(message: AbstractIncomingMessage, on_started: JobStartedHa
     except Exception:
         log.exception("job started handler failed")
     await message.ack()
-
-
-def _forget_message_id(
-    channel: aiormq.Channel, message_id: str, tag: int, _: asyncio.Future[Any]
-) -> None:
-    # What aiormq's basic_publish does once a publish is settled.
-    if channel.message_id_delivery_tag.get(message_id) == tag:
-        del channel.message_id_delivery_tag[message_id]
 
 
 def _refusal(result: Any) -> TransportError | None:

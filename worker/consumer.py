@@ -33,17 +33,17 @@ import bisect
 import collections
 import logging
 from concurrent.futures import Executor
-from typing import Any
+from typing import Any, cast
 
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractQueue, AbstractRobustConnection
-from aiormq.abc import ChannelFrame, DeliveredMessage
+from aiormq.abc import DeliveredMessage
 from pamqp import commands as spec
-from pamqp.body import ContentBody
-from pamqp.header import ContentHeader
 
-from flotilla.envelope import NOT_FOUND, STARTED_TYPE, Started
+from flotilla import amqp
+from flotilla.envelope import STARTED_TYPE, Started
 from flotilla.metrics import WorkerMetrics
+from flotilla.outcomes import Outcome
 from flotilla.topology import Topology
 from worker.executor import InvocationPool
 from worker.handler import EnvelopeHandler, Handled, Settle
@@ -83,7 +83,7 @@ class Consumer:
         self._tag: str | None = None
         self._acks: _Acks | None = None  # those of the channel consumed now
         # The aiormq channels under the job (True) and reply (False) channels, as last seen.
-        self._underlays: dict[bool, aiormq.abc.AbstractChannel] = {}
+        self._underlays: dict[bool, aiormq.Channel] = {}
         self._stopping = False
         self._stop = asyncio.Event()
         self._metrics = metrics
@@ -110,7 +110,7 @@ class Consumer:
     async def _consume(self) -> None:
         """Consume the queue on the robust channel's current aiormq channel."""
         assert self._channel is not None and self._queue is not None
-        underlay = await self._channel.get_underlay_channel()
+        underlay = cast(aiormq.Channel, await self._channel.get_underlay_channel())
         same = self._acks is not None and self._acks.channel is underlay
         if same and self._tag is not None:
             return  # already consuming on this one
@@ -204,7 +204,8 @@ class Consumer:
         tag = int(message.delivery.delivery_tag)  # type: ignore[union-attr,arg-type]
         acks = self._acks
         if acks is None or acks.channel is not message.channel:
-            acks = _Acks(message.channel)  # not the channel consumed now (cannot happen)
+            # Not the channel consumed now (cannot happen).
+            acks = _Acks(cast(aiormq.Channel, message.channel))
         acks.delivered(tag)
         decision: Settle | None = Settle.REQUEUE
         try:
@@ -286,7 +287,8 @@ class Consumer:
         # aiormq directly: aio-pika's Message/Exchange layers cost more than the publish.
         underlay = self._underlays.get(job)
         if underlay is None or underlay.is_closed:  # first reply, or reopened since
-            underlay = self._underlays[job] = await channel.get_underlay_channel()
+            underlay = cast(aiormq.Channel, await channel.get_underlay_channel())
+            self._underlays[job] = underlay
         properties = aiormq.spec.Basic.Properties(
             correlation_id=reply.correlation_id,
             message_id=reply.invocation_id,
@@ -297,7 +299,7 @@ class Consumer:
         body = reply.encode()
         # A sync reply is only queued for the connection's writer, ahead of the delivery's
         # ack; job results wait for the broker's confirm (acked only once it has them).
-        if not job and _queue_publish(underlay, body, handled.route, properties):
+        if not job and amqp.queue_publish(underlay, body, handled.route, properties):
             return
         await underlay.basic_publish(  # type: ignore[call-arg]  # `wait`: not in aiormq's ABC
             body, routing_key=handled.route, properties=properties, wait=job
@@ -367,9 +369,7 @@ class _Acks:
     must not hold a prefetch slot for as long as the slow invocation runs.
     """
 
-    def __init__(
-        self, channel: aiormq.abc.AbstractChannel, straggler_s: float = STRAGGLER_ACK_S
-    ) -> None:
+    def __init__(self, channel: aiormq.Channel, straggler_s: float = STRAGGLER_ACK_S) -> None:
         self.channel = channel
         self._straggler_s = straggler_s
         self._outstanding: collections.deque[int] = collections.deque()  # in tag order
@@ -460,49 +460,9 @@ class _Acks:
 
     def _send(self, frame: spec.Basic.Ack | spec.Basic.Nack | spec.Basic.Reject) -> None:
         # What aiormq's basic_ack/basic_nack/basic_reject(wait=False) do, without a task per
-        # frame: marshal it and queue it for the connection's writer, behind the replies
-        # already queued (one FIFO per connection: replies leave before their acks).
-        channel: Any = self.channel
-        payload = ChannelFrame.marshall(channel_number=channel.number, frames=[frame])
-        try:
-            channel.write_queue.put_nowait(payload)
-        except asyncio.QueueFull:  # the writer is behind: wait for room in a task
-            task = asyncio.ensure_future(channel.write_queue.put(payload))
-            _background.add(task)
-            task.add_done_callback(_background.discard)
-
-
-_background: set[asyncio.Future[None]] = set()
-
-
-def _queue_publish(
-    channel: aiormq.abc.AbstractChannel,
-    body: bytes,
-    routing_key: str,
-    properties: spec.Basic.Properties,
-) -> bool:
-    """Queue an unconfirmed publish of a one-frame body for the connection's writer, as
-    aiormq's `basic_publish(wait=False)` does without publisher confirms, minus its per-call
-    machinery (lock, timeout scope, close watcher: a third of a reply's cost on the event
-    loop). False when this fast path does not apply (confirms on, a body needing several
-    frames, a long routing key, the writer's queue full): use `basic_publish` then.
-    """
-    ch: Any = channel
-    if ch.is_closed:
-        raise aiormq.exceptions.ChannelInvalidStateError(f"{ch!r} closed")
-    if ch.publisher_confirms or len(body) >= ch.max_content_size or len(routing_key) > 255:
-        return False
-    frames: list[Any] = [
-        spec.Basic.Publish(exchange="", routing_key=routing_key),
-        ContentHeader(properties=properties, body_size=len(body)),
-    ]
-    if body:
-        frames.append(ContentBody(body))
-    try:
-        ch.write_queue.put_nowait(ChannelFrame.marshall(channel_number=ch.number, frames=frames))
-    except asyncio.QueueFull:
-        return False
-    return True
+        # frame: behind the replies already queued (one FIFO per connection: replies leave
+        # before their acks).
+        amqp.send_frames(self.channel, (frame,))
 
 
 class _Slots:
@@ -558,4 +518,4 @@ def _redeliveries(message: DeliveredMessage) -> int:
 def _label(handled: Handled) -> str:
     # Unknown functions would make the label set unbounded.
     assert handled.reply is not None
-    return handled.function if handled.reply.outcome != NOT_FOUND else "-"
+    return handled.function if handled.reply.outcome is not Outcome.NOT_FOUND else "-"

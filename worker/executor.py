@@ -32,7 +32,9 @@ TICK_S = 0.05  # how often the watchdog looks, while runs are in flight
 
 
 @dataclass(eq=False)
-class _Run:
+class _WatchedRun:
+    """A delivery running on a pool thread, watched by the pool until it is due."""
+
     watch: Watch
     result: asyncio.Future[Handled]
     thread: concurrent.futures.Future[Handled]
@@ -58,7 +60,7 @@ class InvocationPool:
         self._grace_ms = grace_ms
         self._tick_s = tick_s
         self._clock = clock
-        self._runs: set[_Run] = set()
+        self._runs: set[_WatchedRun] = set()
         self._watchdog: asyncio.Task[None] | None = None
         self._room = asyncio.Event()
         self._room.set()
@@ -87,7 +89,7 @@ class InvocationPool:
         watch = Watch()
         result: asyncio.Future[Handled] = loop.create_future()
         thread = self._executor.submit(self._handler.handle, body, redeliveries, on_start, watch)
-        run = _Run(watch, result, thread)
+        run = _WatchedRun(watch, result, thread)
         thread.add_done_callback(lambda _: _call_soon(loop, self._finished, run))
         self._runs.add(run)
         if self._watchdog is None:
@@ -97,7 +99,7 @@ class InvocationPool:
         finally:
             self._runs.discard(run)
 
-    def _finished(self, run: _Run) -> None:
+    def _finished(self, run: _WatchedRun) -> None:
         # On the loop, once the thread returned (maybe long after it was abandoned).
         if run.watch.abandoned:
             self.abandoned -= 1
@@ -128,7 +130,7 @@ class InvocationPool:
         finally:
             self._watchdog = None
 
-    def _abandon(self, run: _Run, late_ms: int) -> None:
+    def _abandon(self, run: _WatchedRun, late_ms: int) -> None:
         envelope = run.watch.envelope
         log.warning(
             "invocation %s of %s still blocked %d ms past its timeout: answering timeout and "
@@ -143,7 +145,7 @@ class InvocationPool:
 
 
 def _call_soon(
-    loop: asyncio.AbstractEventLoop, callback: Callable[[_Run], None], run: _Run
+    loop: asyncio.AbstractEventLoop, callback: Callable[[_WatchedRun], None], run: _WatchedRun
 ) -> None:
     try:
         loop.call_soon_threadsafe(callback, run)

@@ -28,20 +28,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from flotilla import logs
-from flotilla.envelope import (
-    EXPIRED,
-    INTERNAL,
-    NOT_FOUND,
-    REPLY_JOB,
-    TIMEOUT,
-    Envelope,
-    EnvelopeError,
-    Reply,
-    Started,
-    now_ms,
-    reply_to,
-)
+from flotilla.envelope import REPLY_JOB, Envelope, EnvelopeError, Reply, Started, now_ms, reply_to
 from flotilla.metrics import WorkerMetrics
+from flotilla.outcomes import Outcome
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +186,7 @@ class EnvelopeHandler:
         watch.abandoned = True
         reply = reply_to(
             envelope,
-            TIMEOUT,
+            Outcome.TIMEOUT,
             f"the function did not return by its timeout: blocked in a host call (a WASI "
             f"poll such as sleep) {blocked_ms} ms past it; its thread was abandoned",
         )
@@ -228,7 +217,9 @@ class EnvelopeHandler:
         queued_ms = now - envelope.published_ms if envelope.published_ms > 0 else None
         budget = run_timeout_ms(envelope.remaining_ms(now))
         if budget is None:
-            reply = reply_to(envelope, EXPIRED, "the invocation's deadline passed before it ran")
+            reply = reply_to(
+                envelope, Outcome.EXPIRED, "the invocation's deadline passed before it ran"
+            )
             return Handled(Settle.ACK, reply, route, envelope.function, queued_ms)
         if redeliveries > 0 and self._runs is not None:
             runs = self._runs.count_run(envelope.invocation_id)
@@ -242,7 +233,7 @@ class EnvelopeHandler:
                 )
                 reply = reply_to(
                     envelope,
-                    INTERNAL,
+                    Outcome.INTERNAL,
                     f"the invocation was dead-lettered: it started {started_before} times "
                     "and each time its worker process died",
                 )
@@ -264,7 +255,7 @@ class EnvelopeHandler:
             log.exception("invocation %s failed in the worker", envelope.invocation_id)
             reply = reply_to(
                 envelope,
-                INTERNAL,
+                Outcome.INTERNAL,
                 f"worker error: {type(exc).__name__}: {exc}",
                 timings={"total_ms": (time.perf_counter() - started) * 1000},
             )
@@ -281,10 +272,10 @@ def observe(metrics: WorkerMetrics, handled: Handled) -> None:
     if reply is None:
         metrics.dead_lettered.labels("malformed").inc()
         return
-    if reply.outcome == EXPIRED:
+    if reply.outcome is Outcome.EXPIRED:
         metrics.expired.inc()
     # Names of functions the worker could not find are unbounded: keep them out of labels.
-    function = handled.function if reply.outcome != NOT_FOUND else "-"
+    function = handled.function if reply.outcome is not Outcome.NOT_FOUND else "-"
     metrics.invocations.labels(function, reply.outcome).inc()
     if handled.queued_ms is not None:
         metrics.queue_wait.labels(function).observe(max(0, handled.queued_ms) / 1000)

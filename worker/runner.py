@@ -10,7 +10,8 @@ import dataclasses
 import time
 from typing import Any
 
-from flotilla.envelope import NOT_FOUND, Envelope, Reply, reply_to
+from flotilla.envelope import Envelope, Reply, reply_to
+from flotilla.outcomes import Outcome
 from worker.artifacts import ArtifactCache, ArtifactNotFound
 from worker.handler import arm_watch
 
@@ -45,7 +46,7 @@ class SandboxRunner:
         try:
             fn, config = self._artifacts.get(envelope.function, envelope.digest)
         except ArtifactNotFound as exc:
-            return reply_to(envelope, NOT_FOUND, str(exc))
+            return reply_to(envelope, Outcome.NOT_FOUND, str(exc))
         load_ms = (time.perf_counter() - started) * 1000
         timeout = capped_timeout_ms(config.timeout_ms, timeout_ms)
         if timeout != config.timeout_ms:
@@ -68,7 +69,7 @@ class SandboxRunner:
         return Reply(
             invocation_id=envelope.invocation_id,
             correlation_id=envelope.correlation_id,
-            outcome=str(result.outcome.value),
+            outcome=result.outcome,
             status=response.status if response is not None else 0,
             headers=tuple(response.headers) if response is not None else (),
             body=bytes(response.body) if response is not None else b"",

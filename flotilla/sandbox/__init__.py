@@ -7,7 +7,7 @@ interfaces), `components` (validation, compile cache), `abi` (fast C value conve
 optional C accelerator `_fastcall`, built by setup.py; ctypes `capi` is the fallback).
 
 The names below load on first use, so a host interface can import `abi` without pulling in
-the linker that imports the host interfaces.
+the linker that imports the host interfaces. `Outcome` is `flotilla.outcomes.Outcome`.
 """
 
 from __future__ import annotations
@@ -16,12 +16,13 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from flotilla.sandbox.results import InvocationResult, Outcome, Request, Response, Timings
+    from flotilla.outcomes import Outcome
+    from flotilla.sandbox.results import InvocationResult, Request, Response, Timings
     from flotilla.sandbox.sandbox import LoadedFunction, RequestTooLarge, Sandbox, new_request
 
 _WHERE = {
     "InvocationResult": "results",
-    "Outcome": "results",
+    "Outcome": "outcomes",
     "Request": "results",
     "Response": "results",
     "Timings": "results",
@@ -48,4 +49,6 @@ def __getattr__(name: str) -> Any:
     module = _WHERE.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if module == "outcomes":
+        return getattr(import_module("flotilla.outcomes"), name)
     return getattr(import_module(f"{__name__}.{module}"), name)

@@ -153,7 +153,7 @@ class CacheStats:
     discarded: int = 0
 
 
-class ArtifactCache:
+class CompileCache:
     """Compiled components on disk, keyed by sha256(component) under the engine fingerprint."""
 
     def __init__(self, engine: wasmtime.Engine, cache_dir: str | Path, fingerprint: str) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flotilla.sandbox.results import Outcome
+from flotilla.outcomes import Outcome
 
 # Text wasmtime or common guest runtimes produce when linear memory runs out: the store
 # limiter makes memory.grow fail (-1), and the guest's allocator then aborts.

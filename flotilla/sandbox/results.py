@@ -1,11 +1,15 @@
-"""What goes into and comes out of one invocation: Request, Response, Outcome, InvocationResult."""
+"""What goes into and comes out of one invocation: Request, Response, InvocationResult.
+
+The outcome is `flotilla.outcomes.Outcome` (the one enum of sandbox, wire and API; the
+sandbox decides its first six members).
+"""
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass, field
 
 from flotilla.hosts.base import SYNC_CALL, CallInfo, LogRecord
+from flotilla.outcomes import Outcome
 
 
 @dataclass(frozen=True)
@@ -26,17 +30,6 @@ class Response:
     status: int
     headers: tuple[tuple[str, str], ...] = ()
     body: bytes = b""
-
-
-class Outcome(str, enum.Enum):
-    """How an invocation ended; every value but `ok` is a failure the caller can tell apart."""
-
-    OK = "ok"  # handle returned ok(response) within every limit
-    TIMEOUT = "timeout"  # the epoch deadline (config.timeout_ms) interrupted the guest
-    MEMORY_LIMIT = "memory_limit"  # linear memory hit config.memory_limit_mb
-    TRAP = "trap"  # the guest trapped (unreachable, stack overflow, wasi exit, ...)
-    FUNCTION_ERROR = "function_error"  # handle returned err(string)
-    BAD_RESPONSE = "bad_response"  # the response broke a limit (body size, status range)
 
 
 @dataclass(frozen=True)

@@ -26,12 +26,13 @@ from wasmtime.component import Component, ExportIndex
 from flotilla.config import MIB, FunctionConfig
 from flotilla.errors import ArtifactError, ComponentError, FlotillaError
 from flotilla.hosts.base import InvocationContext
+from flotilla.outcomes import Outcome
 from flotilla.sandbox import abi, capi, fastpath, rawabi
-from flotilla.sandbox.components import ArtifactCache, check_world, has_raw_export
+from flotilla.sandbox.components import CompileCache, check_world, has_raw_export
 from flotilla.sandbox.engine import EngineHandle, EngineSettings, build_engine
 from flotilla.sandbox.linker import HostLinker
 from flotilla.sandbox.outcomes import check_response, classify_error
-from flotilla.sandbox.results import InvocationResult, Outcome, Request, Response, Timings
+from flotilla.sandbox.results import InvocationResult, Request, Response, Timings
 from flotilla.sandbox.wasi import CapturedOutput, GuestEnv, OutputRouter
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ class Sandbox:
         self.engine = self._engine.engine
         self.engine_fingerprint: str = self._engine.fingerprint
         self._linker = HostLinker(self.engine, hosts)
-        self.cache = ArtifactCache(self.engine, cache_dir, self.engine_fingerprint)
+        self.cache = CompileCache(self.engine, cache_dir, self.engine_fingerprint)
         self._output = OutputRouter()
         self._engine_ptr = capi.address(self.engine.ptr())
         self._linker_ptr = capi.address(self._linker.linker.ptr())
@@ -189,7 +190,7 @@ class Sandbox:
             config, request.invocation_id, monotonic() + config.timeout_ms / 1000.0,
             call=request.call,
         )
-        run = _Run(ctx, CapturedOutput(ctx), config.max_body_bytes, t0)
+        run = _Invocation(ctx, CapturedOutput(ctx), config.max_body_bytes, t0)
         key = self._output.register(run.output)
         try:
             if self._fast is not None:
@@ -199,7 +200,7 @@ class Sandbox:
             self._output.unregister(key)
 
     def _invoke_fast(
-        self, fn: LoadedFunction, request: Request, run: _Run, key: int
+        self, fn: LoadedFunction, request: Request, run: _Invocation, key: int
     ) -> InvocationResult:
         # The whole sequence (store, WASI, instantiate, call, read the result, post-return,
         # drop) is one C call; wasm runs with the GIL released, host callbacks take it back.
@@ -255,7 +256,7 @@ class Sandbox:
         return run.failure(err)
 
     def _invoke_ctypes(
-        self, fn: LoadedFunction, request: Request, run: _Run, key: int
+        self, fn: LoadedFunction, request: Request, run: _Invocation, key: int
     ) -> InvocationResult:
         store = capi.store_new(self._engine_ptr, None, None)
         try:
@@ -273,7 +274,7 @@ class Sandbox:
         return run.retimed(result)  # count the store teardown, as the C path does
 
     def _run(
-        self, fn: LoadedFunction, request: Request, run: _Run, context: int
+        self, fn: LoadedFunction, request: Request, run: _Invocation, context: int
     ) -> InvocationResult:
         phases = run.phases
         phases[1] = phases[2] = phases[3] = perf_counter()
@@ -338,7 +339,7 @@ class Sandbox:
         self._engine.close()
 
 
-class _Run:
+class _Invocation:
     """One invocation's context, captured output and phase clock, and how it ends."""
 
     __slots__ = ("ctx", "max_body", "output", "phases", "t0")

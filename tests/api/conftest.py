@@ -14,10 +14,11 @@ import redis.asyncio as aioredis
 
 from dispatcher.app import ApiOptions, create_app
 from flotilla.artifacts import ArtifactStore, S3Backend
-from flotilla.envelope import OK, Envelope, Reply
+from flotilla.envelope import Envelope, Reply
 from flotilla.errors import ComponentError
 from flotilla.jobs import JobStore, ResultRecorder
 from flotilla.metrics import DispatcherMetrics
+from flotilla.outcomes import Outcome
 from flotilla.registry import Deployer, Registry
 from tests.guests.build import echo_wasm, probe_wasm  # noqa: F401 - fixtures
 
@@ -36,7 +37,7 @@ def echo(envelope: Envelope) -> Reply:
     return Reply(
         invocation_id=envelope.invocation_id,
         correlation_id=envelope.correlation_id,
-        outcome=OK,
+        outcome=Outcome.OK,
         status=200,
         headers=(("content-type", "application/octet-stream"), ("x-digest", envelope.digest))
         + tuple((f"x-echo-{k}", v) for k, v in envelope.headers if k.startswith("x-")),

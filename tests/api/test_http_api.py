@@ -8,8 +8,9 @@ import json
 
 import pytest
 
-from flotilla.envelope import FUNCTION_ERROR, OK, TIMEOUT, TRAP, Reply
+from flotilla.envelope import Reply
 from flotilla.jobs import new_id
+from flotilla.outcomes import Outcome
 from flotilla.transport import BrokerUnavailable, CallTimeout, QueueFull
 from tests.api.conftest import WASM, Api
 
@@ -103,7 +104,7 @@ async def test_invoke_passes_request_and_response_through(api: Api) -> None:
 async def test_guest_status_and_headers_are_returned(api: Api) -> None:
     await deploy(api)
     api.transport.worker = lambda e: Reply(
-        e.invocation_id, e.correlation_id, OK, status=418,
+        e.invocation_id, e.correlation_id, Outcome.OK, status=418,
         headers=(("x-a", "1"), ("x-a", "2"), ("transfer-encoding", "chunked")), body=b"tea",
     )
     resp = await api.client.post("/v1/functions/echo/invoke")
@@ -145,7 +146,7 @@ async def test_body_over_limit_is_413(api: Api) -> None:
                    "body-too-large")
 
 
-@pytest.mark.parametrize("outcome", [FUNCTION_ERROR, TRAP, "memory_limit", "bad_response"])
+@pytest.mark.parametrize("outcome", [Outcome.FUNCTION_ERROR, Outcome.TRAP, "memory_limit", "bad_response"])
 async def test_guest_failures_are_502(api: Api, outcome: str) -> None:
     await deploy(api)
     api.transport.worker = lambda e: Reply(e.invocation_id, e.correlation_id, outcome,
@@ -157,11 +158,11 @@ async def test_guest_failures_are_502(api: Api, outcome: str) -> None:
 
 async def test_timeouts_are_504(api: Api) -> None:
     await deploy(api)
-    api.transport.worker = lambda e: Reply(e.invocation_id, e.correlation_id, TIMEOUT,
+    api.transport.worker = lambda e: Reply(e.invocation_id, e.correlation_id, Outcome.TIMEOUT,
                                            error="deadline")
     body = assert_problem(await api.client.post("/v1/functions/echo/invoke"), 504,
                           "function-timeout")
-    assert body["outcome"] == TIMEOUT
+    assert body["outcome"] == Outcome.TIMEOUT
     api.transport.fail = CallTimeout("no reply")
     assert_problem(await api.client.post("/v1/functions/echo/invoke"), 504, "function-timeout")
 
@@ -203,7 +204,7 @@ async def test_job_lifecycle_with_wait_and_duplicate_results(api: Api) -> None:
     assert not waiter.done()
     loop = asyncio.get_running_loop()
     started = loop.time()
-    reply = Reply(job["job_id"], job["job_id"], OK, status=201, headers=(("a", "b"),), body=b"r1")
+    reply = Reply(job["job_id"], job["job_id"], Outcome.OK, status=201, headers=(("a", "b"),), body=b"r1")
     await api.recorder.handle(reply)
     done = (await asyncio.wait_for(waiter, 5)).json()
     assert loop.time() - started < 2
@@ -213,7 +214,7 @@ async def test_job_lifecycle_with_wait_and_duplicate_results(api: Api) -> None:
     }
 
     # A duplicate result (redelivery) is ignored: the first one stays.
-    await api.recorder.handle(Reply(job["job_id"], job["job_id"], FUNCTION_ERROR, error="late"))
+    await api.recorder.handle(Reply(job["job_id"], job["job_id"], Outcome.FUNCTION_ERROR, error="late"))
     again = (await api.client.get(job["status_url"])).json()
     assert again["status"] == "succeeded" and again["response"]["body"] == done["response"]["body"]
 
@@ -221,10 +222,10 @@ async def test_job_lifecycle_with_wait_and_duplicate_results(api: Api) -> None:
 async def test_failed_job_reports_error(api: Api) -> None:
     await deploy(api)
     job = (await api.client.post("/v1/functions/echo/jobs")).json()
-    await api.recorder.handle(Reply(job["job_id"], job["job_id"], TRAP, error="unreachable"))
+    await api.recorder.handle(Reply(job["job_id"], job["job_id"], Outcome.TRAP, error="unreachable"))
     got = (await api.client.get(job["status_url"] + "?wait=1")).json()
     assert got["status"] == "failed"
-    assert got["error"] == {"outcome": TRAP, "message": "unreachable"}
+    assert got["error"] == {"outcome": Outcome.TRAP, "message": "unreachable"}
 
 
 async def test_wait_times_out_with_the_current_status(api: Api) -> None:
@@ -250,7 +251,7 @@ async def test_callback_is_posted_once(api: Api) -> None:
     ).json()
     assert "flotilla-callback-url" not in dict(api.transport.submitted[-1].headers)
     for j in (job, job2):
-        reply = Reply(j["job_id"], j["job_id"], OK, status=200, body=b"x")
+        reply = Reply(j["job_id"], j["job_id"], Outcome.OK, status=200, body=b"x")
         await api.recorder.handle(reply)
         await api.recorder.handle(reply)  # duplicate: no second callback
     await api.recorder.drain()

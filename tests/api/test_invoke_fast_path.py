@@ -11,7 +11,8 @@ import pytest
 from fastapi import FastAPI
 
 from dispatcher.app import FlotillaApp
-from flotilla.envelope import FUNCTION_ERROR, OK, Envelope, Reply
+from flotilla.envelope import Envelope, Reply
+from flotilla.outcomes import Outcome
 from flotilla.transport import BrokerUnavailable, CallTimeout, QueueFull
 from tests.api.conftest import WASM, Api
 
@@ -32,14 +33,14 @@ CASES: list[tuple[str, dict[str, Any]]] = [
 
 def _teapot(e: Envelope) -> Reply:
     return Reply(
-        e.invocation_id, e.correlation_id, OK, status=418,
+        e.invocation_id, e.correlation_id, Outcome.OK, status=418,
         headers=(("x-a", "1"), ("transfer-encoding", "chunked"), ("flotilla-invocation-id", "x")),
         body=b"tea",
     )
 
 
 def _error(e: Envelope) -> Reply:
-    return Reply(e.invocation_id, e.correlation_id, FUNCTION_ERROR, error="boom")
+    return Reply(e.invocation_id, e.correlation_id, Outcome.FUNCTION_ERROR, error="boom")
 
 
 @pytest.mark.parametrize(("case", "request_"), CASES, ids=[c for c, _ in CASES])

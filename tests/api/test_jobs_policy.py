@@ -108,8 +108,9 @@ async def test_wait_wakes_on_result_with_fakeredis() -> None:
 
     import fakeredis
 
-    from flotilla.envelope import OK, Reply
+    from flotilla.envelope import Reply
     from flotilla.jobs import JobRecord, JobStore
+    from flotilla.outcomes import Outcome
 
     store = JobStore(fakeredis.FakeAsyncRedis(), prefix="t", ttl_s=60)
     job_id = new_id()
@@ -119,9 +120,9 @@ async def test_wait_wakes_on_result_with_fakeredis() -> None:
     waiter = asyncio.create_task(store.wait(job_id, 10))
     await asyncio.sleep(0.1)
     assert not waiter.done()
-    assert await store.complete(Reply(job_id, job_id, OK, status=200, body=b"x")) is not None
+    assert await store.complete(Reply(job_id, job_id, Outcome.OK, status=200, body=b"x")) is not None
     status = await asyncio.wait_for(waiter, 5)
     assert status is not None and status.status == "succeeded"
     assert loop.time() - started < 2
     # The first result wins.
-    assert await store.complete(Reply(job_id, job_id, OK, status=500)) is None
+    assert await store.complete(Reply(job_id, job_id, Outcome.OK, status=500)) is None

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping
-from dataclasses import fields
 from typing import Any
 from urllib.parse import urlsplit
 
 from flotilla.errors import SettingsError
-from flotilla.settings import DispatcherSettings, WorkerSettings
+from flotilla.settings import DispatcherSettings, WorkerSettings, env_name
 from flotilla.topology import Topology
 
 Manifest = dict[str, Any]
@@ -35,7 +34,7 @@ SHUTDOWN_MARGIN_S = 5
 
 def setting_env_names(settings_class: type[Any]) -> frozenset[str]:
     """`FLOTILLA_<FIELD>` for every field of a settings dataclass."""
-    return frozenset("FLOTILLA_" + f.name.upper() for f in fields(settings_class))
+    return frozenset(env_name(name) for name in settings_class.model_fields)
 
 
 def find(objects: list[Manifest], kind: str, name: str | None = None) -> list[Manifest]:

@@ -17,7 +17,8 @@ import sys
 import threading
 import time
 
-from flotilla.envelope import OK, Envelope, Reply
+from flotilla.envelope import Envelope, Reply
+from flotilla.outcomes import Outcome
 from flotilla.settings import WorkerSettings
 from flotilla.topology import Topology
 from worker.service import Runtime, WorkerService, exit_now
@@ -43,7 +44,7 @@ class ProcessRunner:
             time.sleep(int(envelope.body or b"0") / 1000)
         headers = (("x-worker", str(os.getpid())),)
         return Reply(
-            envelope.invocation_id, envelope.correlation_id, OK, 200, headers, envelope.body
+            envelope.invocation_id, envelope.correlation_id, Outcome.OK, 200, headers, envelope.body
         )
 
 

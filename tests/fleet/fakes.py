@@ -6,16 +6,8 @@ import threading
 import time
 import uuid
 
-from flotilla.envelope import (
-    FUNCTION_ERROR,
-    NOT_FOUND,
-    OK,
-    REPLY_JOB,
-    Envelope,
-    Reply,
-    now_ms,
-    reply_to,
-)
+from flotilla.envelope import REPLY_JOB, Envelope, Reply, now_ms, reply_to
+from flotilla.outcomes import Outcome
 
 
 class FakeRunner:
@@ -33,21 +25,25 @@ class FakeRunner:
             self.runs[envelope.invocation_id] = self.runs.get(envelope.invocation_id, 0) + 1
         if envelope.function == "echo":
             return Reply(
-                envelope.invocation_id, envelope.correlation_id, OK, 200,
+                envelope.invocation_id, envelope.correlation_id, Outcome.OK, 200,
                 (("x-echo", "1"),), envelope.body,
             )
         if envelope.function == "fail":
-            return reply_to(envelope, FUNCTION_ERROR, "guest said no")
+            return reply_to(envelope, Outcome.FUNCTION_ERROR, "guest said no")
         if envelope.function == "block":
             self.started.release()
             self.release.wait(30)
-            return Reply(envelope.invocation_id, envelope.correlation_id, OK, 200, (), b"done")
+            return Reply(
+                envelope.invocation_id, envelope.correlation_id, Outcome.OK, 200, (), b"done"
+            )
         if envelope.function == "sleep":
             time.sleep(int(envelope.body or b"0") / 1000)
-            return Reply(envelope.invocation_id, envelope.correlation_id, OK, 200, (), b"slept")
+            return Reply(
+                envelope.invocation_id, envelope.correlation_id, Outcome.OK, 200, (), b"slept"
+            )
         if envelope.function == "boom":
             raise RuntimeError("worker bug")
-        return reply_to(envelope, NOT_FOUND, f"no {envelope.function}@{envelope.digest}")
+        return reply_to(envelope, Outcome.NOT_FOUND, f"no {envelope.function}@{envelope.digest}")
 
 
 def envelope(

@@ -8,16 +8,9 @@ from typing import Any
 import msgpack
 import pytest
 
-from flotilla.envelope import (
-    FORMAT_VERSION,
-    OUTCOMES,
-    REPLY_JOB,
-    Envelope,
-    EnvelopeError,
-    Reply,
-    reply_to,
-)
+from flotilla.envelope import FORMAT_VERSION, REPLY_JOB, Envelope, EnvelopeError, Reply, reply_to
 from flotilla.errors import FlotillaError
+from flotilla.outcomes import Outcome
 from flotilla.topology import Topology, message_ttl_ms
 
 ENVELOPE = Envelope(
@@ -58,7 +51,7 @@ def test_job_envelope_round_trip_without_reply_to() -> None:
     assert Envelope.decode(job.encode()) == job
 
 
-@pytest.mark.parametrize("outcome", OUTCOMES)
+@pytest.mark.parametrize("outcome", tuple(Outcome))
 def test_reply_round_trip(outcome: str) -> None:
     reply = Reply("i", "c", outcome, error="boom" if outcome != "ok" else "")
     assert Reply.decode(reply.encode()) == reply

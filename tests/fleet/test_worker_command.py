@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 
 import pytest
 
 from flotilla.cli import build_parser
-from flotilla.commands.worker import settings_from_args
 from flotilla.settings import WorkerSettings
+from flotilla.settings import from_args as settings_from_args
 
 
 def test_every_setting_has_a_flag() -> None:
     parser = build_parser()
     args = parser.parse_args(["worker"])
-    for f in dataclasses.fields(WorkerSettings):
-        assert hasattr(args, f.name), f"no --{f.name.replace('_', '-')} flag"
+    for name in WorkerSettings.model_fields:
+        assert hasattr(args, name), f"no --{name.replace('_', '-')} flag"
 
 
 @pytest.mark.parametrize(

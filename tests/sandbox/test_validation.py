@@ -7,10 +7,10 @@ import os
 import pytest
 
 from flotilla.errors import ComponentError
+from flotilla.outcomes import Outcome
 from flotilla.sandbox import Sandbox
 from flotilla.sandbox.components import HANDLE_TYPE, check_binary
 from flotilla.sandbox.outcomes import check_response, classify_error
-from flotilla.sandbox.results import Outcome
 from tests.guests.wat import WAT_DIR, assemble_core, build_wat_text
 
 BAD_WIT = WAT_DIR / "bad"

@@ -1,9 +1,23 @@
-"""FunctionConfig validation: every field's bad values are rejected with the field named."""
+"""FunctionConfig validation: every field's bad values are rejected with the field named; its
+JSON schema (the OpenAPI schema of the deploy form's config) agrees with the server."""
 
+import dataclasses
+from typing import Any
+
+import jsonschema
 import pytest
 
-from flotilla.config import DEFAULT_MAX_BODY_BYTES, FunctionConfig
+from flotilla.config import (
+    DEFAULT_MAX_BODY_BYTES,
+    FIELDS,
+    MAX_ENV_BYTES,
+    MAX_MAX_BODY_BYTES,
+    MAX_MEMORY_LIMIT_MB,
+    MAX_TIMEOUT_MS,
+    FunctionConfig,
+)
 from flotilla.errors import ConfigError
+from flotilla.registry import canonical_config, version_digest
 
 
 def test_defaults() -> None:
@@ -80,3 +94,116 @@ def test_path_name_must_match_body_name() -> None:
 def test_not_an_object() -> None:
     with pytest.raises(ConfigError, match="JSON object"):
         FunctionConfig.from_dict([1, 2])
+
+
+def test_version_digests_of_known_configs_are_pinned() -> None:
+    # Deployed versions are addressed by digests over the canonical config JSON: a change of
+    # that JSON would orphan every existing deployment.
+    full = FunctionConfig.from_dict({
+        "name": "fn", "env": {"B": "2", "A": "1"}, "timeout_ms": 5000, "memory_limit_mb": 64,
+        "max_body_bytes": 1024, "allowed_hosts": ["API.example.com", "*.example.org:8443"],
+        "cache_namespace": "shared-ns", "s3_buckets": ["my-bucket"], "dynamodb_tables": ["Users"],
+    })
+    assert canonical_config(full) == (
+        '{"allowed_hosts":["api.example.com","*.example.org:8443"],"cache_namespace":"shared-ns",'
+        '"dynamodb_tables":["Users"],"env":{"A":"1","B":"2"},"max_body_bytes":1024,'
+        '"memory_limit_mb":64,"name":"fn","s3_buckets":["my-bucket"],"timeout_ms":5000}'
+    )
+    assert version_digest("ab" * 32, full) == (
+        "4c44af5398b14a1f6f3d974992b4f2a919ebe5c87c94f9bb9eb53b497899f04f"
+    )
+    assert version_digest("ab" * 32, FunctionConfig(name="echo")) == (
+        "dc7a4a15e19736405b3d38cb1be672da197a17ad047f7d1a80d2a42fb900e3b9"
+    )
+
+
+def test_reads_are_plain_attribute_reads() -> None:
+    # The worker reads the config per invocation: no __getattr__ hook (a pydantic BaseModel
+    # has one, ~3x slower per read: tests/unit/bench_config_attrs.py), values in __dict__.
+    cfg = FunctionConfig("echo")
+    assert not hasattr(FunctionConfig, "__getattr__")
+    assert vars(cfg)["timeout_ms"] == cfg.timeout_ms
+
+
+def test_positional_name_and_validated_replace() -> None:
+    cfg = FunctionConfig("echo", timeout_ms=1234)
+    assert (cfg.name, cfg.timeout_ms, cfg.cache_namespace) == ("echo", 1234, "echo")
+    capped = dataclasses.replace(cfg, timeout_ms=10)  # what the worker does near a deadline
+    assert (capped.timeout_ms, cfg.timeout_ms, capped.env) == (10, 1234, cfg.env)
+    with pytest.raises(ConfigError, match="timeout_ms"):
+        dataclasses.replace(cfg, timeout_ms=0)
+
+
+def _env(entries: int, value: str = "v") -> dict[str, str]:
+    return {f"K{i}": value for i in range(entries)}
+
+
+SCHEMA_CASES: list[tuple[str, dict[str, Any], bool, bool]] = [
+    # (case, config, the schema accepts it, the server accepts it)
+    ("minimal", {"name": "fn"}, True, True),
+    ("no name", {}, False, False),
+    ("bad name", {"name": "Fn"}, False, False),
+    ("unknown field", {"name": "fn", "surprise": 1}, False, False),
+    ("env of 100", {"name": "fn", "env": _env(100)}, True, True),
+    ("env of 150", {"name": "fn", "env": _env(150)}, True, True),  # no count limit
+    ("env bad name", {"name": "fn", "env": {"1X": "a"}}, False, False),
+    ("env reserved", {"name": "fn", "env": {"FLOTILLA_FUNCTION_NAME": "a"}}, False, False),
+    ("env NUL", {"name": "fn", "env": {"A": "a\x00b"}}, False, False),
+    ("env number", {"name": "fn", "env": {"A": 1}}, False, False),
+    # Bytes are not countable in JSON Schema: the description says it, the server checks.
+    ("env too big", {"name": "fn", "env": _env(2, "x" * 40_000)}, True, False),
+    ("timeout 1", {"name": "fn", "timeout_ms": 1}, True, True),
+    ("timeout 0", {"name": "fn", "timeout_ms": 0}, False, False),
+    ("timeout max", {"name": "fn", "timeout_ms": MAX_TIMEOUT_MS}, True, True),
+    ("timeout max+1", {"name": "fn", "timeout_ms": MAX_TIMEOUT_MS + 1}, False, False),
+    ("timeout text", {"name": "fn", "timeout_ms": "5"}, False, False),
+    ("timeout bool", {"name": "fn", "timeout_ms": True}, False, False),
+    ("timeout float", {"name": "fn", "timeout_ms": 5.5}, False, False),
+    ("memory max", {"name": "fn", "memory_limit_mb": MAX_MEMORY_LIMIT_MB}, True, True),
+    ("memory max+1", {"name": "fn", "memory_limit_mb": MAX_MEMORY_LIMIT_MB + 1}, False, False),
+    ("body 0", {"name": "fn", "max_body_bytes": 0}, True, True),
+    ("body max+1", {"name": "fn", "max_body_bytes": MAX_MAX_BODY_BYTES + 1}, False, False),
+    ("host upper case", {"name": "fn", "allowed_hosts": ["API.example.com"]}, True, True),
+    ("host wildcard port", {"name": "fn", "allowed_hosts": ["*.example.org:8443"]}, True, True),
+    ("host url", {"name": "fn", "allowed_hosts": ["http://example.com"]}, False, False),
+    # A port's range is not in the pattern: the description says it, the server checks.
+    ("host port 99999", {"name": "fn", "allowed_hosts": ["example.com:99999"]}, True, False),
+    ("hosts as text", {"name": "fn", "allowed_hosts": "example.com"}, False, False),
+    ("hosts 100", {"name": "fn", "allowed_hosts": ["a.com"] * 100}, True, True),
+    ("hosts 101", {"name": "fn", "allowed_hosts": ["a.com"] * 101}, False, False),
+    ("namespace empty", {"name": "fn", "cache_namespace": ""}, True, True),
+    ("namespace bad", {"name": "fn", "cache_namespace": "A B"}, False, False),
+    ("bucket", {"name": "fn", "s3_buckets": ["my-bucket"]}, True, True),
+    ("bucket bad", {"name": "fn", "s3_buckets": ["Bad_Bucket"]}, False, False),
+    ("table", {"name": "fn", "dynamodb_tables": ["Users"]}, True, True),
+    ("table bad", {"name": "fn", "dynamodb_tables": ["a"]}, False, False),
+]
+
+
+@pytest.mark.parametrize(
+    ("config", "schema_ok", "server_ok"),
+    [case[1:] for case in SCHEMA_CASES],
+    ids=[case[0] for case in SCHEMA_CASES],
+)
+def test_json_schema_and_server_agree(
+    config: dict[str, Any], schema_ok: bool, server_ok: bool
+) -> None:
+    validator = jsonschema.Draft202012Validator(FunctionConfig.json_schema())
+    try:
+        FunctionConfig.from_dict(config)
+        accepted = True
+    except ConfigError:
+        accepted = False
+    assert (validator.is_valid(config), accepted) == (schema_ok, server_ok)
+
+
+def test_schema_states_every_limit_of_the_model() -> None:
+    props = FunctionConfig.json_schema()["properties"]
+    assert set(props) == set(FIELDS)
+    assert (props["timeout_ms"]["minimum"], props["timeout_ms"]["maximum"]) == (1, MAX_TIMEOUT_MS)
+    assert props["memory_limit_mb"]["maximum"] == MAX_MEMORY_LIMIT_MB
+    assert props["max_body_bytes"]["maximum"] == MAX_MAX_BODY_BYTES
+    assert "maxProperties" not in props["env"]  # the server counts bytes, not entries
+    assert str(MAX_ENV_BYTES) in props["env"]["description"]
+    for key in ("allowed_hosts", "s3_buckets", "dynamodb_tables"):
+        assert props[key]["maxItems"] == 100
