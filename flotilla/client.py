@@ -129,7 +129,7 @@ class Client:
         version: str | None = None,
     ) -> Response:
         """Run `name` and return its response; `timeout` (s) defaults to the function's."""
-        fn = await self.version(name, version)
+        fn = await self._invoker.resolve(name, version)
         timeout_ms = None if timeout is None else max(1, int(timeout * 1000))
         reply = await self._invoker.call(fn, body, tuple(headers), timeout_ms=timeout_ms)
         return Response(reply.status, reply.headers, reply.body, reply.invocation_id)
@@ -144,7 +144,7 @@ class Client:
     ) -> str:
         """Queue a job; returns its id once the broker accepted it."""
         self._require_jobs()
-        fn = await self.version(name, version)
+        fn = await self._invoker.resolve(name, version)
         return await self._invoker.submit(fn, body, tuple(headers))
 
     async def result(self, job_id: str, *, wait: float = 0) -> JobStatus:
