@@ -22,7 +22,6 @@ its documentation: parameters, problems, raw body); requests reach `InvokeHandle
 
 from __future__ import annotations
 
-import logging
 import re
 import time
 from collections.abc import MutableMapping
@@ -55,8 +54,6 @@ from flotilla.errors import (
     Unavailable,
 )
 from flotilla.jobs import new_id
-
-log = logging.getLogger(__name__)
 
 INVOKE_ROUTE = "/v1/functions/{name}/invoke"
 _PREFIX = "/v1/functions/"
