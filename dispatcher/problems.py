@@ -2,8 +2,9 @@
 
 Each error class carries a stable `type` URI, an HTTP status and a title; raising one
 anywhere below the routes yields an `application/problem+json` response. Extra members
-(e.g. `outcome`, `field`) travel in `extra`. `add_problem_handlers` makes every other
-error an app can answer (validation, unknown route, Redis or S3 outage) a problem too.
+(e.g. `outcome`, `field`) travel in `extra`. `problem_response` renders any error as its
+problem response; `add_problem_handlers` registers it (and validation and HTTP errors) with
+the app, and the invoke handler (`dispatcher/invoke.py`) calls it directly.
 """
 
 from __future__ import annotations
@@ -38,13 +39,48 @@ class Problem(BaseModel):
     invocation_id: str | None = None
 
 
-def problem_response(request: Request, err: ApiError) -> JSONResponse:
-    """The problem document response of a ApiError."""
-    body = err.to_problem(instance=request.url.path)
-    body["invocation_id"] = getattr(request.state, "invocation_id", None)
+INTERNAL_DETAIL = "the dispatcher failed unexpectedly; see its log"
+
+
+def problem_response(
+    exc: BaseException,
+    *,
+    invocation_id: str | None,
+    instance: str | None = None,
+    retry_after_s: int = 1,
+    where: str = "",
+) -> JSONResponse:
+    """The problem response of any error, for every route (the invoke handler included).
+
+    An ApiError answers as itself (`instance`: the request path); a Redis or artifact-store
+    outage as 503 `unavailable`; anything else as a 500 `internal`, logged with `where`
+    (e.g. "POST /v1/...") and never with its message in the response.
+    """
+    err = api_error_of(exc, retry_after_s)
+    if err is None:
+        log.error("unhandled error in %s", where, exc_info=exc)
+        err, instance = ApiError(INTERNAL_DETAIL), None  # the base class is the 500
+    body = err.to_problem(instance=instance)
+    body["invocation_id"] = invocation_id
     return JSONResponse(
         body, status_code=err.status, headers=err.headers, media_type=PROBLEM_MEDIA_TYPE
     )
+
+
+def api_error_of(exc: BaseException, retry_after_s: int = 1) -> ApiError | None:
+    """The ApiError an error is answered as: itself, Unavailable for a Redis or S3 outage,
+    None for anything unexpected (a 500)."""
+    if isinstance(exc, ApiError):
+        return exc
+    import redis.exceptions
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    if isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)):
+        return Unavailable(f"Redis is unavailable: {exc}", retry_after_s=retry_after_s)
+    if isinstance(exc, (BotoCoreError, ClientError)):
+        log.warning("artifact store failed: %s", exc)
+        return Unavailable(f"the artifact store failed: {exc}", retry_after_s=retry_after_s)
+    return None
 
 
 def add_problem_handlers(app: FastAPI, *, retry_after_s: int = 1) -> None:
@@ -52,9 +88,15 @@ def add_problem_handlers(app: FastAPI, *, retry_after_s: int = 1) -> None:
     import redis.exceptions
     from botocore.exceptions import BotoCoreError, ClientError
 
-    async def on_dispatcher_error(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, ApiError)
-        return problem_response(request, exc)
+    def answer(request: Request, exc: Exception) -> JSONResponse:
+        return problem_response(
+            exc, invocation_id=getattr(request.state, "invocation_id", None),
+            instance=request.url.path, retry_after_s=retry_after_s,
+            where=f"{request.method} {request.url.path}",
+        )
+
+    async def on_error(request: Request, exc: Exception) -> JSONResponse:
+        return answer(request, exc)
 
     async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
@@ -62,7 +104,7 @@ def add_problem_handlers(app: FastAPI, *, retry_after_s: int = 1) -> None:
             {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", ""))} for e in exc.errors()
         ]
         detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors)
-        return problem_response(request, InvalidRequest(detail or "invalid request", errors=errors))
+        return answer(request, InvalidRequest(detail or "invalid request", errors=errors))
 
     async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
@@ -79,24 +121,12 @@ def add_problem_handlers(app: FastAPI, *, retry_after_s: int = 1) -> None:
             body, status_code=exc.status_code, headers=headers, media_type=PROBLEM_MEDIA_TYPE,
         )
 
-    async def on_redis_down(request: Request, exc: Exception) -> JSONResponse:
-        return problem_response(
-            request, Unavailable(f"Redis is unavailable: {exc}", retry_after_s=retry_after_s)
-        )
-
-    async def on_s3_down(request: Request, exc: Exception) -> JSONResponse:
-        log.warning("artifact store failed: %s", exc)
-        return problem_response(
-            request, Unavailable(f"the artifact store failed: {exc}", retry_after_s=retry_after_s)
-        )
-
-    app.add_exception_handler(ApiError, on_dispatcher_error)
+    app.add_exception_handler(ApiError, on_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
-    app.add_exception_handler(redis.exceptions.ConnectionError, on_redis_down)
-    app.add_exception_handler(redis.exceptions.TimeoutError, on_redis_down)
-    app.add_exception_handler(BotoCoreError, on_s3_down)
-    app.add_exception_handler(ClientError, on_s3_down)
+    for outage in (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+                   BotoCoreError, ClientError):
+        app.add_exception_handler(outage, on_error)
 
 
 def allowed_methods(app: FastAPI, request: Request) -> list[str]:

@@ -63,6 +63,43 @@ class Envelope:
         if self.reply_mode not in REPLY_MODES:
             raise EnvelopeError(f"reply_mode must be one of {REPLY_MODES}, got {self.reply_mode!r}")
 
+    @classmethod
+    def for_call(
+        cls, invocation_id: str, function: str, digest: str, headers: Headers, body: bytes, *,
+        timeout_ms: int, reply_to: str = "",
+    ) -> Envelope:
+        """A synchronous invocation: its id is its correlation id, its deadline `timeout_ms`
+        from now; `reply_to` is the caller's reply queue (a transport's call() fills it in
+        when empty)."""
+        return cls(
+            invocation_id=invocation_id,
+            correlation_id=invocation_id,
+            function=function,
+            digest=digest,
+            headers=headers,
+            body=body,
+            deadline_ms=now_ms() + timeout_ms,
+            reply_to=reply_to,
+        )
+
+    @classmethod
+    def for_job(
+        cls, job_id: str, function: str, digest: str, headers: Headers, body: bytes, *,
+        ttl_s: int,
+    ) -> Envelope:
+        """A job: its reply goes to the job-results queue, and it may wait in the queue as
+        long as its result would be kept (`ttl_s`)."""
+        return cls(
+            invocation_id=job_id,
+            correlation_id=job_id,
+            function=function,
+            digest=digest,
+            headers=headers,
+            body=body,
+            deadline_ms=now_ms() + ttl_s * 1000,
+            reply_mode=REPLY_JOB,
+        )
+
     def encode(self, published_ms: int | None = None) -> bytes:
         """msgpack bytes of this envelope; transports stamp `published_ms` as they publish."""
         return _pack(

@@ -24,7 +24,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from flotilla.config import FunctionConfig
 from flotilla.errors import FlotillaError
@@ -218,6 +218,15 @@ class Registry:
         return bool(removed)
 
 
+class VersionSource(Protocol):
+    """Anything that resolves a version selector: the `Registry`, a `ResolveCache` over it,
+    or a caller's own function (the Python client's `resolve=`)."""
+
+    async def get_version(self, name: str, selector: str | int = LATEST) -> FunctionVersion:
+        """The version matching `selector`; FunctionNotDeployed when there is none."""
+        ...
+
+
 class ResolveCache:
     """Resolved versions per (name, selector), reused for `ttl_s` seconds.
 
@@ -228,7 +237,7 @@ class ResolveCache:
 
     def __init__(
         self,
-        registry: Registry,
+        registry: VersionSource,
         *,
         ttl_s: float = 1.0,
         max_entries: int = 4096,

@@ -76,6 +76,15 @@ class CallTimeout(TransportError):
 class Transport(Protocol):
     """What the dispatcher (and the Python client) need from a message transport."""
 
+    @property
+    def reply_queue_name(self) -> str:
+        """The queue this transport's calls are answered on (fixed for its lifetime): an
+        envelope built with it as `reply_to` goes out as it is, without a copy."""
+
+    @property
+    def is_connected(self) -> bool:
+        """True while envelopes can be published (started, and the connection is open)."""
+
     async def start(self) -> None:
         """Connect and declare what is needed; call once before anything else."""
 
@@ -271,6 +280,11 @@ class AmqpTransport:
             await message.ack()
 
         await queue.consume(on_message)
+
+    @property
+    def is_connected(self) -> bool:
+        """True while the broker connection is open (False before start and after close)."""
+        return self._connection is not None and not self._connection.is_closed
 
     @property
     def connection(self) -> AbstractRobustConnection | None:

@@ -92,6 +92,11 @@ class MemoryTransport:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    @property
+    def is_connected(self) -> bool:
+        """True between start and close (there is no broker to lose)."""
+        return bool(self._tasks)
+
     async def call(self, envelope: Envelope, timeout: float) -> Reply:
         """Queue `envelope` and wait for its reply."""
         envelope = dataclasses.replace(

@@ -53,6 +53,8 @@ class FakeTransport:
         self.calls: list[tuple[Envelope, float]] = []
         self.submitted: list[Envelope] = []
         self.fail: Exception | None = None
+        self.reply_queue_name = "fake.reply"
+        self.is_connected = True
 
     async def start(self) -> None: ...
 

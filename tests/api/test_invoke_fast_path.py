@@ -1,102 +1,309 @@
-"""The invoke route served before FastAPI's stack (`FlotillaApp`) answers exactly as the
-FastAPI route it shortcuts: same statuses, problem documents and headers, same metrics."""
+"""The invoke route is served on the raw ASGI scope by one handler (`dispatcher/invoke.py`),
+before FastAPI's stack; these tests hold it to the route's contract: the answers the
+FastAPI route gave before (statuses, problem documents byte for byte, headers, hop-by-hop
+filtering, one `flotilla-invocation-id`), the OpenAPI document's promises, and the
+metrics every other route records, with and without a root path."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
+from starlette.routing import Match
 
-from dispatcher.app import FlotillaApp
+from dispatcher.invoke import INVOKE_ROUTE, invoked_function
 from flotilla.envelope import Envelope, Reply
 from flotilla.outcomes import Outcome
 from flotilla.transport import BrokerUnavailable, CallTimeout, QueueFull
-from tests.api.conftest import WASM, Api
+from tests.api.conftest import WASM, Api, echo
 
-CASES: list[tuple[str, dict[str, Any]]] = [
-    ("ok", {}),
-    ("ok with guest headers and a version", {"query": "?version=latest", "headers": {"x-a": "1"}}),
-    ("pinned version that does not exist", {"query": "?version=9"}),
-    ("unknown function", {"fn": "nope"}),
-    ("name that fails the pattern", {"fn": "Bad_Name"}),
-    ("declared body over the limit", {"body": b"x" * 2048}),
-    ("guest status and hop-by-hop headers", {"worker": "teapot"}),
-    ("function error", {"worker": "error"}),
-    ("queue full", {"fail": QueueFull("full")}),
-    ("broker down", {"fail": BrokerUnavailable("down")}),
-    ("no reply in time", {"fail": CallTimeout("late")}),
-]
+PATTERN = "^[a-z][a-z0-9-]{0,62}$"
+NAME_ERROR = f"String should match pattern '{PATTERN}'"
 
 
 def _teapot(e: Envelope) -> Reply:
     return Reply(
         e.invocation_id, e.correlation_id, Outcome.OK, status=418,
-        headers=(("x-a", "1"), ("transfer-encoding", "chunked"), ("flotilla-invocation-id", "x")),
+        headers=(("x-a", "1"), ("transfer-encoding", "chunked"), ("flotilla-invocation-id", "x"),
+                 ("Connection", "close"), ("X-Multi", "a"), ("x-multi", "b")),
         body=b"tea",
     )
 
 
-def _error(e: Envelope) -> Reply:
-    return Reply(e.invocation_id, e.correlation_id, Outcome.FUNCTION_ERROR, error="boom")
+def _failed(outcome: str, error: str) -> Any:
+    return lambda e: Reply(e.invocation_id, e.correlation_id, outcome, error=error)
 
 
-@pytest.mark.parametrize(("case", "request_"), CASES, ids=[c for c, _ in CASES])
-async def test_fast_path_answers_as_fastapi_does(
-    api: Api, case: str, request_: dict[str, Any], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Given a deployed function, and the same app reached without the shortcut
-    deployed = await api.client.put(
+def _explode(e: Envelope) -> Reply:
+    raise RuntimeError("the transport broke in an unexpected way")
+
+
+@dataclasses.dataclass
+class Case:
+    """One request and the answer the route gave before it had one handler."""
+
+    fn: str = "echo"
+    query: str = ""
+    headers: dict[str, str] = dataclasses.field(default_factory=dict)
+    body: bytes = b"hi"
+    worker: Any = echo
+    fail: Exception | None = None
+    status: int = 200
+    problem: Problem | None = None  # the document, without instance and invocation_id
+    instance: bool = True  # problems only: whether the document names the request path
+    answer: list[tuple[str, str]] | None = None  # ok answers: headers, "{digest}" filled in
+    published: str | None = None  # the publish result counted, if any
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """A problem document's members: the standard ones, then the extension members."""
+
+    slug: str
+    title: str
+    status: int
+    detail: str
+    extra: dict[str, Any]
+
+    def document(self, instance: str | None, invocation_id: str) -> dict[str, Any]:
+        """The members in the order the document sends them."""
+        out: dict[str, Any] = {"type": f"urn:flotilla:problem:{self.slug}", "title": self.title,
+                               "status": self.status, "detail": self.detail}
+        if instance is not None:
+            out["instance"] = instance
+        return {**out, **self.extra, "invocation_id": invocation_id}
+
+
+def _problem(slug: str, title: str, status: int, detail: str, **extra: Any) -> Problem:
+    return Problem(slug, title, status, detail, extra)
+
+
+ECHOED = [("content-type", "application/octet-stream"), ("x-digest", "{digest}")]
+CASES: dict[str, Case] = {
+    "ok": Case(answer=[*ECHOED, ("content-length", "2")], published="confirmed"),
+    "hop-by-hop and callback headers do not reach the guest": Case(
+        query="?version=latest",
+        headers={"x-a": "1", "Connection": "keep-alive", "flotilla-callback-url": "http://x",
+                 "TE": "trailers", "X-Dup": "1"},
+        answer=[*ECHOED, ("x-echo-x-a", "1"), ("x-echo-x-dup", "1"), ("content-length", "2")],
+        published="confirmed",
+    ),
+    "the last version parameter counts": Case(
+        query="?version=9&version=latest&other=1", answer=[*ECHOED, ("content-length", "2")],
+        published="confirmed",
+    ),
+    "an empty version is the latest": Case(
+        query="?version=", answer=[*ECHOED, ("content-length", "2")], published="confirmed",
+    ),
+    "empty body": Case(body=b"", answer=[*ECHOED, ("content-length", "0")], published="confirmed"),
+    "guest status, hop-by-hop and invocation id headers dropped": Case(
+        worker=_teapot, status=418,
+        answer=[("x-a", "1"), ("x-multi", "a"), ("x-multi", "b"), ("content-length", "3")],
+        published="confirmed",
+    ),
+    "pinned version that does not exist": Case(
+        query="?version=9", status=404,
+        problem=_problem("function-not-found", "Function not found", 404,
+                         "function 'echo' has no version '9'", function="echo"),
+    ),
+    "unknown function": Case(
+        fn="nope", status=404,
+        problem=_problem("function-not-found", "Function not found", 404,
+                         "function 'nope' is not deployed", function="nope"),
+    ),
+    "name that fails the pattern": Case(
+        fn="Bad_Name", status=422,
+        problem=_problem("invalid-request", "Invalid request", 422, f"path.name: {NAME_ERROR}",
+                         errors=[{"loc": ["path", "name"], "msg": NAME_ERROR}]),
+    ),
+    "declared body over the limit": Case(
+        body=b"x" * 2048, status=413,
+        problem=_problem("body-too-large", "Request body too large", 413,
+                         "body of 2048 bytes exceeds the function's limit of 1024"),
+    ),
+    "too many headers": Case(
+        headers={f"x-h{i}": "v" for i in range(250)}, status=431,
+        problem=_problem("headers-too-large", "Request headers too large", 431,
+                         "at most 200 request headers of 65536 bytes in all"),
+    ),
+    "function error": Case(
+        worker=_failed(Outcome.FUNCTION_ERROR, "boom"), status=502, published="confirmed",
+        problem=_problem("function-failed", "Function failed", 502, "boom",
+                         outcome="function_error"),
+    ),
+    "worker without the artifact": Case(
+        worker=_failed(Outcome.NOT_FOUND, ""), status=503, published="confirmed",
+        problem=_problem("unavailable", "Service unavailable", 503,
+                         "the worker could not run the function", outcome="not_found"),
+    ),
+    "expired before it ran": Case(
+        worker=_failed(Outcome.EXPIRED, "late"), status=504, published="confirmed",
+        problem=_problem("function-timeout", "Function timed out", 504, "late",
+                         outcome="expired"),
+    ),
+    "queue full": Case(
+        fail=QueueFull("full"), status=503, published="rejected",
+        problem=_problem("unavailable", "Service unavailable", 503, "full"),
+    ),
+    "broker down": Case(
+        fail=BrokerUnavailable("down"), status=503, published="failed",
+        problem=_problem("unavailable", "Service unavailable", 503, "down"),
+    ),
+    "no reply in time": Case(
+        fail=CallTimeout("late"), status=504, published="confirmed",
+        problem=_problem("function-timeout", "Function timed out", 504,
+                         "no reply within 30000 ms (+500 ms margin)", outcome="timeout"),
+    ),
+    "unexpected error": Case(
+        worker=_explode, status=500, instance=False,
+        problem=_problem("internal", "Internal error", 500,
+                         "the dispatcher failed unexpectedly; see its log"),
+    ),
+}
+
+
+@pytest.fixture
+async def deployed(api: Api) -> str:
+    """Deploys `echo` (max_body_bytes 1024); its digest."""
+    response = await api.client.put(
         "/v1/functions/echo",
         files={"component": ("fn.wasm", WASM, "application/wasm")},
         data={"config": json.dumps({"max_body_bytes": 1024})},
     )
-    assert deployed.status_code == 201, deployed.text
+    assert response.status_code == 201, response.text
+    return str(response.json()["digest"])
+
+
+@pytest.mark.parametrize("root_path", ["", "/api"], ids=["no root path", "root path"])
+@pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
+async def test_answers_as_the_route_always_did(
+    api: Api, deployed: str, case: str, root_path: str
+) -> None:
+    # Given a deployed function and a scripted worker
+    c = CASES[case]
+    api.transport.worker = c.worker
+    api.transport.fail = c.fail
     app = api.client._transport.app  # type: ignore[attr-defined]
-    shortcuts: list[str] = []
-    serve = FlotillaApp._serve_invoke
+    client = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app, root_path=root_path), base_url="http://test"
+    )
+    path = f"{root_path}/v1/functions/{c.fn}/invoke"
+    # When the request is made
+    async with client:
+        response = await client.post(path + c.query, content=c.body, headers=c.headers)
+    # Then it gets the status, headers and body it always got
+    assert response.status_code == c.status, response.text
+    ids = response.headers.get_list("flotilla-invocation-id")
+    assert len(ids) == 1
+    headers = [(k, v) for k, v in response.headers.multi_items() if k != "flotilla-invocation-id"]
+    if c.problem is None:
+        assert c.answer is not None
+        assert headers == [(k, v.format(digest=deployed)) for k, v in c.answer]
+        assert response.content == (b"tea" if c.worker is _teapot else c.body)
+    else:
+        expected = c.problem.document(path if c.instance else None, ids[0])
+        # byte for byte: same members in the same order
+        assert response.content == json.dumps(expected, separators=(",", ":")).encode()
+        assert dict(headers)["content-type"] == "application/problem+json"
+        assert ("retry-after" in dict(headers)) == (c.status == 503)
+    # and the answer is one the OpenAPI document lists, under the problem type it names
+    operation = (await api.client.get("/openapi.json")).json()["paths"][INVOKE_ROUTE]["post"]
+    documented = operation["responses"].get(str(c.status))
+    if c.problem is None:
+        assert documented is None or c.status == 200  # the guest's own status: `default`
+    elif c.status not in (431, 500):  # answers every route may give
+        assert documented is not None, c.status
+        assert f"urn:flotilla:problem:{c.problem.slug}" in documented["description"]
+    # and it was counted under the route template, and its publish by result
+    metrics = (await api.client.get("/metrics")).text
+    label = f'route="{INVOKE_ROUTE}",status="{c.status}"'
+    assert f"flotilla_http_requests_total{{{label}}} 1.0" in metrics
+    if c.published is not None:
+        assert f'flotilla_publishes_total{{result="{c.published}"}} 1.0' in metrics
+    else:
+        assert "flotilla_publishes_total{" not in metrics
+    assert "flotilla_callers_in_flight 0.0" in metrics
 
-    async def counted(self: FlotillaApp, scope: Any, receive: Any, send: Any, name: str) -> None:
-        shortcuts.append(name)
-        await serve(self, scope, receive, send, name)
 
-    monkeypatch.setattr(FlotillaApp, "_serve_invoke", counted)
+async def test_the_guest_gets_the_callers_headers_and_the_transports_reply_queue(
+    api: Api, deployed: str
+) -> None:
+    # When a caller sends hop-by-hop and callback headers beside its own
+    headers = {"X-Mine": "1", "Connection": "keep-alive", "flotilla-callback-url": "http://x"}
+    response = await api.client.post("/v1/functions/echo/invoke", content=b"hi", headers=headers)
+    assert response.status_code == 200
+    # Then the envelope carries only the caller's own (and httpx's), with the function's
+    # timeout plus the reply margin, addressed to the transport's reply queue
+    envelope, timeout = api.transport.calls[-1]
+    assert [k for k, _ in envelope.headers] == [
+        "host", "accept", "accept-encoding", "user-agent", "x-mine"
+    ]
+    assert timeout == 30.5
+    assert envelope.reply_to == api.transport.reply_queue_name
+    assert envelope.invocation_id == envelope.correlation_id == response.headers[
+        "flotilla-invocation-id"
+    ]
+    assert (envelope.function, envelope.digest, envelope.body) == ("echo", deployed, b"hi")
 
-    async def through_fastapi(scope: Any, receive: Any, send: Any) -> None:
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])
+async def test_other_methods_are_not_allowed(api: Api, method: str) -> None:
+    response = await api.client.request(method, "/v1/functions/echo/invoke")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "POST"
+    assert response.json()["invocation_id"] == response.headers["flotilla-invocation-id"]
+
+
+async def test_a_post_routed_through_fastapi_gets_the_same_answer(
+    api: Api, deployed: str
+) -> None:
+    # Given the app's FastAPI stack called directly (as a mount that skipped FlotillaApp would)
+    app = api.client._transport.app  # type: ignore[attr-defined]
+
+    async def stack(scope: Any, receive: Any, send: Any) -> None:
         await FastAPI.__call__(app, scope, receive, send)
 
-    slow = httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=through_fastapi), base_url="http://test"
-    )
-    workers = {"teapot": _teapot, "error": _error}
-    if "worker" in request_:
-        api.transport.worker = workers[request_["worker"]]
-    api.transport.fail = request_.get("fail")
-    url = f"/v1/functions/{request_.get('fn', 'echo')}/invoke{request_.get('query', '')}"
-    kwargs = {"content": request_.get("body", b"hi"), "headers": request_.get("headers", {})}
-    # When both answer the same request
-    async with slow:
-        fast_response = await api.client.post(url, **kwargs)
-        slow_response = await slow.post(url, **kwargs)
-    # Then only the first took the shortcut
-    assert shortcuts == [request_.get("fn", "echo")]
-    # and status, headers and body match, except each response's own invocation id
-    assert fast_response.status_code == slow_response.status_code
-    assert _comparable(fast_response) == _comparable(slow_response)
-    assert len(fast_response.headers.get_list("flotilla-invocation-id")) == 1
-    # and both requests were counted under the route template
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=stack), base_url="http://test"
+    ) as through_stack:
+        answers = [
+            await c.post(f"/v1/functions/{fn}/invoke", content=b"hi")
+            for c in (api.client, through_stack) for fn in ("echo", "nope")
+        ]
+    # Then the one handler answered both ways alike, counted once each
+    for direct, routed in zip(answers[:2], answers[2:], strict=True):
+        assert (direct.status_code, direct.headers.get("content-type")) == (
+            routed.status_code, routed.headers.get("content-type")
+        )
+        if routed.status_code != 200:
+            assert routed.json()["invocation_id"] == routed.headers["flotilla-invocation-id"]
+            assert {**direct.json(), "invocation_id": ""} == {**routed.json(), "invocation_id": ""}
     metrics = (await api.client.get("/metrics")).text
-    label = f'route="/v1/functions/{{name}}/invoke",status="{fast_response.status_code}"'
-    assert f"flotilla_http_requests_total{{{label}}} 2.0" in metrics
+    assert f'flotilla_http_requests_total{{route="{INVOKE_ROUTE}",status="404"}} 2.0' in metrics
 
 
-def _comparable(response: httpx.Response) -> tuple[list[tuple[str, str]], Any]:
-    own_id = response.headers["flotilla-invocation-id"]
-    headers = [(k, v) for k, v in response.headers.multi_items() if k != "flotilla-invocation-id"]
-    if response.headers.get("content-type") == "application/problem+json":
-        body = response.json()
-        assert body.pop("invocation_id") == own_id
-        return headers, body
-    return headers, response.content
+PATHS = [
+    "/v1/functions/echo/invoke", "/v1/functions/a-b-1/invoke", "/v1/functions/Bad_Name/invoke",
+    "/v1/functions//invoke", "/v1/functions/invoke", "/v1/functions/a/b/invoke",
+    "/v1/functions/echo/invoke/", "/v1/functions/echo", "/v1/functions/echo/jobs", "/invoke",
+    "/api/v1/functions/echo/invoke", "/apix/v1/functions/echo/invoke", "/api", "",
+]
+
+
+@pytest.mark.parametrize("root_path", ["", "/api", "/api/"])
+def test_the_handler_takes_exactly_what_the_router_would_route_to_invoke(
+    api: Api, root_path: str
+) -> None:
+    # Given the documented route as Starlette's router matches it
+    app = api.client._transport.app  # type: ignore[attr-defined]
+    route = next(r for r in app.routes if getattr(r, "path", "") == INVOKE_ROUTE)
+    for path in PATHS:
+        scope = {"type": "http", "method": "POST", "path": path, "root_path": root_path}
+        match, child = route.matches(scope)
+        routed = child["path_params"]["name"] if match is Match.FULL else None
+        # Then the handler serves a request exactly when the router would send it there
+        assert invoked_function(path, root_path) == routed, (path, root_path)
