@@ -65,11 +65,27 @@ BUCKET_PATTERN = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
 TABLE_PATTERN = r"^[A-Za-z0-9_.-]{3,255}$"
 
 
+# Topics: dot-separated words; in `publish_topics` patterns a word may be `*` (one word) or
+# `#` (any number of words), as in AMQP topic routing.
+TOPIC_WORD = r"[a-z0-9_-]{1,64}"
+TOPIC_PATTERN = rf"^{TOPIC_WORD}(\.{TOPIC_WORD}){{0,15}}$"
+TOPIC_FILTER_PATTERN = rf"^({TOPIC_WORD}|\*|#)(\.({TOPIC_WORD}|\*|#)){{0,15}}$"
+MAX_RETRY_ATTEMPTS = 20
+MAX_BACKOFF_MS = 86_400_000
+MAX_CONCURRENCY = 100_000
+# Outcomes a job may be retried on (the others are not the guest's to retry).
+RETRYABLE = ("timeout", "trap", "memory_limit", "function_error")
+
 # The integer fields' (ge, le): their constraints and their error messages.
 _RANGES = {
     "timeout_ms": (1, MAX_TIMEOUT_MS),
     "memory_limit_mb": (1, MAX_MEMORY_LIMIT_MB),
     "max_body_bytes": (0, MAX_MAX_BODY_BYTES),
+    "max_concurrency": (0, MAX_CONCURRENCY),
+    "retry.max_attempts": (1, MAX_RETRY_ATTEMPTS),
+    "retry.backoff_ms": (0, MAX_BACKOFF_MS),
+    "retry.backoff_max_ms": (0, MAX_BACKOFF_MS),
+    "rate_limit.burst": (1, 1_000_000),
 }
 
 
@@ -91,6 +107,72 @@ EnvValue = Annotated[str, StringConstraints(strict=True, pattern=ENV_VALUE_PATTE
 Host = Annotated[str, StringConstraints(strict=True, min_length=1, pattern=HOST_PATTERN)]
 Bucket = Annotated[str, StringConstraints(strict=True, min_length=1, pattern=BUCKET_PATTERN)]
 Table = Annotated[str, StringConstraints(strict=True, min_length=1, pattern=TABLE_PATTERN)]
+TopicFilter = Annotated[
+    str, StringConstraints(strict=True, min_length=1, max_length=255, pattern=TOPIC_FILTER_PATTERN)
+]
+Retryable = Annotated[str, Field(strict=True, json_schema_extra={"enum": list(RETRYABLE)})]
+
+
+@dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+class RetryPolicy:
+    """How a failed job is tried again: exponential backoff with jitter, on some outcomes."""
+
+    max_attempts: int = Field(
+        default=1, strict=True, ge=1, le=MAX_RETRY_ATTEMPTS,
+        description="Runs in all, the first included (1: never retried)",
+    )
+    backoff_ms: int = Field(
+        default=1_000, strict=True, ge=0, le=MAX_BACKOFF_MS,
+        description="Delay before the first retry; doubled each time, with jitter",
+    )
+    backoff_max_ms: int = Field(
+        default=60_000, strict=True, ge=0, le=MAX_BACKOFF_MS, description="Longest delay"
+    )
+    on: tuple[Retryable, ...] = Field(
+        default=("timeout", "trap"), max_length=len(RETRYABLE),
+        description=f"Outcomes that are retried, of {', '.join(RETRYABLE)}",
+    )
+
+    @field_validator("on", mode="before")
+    @classmethod
+    def _known_outcomes(cls, value: Any) -> Any:
+        if not isinstance(value, (list, tuple)):
+            raise PydanticCustomError("list_type", "must be a list of outcomes")
+        for item in value:
+            if item not in RETRYABLE:
+                raise ValueError(f"{item!r} is not one of {', '.join(RETRYABLE)}")
+        return tuple(dict.fromkeys(value))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able form."""
+        return {
+            "max_attempts": self.max_attempts, "backoff_ms": self.backoff_ms,
+            "backoff_max_ms": self.backoff_max_ms, "on": list(self.on),
+        }
+
+
+@dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+class RateLimit:
+    """Invocations admitted per second across the fleet (a token bucket)."""
+
+    per_second: float = Field(gt=0, le=1_000_000, description="Average admissions per second")
+    burst: int = Field(
+        default=1, strict=True, ge=1, le=1_000_000, description="Admissions allowed at once"
+    )
+
+    @field_validator("per_second", mode="before")
+    @classmethod
+    def _number(cls, value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise PydanticCustomError("float_type", "must be a number")
+        return value
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able form."""
+        return {"per_second": self.per_second, "burst": self.burst}
+
+
+NO_RETRY = RetryPolicy()
 
 # What a rejected value is, said to the user, by field (the patterns are not for reading).
 _NOT_MATCHING = {
@@ -100,7 +182,17 @@ _NOT_MATCHING = {
     "s3_buckets": "is not a valid S3 bucket name",
     "dynamodb_tables": "is not a valid DynamoDB table name",
 }
-_LISTS = ("allowed_hosts", "s3_buckets", "dynamodb_tables")
+_LISTS = ("allowed_hosts", "s3_buckets", "dynamodb_tables", "spawn_functions", "publish_topics")
+_NOT_MATCHING.update({
+    "spawn_functions": "is not a function name",
+    "publish_topics": "is not a topic pattern (words of a-z, 0-9, '_', '-' joined by '.'; "
+    "a word may be '*' or '#')",
+})
+# Added after 0.1.0, with the defaults a digest leaves out (see FunctionConfig.digest_dict).
+LATER_DEFAULTS: dict[str, Any] = {
+    "retry": NO_RETRY.to_dict(), "max_concurrency": 0, "rate_limit": None,
+    "spawn_functions": [], "public": False, "publish_topics": [],
+}
 _UNKNOWN = ("unexpected_keyword_argument", "unexpected_positional_argument", "extra_forbidden")
 
 
@@ -136,10 +228,44 @@ class FunctionConfig:
     )
     s3_buckets: tuple[Bucket, ...] = _names("S3 buckets the function may use")
     dynamodb_tables: tuple[Table, ...] = _names("DynamoDB tables the function may use")
+    # Fields added after 0.1.0: left out of a config's digest while at their default, so
+    # versions deployed before them keep their digests (`digest_dict`).
+    retry: RetryPolicy = Field(
+        default=NO_RETRY, description="How failed jobs are retried (never synchronous calls)"
+    )
+    max_concurrency: int = _count(
+        "max_concurrency", 0,
+        "Invocations of the function running at once across the fleet (0: no limit)",
+    )
+    rate_limit: RateLimit | None = Field(
+        default=None, description="Invocations admitted per second across the fleet"
+    )
+    spawn_functions: tuple[Name, ...] = _names("Functions this one may start as jobs (`spawn`)")
+    public: bool = Field(
+        default=False, strict=True,
+        description="Callers without an API key may invoke it (never deploy or read it)",
+    )
+    publish_topics: tuple[TopicFilter, ...] = _names(
+        "Topics `topics.publish` may reach: words joined by '.', a word may be '*' or '#'"
+    )
 
     def __post_init__(self) -> None:
         if not self.cache_namespace:
             object.__setattr__(self, "cache_namespace", self.name)
+
+    @field_validator("retry", mode="before")
+    @classmethod
+    def _retry_object(cls, value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return RetryPolicy(**value)
+        return value
+
+    @field_validator("rate_limit", mode="before")
+    @classmethod
+    def _rate_object(cls, value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return RateLimit(**value)
+        return value
 
     @field_validator(*_LISTS, mode="before")
     @classmethod
@@ -197,8 +323,15 @@ class FunctionConfig:
 
     @classmethod
     def json_schema(cls) -> dict[str, Any]:
-        """The config's JSON schema (the OpenAPI schema of the deploy form's `config`)."""
-        return _ADAPTER.json_schema()
+        """The config's JSON schema (the OpenAPI schema of the deploy form's `config`), with
+        the nested objects' definitions inlined: it is embedded in the OpenAPI document,
+        where a `#/$defs/...` reference would point at the document's root."""
+        schema = _ADAPTER.json_schema()
+        defs = schema.pop("$defs", {})
+        for prop in schema["properties"].values():
+            if "default" in prop and prop["default"] is None:
+                del prop["default"]  # absent means null; OpenAPI generators drop it anyway
+        return _inline(schema, defs)  # type: ignore[no-any-return]
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able form, the inverse of `from_dict` (its JSON is part of the digest)."""
@@ -212,7 +345,21 @@ class FunctionConfig:
             "cache_namespace": self.cache_namespace,
             "s3_buckets": list(self.s3_buckets),
             "dynamodb_tables": list(self.dynamodb_tables),
+            "retry": self.retry.to_dict(),
+            "max_concurrency": self.max_concurrency,
+            "rate_limit": None if self.rate_limit is None else self.rate_limit.to_dict(),
+            "spawn_functions": list(self.spawn_functions),
+            "public": self.public,
+            "publish_topics": list(self.publish_topics),
         }
+
+    def digest_dict(self) -> dict[str, Any]:
+        """`to_dict` without the later fields that hold their defaults: what a digest covers."""
+        out = self.to_dict()
+        for key, default in LATER_DEFAULTS.items():
+            if out[key] == default:
+                del out[key]
+        return out
 
 
 FIELDS = tuple(f.name for f in dataclasses.fields(FunctionConfig))
@@ -231,6 +378,18 @@ def _init(self: FunctionConfig, *args: Any, **kwargs: Any) -> None:
 FunctionConfig.__init__ = _init  # type: ignore[method-assign]
 
 
+def _inline(node: Any, defs: dict[str, Any]) -> Any:
+    """`node` with every `{"$ref": "#/$defs/X"}` replaced by X's schema (no cycles here)."""
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/"):
+            return _inline(defs[ref.removeprefix("#/$defs/")], defs)
+        return {k: _inline(v, defs) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_inline(v, defs) for v in node]
+    return node
+
+
 def _config_error(exc: ValidationError) -> ConfigError:
     """The first error of `exc` as a ConfigError naming its field (an unknown field first:
     it is most likely a typo of the field whose other error would be reported)."""
@@ -238,6 +397,10 @@ def _config_error(exc: ValidationError) -> ConfigError:
     first = next((e for e in errors if e["type"] in _UNKNOWN), errors[0])
     loc = first["loc"]
     field = str(loc[0]) if loc else "config"
+    if field in ("retry", "rate_limit") and len(loc) > 1 and isinstance(loc[1], str):
+        field = f"{field}.{loc[1]}"  # a nested object's field: name it in full
+        loc = (field, *loc[2:])
+        first = {**first, "loc": loc}
     return ConfigError(field, _message(field, first))
 
 
@@ -256,7 +419,7 @@ def _message(field: str, error: ErrorDetails) -> str:
         if len(loc) > 1:
             return f"value of {loc[1]} must be a string without NUL bytes"
         return "must be an object of string to string"
-    if kind in ("greater_than_equal", "less_than_equal"):
+    if kind in ("greater_than_equal", "less_than_equal") and field in _RANGES:
         low, high = _RANGES[field]
         return f"{value} is out of range {low}..{high}"
     if kind.startswith("int"):

@@ -32,6 +32,15 @@ REPLY_MODES = (REPLY_QUEUE, REPLY_JOB)
 # AMQP `type` of a `Started` notice on the job-results queue (replies carry no type).
 STARTED_TYPE = "flotilla.started"
 
+# How an invocation was started (the guest's `invocation.kind`).
+KIND_SYNC = "sync"
+KIND_JOB = "job"
+KIND_SPAWNED = "spawned"
+KIND_SCHEDULED = "scheduled"
+KINDS = (KIND_SYNC, KIND_JOB, KIND_SPAWNED, KIND_SCHEDULED)
+DEFAULT_METHOD = "POST"
+DEFAULT_PATH = "/"
+
 class EnvelopeError(FlotillaError, ValueError):
     """Bytes that are not a valid envelope or reply of this format version."""
 
@@ -57,16 +66,33 @@ class Envelope:
     reply_to: str = ""  # the reply queue when reply_mode == "reply"
     published_ms: int = 0  # when a transport published it (epoch ms; queue-wait metric)
     version: int = FORMAT_VERSION
+    # What the caller asked for and how the invocation was started (the guest's
+    # `invocation` interface). Optional on the wire: encoded only when not the default, so
+    # envelopes without them (older publishers) decode to these defaults.
+    method: str = DEFAULT_METHOD
+    path: str = DEFAULT_PATH
+    query: Headers = ()  # decoded query parameters in order, repeats kept
+    caller: str | None = None  # the API key id; None for public and dev-mode calls
+    kind: str = ""  # one of KINDS; "" means sync for reply mode "reply", job for "job"
+    parent_id: str = ""  # the invocation that spawned this job
+    traceparent: str = ""  # W3C trace context of the caller's span
 
     def __post_init__(self) -> None:
         # reply_to may stay empty until a transport's `call` fills in its own reply queue.
         if self.reply_mode not in REPLY_MODES:
             raise EnvelopeError(f"reply_mode must be one of {REPLY_MODES}, got {self.reply_mode!r}")
+        if self.kind and self.kind not in KINDS:
+            raise EnvelopeError(f"kind must be one of {KINDS}, got {self.kind!r}")
+
+    @property
+    def start_kind(self) -> str:
+        """How the invocation was started: `kind`, or what the reply mode implies."""
+        return self.kind or (KIND_SYNC if self.reply_mode == REPLY_QUEUE else KIND_JOB)
 
     @classmethod
     def for_call(
         cls, invocation_id: str, function: str, digest: str, headers: Headers, body: bytes, *,
-        timeout_ms: int, reply_to: str = "",
+        timeout_ms: int, reply_to: str = "", **call: Any,
     ) -> Envelope:
         """A synchronous invocation: its id is its correlation id, its deadline `timeout_ms`
         from now; `reply_to` is the caller's reply queue (a transport's call() fills it in
@@ -80,15 +106,17 @@ class Envelope:
             body=body,
             deadline_ms=now_ms() + timeout_ms,
             reply_to=reply_to,
+            **call,
         )
 
     @classmethod
     def for_job(
         cls, job_id: str, function: str, digest: str, headers: Headers, body: bytes, *,
-        ttl_s: int,
+        ttl_s: int, **call: Any,
     ) -> Envelope:
         """A job: its reply goes to the job-results queue, and it may wait in the queue as
-        long as its result would be kept (`ttl_s`)."""
+        long as its result would be kept (`ttl_s`). `call` sets the optional fields (method,
+        path, query, caller, kind, parent_id, traceparent, attempt)."""
         return cls(
             invocation_id=job_id,
             correlation_id=job_id,
@@ -98,26 +126,41 @@ class Envelope:
             body=body,
             deadline_ms=now_ms() + ttl_s * 1000,
             reply_mode=REPLY_JOB,
+            **call,
         )
 
     def encode(self, published_ms: int | None = None) -> bytes:
         """msgpack bytes of this envelope; transports stamp `published_ms` as they publish."""
-        return _pack(
-            {
-                "v": self.version,
-                "id": self.invocation_id,
-                "cid": self.correlation_id,
-                "fn": self.function,
-                "dg": self.digest,
-                "h": self.headers,  # tuples pack as msgpack arrays, as lists do
-                "b": self.body,
-                "dl": self.deadline_ms,
-                "at": self.attempt,
-                "rm": self.reply_mode,
-                "rt": self.reply_to,
-                "pt": self.published_ms if published_ms is None else published_ms,
-            }
-        )
+        m = {
+            "v": self.version,
+            "id": self.invocation_id,
+            "cid": self.correlation_id,
+            "fn": self.function,
+            "dg": self.digest,
+            "h": self.headers,  # tuples pack as msgpack arrays, as lists do
+            "b": self.body,
+            "dl": self.deadline_ms,
+            "at": self.attempt,
+            "rm": self.reply_mode,
+            "rt": self.reply_to,
+            "pt": self.published_ms if published_ms is None else published_ms,
+        }
+        # The optional fields, only when set: a plain call's bytes stay as they were.
+        if self.method != DEFAULT_METHOD:
+            m["md"] = self.method
+        if self.path != DEFAULT_PATH:
+            m["pa"] = self.path
+        if self.query:
+            m["q"] = self.query
+        if self.caller is not None:
+            m["ca"] = self.caller
+        if self.kind:
+            m["k"] = self.kind
+        if self.parent_id:
+            m["pi"] = self.parent_id
+        if self.traceparent:
+            m["tp"] = self.traceparent
+        return _pack(m)
 
     @classmethod
     def decode(cls, data: bytes) -> Envelope:
@@ -144,6 +187,7 @@ class Envelope:
             reply_to=_get(m, "rt", str),
             published_ms=_get(m, "pt", int),
             version=m["v"],
+            **_optional_fields(m),
         )
 
     def remaining_ms(self, now: int) -> int:
@@ -328,13 +372,46 @@ def _fast_envelope(cls: type[Envelope], m: dict[str, Any]) -> Envelope | None:
     headers = _string_pairs(h)
     if headers is None:
         return None
+    optional = _OPTIONAL_DEFAULTS
+    if len(m) > _REQUIRED_KEYS:
+        try:
+            optional = {**_OPTIONAL_DEFAULTS, **_optional_fields(m)}
+        except EnvelopeError:
+            return None
     envelope = object.__new__(cls)
     envelope.__dict__.update(
         invocation_id=iid, correlation_id=cid, function=fn, digest=dg, headers=headers,
         body=b, deadline_ms=dl, attempt=at, reply_mode=rm, reply_to=rt, published_ms=pt,
-        version=m["v"],
+        version=m["v"], **optional,
     )
     return envelope
+
+
+_REQUIRED_KEYS = 12  # v, id, cid, fn, dg, h, b, dl, at, rm, rt, pt: more means optional ones
+_OPTIONAL_DEFAULTS: dict[str, Any] = {
+    "method": DEFAULT_METHOD, "path": DEFAULT_PATH, "query": (), "caller": None, "kind": "",
+    "parent_id": "", "traceparent": "",
+}
+# wire key -> (field, type); `q` (pairs) and `k` (one of KINDS) are checked apart.
+_OPTIONAL_STRINGS = {
+    "md": "method", "pa": "path", "ca": "caller", "pi": "parent_id", "tp": "traceparent",
+}
+
+
+def _optional_fields(m: Mapping[str, Any]) -> dict[str, Any]:
+    """The optional envelope fields present in `m`, checked (EnvelopeError names a bad one)."""
+    out: dict[str, Any] = {}
+    for key, name in _OPTIONAL_STRINGS.items():
+        if key in m:
+            out[name] = _get(m, key, str)
+    if "q" in m:
+        out["query"] = _headers(m, "q")
+    if "k" in m:
+        kind = _get(m, "k", str)
+        if kind not in KINDS:
+            raise EnvelopeError(f"field 'k' must be one of {KINDS}, got {kind!r}")
+        out["kind"] = kind
+    return out
 
 
 def _fast_reply(cls: type[Reply], m: dict[str, Any]) -> Reply | None:

@@ -43,7 +43,7 @@ class FunctionNotDeployed(RegistryError, LookupError):
 
 def canonical_config(config: FunctionConfig) -> str:
     """The config as canonical JSON (sorted keys, no spaces): part of the version digest."""
-    return json.dumps(config.to_dict(), sort_keys=True, separators=(",", ":"))
+    return json.dumps(config.digest_dict(), sort_keys=True, separators=(",", ":"))
 
 
 def version_digest(wasm_sha256: str, config: FunctionConfig) -> str:

@@ -10,7 +10,15 @@ import dataclasses
 import time
 from typing import Any
 
-from flotilla.envelope import Envelope, Reply, reply_to
+from flotilla.envelope import (
+    DEFAULT_METHOD,
+    DEFAULT_PATH,
+    KIND_SYNC,
+    Envelope,
+    Reply,
+    reply_to,
+)
+from flotilla.hosts.base import SYNC_CALL, CallInfo
 from flotilla.outcomes import Outcome
 from worker.artifacts import ArtifactCache, ArtifactNotFound
 from worker.handler import arm_watch
@@ -29,6 +37,25 @@ def capped_timeout_ms(config_timeout_ms: int, budget_ms: int, slack_ms: int = DE
     if budget_ms >= config_timeout_ms - slack_ms:
         return config_timeout_ms
     return max(1, budget_ms)
+
+
+def call_info(envelope: Envelope) -> CallInfo:
+    """What the guest's `invocation` interface reports for `envelope` (shared when default)."""
+    kind = envelope.start_kind
+    if (
+        envelope.method == DEFAULT_METHOD and envelope.path == DEFAULT_PATH
+        and not envelope.query and envelope.caller is None and envelope.attempt == 1
+        and kind == KIND_SYNC
+    ):
+        return SYNC_CALL
+    return CallInfo(
+        method=envelope.method,
+        path=envelope.path,
+        query=envelope.query,
+        caller=envelope.caller,
+        kind=kind,
+        attempt=envelope.attempt,
+    )
 
 
 class SandboxRunner:
@@ -56,6 +83,7 @@ class SandboxRunner:
             function_name=envelope.function,
             headers=envelope.headers,
             body=envelope.body,
+            call=call_info(envelope),
         )
         arm_watch(timeout)  # due from now: loading did not count, a job's TTL does not either
         result = self._sandbox.invoke(fn, config, request)

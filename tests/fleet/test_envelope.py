@@ -196,3 +196,57 @@ def test_topology_names_derive_from_prefix() -> None:
     assert args["x-overflow"] == "reject-publish"
     assert (args["x-delivery-limit"], args["x-max-length"]) == (3, 10)
     assert args["x-dead-letter-exchange"] == "abc.dlx"
+
+
+# ---- the optional fields (method, path, query, caller, kind, parent, trace context) ------
+
+OPTIONAL = {
+    "method": ("GET", "md"),
+    "path": ("/a/b", "pa"),
+    "query": ((("x", "1"), ("x", "2")), "q"),
+    "caller": ("key-1", "ca"),
+    "kind": ("scheduled", "k"),
+    "parent_id": ("parent", "pi"),
+    "traceparent": ("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "tp"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OPTIONAL))
+def test_each_optional_field_round_trips_alone(name: str) -> None:
+    value, key = OPTIONAL[name]
+    env = Envelope.for_job("j", "fn", "d" * 64, (), b"", ttl_s=60, **{name: value})
+    raw = env.encode()
+    assert key in msgpack.unpackb(raw)
+    assert Envelope.decode(raw) == env
+    assert getattr(Envelope.decode(raw), name) == value
+
+
+def test_optional_fields_are_absent_when_default() -> None:
+    env = Envelope.for_call("i", "fn", "d" * 64, (("a", "b"),), b"x", timeout_ms=10, reply_to="r")
+    assert set(msgpack.unpackb(env.encode())) == {
+        "v", "id", "cid", "fn", "dg", "h", "b", "dl", "at", "rm", "rt", "pt"
+    }
+    decoded = Envelope.decode(env.encode())
+    assert (decoded.method, decoded.path, decoded.query, decoded.caller, decoded.start_kind) == (
+        "POST", "/", (), None, "sync"
+    )
+    job = Envelope.for_job("j", "fn", "d" * 64, (), b"", ttl_s=60)
+    assert Envelope.decode(job.encode()).start_kind == "job"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("md", 1, "'md'"),
+        ("q", [["a"]], "'q'"),
+        ("q", "a=1", "'q'"),
+        ("k", "cron", "'k'"),
+        ("ca", b"key", "'ca'"),
+        ("tp", None, "'tp'"),
+    ],
+)
+def test_bad_optional_fields_are_named(key: str, value: object, message: str) -> None:
+    m = msgpack.unpackb(Envelope.for_job("j", "fn", "d" * 64, (), b"", ttl_s=60).encode())
+    m[key] = value
+    with pytest.raises(EnvelopeError, match=message):
+        Envelope.decode(msgpack.packb(m, use_bin_type=True))

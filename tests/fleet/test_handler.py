@@ -168,3 +168,18 @@ def test_without_redis_the_delivery_count_decides() -> None:
     assert handler.handle(env.encode(), redeliveries=2).settle is Settle.ACK
     assert handler.handle(env.encode(), redeliveries=3).settle is Settle.REJECT
     assert runner.runs[env.invocation_id] == 1
+
+
+def test_call_info_carries_the_envelopes_call() -> None:
+    from flotilla.envelope import Envelope
+    from flotilla.hosts.base import SYNC_CALL, CallInfo
+    from worker.runner import call_info
+
+    plain = Envelope.for_call("i", "fn", "d", (), b"", timeout_ms=10, reply_to="r")
+    assert call_info(plain) is SYNC_CALL
+    job = Envelope.for_job(
+        "j", "fn", "d", (), b"", ttl_s=5, method="PUT", path="/p", query=(("a", "1"),),
+        caller="k", kind="spawned", attempt=2,
+    )
+    assert call_info(job) == CallInfo("PUT", "/p", (("a", "1"),), "k", "spawned", 2)
+    assert call_info(Envelope.for_job("j", "fn", "d", (), b"", ttl_s=5)).kind == "job"

@@ -207,3 +207,68 @@ def test_schema_states_every_limit_of_the_model() -> None:
     assert str(MAX_ENV_BYTES) in props["env"]["description"]
     for key in ("allowed_hosts", "s3_buckets", "dynamodb_tables"):
         assert props[key]["maxItems"] == 100
+
+
+# ---- fields added after 0.1.0 (retry, limits, spawn, public, topics) ------------------
+
+
+def test_later_fields_default_and_stay_out_of_the_digest() -> None:
+    plain = FunctionConfig(name="echo")
+    assert (plain.retry.max_attempts, plain.retry.on, plain.max_concurrency, plain.rate_limit,
+            plain.spawn_functions, plain.public, plain.publish_topics) == (
+        1, ("timeout", "trap"), 0, None, (), False, ())
+    assert "retry" not in canonical_config(plain) and "public" not in canonical_config(plain)
+    shown = plain.to_dict()
+    assert shown["retry"] == {"max_attempts": 1, "backoff_ms": 1000, "backoff_max_ms": 60000,
+                              "on": ["timeout", "trap"]}
+    assert shown["rate_limit"] is None and shown["public"] is False
+
+
+def test_later_fields_round_trip_and_change_the_digest() -> None:
+    data = {
+        "name": "jobs",
+        "retry": {"max_attempts": 5, "backoff_ms": 10, "backoff_max_ms": 100,
+                  "on": ["function_error", "timeout"]},
+        "max_concurrency": 3,
+        "rate_limit": {"per_second": 2.5, "burst": 4},
+        "spawn_functions": ["other"],
+        "public": True,
+        "publish_topics": ["orders.*", "audit.#"],
+    }
+    config = FunctionConfig.from_dict(data)
+    assert FunctionConfig.from_dict(config.to_dict()) == config
+    assert config.to_dict()["rate_limit"] == {"per_second": 2.5, "burst": 4}
+    assert config.retry.on == ("function_error", "timeout")
+    digest = version_digest("ab" * 32, config)
+    assert digest != version_digest("ab" * 32, FunctionConfig(name="jobs"))
+    assert version_digest("ab" * 32, FunctionConfig.from_dict(config.to_dict())) == digest
+
+
+@pytest.mark.parametrize(
+    ("data", "field", "words"),
+    [
+        ({"retry": {"max_attempts": 0}}, "retry.max_attempts", "out of range 1..20"),
+        ({"retry": {"max_attempts": 21}}, "retry.max_attempts", "out of range"),
+        ({"retry": {"on": ["ok"]}}, "retry.on", "'ok' is not one of"),
+        ({"retry": {"on": "timeout"}}, "retry.on", "list"),
+        ({"retry": {"backoff_ms": -1}}, "retry.backoff_ms", "out of range"),
+        ({"retry": {"tries": 3}}, "retry.tries", "unknown"),
+        ({"retry": 3}, "retry", ""),
+        ({"max_concurrency": -1}, "max_concurrency", "out of range 0..100000"),
+        ({"max_concurrency": "2"}, "max_concurrency", "integer"),
+        ({"rate_limit": {"per_second": 0}}, "rate_limit.per_second", ""),
+        ({"rate_limit": {"per_second": "1"}}, "rate_limit.per_second", "number"),
+        ({"rate_limit": {"per_second": 1, "burst": 0}}, "rate_limit.burst", "out of range"),
+        ({"rate_limit": {}}, "rate_limit.per_second", "required"),
+        ({"spawn_functions": ["Bad"]}, "spawn_functions", "not a function name"),
+        ({"public": "yes"}, "public", ""),
+        ({"publish_topics": ["a..b"]}, "publish_topics", "not a topic pattern"),
+        ({"publish_topics": ["Orders"]}, "publish_topics", "not a topic pattern"),
+        ({"publish_topics": "orders"}, "publish_topics", "list"),
+    ],
+)
+def test_later_fields_are_checked(data: dict[str, object], field: str, words: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        FunctionConfig.from_dict({"name": "fn", **data})
+    assert info.value.field == field
+    assert words in str(info.value)
