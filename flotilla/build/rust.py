@@ -141,19 +141,22 @@ def build_rust(
     wit_dir: str | Path | None = None,
     cache_dir: str | Path | None = None,
     force: bool = False,
+    work_dir: str | Path | None = None,
     run: CargoRunner | None = None,
 ) -> BuildResult:
     """Build the crate at `source` (its directory or Cargo.toml), or reuse the cached build,
     and copy the component to `output` if given.
 
-    `force` rebuilds even on a cache hit. `run` executes cargo (default: a subprocess with a
-    timeout). Nothing is written at `output` unless the build succeeded.
+    `force` rebuilds even on a cache hit. `work_dir` holds std's sources and Cargo's target
+    directory (default `<cache_dir>/rust`; share it to build std once). `run` executes cargo
+    (default: a subprocess with a timeout). Nothing is written at `output` unless the build
+    succeeded.
     """
     started = time.perf_counter()
     crate = _crate_dir(Path(source))
     tools = find_toolchain()
     cache = Path(cache_dir if cache_dir is not None else default_cache_dir())
-    rust_dir = cache / "rust"
+    rust_dir = Path(work_dir) if work_dir is not None else cache / "rust"
     library = std_sources(tools, rust_dir)
     wit = Path(wit_dir).resolve() if wit_dir is not None else find_wit_dir()
     wits = wit_files(wit)
