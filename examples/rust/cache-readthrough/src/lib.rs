@@ -27,7 +27,11 @@ pub fn handle(request: Request) -> Response {
         None => env::var("UPSTREAM_URL").unwrap_or_default(),
     };
     if url.is_empty() {
-        return text(400, "no upstream: send x-upstream-url or set UPSTREAM_URL\n".into(), "bypass");
+        return text(
+            400,
+            "no upstream: send x-upstream-url or set UPSTREAM_URL\n".into(),
+            "bypass",
+        );
     }
     let ttl_ms = env::var("CACHE_TTL_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(60_000);
     let key = format!("readthrough:{url}");
@@ -45,7 +49,9 @@ pub fn handle(request: Request) -> Response {
 
     let upstream = match http::invoke(&http::Request::get(url.as_str())) {
         Ok(upstream) => upstream,
-        Err(http::Error::Timeout) => return text(504, format!("upstream {url} timed out\n"), "bypass"),
+        Err(http::Error::Timeout) => {
+            return text(504, format!("upstream {url} timed out\n"), "bypass")
+        }
         Err(error) => return text(502, format!("upstream {url} failed: {error}\n"), "bypass"),
     };
 
@@ -55,8 +61,11 @@ pub fn handle(request: Request) -> Response {
             log::warn(&format!("cache set failed: {error}"));
         }
     }
-    let mut headers: Vec<(String, String)> =
-        upstream.headers.into_iter().filter(|(k, _)| k.eq_ignore_ascii_case("content-type")).collect();
+    let mut headers: Vec<(String, String)> = upstream
+        .headers
+        .into_iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+        .collect();
     headers.push(("x-cache".into(), state.into()));
     Response { status: upstream.status, headers, body: upstream.body }
 }

@@ -243,7 +243,10 @@ mod tests {
     fn round_trips_dynamodb_json() {
         let text = r#"{"pk": {"S": "a\"b ✓ \u00e9 \ud83d\ude00"}, "n": {"N": "-1.5e3"}, "l": [true, null, []], "o": {}}"#;
         let value = parse(text).unwrap();
-        assert_eq!(value.get("pk").and_then(|v| v.get("S")).and_then(Value::as_str), Some("a\"b ✓ é 😀"));
+        assert_eq!(
+            value.get("pk").and_then(|v| v.get("S")).and_then(Value::as_str),
+            Some("a\"b ✓ é 😀")
+        );
         assert_eq!(parse(&value.to_string()).unwrap(), value);
         assert!(parse("{\"a\": }").is_err() && parse("[1] x").is_err());
     }

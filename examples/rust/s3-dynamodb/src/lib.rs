@@ -26,11 +26,14 @@ fn reply(status: u16, payload: Value) -> Response {
 /// A host call failed: 503 when unavailable, 502 otherwise, naming the call.
 fn host_failure(call: &str, case: &str, detail: Option<&str>) -> Response {
     let status = if case == "unavailable" { 503 } else { 502 };
-    reply(status, Value::object([
-        ("error", Value::String(format!("{call} failed"))),
-        ("case", Value::String(case.into())),
-        ("detail", Value::String(detail.unwrap_or_default().into())),
-    ]))
+    reply(
+        status,
+        Value::object([
+            ("error", Value::String(format!("{call} failed"))),
+            ("case", Value::String(case.into())),
+            ("detail", Value::String(detail.unwrap_or_default().into())),
+        ]),
+    )
 }
 
 fn s3_failed(call: &str) -> impl Fn(s3::Error) -> Response + '_ {
@@ -46,10 +49,22 @@ pub fn handle(request: Request) -> Response {
     let bucket = env::var("BUCKET").unwrap_or_default();
     let table = env::var("TABLE").unwrap_or_default();
     if bucket.is_empty() || table.is_empty() {
-        return reply(500, Value::object([("error", Value::String("set BUCKET and TABLE in the function's env".into()))]));
+        return reply(
+            500,
+            Value::object([(
+                "error",
+                Value::String("set BUCKET and TABLE in the function's env".into()),
+            )]),
+        );
     }
     let Some(key) = request.header("x-key").filter(|k| !k.is_empty()).map(str::to_string) else {
-        return reply(400, Value::object([("error", Value::String("send the object key in the x-key header".into()))]));
+        return reply(
+            400,
+            Value::object([(
+                "error",
+                Value::String("send the object key in the x-key header".into()),
+            )]),
+        );
     };
     let default_mode = if request.body.is_empty() { "get" } else { "put" };
     let mode = request.header("x-mode").unwrap_or(default_mode).to_string();
@@ -69,8 +84,10 @@ pub fn handle(request: Request) -> Response {
 /// Write the object, then the item that references it.
 fn put(request: Request, bucket: &str, table: &str, key: &str) -> Result<Response, Response> {
     let s3_key = format!("objects/{key}");
-    let content_type = request.header("content-type").unwrap_or("application/octet-stream").to_string();
-    s3::put_object(bucket, &s3_key, &request.body, Some(&content_type)).map_err(s3_failed("s3.put-object"))?;
+    let content_type =
+        request.header("content-type").unwrap_or("application/octet-stream").to_string();
+    s3::put_object(bucket, &s3_key, &request.body, Some(&content_type))
+        .map_err(s3_failed("s3.put-object"))?;
     let item = Value::object([
         ("pk", Value::s(key)),
         ("s3_key", Value::s(s3_key)),
@@ -84,24 +101,32 @@ fn put(request: Request, bucket: &str, table: &str, key: &str) -> Result<Respons
 
 /// Read the item, then the object it points to.
 fn get(bucket: &str, table: &str, pk: &str) -> Result<Response, Response> {
-    let Some(text) = dynamodb::get_item(table, pk).map_err(dynamodb_failed("dynamodb.get-item"))? else {
+    let Some(text) = dynamodb::get_item(table, pk).map_err(dynamodb_failed("dynamodb.get-item"))?
+    else {
         return Ok(reply(404, Value::object([("error", Value::String("no such item".into()))])));
     };
-    let item = json::parse(&text).map_err(|e| reply(502, Value::object([("error", Value::String(e))])))?;
-    let attribute = |name: &str| item.get(name).and_then(|v| v.get("S")).and_then(Value::as_str).map(str::to_string);
+    let item =
+        json::parse(&text).map_err(|e| reply(502, Value::object([("error", Value::String(e))])))?;
+    let attribute = |name: &str| {
+        item.get(name).and_then(|v| v.get("S")).and_then(Value::as_str).map(str::to_string)
+    };
     let s3_key = attribute("s3_key").unwrap_or_default();
     let Some(body) = s3::get_object(bucket, &s3_key).map_err(s3_failed("s3.get-object"))? else {
         let message = Value::String("item found but its object is missing".into());
         return Ok(reply(404, Value::object([("error", message), ("item", item.clone())])));
     };
-    let content_type = attribute("content_type").unwrap_or_else(|| "application/octet-stream".into());
+    let content_type =
+        attribute("content_type").unwrap_or_else(|| "application/octet-stream".into());
     Ok(Response::new(200).with_header("content-type", content_type).with_body(body))
 }
 
 /// Delete the object the item points to, then the item.
 fn delete(bucket: &str, table: &str, pk: &str) -> Result<Response, Response> {
-    if let Some(text) = dynamodb::get_item(table, pk).map_err(dynamodb_failed("dynamodb.get-item"))? {
-        let item = json::parse(&text).map_err(|e| reply(502, Value::object([("error", Value::String(e))])))?;
+    if let Some(text) =
+        dynamodb::get_item(table, pk).map_err(dynamodb_failed("dynamodb.get-item"))?
+    {
+        let item = json::parse(&text)
+            .map_err(|e| reply(502, Value::object([("error", Value::String(e))])))?;
         if let Some(s3_key) = item.get("s3_key").and_then(|v| v.get("S")).and_then(Value::as_str) {
             s3::delete_object(bucket, s3_key).map_err(s3_failed("s3.delete-object"))?;
         }

@@ -85,7 +85,9 @@ pub fn handle(request: Request) -> Response {
     };
     if count > limit {
         let retry_after_s = ((window + 1) * window_ms - now_ms).div_ceil(1000).max(1);
-        let body = format!(r#"{{"error": "rate limit exceeded", "limit": {limit}, "window_ms": {window_ms}}}"#);
+        let body = format!(
+            r#"{{"error": "rate limit exceeded", "limit": {limit}, "window_ms": {window_ms}}}"#
+        );
         return reply(429, body).with_header("retry-after", retry_after_s.to_string());
     }
     let token = new_token();
@@ -94,7 +96,12 @@ pub fn handle(request: Request) -> Response {
         return reply(503, format!(r#"{{"error": {message}}}"#));
     }
     let remaining = limit - count;
-    reply(200, format!(r#"{{"token": "{token}", "remaining": {remaining}, "expires_in_ms": {token_ttl_ms}}}"#))
+    reply(
+        200,
+        format!(
+            r#"{{"token": "{token}", "remaining": {remaining}, "expires_in_ms": {token_ttl_ms}}}"#
+        ),
+    )
 }
 
 flotilla::export!(handle);

@@ -89,7 +89,12 @@ impl<const N: usize> RetArea<N> {
     }
 
     /// Reads `option<T>` whose discriminant is at `at` and payload at `payload`.
-    pub fn option<T>(&self, at: usize, payload: usize, some: impl FnOnce(&Self, usize) -> T) -> Option<T> {
+    pub fn option<T>(
+        &self,
+        at: usize,
+        payload: usize,
+        some: impl FnOnce(&Self, usize) -> T,
+    ) -> Option<T> {
         match self.u8(at) {
             0 => None,
             1 => Some(some(self, payload)),
@@ -279,15 +284,20 @@ mod tests {
     #[test]
     fn result_of_option_list_ok_some() {
         // result<option<list<u8>>, error>: disc 0, option disc at 4, list at 8.
-        let a: RetArea<16> = area(&[(0, &[0]), (4, &[1]), (8, &100u32.to_le_bytes()), (12, &3u32.to_le_bytes())]);
-        assert_eq!(a.result(4, |a, at| a.option(at, at + 4, |a, p| a.slice(p))), Ok(Some((100, 3))));
+        let a: RetArea<16> =
+            area(&[(0, &[0]), (4, &[1]), (8, &100u32.to_le_bytes()), (12, &3u32.to_le_bytes())]);
+        assert_eq!(
+            a.result(4, |a, at| a.option(at, at + 4, |a, p| a.slice(p))),
+            Ok(Some((100, 3)))
+        );
     }
 
     #[test]
     fn result_of_option_ok_none_and_err() {
         let none: RetArea<16> = area(&[(0, &[0]), (4, &[0])]);
         assert_eq!(none.result(4, |a, at| a.option(at, at + 4, |a, p| a.slice(p))), Ok(None));
-        let err: RetArea<16> = area(&[(0, &[1]), (4, &[1]), (8, &64u32.to_le_bytes()), (12, &2u32.to_le_bytes())]);
+        let err: RetArea<16> =
+            area(&[(0, &[1]), (4, &[1]), (8, &64u32.to_le_bytes()), (12, &2u32.to_le_bytes())]);
         let got = err.result(4, |a, at| a.option(at, at + 4, |a, p| a.slice(p)));
         assert_eq!(got, Err(RawError { case: 1, text: (64, 2) }));
     }
@@ -297,7 +307,8 @@ mod tests {
         // result<s64, error>: payload at 8; the error variant's string at 12.
         let ok: RetArea<24> = area(&[(0, &[0]), (8, &i64::MIN.to_le_bytes())]);
         assert_eq!(ok.result(8, |a, at| a.i64(at)), Ok(i64::MIN));
-        let err: RetArea<24> = area(&[(0, &[1]), (8, &[0]), (12, &40u32.to_le_bytes()), (16, &5u32.to_le_bytes())]);
+        let err: RetArea<24> =
+            area(&[(0, &[1]), (8, &[0]), (12, &40u32.to_le_bytes()), (16, &5u32.to_le_bytes())]);
         assert_eq!(err.result(8, |a, at| a.i64(at)), Err(RawError { case: 0, text: (40, 5) }));
     }
 

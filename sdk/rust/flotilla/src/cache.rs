@@ -21,14 +21,18 @@ wit_error! {
 pub fn get(key: &str) -> Result<Option<Vec<u8>>, Error> {
     let mut area = RetArea::<16>::new();
     unsafe { ffi::get(key.as_ptr(), key.len(), area.ptr()) };
-    area.result(4, |a, at| a.option(at, at + 4, |a, p| unsafe { crate::abi::take_bytes(a.slice(p)) }))
-        .map_err(Error::lift)
+    area.result(4, |a, at| {
+        a.option(at, at + 4, |a, p| unsafe { crate::abi::take_bytes(a.slice(p)) })
+    })
+    .map_err(Error::lift)
 }
 
 /// Writes a value.
 pub fn set(key: &str, value: &[u8], ttl_ms: u64) -> Result<(), Error> {
     let mut area = RetArea::<16>::new();
-    unsafe { ffi::set(key.as_ptr(), key.len(), value.as_ptr(), value.len(), ttl_ms as i64, area.ptr()) };
+    unsafe {
+        ffi::set(key.as_ptr(), key.len(), value.as_ptr(), value.len(), ttl_ms as i64, area.ptr())
+    };
     area.result(4, |_, _| ()).map_err(Error::lift)
 }
 
@@ -36,7 +40,14 @@ pub fn set(key: &str, value: &[u8], ttl_ms: u64) -> Result<(), Error> {
 pub fn set_if_absent(key: &str, value: &[u8], ttl_ms: u64) -> Result<bool, Error> {
     let mut area = RetArea::<16>::new();
     unsafe {
-        ffi::set_if_absent(key.as_ptr(), key.len(), value.as_ptr(), value.len(), ttl_ms as i64, area.ptr())
+        ffi::set_if_absent(
+            key.as_ptr(),
+            key.len(),
+            value.as_ptr(),
+            value.len(),
+            ttl_ms as i64,
+            area.ptr(),
+        )
     };
     area.result(4, |a, at| a.u8(at) != 0).map_err(Error::lift)
 }
@@ -45,7 +56,14 @@ pub fn set_if_absent(key: &str, value: &[u8], ttl_ms: u64) -> Result<bool, Error
 pub fn set_if_present(key: &str, value: &[u8], ttl_ms: u64) -> Result<bool, Error> {
     let mut area = RetArea::<16>::new();
     unsafe {
-        ffi::set_if_present(key.as_ptr(), key.len(), value.as_ptr(), value.len(), ttl_ms as i64, area.ptr())
+        ffi::set_if_present(
+            key.as_ptr(),
+            key.len(),
+            value.as_ptr(),
+            value.len(),
+            ttl_ms as i64,
+            area.ptr(),
+        )
     };
     area.result(4, |a, at| a.u8(at) != 0).map_err(Error::lift)
 }
@@ -56,8 +74,14 @@ pub fn set_if_equal(key: &str, expected: &[u8], value: &[u8], ttl_ms: u64) -> Re
     let mut area = RetArea::<16>::new();
     unsafe {
         ffi::set_if_equal(
-            key.as_ptr(), key.len(), expected.as_ptr(), expected.len(),
-            value.as_ptr(), value.len(), ttl_ms as i64, area.ptr(),
+            key.as_ptr(),
+            key.len(),
+            expected.as_ptr(),
+            expected.len(),
+            value.as_ptr(),
+            value.len(),
+            ttl_ms as i64,
+            area.ptr(),
         )
     };
     area.result(4, |a, at| a.u8(at) != 0).map_err(Error::lift)

@@ -46,8 +46,15 @@ pub fn put_item_if(table: &str, item: &str, condition: &str, values: &str) -> Re
     let mut area = RetArea::<16>::new();
     unsafe {
         ffi::put_item_if(
-            table.as_ptr(), table.len(), item.as_ptr(), item.len(),
-            condition.as_ptr(), condition.len(), values.as_ptr(), values.len(), area.ptr(),
+            table.as_ptr(),
+            table.len(),
+            item.as_ptr(),
+            item.len(),
+            condition.as_ptr(),
+            condition.len(),
+            values.as_ptr(),
+            values.len(),
+            area.ptr(),
         )
     };
     area.result(4, |a, at| a.u8(at) != 0).map_err(Error::lift)

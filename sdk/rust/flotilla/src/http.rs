@@ -104,11 +104,16 @@ pub fn invoke(request: &Request) -> Result<Response, Error> {
     let mut area = RetArea::<24>::new();
     unsafe {
         ffi::invoke(
-            request.method.as_ptr(), request.method.len(),
-            request.url.as_ptr(), request.url.len(),
-            headers.as_ptr().cast(), headers.len(),
-            request.body.as_ptr(), request.body.len(),
-            request.timeout_ms.is_some() as i32, request.timeout_ms.unwrap_or(0) as i32,
+            request.method.as_ptr(),
+            request.method.len(),
+            request.url.as_ptr(),
+            request.url.len(),
+            headers.as_ptr().cast(),
+            headers.len(),
+            request.body.as_ptr(),
+            request.body.len(),
+            request.timeout_ms.is_some() as i32,
+            request.timeout_ms.unwrap_or(0) as i32,
             area.ptr(),
         )
     };
@@ -130,7 +135,10 @@ mod tests {
     #[test]
     fn cases_without_payload_have_no_detail() {
         let timeout = Error::from_wit(1, || unreachable!("timeout carries no string"));
-        assert_eq!((timeout.case(), timeout.detail(), timeout.to_string()), ("timeout", None, "timeout".into()));
+        assert_eq!(
+            (timeout.case(), timeout.detail(), timeout.to_string()),
+            ("timeout", None, "timeout".into())
+        );
         assert_eq!(Error::from_wit(4, || unreachable!()), Error::TooLarge);
         assert_eq!(Error::from_wit(3, || "bad url".into()).to_string(), "invalid-request: bad url");
     }
@@ -138,6 +146,9 @@ mod tests {
     #[test]
     fn builders() {
         let request = Request::post("http://h/", "x").with_header("a", "b").with_timeout_ms(5);
-        assert_eq!((request.method.as_str(), request.body.as_slice(), request.timeout_ms), ("POST", &b"x"[..], Some(5)));
+        assert_eq!(
+            (request.method.as_str(), request.body.as_slice(), request.timeout_ms),
+            ("POST", &b"x"[..], Some(5))
+        );
     }
 }

@@ -81,8 +81,15 @@ macro_rules! export {
             ) -> *mut u8 {
                 unsafe {
                     $crate::export::handle(
-                        $handler, id, id_len, function, function_len, headers, headers_len,
-                        body, body_len,
+                        $handler,
+                        id,
+                        id_len,
+                        function,
+                        function_len,
+                        headers,
+                        headers_len,
+                        body,
+                        body_len,
                     )
                 }
             }

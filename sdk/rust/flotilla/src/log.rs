@@ -32,7 +32,9 @@ impl Level {
 
     /// The level named `name` (its WIT name), if any.
     pub fn from_name(name: &str) -> Option<Level> {
-        [Level::Debug, Level::Info, Level::Warn, Level::Error].into_iter().find(|l| l.as_str() == name)
+        [Level::Debug, Level::Info, Level::Warn, Level::Error]
+            .into_iter()
+            .find(|l| l.as_str() == name)
     }
 }
 

@@ -24,7 +24,12 @@ pub fn get_object(bucket: &str, key: &str) -> Result<Option<Vec<u8>>, Error> {
 }
 
 /// Writes an object, replacing any existing one; `content_type` defaults to the host's.
-pub fn put_object(bucket: &str, key: &str, body: &[u8], content_type: Option<&str>) -> Result<(), Error> {
+pub fn put_object(
+    bucket: &str,
+    key: &str,
+    body: &[u8],
+    content_type: Option<&str>,
+) -> Result<(), Error> {
     let mut area = RetArea::<16>::new();
     let (is_some, ct) = match content_type {
         Some(ct) => (1, ct),
@@ -32,8 +37,16 @@ pub fn put_object(bucket: &str, key: &str, body: &[u8], content_type: Option<&st
     };
     unsafe {
         ffi::put_object(
-            bucket.as_ptr(), bucket.len(), key.as_ptr(), key.len(), body.as_ptr(), body.len(),
-            is_some, ct.as_ptr(), ct.len(), area.ptr(),
+            bucket.as_ptr(),
+            bucket.len(),
+            key.as_ptr(),
+            key.len(),
+            body.as_ptr(),
+            body.len(),
+            is_some,
+            ct.as_ptr(),
+            ct.len(),
+            area.ptr(),
         )
     };
     area.result(4, |_, _| ()).map_err(Error::lift)
@@ -42,7 +55,9 @@ pub fn put_object(bucket: &str, key: &str, body: &[u8], content_type: Option<&st
 /// Deletes an object; deleting an absent object is not an error.
 pub fn delete_object(bucket: &str, key: &str) -> Result<(), Error> {
     let mut area = RetArea::<16>::new();
-    unsafe { ffi::delete_object(bucket.as_ptr(), bucket.len(), key.as_ptr(), key.len(), area.ptr()) };
+    unsafe {
+        ffi::delete_object(bucket.as_ptr(), bucket.len(), key.as_ptr(), key.len(), area.ptr())
+    };
     area.result(4, |_, _| ()).map_err(Error::lift)
 }
 

@@ -19,13 +19,22 @@ wit_error! {
 ///
 /// `headers` may be any slice of string pairs, e.g. `&[("x-a", "1")]` or a
 /// [`Headers`](crate::Headers).
-pub fn job<A: AsRef<str>, B: AsRef<str>>(function: &str, headers: &[(A, B)], body: &[u8]) -> Result<String, Error> {
+pub fn job<A: AsRef<str>, B: AsRef<str>>(
+    function: &str,
+    headers: &[(A, B)],
+    body: &[u8],
+) -> Result<String, Error> {
     let entries = abi::lower_pairs(headers);
     let mut area = RetArea::<16>::new();
     unsafe {
         ffi::job(
-            function.as_ptr(), function.len(), entries.as_ptr().cast(), entries.len(),
-            body.as_ptr(), body.len(), area.ptr(),
+            function.as_ptr(),
+            function.len(),
+            entries.as_ptr().cast(),
+            entries.len(),
+            body.as_ptr(),
+            body.len(),
+            area.ptr(),
         )
     };
     area.result(4, |a, at| unsafe { abi::take_string(a.slice(at)) }).map_err(Error::lift)

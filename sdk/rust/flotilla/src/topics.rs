@@ -18,6 +18,8 @@ wit_error! {
 /// Publishes one message to `topic`.
 pub fn publish(topic: &str, message: &[u8]) -> Result<(), Error> {
     let mut area = RetArea::<16>::new();
-    unsafe { ffi::publish(topic.as_ptr(), topic.len(), message.as_ptr(), message.len(), area.ptr()) };
+    unsafe {
+        ffi::publish(topic.as_ptr(), topic.len(), message.as_ptr(), message.len(), area.ptr())
+    };
     area.result(4, |_, _| ()).map_err(Error::lift)
 }

@@ -111,7 +111,11 @@ mod tests {
     #[test]
     fn headers_match_case_insensitively_in_order() {
         let request = Request {
-            headers: vec![("X-A".into(), "1".into()), ("b".into(), "2".into()), ("x-a".into(), "3".into())],
+            headers: vec![
+                ("X-A".into(), "1".into()),
+                ("b".into(), "2".into()),
+                ("x-a".into(), "3".into()),
+            ],
             ..Request::default()
         };
         assert_eq!(request.header("x-a"), Some("1"));
@@ -126,14 +130,18 @@ mod tests {
         assert_eq!(response.body, b"gone");
         assert_eq!(
             response.headers,
-            [("content-type".to_string(), "text/plain; charset=utf-8".to_string()), ("x".into(), "y".into())]
+            [
+                ("content-type".to_string(), "text/plain; charset=utf-8".to_string()),
+                ("x".into(), "y".into())
+            ]
         );
     }
 
     #[test]
     fn handler_results_turn_errors_into_messages() {
         assert_eq!(Response::ok("a").into_result().map(|r| r.body), Ok(b"a".to_vec()));
-        let failed: Result<Response, std::num::ParseIntError> = "x".parse::<u8>().map(|_| Response::new(200));
+        let failed: Result<Response, std::num::ParseIntError> =
+            "x".parse::<u8>().map(|_| Response::new(200));
         assert_eq!(failed.into_result(), Err("invalid digit found in string".to_string()));
     }
 }

@@ -10,8 +10,8 @@ use std::fmt::Display;
 use std::io::{Read, Write};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use flotilla::{cache, dynamodb, http, invocation, log, s3, secrets, spawn, topics};
 use flotilla::{Request, Response};
+use flotilla::{cache, dynamodb, http, invocation, log, s3, secrets, spawn, topics};
 
 /// The first `op`, `a1`..`a4` and `expected` headers; "" when absent.
 struct Args {
@@ -23,7 +23,12 @@ struct Args {
 impl Args {
     fn of(request: &Request) -> Args {
         let first = |name: &str| {
-            request.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()).unwrap_or_default()
+            request
+                .headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
         };
         Args {
             op: first("op"),
@@ -56,7 +61,15 @@ macro_rules! host_error {
         }
     )*};
 }
-host_error!(cache::Error, http::Error, s3::Error, dynamodb::Error, secrets::Error, topics::Error, spawn::Error);
+host_error!(
+    cache::Error,
+    http::Error,
+    s3::Error,
+    dynamodb::Error,
+    secrets::Error,
+    topics::Error,
+    spawn::Error
+);
 
 fn failed(error: &dyn HostError) -> Response {
     let body = match error.detail() {
@@ -95,7 +108,10 @@ fn outcome(ok: bool) -> Response {
 }
 
 fn write_line(mut stream: impl Write, value: &str) -> Response {
-    stream.write_all(value.as_bytes()).and_then(|_| stream.write_all(b"\n")).and_then(|_| stream.flush())
+    stream
+        .write_all(value.as_bytes())
+        .and_then(|_| stream.write_all(b"\n"))
+        .and_then(|_| stream.flush())
         .expect("writing to a captured stream");
     none()
 }
@@ -131,7 +147,8 @@ struct Timespec {
 }
 
 fn clocks() -> Response {
-    let wall = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_secs_f64();
+    let wall =
+        SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_secs_f64();
     let mut now = Timespec { seconds: 0, nanoseconds: 0 };
     let status = unsafe { clock_gettime(&raw const _CLOCK_MONOTONIC, &mut now) };
     assert_eq!(status, 0, "clock_gettime(CLOCK_MONOTONIC) failed");
@@ -148,11 +165,16 @@ fn random() -> Response {
 fn outbound(args: &Args, body: Vec<u8>) -> Response {
     let mut request = http::Request::new(args.a[1].as_str(), args.a[2].as_str()).with_body(body);
     request.timeout_ms = (!args.a[3].is_empty()).then(|| args.num(3));
-    host(http::invoke(&request), |reply| Response { status: reply.status, headers: reply.headers, body: reply.body })
+    host(http::invoke(&request), |reply| Response {
+        status: reply.status,
+        headers: reply.headers,
+        body: reply.body,
+    })
 }
 
 fn call_info() -> Response {
-    let query: Vec<String> = invocation::query().into_iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let query: Vec<String> =
+        invocation::query().into_iter().map(|(k, v)| format!("{k}={v}")).collect();
     let lines = [
         invocation::method(),
         invocation::path(),
@@ -214,7 +236,8 @@ pub fn handle(request: Request) -> Result<Response, String> {
         }
         "ddb-delete" => host(dynamodb::delete_item(&a[1], &a[2]), |()| none()),
         "log" => {
-            let level = log::Level::from_name(&a[1]).unwrap_or_else(|| panic!("unknown level {:?}", a[1]));
+            let level =
+                log::Level::from_name(&a[1]).unwrap_or_else(|| panic!("unknown level {:?}", a[1]));
             log::log(level, &a[2]);
             none()
         }

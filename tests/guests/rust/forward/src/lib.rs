@@ -15,7 +15,13 @@ pub fn handle(request: Request) -> Result<Response, Box<dyn Error>> {
         request.headers.into_iter().filter(|(k, _)| k != "op" && k != "to").collect();
     match op.as_str() {
         "http" => {
-            let outbound = http::Request { method: "POST".into(), url: to, headers, body: request.body, timeout_ms: None };
+            let outbound = http::Request {
+                method: "POST".into(),
+                url: to,
+                headers,
+                body: request.body,
+                timeout_ms: None,
+            };
             let reply = http::invoke(&outbound)?;
             Ok(Response { status: reply.status, headers: reply.headers, body: reply.body })
         }
