@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -24,7 +27,7 @@ from flotilla.hosts.clients import HostClients
 from flotilla.sandbox import InvocationResult, LoadedFunction, Outcome, Sandbox, new_request
 from flotilla.sandbox.results import Response
 from flotilla.settings import WorkerSettings
-from tests.guests.rust import rust_example
+from tests.guests.rust import EXAMPLES, rust_example
 from tests.hosts.conftest import RoutesHandler, RoutesServer, closed_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -91,6 +94,27 @@ def header(response: Response, name: str) -> str | None:
 def cached(hosts: HostClients, config: FunctionConfig, key: str) -> bytes | None:
     """What the function's cache holds at `key` (read through the same namespacing)."""
     return hosts.cache.get(InvocationContext(config, "check", time.monotonic() + 5), key)
+
+
+NAMES = ["echo", "cache-readthrough", "token-vending", "s3-dynamodb"]
+HANDLE = "export handle: func(request: request) -> result<response, string>;"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_example_is_a_valid_function_component(name: str) -> None:
+    path = rust_example(name)
+    tool = str(Path(sys.executable).with_name("wasm-tools"))
+    subprocess.run([tool, "validate", "--features", "component-model", str(path)], check=True)
+    text = subprocess.run(
+        [tool, "component", "wit", str(path)], check=True, capture_output=True, text=True
+    ).stdout
+    world = text[text.index("world root {") :].split("\n}\n")[0]
+    assert HANDLE in world
+    imports = re.findall(r"^\s*import ([^;]+);", world, re.MULTILINE)
+    assert [i for i in imports if not i.startswith(("wasi:", "flotilla:function/"))] == []
+    config = FunctionConfig.from_dict(json.loads((EXAMPLES / name / "config.json").read_text()))
+    assert config.name == name
+    assert (EXAMPLES / name / "README.md").read_text().startswith(f"# {name} (Rust)\n")
 
 
 def test_echo(sandbox: Sandbox, unique: str) -> None:
