@@ -236,6 +236,14 @@ def test_cache_round_trip(sandbox: Sandbox, guest: LoadedFunction, config: Funct
 def test_cache_errors(sandbox: Sandbox, guest: LoadedFunction, config: FunctionConfig) -> None:
     status, body = answer(invoke(sandbox, guest, config, "cache-get", "k" * 2000))
     assert status == 590 and body.startswith(b"invalid-argument:")
+    # The largest u64 arrives intact (the host's message quotes it), and s64's extremes too.
+    huge = str(2**64 - 1)
+    status, body = answer(invoke(sandbox, guest, config, "cache-set", "k", huge, body=b"v"))
+    assert status == 590 and body.startswith(b"invalid-argument:") and huge.encode() in body
+    lowest = str(-(2**63)).encode()
+    assert answer(invoke(sandbox, guest, config, "cache-increment", "low", lowest.decode(), "60000")) == (
+        200, lowest,
+    )  # fmt: skip
 
 
 def test_cache_unavailable_when_redis_is_down(
