@@ -124,6 +124,19 @@ def find_toolchain() -> Toolchain:
     return Toolchain(CARGO, RUSTC, library, linker, version)
 
 
+def sdk_dir() -> Path:
+    """The `flotilla` SDK crate's directory, for a new crate's path dependency.
+
+    It is `sdk/rust/flotilla` of a checkout (an editable install), or the same path inside
+    the `flotilla` package when a distribution ships it there; BuildError when neither exists.
+    """
+    package = Path(__file__).resolve().parents[1]
+    for candidate in (package.parent / "sdk/rust/flotilla", package / "sdk/rust/flotilla"):
+        if (candidate / "Cargo.toml").is_file():
+            return candidate
+    raise BuildError(f"the Rust SDK crate (sdk/rust/flotilla) is not shipped near {package}")
+
+
 def _output(argv: Sequence[str]) -> str:
     try:
         done = subprocess.run(list(argv), capture_output=True, text=True, timeout=60, check=False)

@@ -63,6 +63,10 @@ def test_toolchain_is_found_and_versioned() -> None:
     assert (tools.library / "Cargo.toml").is_file() and tools.linker.is_file()
 
 
+def test_the_sdk_crate_is_found() -> None:
+    assert rust_build.sdk_dir() == SDK
+
+
 def test_missing_toolchain_names_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(rust_build, "CARGO", Path("/nonexistent/cargo"))
     rust_build.find_toolchain.cache_clear()
