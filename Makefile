@@ -1,4 +1,5 @@
-# Flotilla: `make run` starts dev mode, `make test` runs the whole suite, `make lint` checks.
+# Flotilla: `make run` starts dev mode, `make test` runs the whole suite, `make lint` checks,
+# `make toolchains` installs every guest language's toolchain (`make test` needs them all).
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -6,7 +7,7 @@ DEPS := pyproject.toml setup.py flotilla/sandbox/_fastcall.c
 RUN_STAMP := $(VENV)/.installed-run
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: all install run test unit lint clean
+.PHONY: all install run test unit lint clean toolchains
 
 all: lint test
 
@@ -29,7 +30,8 @@ install: $(TEST_STAMP)
 run: $(RUN_STAMP)
 	$(BIN)/flotilla dev
 
-test: $(TEST_STAMP)
+# The stamp first: it installs componentize-py (the build extra) before toolchains looks.
+test: $(TEST_STAMP) toolchains
 	$(BIN)/python -m pytest -q -ra
 
 unit: $(TEST_STAMP)
@@ -39,6 +41,16 @@ lint: $(TEST_STAMP)
 	$(BIN)/ruff check flotilla worker dispatcher loadtest tests
 	$(BIN)/mypy flotilla worker dispatcher
 	$(BIN)/lint-imports
+
+# Guest toolchains, idempotent and silent when present: Debian packages (Rust, C), the
+# npm packages into a project-local folder (tools/toolchains/js.sh, JavaScript and
+# TypeScript), componentize-py into $(VENV) (Python). `make run` needs none of them.
+JS_TOOLCHAIN := tools/toolchains/js.sh
+toolchains: | $(BIN)/python
+	@tools/toolchains/debian.sh
+	@if [ -f $(JS_TOOLCHAIN) ]; then bash $(JS_TOOLCHAIN); \
+	else echo "toolchains: no $(JS_TOOLCHAIN): JavaScript/TypeScript guests are not set up" >&2; fi
+	@[ -x $(BIN)/componentize-py ] || $(BIN)/pip install -q -e '.[build]'
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -13,7 +13,7 @@ from flotilla.build.detect import (
     Source,
     ToolchainMissing,
     build_source,
-    detect,
+    detect_language,
     missing_toolchain,
 )
 from flotilla.build.python import build, build_guest, cache_key, check_app
@@ -29,7 +29,7 @@ __all__ = [
     "build_source",
     "cache_key",
     "check_app",
-    "detect",
+    "detect_language",
     "evictions",
     "find_wit_dir",
     "missing_toolchain",

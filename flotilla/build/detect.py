@@ -75,7 +75,7 @@ class Source:
     root: Path  # the guest's directory (names the default output file)
 
 
-def detect(path: str | Path, language: str | None = None) -> Source:
+def detect_language(path: str | Path, language: str | None = None) -> Source:
     """The language and entry of the guest at `path` (a directory or a file); BuildError if unclear."""
     if language is not None and language not in LANGUAGES:
         raise BuildError(f"unknown language {language!r} (known: {', '.join(LANGUAGES)})")
@@ -179,8 +179,7 @@ def missing_toolchain(language: str, engine: str | None = None) -> str | None:
         probe = getattr(module, "toolchain", None)
         if probe is None:
             return None  # the builder reports what it lacks when it runs
-        kwargs = _accepted(probe, engine=engine)
-        reason = probe(**kwargs)
+        reason = probe(**_accepted(probe, engine=engine, language=language))
     if reason is None:
         return None
     return f"the {language} toolchain is missing ({reason}); to install it: {lang.install}"
@@ -214,7 +213,7 @@ def build_source(
 
     Nothing is written at `output` unless the component was built and accepted.
     """
-    source = detect(path, language)
+    source = detect_language(path, language)
     if engine is not None and source.language not in ("js", "ts"):
         raise BuildError(f"--engine applies to js and ts guests, not {source.language}")
     if engine is not None and engine not in ENGINES:
@@ -224,7 +223,7 @@ def build_source(
         raise ToolchainMissing(reason)
     build = builder(source.language)
     cache = cache_dir if cache_dir is not None else default_cache_dir()
-    kwargs = _accepted(build, engine=engine)
+    kwargs = _accepted(build, engine=engine, language=source.language)
     result = build(source.path, None, wit_dir=wit_dir, cache_dir=cache, force=force, **kwargs)
     if check:
         problem = world_problem(result.path, cache)

@@ -54,10 +54,10 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Build, print where the component went, and return the exit status."""
-    from flotilla.build import BuildError, build_source, detect
+    from flotilla.build import BuildError, build_source, detect_language
 
     try:
-        output = args.output or Path(f"{detect(args.app, args.lang).root.name}.wasm")
+        output = args.output or Path(f"{detect_language(args.app, args.lang).root.name}.wasm")
         source, result = build_source(
             args.app,
             output,

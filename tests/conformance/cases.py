@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flotilla.config import MAX_MAX_BODY_BYTES
-from flotilla.hosts.base import CallInfo
+from flotilla.hosts.base import SYNC_CALL, CallInfo
 from flotilla.sandbox.results import InvocationResult, Outcome, Request
 
 Headers = tuple[tuple[str, str], ...]
@@ -70,7 +70,7 @@ class Case:
     calls: tuple[Call, ...]
     config: Mapping[str, Any] = field(default_factory=dict)
     hosts: str = "real"  # real | redis-down | clients
-    call_info: CallInfo = CallInfo()
+    call_info: CallInfo = SYNC_CALL
 
 
 def ok(op: str, *args: str, expect: bytes | None = None, **kw: Any) -> Call:

@@ -1,7 +1,8 @@
 """Every case of the table (cases.py) against every language's conformance guest.
 
 Real Sandbox, real Redis, the moto server and a local HTTP server. A language whose guest
-cannot be built here is skipped locally and fails under CI=true (guests.py).
+cannot be built here skips its cases; `test_every_language_is_here` then skips locally and
+fails under CI=true (guests.py).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from flotilla.config import FunctionConfig
 from flotilla.sandbox.results import Request
 from tests.conformance.cases import CASES, Case, Env
 from tests.conformance.conftest import Conformance, fill
-from tests.conformance.guests import LANGUAGES
+from tests.conformance.guests import LANGUAGES, why_unavailable
+from tests.services import unavailable
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -26,7 +28,7 @@ def test_case(case: Case, language: str, conformance: Conformance, unique: str) 
     sandbox, fn = conformance.function(case.hosts, language)
     env = Env({**conformance.vars, "unique": unique}, conformance.redis,
               conformance.env.published, conformance.env.spawned)
-    subst = lambda text: string.Template(text).substitute(env.vars)  # noqa: E731
+    subst = lambda text: string.Template(text).substitute(env.vars)
     config = FunctionConfig(name=unique, **{k: fill(v, subst) for k, v in case.config.items()})
     try:
         for index, call in enumerate(case.calls):
@@ -49,3 +51,11 @@ def test_case(case: Case, language: str, conformance: Conformance, unique: str) 
                     raise AssertionError(f"{where}: {exc}") from exc
     finally:
         conformance.forget(unique)
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_every_language_is_here(language: str) -> None:
+    """Each language's guest, builder and toolchain exist: under CI=true a gap fails here."""
+    reason = why_unavailable(language)
+    if reason is not None:
+        unavailable(reason)
