@@ -42,14 +42,16 @@ lint: $(TEST_STAMP)
 	$(BIN)/mypy flotilla worker dispatcher
 	$(BIN)/lint-imports
 
-# Guest toolchains, idempotent and silent when present: Debian packages (Rust, C), the
-# npm packages into a project-local folder (tools/toolchains/js.sh, JavaScript and
-# TypeScript), componentize-py into $(VENV) (Python). `make run` needs none of them.
-JS_TOOLCHAIN := tools/toolchains/js.sh
+# Guest toolchains, idempotent and silent when present: Debian packages (Rust, C), then
+# each language's own script into the project-local .toolchains/ (js.sh: the npm packages
+# for JavaScript and TypeScript; c.sh: the WASI adapter), then componentize-py into $(VENV)
+# (Python). `make run` needs none of them.
+TOOLCHAIN_SCRIPTS := js c
 toolchains: | $(BIN)/python
 	@tools/toolchains/debian.sh
-	@if [ -f $(JS_TOOLCHAIN) ]; then bash $(JS_TOOLCHAIN); \
-	else echo "toolchains: no $(JS_TOOLCHAIN): JavaScript/TypeScript guests are not set up" >&2; fi
+	@for lang in $(TOOLCHAIN_SCRIPTS); do script=tools/toolchains/$$lang.sh; \
+	  if [ -f $$script ]; then sh $$script || exit 1; \
+	  else echo "toolchains: no $$script: $$lang guests are not set up" >&2; fi; done
 	@[ -x $(BIN)/componentize-py ] || $(BIN)/pip install -q -e '.[build]'
 
 clean:

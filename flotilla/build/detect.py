@@ -179,7 +179,8 @@ def missing_toolchain(language: str, engine: str | None = None) -> str | None:
         probe = getattr(module, "toolchain", None)
         if probe is None:
             return None  # the builder reports what it lacks when it runs
-        reason = probe(**_accepted(probe, engine=engine, language=language))
+        wanted = {"engine": engine, "language": language, "typescript": language == "ts"}
+        reason = probe(**_accepted(probe, **wanted))
     if reason is None:
         return None
     return f"the {language} toolchain is missing ({reason}); to install it: {lang.install}"

@@ -3,6 +3,7 @@ world check before anything is written, and `flotilla build` on a directory."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -14,8 +15,10 @@ from flotilla.build import BuildError, BuildResult, ToolchainMissing, detect_lan
 from flotilla.build import detect as detect_mod
 from flotilla.build.detect import Language, build_source, missing_toolchain
 from flotilla.cli import main
+from tests.services import unavailable
 
-ECHO = Path(__file__).resolve().parents[2] / "examples" / "echo"
+ROOT = Path(__file__).resolve().parents[2]
+ECHO = ROOT / "examples" / "echo"
 
 
 def make(root: Path, *files: str) -> Path:
@@ -192,3 +195,37 @@ def test_cli_builds_a_directory_and_checks_the_world(
 
 def test_toolchain_missing_is_a_build_error() -> None:
     assert issubclass(ToolchainMissing, BuildError)
+
+
+def test_typescript_asks_the_js_toolchain_for_tsc(monkeypatch: pytest.MonkeyPatch) -> None:
+    module = types.ModuleType("fake_js_tools")
+    asked: list[dict[str, Any]] = []
+
+    def toolchain(engine: str = "quickjs", *, typescript: bool = False) -> str | None:
+        asked.append({"engine": engine, "typescript": typescript})
+        return "tsc not installed" if typescript else None
+
+    module.toolchain = toolchain  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "fake_js_tools", module)
+    for lang in ("js", "ts"):
+        monkeypatch.setitem(
+            detect_mod.LANGUAGES, lang, Language(lang, "fake_js_tools", "build_js", "x")
+        )
+    assert missing_toolchain("js") is None
+    assert "tsc not installed" in (missing_toolchain("ts", "starlingmonkey") or "")
+    assert asked == [
+        {"engine": "quickjs", "typescript": False},
+        {"engine": "starlingmonkey", "typescript": True},
+    ]
+
+
+def test_toolchains_script_is_silent_when_everything_is_installed() -> None:
+    packages = ["rustc-web", "cargo-web", "rust-web-src", "rust-web-llvm", "lld-22",
+                "wasi-libc", "clang-22", "libclang-rt-22-dev-wasm32"]
+    query = subprocess.run(["dpkg-query", "-W", "-f=${db:Status-Status}\\n", *packages],
+                           capture_output=True, text=True, check=False)
+    if query.stdout.split() != ["installed"] * len(packages):
+        unavailable("the guest toolchains' Debian packages are not all installed")
+    done = subprocess.run([str(ROOT / "tools" / "toolchains" / "debian.sh")],
+                          capture_output=True, text=True, check=False, timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", "")

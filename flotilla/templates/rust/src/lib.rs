@@ -3,14 +3,10 @@
 use flotilla::{Request, Response};
 
 /// Greet the caller with what they sent.
-fn handle(request: Request) -> Result<Response, String> {
+pub fn handle(request: Request) -> Response {
     let mut body = b"Hello from __NAME__! You sent: ".to_vec();
     body.extend_from_slice(&request.body);
-    Ok(Response {
-        status: 200,
-        headers: vec![("content-type".into(), "text/plain".into())],
-        body,
-    })
+    Response::ok(body).with_header("content-type", "text/plain")
 }
 
 flotilla::export!(handle);
