@@ -1,8 +1,9 @@
 """The one table of conformance cases (PROTOCOL.md), run against every language's guest.
 
 A case is a few calls of the conformance guest in a row, under one function config and one
-set of host clients (`real`: Redis, the moto server and a local HTTP server; `redis-down`:
-Redis behind a closed port; `clients`: in-memory secrets, topics and spawn). Arguments and
+set of host clients (`real`: Redis, the moto server and a local HTTP server; `down`: Redis,
+S3 and DynamoDB behind a closed port; `clients`: in-memory secrets, topics and spawn, which
+deny names starting with "no" and refuse names with a space as invalid). Arguments and
 config values may name `$unique` (the function's name, new for each case and language),
 `$http` (the local server's base URL), `$http_host`, `$closed` (a port nothing listens on),
 `$bucket`, `$table` and `$redis_port`.
@@ -69,7 +70,7 @@ class Case:
     name: str
     calls: tuple[Call, ...]
     config: Mapping[str, Any] = field(default_factory=dict)
-    hosts: str = "real"  # real | redis-down | clients
+    hosts: str = "real"  # real | down | clients
     call_info: CallInfo = SYNC_CALL
 
 
@@ -315,13 +316,20 @@ CASES: tuple[Case, ...] = (
         none("cache-set", "word", body=b"abc"),
         host_error("cache-increment", "word", "1", case="invalid-argument"),
     )),
-    Case("cache-redis-down", (
+    Case("cache-down", (
         host_error("cache-get", "k", case="unavailable"),
         host_error("cache-set", "k", body=b"v", case="unavailable"),
         host_error("cache-set-if-absent", "k", body=b"v", case="unavailable"),
         host_error("cache-increment", "n", "1", case="unavailable"),
         host_error("cache-delete", "k", case="unavailable"),
-    ), hosts="redis-down"),
+    ), hosts="down"),
+    Case("aws-down", (
+        host_error("s3-get", "$bucket", "k", case="unavailable"),
+        host_error("s3-put", "$bucket", "k", body=b"v", case="unavailable"),
+        host_error("ddb-get", "$table", KEY_JSON, case="unavailable"),
+        host_error("ddb-put-if", "$table", ITEM_JSON, "attribute_not_exists(pk)", "{}",
+                   case="unavailable"),
+    ), config={"s3_buckets": ("$bucket",), "dynamodb_tables": ("$table",)}, hosts="down"),
     # -- outbound HTTP
     Case("http", (
         ok("http", "GET", "$http/echo", check=upstream_echo("GET", "")),
@@ -395,9 +403,13 @@ CASES: tuple[Case, ...] = (
     Case("publish", (
         none("publish", "news", body=ALL_BYTES, check=published("news", ALL_BYTES)),
         host_error("publish", "nope", body=b"hi", case="denied"),
+        host_error("publish", "bad name", body=b"hi", case="invalid-argument"),
     ), hosts="clients"),
-    Case("spawn", (ok("spawn", "other", body=b"job body", check=spawned("other", b"job body")),),
-         hosts="clients"),
+    Case("spawn", (
+        ok("spawn", "other", body=b"job body", check=spawned("other", b"job body")),
+        host_error("spawn", "nope", case="denied"),
+        host_error("spawn", "bad name", case="invalid-argument"),
+    ), hosts="clients"),
 )  # fmt: skip
 
 

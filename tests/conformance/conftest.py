@@ -28,21 +28,29 @@ class MemorySecrets:
         return {"token": "s3cr3t"}.get(name)
 
 
+def _refuse(name: str, what: str) -> None:
+    """Names starting with "no" are denied, names with a space are invalid (as the real
+    clients' checks answer), so every error case of topics and spawn crosses the guest."""
+    if name.startswith("no"):
+        raise HostError("denied", f"{name} is not in {what}")
+    if " " in name:
+        raise HostError("invalid-argument", f"{name!r} is not a valid name")
+
+
 class MemoryTopics:
-    """Records publishes into `sent`; topics starting with "no" are denied."""
+    """Records publishes into `sent`; refuses some names (see `_refuse`)."""
 
     def __init__(self, sent: list[tuple[str, str, bytes]]) -> None:
         self.sent = sent
 
     def publish(self, ctx: InvocationContext, topic: str, message: bytes) -> None:
-        """Record or deny."""
-        if topic.startswith("no"):
-            raise HostError("denied", f"{topic} is not in publish_topics")
+        """Record or refuse."""
+        _refuse(topic, "publish_topics")
         self.sent.append((ctx.config.name, topic, bytes(message)))
 
 
 class MemorySpawner:
-    """Records jobs into `jobs` and hands out ids."""
+    """Records jobs into `jobs` and hands out ids; refuses some names (see `_refuse`)."""
 
     def __init__(self, jobs: list[tuple[str, str, Headers, bytes, str]]) -> None:
         self.jobs = jobs
@@ -53,6 +61,7 @@ class MemorySpawner:
         body: bytes,
     ) -> str:
         """Record and return a new job id."""
+        _refuse(function, "spawn_functions")
         with self.lock:
             job_id = f"job-{uuid.uuid4().hex[:12]}"
             self.jobs.append((ctx.config.name, function, tuple(headers), bytes(body), job_id))
@@ -76,15 +85,14 @@ class Conformance:
         real = HostClients.from_settings(
             WorkerSettings(redis_url=redis_url, aws_endpoint_url=aws_endpoint_url)
         )
+        closed = f"127.0.0.1:{closed_port()}"  # Redis, S3 and DynamoDB all unreachable
         down = HostClients.from_settings(
-            WorkerSettings(
-                redis_url=f"redis://127.0.0.1:{closed_port()}/0", aws_endpoint_url=aws_endpoint_url
-            )
+            WorkerSettings(redis_url=f"redis://{closed}/0", aws_endpoint_url=f"http://{closed}")
         )
         self._owned = [real, down]
         self.hosts = {
             "real": real,
-            "redis-down": down,
+            "down": down,
             "clients": real.with_clients(
                 secrets=MemorySecrets(),
                 topics=MemoryTopics(self.env.published),
@@ -149,7 +157,7 @@ def conformance_http() -> Iterator[RoutesServer]:
 def conformance(
     redis_url: str, aws_endpoint_url: str, conformance_http: RoutesServer
 ) -> Iterator[Conformance]:
-    """Host clients (real, Redis down, with in-memory clients) and their sandboxes."""
+    """Host clients (real, services down, with in-memory clients) and their sandboxes."""
     suite = Conformance(redis_url, aws_endpoint_url, conformance_http)
     yield suite
     suite.close()
