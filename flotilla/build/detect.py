@@ -21,6 +21,7 @@ import inspect
 import json
 import shutil
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,12 +51,12 @@ LANGUAGES: dict[str, Language] = {
                  INSTALL_HINT + " (apt-get install --no-install-recommends rustc-web "
                  "cargo-web rust-web-src rust-web-llvm lld-22 wasi-libc)"),
         Language("js", "flotilla.build.js", "build_js",
-                 INSTALL_HINT + " (npm packages into tools/toolchains/)"),
+                 INSTALL_HINT + " (tools/toolchains/js.sh: npm packages into .toolchains/)"),
         Language("ts", "flotilla.build.js", "build_js",
-                 INSTALL_HINT + " (npm packages into tools/toolchains/)"),
+                 INSTALL_HINT + " (tools/toolchains/js.sh: npm packages into .toolchains/)"),
         Language("c", "flotilla.build.c", "build_c",
                  INSTALL_HINT + " (apt-get install --no-install-recommends clang-22 "
-                 "libclang-rt-22-dev-wasm32 wasi-libc lld-22)"),
+                 "libclang-rt-22-dev-wasm32 wasi-libc lld-22, then tools/toolchains/c.sh)"),
     )
 }  # fmt: skip
 ENGINES = ("quickjs", "starlingmonkey")
@@ -214,6 +215,7 @@ def build_source(
 
     Nothing is written at `output` unless the component was built and accepted.
     """
+    started = time.perf_counter()
     source = detect_language(path, language)
     if engine is not None and source.language not in ("js", "ts"):
         raise BuildError(f"--engine applies to js and ts guests, not {source.language}")
@@ -231,10 +233,14 @@ def build_source(
         if problem is not None:
             result.path.unlink(missing_ok=True)  # never serve a rejected build from the cache
             raise BuildError(f"{path}: the built component was rejected: {problem}")
+    path_out = result.path
     if output is not None:
         copy_atomic(result.path, Path(output))
-        result = dataclasses.replace(result, path=Path(output))
-    return source, result
+        path_out = Path(output)
+    # The seconds include the world check: the time the caller waited.
+    return source, dataclasses.replace(
+        result, path=path_out, seconds=time.perf_counter() - started
+    )
 
 
 def world_problem(wasm: Path, cache_dir: str | Path) -> str | None:
