@@ -82,6 +82,7 @@ from flotilla.registry import (
     Registry,
     ResolveCache,
 )
+from flotilla.secrets import SecretStore
 from flotilla.transport import BrokerUnavailable, CallTimeout, QueueFull, Transport
 
 log = logging.getLogger(__name__)
@@ -213,6 +214,7 @@ def create_app(
     options: ApiOptions | None = None,
     metrics: DispatcherMetrics | None = None,
     auth: Authenticator | None = None,
+    secrets: SecretStore | None = None,
 ) -> FastAPI:
     """The HTTP API wired to its collaborators (nothing is started or connected here).
 
@@ -234,6 +236,10 @@ def create_app(
     # The routes themselves, not include_router(): FastAPI wraps an included router in a
     # per-request matching layer (~5% of the dispatcher's busy samples under load).
     app.router.routes.extend(router.routes)
+    from dispatcher.routes import secrets as secret_routes  # here: it imports this module
+
+    app.state.secrets = secrets  # None: the secrets routes answer 501
+    secret_routes.add_routes(app)
     if metrics is not None:
         app.add_api_route("/metrics", prometheus_metrics, include_in_schema=False)
     openapi.install(app, secured=auth is not None)

@@ -59,6 +59,11 @@ class _Base:
     log_format: str = _setting(
         "json", help="Log lines as json (one object per line) or text (human-readable)"
     )
+    # repr=False: a settings object in a log line or traceback must not carry the key.
+    secrets_key: str = field(default="", repr=False, metadata={"help": (
+        "Keys sealing function secrets, `kid:base64(32 bytes)` comma-separated: the first "
+        "seals, every one opens (`flotilla secrets new-key`; empty: secrets are off)"
+    )})
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Self:
