@@ -1,9 +1,13 @@
 """The secrets routes against real Redis (API keys on, a fake worker): every status, the
-deploy scope, 501 without a key, 503 with Redis down, and values in no response."""
+deploy scope, 501 without a key, 503 with Redis down, and values in no response; and dev
+mode, where the guest reads what its API set."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import hashlib
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,10 +19,13 @@ import redis.asyncio as aioredis
 from dispatcher.app import ApiOptions, create_app
 from dispatcher.auth import Authenticator
 from flotilla.artifacts import ArtifactStore, LocalBackend
+from flotilla.dev.stack import build_dev
 from flotilla.jobs import JobStore
 from flotilla.registry import Deployer, Registry
 from flotilla.secrets import MAX_VALUE_BYTES, Keyring, SecretStore, new_key
+from flotilla.settings import DispatcherSettings
 from tests.api.conftest import FakeTransport, fake_compile
+from tests.guests.build import python_guest
 from tests.services import free_port
 
 pytestmark = pytest.mark.integration
@@ -230,3 +237,25 @@ async def test_openapi_documents_the_secrets_routes(api: SecretsApi) -> None:
     delete = ops[("/v1/functions/{name}/secrets/{secret}", "delete")]
     assert "secret-not-found" in delete["responses"]["404"]["description"]
     assert all(op.get("security") for key, op in ops.items() if "secrets" in key[0])
+
+
+@pytest.mark.slow
+async def test_dev_mode_guests_read_secrets_set_through_its_api(aws_endpoint_url: str) -> None:
+    wasm = python_guest("secret-digest").read_bytes()
+    # No FLOTILLA_SECRETS_KEY: dev mode makes a key of its own.
+    environ = {"FLOTILLA_CACHE_DIR": os.environ["FLOTILLA_CACHE_DIR"]}
+    settings = DispatcherSettings.from_env(environ, aws_endpoint_url=aws_endpoint_url)
+    stack = build_dev(settings, loop=asyncio.get_running_loop(), concurrency=1)
+    await stack.start()
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=stack.app),
+                                     base_url="http://dev", timeout=120) as client:
+            resp = await client.put("/v1/functions/digest/secrets/TOKEN", content=VALUE)
+            assert resp.status_code == 201, resp.text
+            resp = await client.put("/v1/functions/digest", files={"component": ("f", wasm)})
+            assert resp.status_code == 201, resp.text
+            resp = await client.post("/v1/functions/digest/invoke", content="TOKEN")
+            assert resp.json()["sha256"] == hashlib.sha256(VALUE.encode()).hexdigest()
+            assert VALUE not in resp.text
+    finally:
+        await stack.close()
