@@ -6,7 +6,10 @@ tests/hardening/test_secrets_never_leak.py.
 
 from __future__ import annotations
 
+import base64
 import io
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -68,3 +71,16 @@ def test_rotate_needs_the_keys(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setenv("FLOTILLA_SECRETS_KEY", "not-a-key")
     assert main(["secrets", "rotate"]) == 2
     assert "entry 1 is not" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("process", ["worker", "dispatcher"])
+def test_a_malformed_key_stops_the_process_without_quoting_it(process: str) -> None:
+    key = "k1:" + base64.b64encode(b"sixteen byte key").decode()
+    env = {**os.environ, "FLOTILLA_SECRETS_KEY": key, "FLOTILLA_ARTIFACT_KEY": "x",
+           "FLOTILLA_METRICS_PORT": "0", "FLOTILLA_INSECURE": "true"}
+    done = subprocess.run([sys.executable, "-m", "flotilla", process], env=env, timeout=60,
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 2, done.stderr
+    assert "FLOTILLA_SECRETS_KEY entry 1 (k1): the key must be 32 bytes" in done.stderr
+    assert key.split(":")[1] not in done.stderr + done.stdout
+    assert "Traceback" not in done.stderr
