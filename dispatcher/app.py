@@ -39,12 +39,14 @@ from dispatcher.invoke import router as invoke_router
 from dispatcher.passthrough import INVOCATION_HEADER, check_header_size
 from dispatcher.problems import add_problem_handlers, problem_response
 from dispatcher.routes import functions, health, jobs, keys
+from dispatcher.routes import secrets as secret_routes
 from dispatcher.routes.functions import MAX_UPLOAD_BYTES
 from flotilla import logs
 from flotilla.invoker import Invoker
 from flotilla.jobs import JobStore, new_id
 from flotilla.metrics import DispatcherMetrics
 from flotilla.registry import Deployer, Registry, ResolveCache
+from flotilla.secrets import SecretStore
 from flotilla.transport import Transport
 
 log = logging.getLogger(__name__)
@@ -52,7 +54,9 @@ log = logging.getLogger(__name__)
 __all__ = ["MAX_UPLOAD_BYTES", "Api", "ApiOptions", "FlotillaApp", "create_app"]
 
 # In the order the OpenAPI document lists them (and routing tries them).
-ROUTERS = (functions.router, invoke_router, jobs.router, keys.router, health.router)
+ROUTERS = (
+    functions.router, invoke_router, jobs.router, keys.router, secret_routes.router, health.router
+)
 
 
 def create_app(
@@ -64,6 +68,7 @@ def create_app(
     options: ApiOptions | None = None,
     metrics: DispatcherMetrics | None = None,
     auth: Authenticator | None = None,
+    secrets: SecretStore | None = None,
 ) -> FastAPI:
     """The HTTP API wired to its collaborators (nothing is started or connected here).
 
@@ -91,6 +96,7 @@ def create_app(
     # per-request matching layer (~5% of the dispatcher's busy samples under load).
     for router in ROUTERS:
         app.router.routes.extend(router.routes)
+    app.state.secrets = secrets  # None: the secrets routes answer 501
     if metrics is not None:
         app.add_api_route("/metrics", health.prometheus_metrics, include_in_schema=False)
     openapi.install(app, secured=auth is not None)

@@ -25,6 +25,7 @@ from flotilla.errors import SettingsError
 from flotilla.jobs import JobStore, PostFn, ResultRecorder, parse_hosts
 from flotilla.metrics import DispatcherMetrics
 from flotilla.registry import Deployer, Registry
+from flotilla.secrets import SecretStore
 from flotilla.settings import DispatcherSettings, split_listen
 
 log = logging.getLogger(__name__)
@@ -146,6 +147,7 @@ def build(settings: DispatcherSettings) -> Dispatcher:
         options=options_from(settings),
         metrics=metrics,
         auth=auth,
+        secrets=SecretStore.from_settings(settings, redis),
     )
     metrics.watch_transport(transport)
     return Dispatcher(app, redis, transport, ResultRecorder(jobs, callback_poster(http)), http,
