@@ -153,9 +153,7 @@ def build_c(
     root = path if path.is_dir() else path.parent
     wit = Path(wit_dir).resolve() if wit_dir is not None else find_wit_dir()
     wits = wit_files(wit)
-    key = cache_key(
-        root, sources, wits, world=world, tools=tool_versions(tool), cflags=cflags
-    )
+    key = cache_key(root, sources, wits, world=world, tools=tool_versions(tool), cflags=cflags)
     guests = Path(cache_dir if cache_dir is not None else default_cache_dir()) / "guests"
     guests.mkdir(parents=True, exist_ok=True)
     cached_path = guests / f"{key}.wasm"

@@ -79,7 +79,7 @@ export function handle(request) {{
 TSC_OPTIONS = (
     "--target", "es2022", "--module", "es2022", "--moduleResolution", "bundler",
     "--lib", "es2022,esnext.disposable", "--types", "", "--strict", "--skipLibCheck", "--noEmitOnError",
-    "--allowJs", "--pretty", "false",
+    "--allowJs", "--pretty", "false", "--ignoreConfig",
 )  # fmt: skip
 DECLARATIONS = ("flotilla.d.ts", "globals.d.ts", "wasi.d.ts")
 

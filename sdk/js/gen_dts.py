@@ -161,9 +161,7 @@ class Generator:
 
     def function(self, fn: dict[str, Any], here: int) -> str:
         """The declaration of one function; a `result` return throws its error case."""
-        params = ", ".join(
-            f"{param(p['name'])}: {self.ty(p['type'], here)}" for p in fn["params"]
-        )
+        params = ", ".join(f"{param(p['name'])}: {self.ty(p['type'], here)}" for p in fn["params"])
         result, extra = fn.get("result"), []
         returns = "void"
         if result is not None:
@@ -206,9 +204,7 @@ class Generator:
     def render(self) -> str:
         """The whole .d.ts text."""
         types_index = self.wit["packages"][0]["interfaces"]["types"]
-        parts = [
-            HEADER.format(package=self.package, types_module=self.module(types_index))
-        ]
+        parts = [HEADER.format(package=self.package, types_module=self.module(types_index))]
         for index in sorted(self.wit["packages"][0]["interfaces"].values()):
             parts.append(self.interface(index))
         return "\n".join(parts)

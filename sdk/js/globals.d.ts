@@ -24,3 +24,9 @@ declare class TextDecoder {
   readonly fatal: boolean;
   decode(input?: Uint8Array | ArrayLike<number>): string;
 }
+
+/** Base64 of a binary string (one character per byte). */
+declare function btoa(data: string): string;
+
+/** The binary string (one character per byte) a base64 text encodes. */
+declare function atob(data: string): string;
