@@ -3,7 +3,8 @@
 A JS guest is an ES module exporting `handle(request)` (see sdk/js/README.md). `source` is
 the module itself or its directory (entry: package.json's `main`, else app.ts, app.js,
 app.mjs, index.ts, index.js, index.mjs). TypeScript is compiled with tsc first (strict, ES2022,
-no DOM, `Symbol.dispose`, against sdk/js/*.d.ts); type errors fail the build.
+no DOM, `Symbol.dispose`, against sdk/js/*.d.ts); type errors fail the build. A tsconfig.json
+beside the sources is for editors: the build always uses TSC_OPTIONS.
 
 Both engines build against a world that extends `function` with the WASI 0.2 interfaces a
 guest may import itself (environment, stdio, clocks, random, preopens: sdk/js/wit/deps),
