@@ -129,7 +129,8 @@ def build(settings: DispatcherSettings) -> Dispatcher:
     registry = Registry(redis, prefix=settings.queue_prefix)
     jobs = JobStore(redis, prefix=settings.queue_prefix, ttl_s=settings.job_ttl_s)
     sandbox, compile = compile_step(settings.cache_dir)
-    topology = Topology(prefix=settings.queue_prefix, max_length=settings.queue_max_length)
+    topology = Topology(prefix=settings.queue_prefix, max_length=settings.queue_max_length,
+                        quorum_size=settings.quorum_size)
     transport = AmqpTransport(settings.amqp_url, topology)
     http = httpx.AsyncClient(follow_redirects=False)
     metrics = DispatcherMetrics()

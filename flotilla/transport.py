@@ -22,7 +22,7 @@ import asyncio
 import dataclasses
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Any, Protocol, Self, cast
 
@@ -110,7 +110,7 @@ class AmqpTransport:
 
     def __init__(
         self,
-        amqp_url: str,
+        amqp_url: str | Sequence[str],
         topology: Topology,
         *,
         connection_name: str = "flotilla-dispatcher",

@@ -104,7 +104,8 @@ def _run_e2e(args: argparse.Namespace) -> int:
         rounds=max(1, args.rounds),
     )
     results = asyncio.run(
-        run_e2e(plan, amqp_url=settings.amqp_url, redis_url=settings.redis_url)
+        # One node: the baseline is a bare aio-pika echo, which connects to one URL.
+        run_e2e(plan, amqp_url=settings.amqp_url[0], redis_url=settings.redis_url)
     )
     if args.json:
         json.dump(headline(results), sys.stdout, sort_keys=True)
