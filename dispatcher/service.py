@@ -19,6 +19,7 @@ import httpx
 
 from dispatcher.app import ApiOptions, create_app
 from dispatcher.auth import Authenticator
+from dispatcher.redis_watch import RedisWatch
 from flotilla import logs
 from flotilla.artifacts import ArtifactStore, S3Backend
 from flotilla.errors import SettingsError
@@ -77,14 +78,18 @@ class Dispatcher:
     http: httpx.AsyncClient
     sandbox: Any
     auth: Authenticator | None = None
+    watch: RedisWatch | None = None
 
     async def start(self) -> None:
-        """Check API keys exist (unless insecure), connect the transport, consume job results."""
+        """Check API keys exist (unless insecure), connect the transport, consume job results,
+        watch Redis for a loss of its data."""
         await self.check_auth()
         await self.transport.start()
         await self.transport.consume_job_results(
             self.recorder.handle, self.recorder.started
         )
+        if self.watch is not None:
+            self.watch.start()
 
     async def check_auth(self) -> None:
         """SettingsError when auth is on but no key could ever authenticate."""
@@ -99,6 +104,8 @@ class Dispatcher:
 
     async def close(self) -> None:
         """Finish callbacks briefly, then close transport and clients (in that order)."""
+        if self.watch is not None:
+            await self.watch.close()
         await self.recorder.drain(timeout=5.0)
         await self.transport.close()
         await self.http.aclose()
@@ -149,8 +156,10 @@ def build(settings: DispatcherSettings) -> Dispatcher:
         auth=auth,
     )
     metrics.watch_transport(transport)
+    watch = RedisWatch(redis, settings.queue_prefix, auth=auth, metrics=metrics)
+    app.state.redis_watch = watch  # /readyz reads it
     return Dispatcher(app, redis, transport, ResultRecorder(jobs, callback_poster(http)), http,
-                      sandbox, auth)
+                      sandbox, auth, watch)
 
 
 def http_protocol() -> type[asyncio.Protocol]:

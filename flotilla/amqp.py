@@ -119,12 +119,14 @@ class FailoverConnection(aio_pika.RobustConnection):
         # Called once per lost connection and once per failed attempt (aio-pika's
         # UnderlayConnection.connect reports those here too): the next attempt, which reads
         # self.url, goes to the next node.
+        # Rotated after aio-pika's own handling (which only sets the reconnect event: no
+        # attempt can start before this returns), so its log line names the lost URL.
+        await super()._on_connection_close(closing)
         if len(self.urls) > 1 and not self.close_called and not self.is_closed:
             lost = str(self)
             self._at = (self._at + 1) % len(self.urls)
             self.url = self.urls[self._at]
             log.warning("broker %s lost or unreachable; next attempt: %s", lost, self)
-        await super()._on_connection_close(closing)
 
 
 def split_urls(urls: str | Sequence[str]) -> list[str]:
