@@ -103,6 +103,7 @@ class Tally:
     refused_jobs: Counter[str] = field(default_factory=Counter)
     marks: list[tuple[str, float]] = field(default_factory=list)  # fault, when it began
     notes: dict[str, str] = field(default_factory=dict)  # fault -> what was hit
+    samples: dict[str, list[str]] = field(default_factory=dict)  # "fault: outcome" -> answers
 
 
 class RedisServer:
@@ -198,6 +199,13 @@ class Chaos:
             return "ok" if body == token.encode() else "wrong"
         return "ok" if token.encode() in body else "wrong"
 
+    def _sample(self, outcome: str, text: str) -> None:
+        """Keep the first few answers of each kind of failure, per fault (for the report)."""
+        fault = self.tally.marks[-1][0] if self.tally.marks else "before faults"
+        samples = self.tally.samples.setdefault(f"{fault}: {outcome}", [])
+        if len(samples) < 3:
+            samples.append(text[:300])
+
     async def http_caller(self, i: int) -> None:
         """Synchronous calls over HTTP to one dispatcher (the one `i` picks)."""
         n = 0
@@ -209,8 +217,11 @@ class Chaos:
                 r = await self.http.post(f"{self._url(i)}/v1/functions/{function}/invoke",
                                          content=body)
                 outcome = self._judge(function, r.status_code, r.content, token)
-            except httpx.HTTPError:
+                if outcome != "ok":
+                    self._sample(outcome, r.text)
+            except httpx.HTTPError as exc:
                 outcome = "connection"
+                self._sample(outcome, repr(exc))
             self.tally.calls.append(Call(t0, time.monotonic(), outcome))
             if outcome != "ok":
                 await asyncio.sleep(0.05)  # a caller retrying: a short pause, not a spin
@@ -233,8 +244,10 @@ class Chaos:
                     outcome = self._judge(function, reply.status, reply.body, token)
                 except ApiError as exc:
                     outcome = "retryable" if exc.status in RETRYABLE else f"status {exc.status}"
+                    self._sample(outcome, f"client: {exc}")
                 except (OSError, ConnectionError) as exc:
                     outcome = type(exc).__name__
+                    self._sample(outcome, f"client: {exc!r}")
                 self.tally.calls.append(Call(t0, time.monotonic(), outcome))
                 if outcome != "ok":
                     await asyncio.sleep(0.05)
@@ -431,6 +444,7 @@ def report(tally: Tally, fleet_logs: list[Path], plan: Plan) -> dict[str, Any]:
         "disruption_s": disruption,
         "errors_by_fault": errors,
         "faults": tally.notes,
+        "error_samples": tally.samples,
         "plan": {"steady_s": plan.steady_s, "outage_s": plan.outage_s,
                  "http_callers": plan.http_callers, "client_callers": plan.client_callers,
                  "job_submitters": plan.job_submitters},
