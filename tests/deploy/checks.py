@@ -454,9 +454,9 @@ def check_service_urls(objects: list[Manifest]) -> list[str]:
             urls.append(("FLOTILLA_AWS_ENDPOINT_URL", env["FLOTILLA_AWS_ENDPOINT_URL"], 443))
         for key, url, default_port in urls:
             parts = urlsplit(url)
-            if key == "FLOTILLA_AMQP_URL" and _node_of(objects, parts.hostname or ""):
-                if (parts.port or default_port) == 5672:
-                    continue  # one pod of a RabbitmqCluster, by its stable name
+            pod = key == "FLOTILLA_AMQP_URL" and _node_of(objects, parts.hostname or "")
+            if pod and (parts.port or default_port) == 5672:
+                continue  # one pod of a RabbitmqCluster, by its stable name
             host = (parts.hostname or "").split(".")[0]
             if (parts.port or default_port) not in ports.get(host, set()):
                 problems.append(f"{name}: {key} points at {parts.hostname}:{parts.port}, "
