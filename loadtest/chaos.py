@@ -294,7 +294,9 @@ class Chaos:
                 doc = r.json()
                 if doc.get("status") not in NOT_FINAL:
                     self.tally.done[job_id] = doc
-                    if _job_body(doc) != self.tally.jobs[job_id]:
+                    if doc.get("status") != "succeeded":
+                        self._sample(f"job {doc.get('status')}", json.dumps(doc))
+                    elif _job_body(doc) != self.tally.jobs[job_id]:
                         self.tally.wrong_jobs.append(job_id)
                 return
 
@@ -495,9 +497,10 @@ async def run_chaos(plan: Plan, *, keep_logs: Path | None = None) -> dict[str, A
 
 
 def verdict(result: dict[str, Any]) -> list[str]:
-    """What makes a run fail: anything lost or wrong (empty when the run passed)."""
+    """What makes a run fail: a job lost, failed (the echo cannot fail) or answered with
+    another's body, a wrong synchronous reply (empty when the run passed)."""
     problems = []
-    for key in ("lost_jobs", "wrong_job_results", "sync_wrong_replies"):
+    for key in ("lost_jobs", "wrong_job_results", "jobs_not_succeeded", "sync_wrong_replies"):
         if result[key]:
             problems.append(f"{key}: {result[key]}")
     return problems
