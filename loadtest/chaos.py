@@ -24,7 +24,7 @@ Figures: accepted jobs, lost jobs (never final), wrong job results, duplicate re
 run twice to completion: the dispatchers log the ignored second result), sync calls by
 outcome (ok, wrong, retryable 503/504, connection error, other), and per fault the recovery
 time (from the fault to the end of the first successful call started after it) and the
-disruption (to the end of the last failed call started after it, before the next fault).
+disruption (to the end of the last call that failed after it, before the next fault).
 """
 
 from __future__ import annotations
@@ -421,11 +421,14 @@ def report(tally: Tally, fleet_logs: list[Path], plan: Plan) -> dict[str, Any]:
     errors: dict[str, dict[str, int]] = {}
     bounds = [t for _, t in tally.marks[1:]] + [float("inf")]
     for (name, began), until in zip(tally.marks, bounds, strict=True):
-        phase = [c for c in tally.calls if began <= c.t0 < until]
-        first_ok = min((c.t1 for c in phase if c.ok), default=None)
+        # A call belongs to the fault it started under, and its failure to the fault it
+        # ended under (a call cut by the next fault is that fault's).
+        started = [c for c in tally.calls if began <= c.t0 < until]
+        failed = [c for c in tally.calls if not c.ok and began <= c.t1 < until]
+        first_ok = min((c.t1 for c in started if c.ok), default=None)
         recovery[name] = None if first_ok is None else round(first_ok - began, 3)
-        disruption[name] = round(max((c.t1 - began for c in phase if not c.ok), default=0.0), 3)
-        errors[name] = dict(Counter(c.outcome for c in phase if not c.ok))
+        disruption[name] = round(max((c.t1 - began for c in failed), default=0.0), 3)
+        errors[name] = dict(Counter(c.outcome for c in failed))
     return {
         "accepted_jobs": len(tally.jobs),
         "lost_jobs": len(lost),
