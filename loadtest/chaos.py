@@ -245,7 +245,7 @@ class Chaos:
                 except ApiError as exc:
                     outcome = "retryable" if exc.status in RETRYABLE else f"status {exc.status}"
                     self._sample(outcome, f"client: {exc}")
-                except (OSError, ConnectionError) as exc:
+                except Exception as exc:  # noqa: BLE001 - any other failure is an outcome
                     outcome = type(exc).__name__
                     self._sample(outcome, f"client: {exc!r}")
                 self.tally.calls.append(Call(t0, time.monotonic(), outcome))
