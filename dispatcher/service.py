@@ -19,6 +19,7 @@ import httpx
 
 from dispatcher.app import ApiOptions, create_app
 from dispatcher.auth import Authenticator
+from dispatcher.redis_watch import RedisWatch
 from flotilla import logs
 from flotilla.artifacts import ArtifactStore, S3Backend
 from flotilla.errors import SettingsError
@@ -78,14 +79,18 @@ class Dispatcher:
     http: httpx.AsyncClient
     sandbox: Any
     auth: Authenticator | None = None
+    watch: RedisWatch | None = None
 
     async def start(self) -> None:
-        """Check API keys exist (unless insecure), connect the transport, consume job results."""
+        """Check API keys exist (unless insecure), connect the transport, consume job results,
+        watch Redis for a loss of its data."""
         await self.check_auth()
         await self.transport.start()
         await self.transport.consume_job_results(
             self.recorder.handle, self.recorder.started
         )
+        if self.watch is not None:
+            self.watch.start()
 
     async def check_auth(self) -> None:
         """SettingsError when auth is on but no key could ever authenticate."""
@@ -100,6 +105,8 @@ class Dispatcher:
 
     async def close(self) -> None:
         """Finish callbacks briefly, then close transport and clients (in that order)."""
+        if self.watch is not None:
+            await self.watch.close()
         await self.recorder.drain(timeout=5.0)
         await self.transport.close()
         await self.http.aclose()
@@ -130,7 +137,8 @@ def build(settings: DispatcherSettings) -> Dispatcher:
     registry = Registry(redis, prefix=settings.queue_prefix)
     jobs = JobStore(redis, prefix=settings.queue_prefix, ttl_s=settings.job_ttl_s)
     sandbox, compile = compile_step(settings.cache_dir)
-    topology = Topology(prefix=settings.queue_prefix, max_length=settings.queue_max_length)
+    topology = Topology(prefix=settings.queue_prefix, max_length=settings.queue_max_length,
+                        quorum_size=settings.quorum_size)
     transport = AmqpTransport(settings.amqp_url, topology)
     http = httpx.AsyncClient(follow_redirects=False)
     metrics = DispatcherMetrics()
@@ -150,8 +158,10 @@ def build(settings: DispatcherSettings) -> Dispatcher:
         secrets=SecretStore.from_settings(settings, redis),
     )
     metrics.watch_transport(transport)
+    watch = RedisWatch(redis, settings.queue_prefix, auth=auth, metrics=metrics)
+    app.state.redis_watch = watch  # /readyz reads it
     return Dispatcher(app, redis, transport, ResultRecorder(jobs, callback_poster(http)), http,
-                      sandbox, auth)
+                      sandbox, auth, watch)
 
 
 def http_protocol() -> type[asyncio.Protocol]:

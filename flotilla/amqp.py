@@ -9,6 +9,15 @@ factory (its own extension point) whose transport buffers the writes made during
 iteration and sends them with one `write` at the start of the next: the frames of many
 messages leave in one syscall, and a lone frame waits one loop turn (microseconds).
 
+Failover. A process is given the URLs of every node of a cluster. `connect_robust` shuffles
+them (per process, so a fleet spreads over the nodes) and connects to the first that answers;
+afterwards, whenever the connection is lost or a reconnect attempt fails, the next attempt goes
+to the next URL of that order. aio-pika's robust connection reconnects to one URL only, but
+every loss and every failed attempt passes through its `_on_connection_close`, and each
+attempt reads `self.url`: `FailoverConnection` moves `url` along the ring there, so
+everything else (channels re-opened, QoS, consumers and queues re-declared, the reconnect
+callbacks) is aio-pika's own recovery, unchanged.
+
 Frame writing. aiormq's `basic_publish`, `basic_ack` and friends take a lock, a timeout
 scope and a close watcher per call (a third of a reply's cost on the worker's event loop),
 and make the caller wait for the confirm. The hot paths (the worker's replies and acks, the
@@ -24,6 +33,8 @@ module, and tests/fleet/test_amqp_frames.py pins them against a real broker.
 from __future__ import annotations
 
 import asyncio
+import logging
+import random
 from collections.abc import Sequence
 from functools import partial
 from typing import Any
@@ -32,12 +43,16 @@ import aio_pika
 import aiormq
 import pamqp.frame
 from aio_pika.abc import AbstractRobustConnection
+from aio_pika.connection import make_url
+from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 from aiormq.abc import ChannelFrame
 from aiormq.connection import TCPTransportFactory
 from pamqp import commands as spec
 from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 from yarl import URL
+
+log = logging.getLogger(__name__)
 
 # One frame's worth of anything aiormq marshals (methods, content headers and bodies).
 Frame = Any
@@ -84,22 +99,75 @@ class CoalescingTransportFactory(TCPTransportFactory):
         return reader, writer
 
 
-class CoalescingRobustConnection(aio_pika.RobustConnection):
-    """A robust connection whose (re)connects use `CoalescingTransportFactory`."""
+class FailoverConnection(aio_pika.RobustConnection):
+    """A robust connection over several broker URLs: after a loss or a failed attempt, the
+    next attempt goes to the next URL; with `coalesce`, writes use
+    `CoalescingTransportFactory` (plain amqp:// only)."""
 
-    def __init__(self, url: URL, *args: Any, **kwargs: Any) -> None:
+    def __init__(
+        self, url: URL, *args: Any, urls: Sequence[URL] = (), coalesce: bool = False,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(url, *args, **kwargs)
-        # self.kwargs is what every (re)connect passes on to aiormq.connect().
-        self.kwargs["transport_factory"] = CoalescingTransportFactory()
+        self.urls: tuple[URL, ...] = tuple(urls) or (self.url,)
+        self._at = self.urls.index(self.url) if self.url in self.urls else 0
+        if coalesce:
+            # self.kwargs is what every (re)connect passes on to aiormq.connect().
+            self.kwargs["transport_factory"] = CoalescingTransportFactory()
+
+    async def _on_connection_close(self, closing: asyncio.Future[Any]) -> None:
+        # Called once per lost connection and once per failed attempt (aio-pika's
+        # UnderlayConnection.connect reports those here too): the next attempt, which reads
+        # self.url, goes to the next node.
+        # Rotated after aio-pika's own handling (which only sets the reconnect event: no
+        # attempt can start before this returns), so its log line names the lost URL.
+        await super()._on_connection_close(closing)
+        if len(self.urls) > 1 and not self.close_called and not self.is_closed:
+            lost = str(self)
+            self._at = (self._at + 1) % len(self.urls)
+            self.url = self.urls[self._at]
+            log.warning("broker %s lost or unreachable; next attempt: %s", lost, self)
 
 
-async def connect_robust(url: str, **kwargs: Any) -> AbstractRobustConnection:
-    """`aio_pika.connect_robust` with coalesced writes (plain amqp:// URLs; amqps:// as is)."""
-    if URL(url).scheme != "amqp":
-        return await aio_pika.connect_robust(url, **kwargs)
-    return await aio_pika.connect_robust(
-        url, connection_class=CoalescingRobustConnection, **kwargs
-    )
+def split_urls(urls: str | Sequence[str]) -> list[str]:
+    """Broker URLs from "url,url" or a sequence of them (blanks dropped)."""
+    parts = urls.split(",") if isinstance(urls, str) else list(urls)
+    return [u.strip() for u in parts if u.strip()]
+
+
+async def connect_robust(
+    urls: str | Sequence[str], *, shuffle: bool = True, timeout: float | None = None,
+    **kwargs: Any,
+) -> AbstractRobustConnection:
+    """A robust connection to the first reachable of `urls` (comma-separated or a sequence;
+    tried in an order shuffled per call unless `shuffle` is False) that fails over along that
+    order afterwards; coalesced writes for amqp:// URLs. `kwargs` are aio-pika's
+    (`client_properties`, `reconnect_interval`...). Raises the last attempt's error when no
+    URL answers."""
+    order = split_urls(urls)
+    if not order:
+        raise ValueError("no broker URL given")
+    if shuffle:
+        random.shuffle(order)
+    client_properties = kwargs.pop("client_properties", None)
+    # make_url is what aio_pika.connect_robust does to its URL: kwargs join its query.
+    ring = [make_url(u, client_properties=client_properties, **kwargs) for u in order]
+    coalesce = ring[0].scheme == "amqp"
+    error: BaseException | None = None
+    for first in range(len(ring)):
+        connection = FailoverConnection(
+            ring[first], urls=ring[first:] + ring[:first], coalesce=coalesce,
+            client_properties=client_properties, **kwargs,
+        )
+        try:
+            await connection.connect(timeout=timeout)
+        except (*CONNECTION_EXCEPTIONS, TimeoutError) as exc:
+            error = exc
+            await connection.close()
+            continue
+        return connection
+    assert error is not None
+    raise error
 
 
 def send_frames(channel: aiormq.Channel, frames: Sequence[Frame]) -> None:

@@ -48,7 +48,7 @@ class Client:
 
     def __init__(
         self,
-        amqp_url: str,
+        amqp_url: str | Sequence[str],
         *,
         queue_prefix: str = "flotilla",
         redis_url: str | None = "redis://127.0.0.1:6379/0",

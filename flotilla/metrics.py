@@ -113,6 +113,14 @@ class DispatcherMetrics:
             "flotilla_publishes_total", "Envelope publishes by result (confirmed, rejected, failed)",
             ["result"], registry=r,
         )
+        self.redis_data_lost = Counter(
+            "flotilla_redis_data_lost_total",
+            "Times this dispatcher found Redis emptied (restart without persistence, flush)",
+            registry=r,
+        )
+        self.api_keys = Gauge(
+            "flotilla_api_keys", "API keys stored in Redis (with API keys on)", registry=r,
+        )
 
     def watch_transport(self, transport: object) -> None:
         """Report the transport's count of stray replies (it counts them on its reply path)."""

@@ -17,13 +17,15 @@ import argparse
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Self, TypeVar, get_args, get_origin
+from typing import Annotated, Any, Literal, Self, TypeVar, get_args, get_origin
+from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_core import ErrorDetails
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
@@ -32,6 +34,7 @@ from pydantic_settings.sources.utils import parse_env_vars
 from flotilla.errors import SettingsError
 
 ENV_PREFIX = "FLOTILLA_"
+DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -43,6 +46,41 @@ def env_name(field: str) -> str:
 def _default_cache_dir() -> str:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return str(Path(base) / "flotilla")
+
+
+def parse_amqp_urls(value: object) -> tuple[str, ...]:
+    """Broker URLs from "url,url" (or a list of them): each amqp:// or amqps:// with a host,
+    one scheme for all, no duplicate; ValueError saying which one is wrong."""
+    if isinstance(value, str):
+        parts: list[object] = list(value.split(","))
+    elif isinstance(value, (list, tuple)):
+        parts = list(value)
+    else:
+        raise ValueError(f"must be a URL or comma-separated URLs, got {value!r}")  # noqa: TRY004 - pydantic reports ValueError only
+    urls = tuple(str(p).strip() for p in parts if str(p).strip())
+    if not urls:
+        raise ValueError("must name at least one amqp:// URL")
+    for url in urls:
+        try:
+            parsed = urlsplit(url)
+            parsed.port  # noqa: B018 - raises ValueError when the port is not a number
+        except ValueError:
+            raise ValueError(f"not a URL: {_mask(url)!r}") from None
+        if parsed.scheme not in ("amqp", "amqps") or not parsed.hostname:
+            raise ValueError(f"must be amqp://host... or amqps://host..., got {_mask(url)!r}")
+    if len({urlsplit(u).scheme for u in urls}) > 1:
+        raise ValueError("all URLs must use the same scheme (amqp or amqps)")
+    if len(set(urls)) != len(urls):
+        raise ValueError("names the same URL twice")
+    return urls
+
+
+def _mask(url: str) -> str:
+    """`url` with anything between :// and @ (the credentials) hidden."""
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest:
+        rest = "***@" + rest.rsplit("@", 1)[1]
+    return scheme + sep + rest
 
 
 def split_listen(listen: str) -> tuple[str, int]:
@@ -60,8 +98,12 @@ class _Base(BaseSettings):
         env_prefix=ENV_PREFIX, env_ignore_empty=True, frozen=True, extra="forbid"
     )
 
-    amqp_url: str = Field(
-        default="amqp://guest:guest@127.0.0.1:5672/", description="RabbitMQ URL (AMQP 0-9-1)"
+    # NoDecode: the variable is "url,url", not JSON (pydantic-settings' default for lists).
+    amqp_url: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(DEFAULT_AMQP_URL,),
+        description="RabbitMQ URL, or several comma-separated (the nodes of one cluster): "
+        "each process connects to one of them, in an order shuffled per process, and moves "
+        "to the next when its node goes away",
     )
     redis_url: str = Field(
         default="redis://127.0.0.1:6379/0", description="Redis URL (cache, registry, jobs)"
@@ -88,6 +130,12 @@ class _Base(BaseSettings):
         description="Local directory for compiled artifacts and built guests",
     )
     log_level: str = Field(default="INFO", description="Log level: " + ", ".join(LOG_LEVELS))
+    quorum_size: int = Field(
+        default=0, ge=0,
+        description="Replicas of each quorum queue (x-quorum-initial-group-size; 0: the "
+        "broker's default, every cluster node). A queue argument: all processes of one prefix "
+        "must agree",
+    )
     queue_max_length: int = Field(
         default=100_000, ge=1,
         description="Most envelopes the invocation queue holds; publishes past it are refused "
@@ -123,6 +171,11 @@ class _Base(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         """Constructor arguments only: no hidden read of os.environ, .env or secret files."""
         return (init_settings,)
+
+    @field_validator("amqp_url", mode="before")
+    @classmethod
+    def _amqp_urls(cls, value: object) -> tuple[str, ...]:
+        return parse_amqp_urls(value)
 
     @field_validator("log_level")
     @classmethod
@@ -248,6 +301,8 @@ def add_flags(parser: argparse.ArgumentParser, cls: type[_Base]) -> None:
         flag = "--" + name.replace("_", "-")
         help_text = f"{field.description} (env {env_name(name)})"
         kind = _scalar(field.annotation)
+        if get_origin(field.annotation) in (tuple, list):
+            kind = str  # "a,b" as the variable takes it; the field's validator splits it
         if kind is bool:
             parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
                                 default=None, help=help_text)

@@ -44,6 +44,18 @@ class Topology:
     prefix: str = "flotilla"
     delivery_limit: int = DEFAULT_DELIVERY_LIMIT
     max_length: int = DEFAULT_MAX_LENGTH
+    # Replicas of each quorum queue (0: the broker's default, every node of the cluster).
+    # A setting, not asked of the broker: it is a queue argument every declarer must repeat
+    # exactly (else 406 PRECONDITION_FAILED), and a process starting while a node is down
+    # would count fewer nodes than the one that declared the queue.
+    quorum_size: int = 0
+
+    def _quorum(self) -> dict[str, Any]:
+        """`x-queue-type` and, when set, the replica count of a quorum queue."""
+        args: dict[str, Any] = {"x-queue-type": "quorum"}
+        if self.quorum_size:
+            args["x-quorum-initial-group-size"] = self.quorum_size
+        return args
 
     @property
     def invocations(self) -> str:
@@ -68,7 +80,7 @@ class Topology:
     def invocation_arguments(self) -> dict[str, Any]:
         """`x-` arguments of the invocations queue."""
         return {
-            "x-queue-type": "quorum",
+            **self._quorum(),
             "x-dead-letter-exchange": self.dead_letter_exchange,
             "x-delivery-limit": self.delivery_limit,
             "x-max-length": self.max_length,
@@ -78,7 +90,7 @@ class Topology:
     def dead_letter_arguments(self) -> dict[str, Any]:
         """`x-` arguments of the dead-letter queue: bounded in length and age."""
         return {
-            "x-queue-type": "quorum",
+            **self._quorum(),
             "x-max-length": DEAD_LETTER_MAX_LENGTH,
             "x-message-ttl": DEAD_LETTER_TTL_MS,
         }
@@ -86,7 +98,7 @@ class Topology:
     def job_result_arguments(self) -> dict[str, Any]:
         """`x-` arguments of the job-results queue (a result that crashes dispatchers is parked)."""
         return {
-            "x-queue-type": "quorum",
+            **self._quorum(),
             "x-dead-letter-exchange": self.dead_letter_exchange,
             "x-delivery-limit": self.delivery_limit,
         }

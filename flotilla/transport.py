@@ -22,7 +22,7 @@ import asyncio
 import dataclasses
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Any, Protocol, Self, cast
 
@@ -110,7 +110,7 @@ class AmqpTransport:
 
     def __init__(
         self,
-        amqp_url: str,
+        amqp_url: str | Sequence[str],
         topology: Topology,
         *,
         connection_name: str = "flotilla-dispatcher",
@@ -380,10 +380,16 @@ async def _on_started(message: AbstractIncomingMessage, on_started: JobStartedHa
     await message.ack()
 
 
+# A nack: the queue is at x-max-length, or (on a cluster) its quorum queue has no leader yet
+# after a node died; either way nothing was enqueued and a retry may succeed.
+REFUSED = ("the broker refused the envelope: the invocations queue is full or electing a "
+           "leader after a node loss; retry later")
+
+
 def _refusal(result: Any) -> TransportError | None:
     """The error a settled confirmation means, or None for an ack."""
     if isinstance(result, aiormq.spec.Basic.Nack):
-        return QueueFull("the invocations queue is full; retry later")
+        return QueueFull(REFUSED)
     if isinstance(result, (aiormq.spec.Basic.Return, aiormq.abc.DeliveredMessage)):
         return BrokerUnavailable("the invocations queue does not exist (envelope not routable)")
     return None
@@ -413,4 +419,4 @@ def _delivery_error(exc: aio_pika.exceptions.DeliveryError) -> TransportError:
     frame = getattr(exc, "frame", None)
     if isinstance(frame, aiormq.spec.Basic.Return):
         return BrokerUnavailable(f"envelope was not routable: {frame.reply_text}")
-    return QueueFull("the invocations queue is full; retry later")
+    return QueueFull(REFUSED)

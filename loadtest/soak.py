@@ -301,12 +301,12 @@ class Fleet:
 
     async def _clean_up(self) -> None:
         """Delete this run's queues and Redis keys (registry, jobs, the probe's cache)."""
-        import aio_pika
         import redis.asyncio as aioredis
 
+        from flotilla import amqp
         from flotilla.topology import Topology
 
-        connection = await aio_pika.connect(self.amqp_url)
+        connection = await amqp.connect_robust(self.amqp_url)  # one URL or a cluster's
         async with connection:
             await Topology(self.prefix).delete(await connection.channel())
         redis = aioredis.from_url(self.redis_url)

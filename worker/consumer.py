@@ -52,6 +52,34 @@ log = logging.getLogger(__name__)
 
 # How long a finished delivery behind a still-running one may wait for a batched ack.
 STRAGGLER_ACK_S = 0.002
+# Pauses before publishing a job result again after the broker refused it (Basic.Nack, seen
+# while the job-results quorum queue elects a new leader after its node died: ~1-8 s).
+RESULT_RETRY_DELAYS_S = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
+
+
+async def publish_result(
+    channel: aiormq.abc.AbstractChannel, body: bytes, route: str,
+    properties: aiormq.spec.Basic.Properties,
+    delays: tuple[float, ...] = RESULT_RETRY_DELAYS_S,
+) -> None:
+    """Publish a job result and wait for the broker's confirm; when the broker refuses it
+    (a nack), publish it again after each of `delays`. Requeuing the delivery instead would
+    run the job again, and quick reruns look like a poison envelope to the run ledger (the
+    chaos bench saw innocent jobs dead-lettered that way during a leader election). Results
+    are idempotent: the dispatchers keep the first (flotilla.jobs.JobStore.complete).
+    A closed channel is not retried here: the delivery returns to the queue with it."""
+    for delay in (*delays, None):
+        try:
+            await channel.basic_publish(  # type: ignore[call-arg]  # `wait`: not in the ABC
+                body, routing_key=route, properties=properties, wait=True
+            )
+            return
+        except aiormq.exceptions.DeliveryError as exc:
+            if delay is None:
+                raise
+            log.warning("job result %s refused by the broker (%s); publishing again in %.2f s",
+                        properties.message_id, exc, delay)
+            await asyncio.sleep(delay)
 
 
 class Consumer:
@@ -301,8 +329,11 @@ class Consumer:
         # ack; job results wait for the broker's confirm (acked only once it has them).
         if not job and amqp.queue_publish(underlay, body, handled.route, properties):
             return
+        if job:
+            await publish_result(underlay, body, handled.route, properties)
+            return
         await underlay.basic_publish(  # type: ignore[call-arg]  # `wait`: not in aiormq's ABC
-            body, routing_key=handled.route, properties=properties, wait=job
+            body, routing_key=handled.route, properties=properties, wait=False
         )
 
     def _announce(self, started: Started) -> None:

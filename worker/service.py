@@ -120,7 +120,8 @@ class WorkerService:
     ) -> None:
         self.settings = settings
         self.topology = topology or Topology(
-            settings.queue_prefix, max_length=settings.queue_max_length
+            settings.queue_prefix, max_length=settings.queue_max_length,
+            quorum_size=settings.quorum_size,
         )
         self._runtime_factory = runtime_factory
         self.stop_requested = asyncio.Event()

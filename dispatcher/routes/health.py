@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from dispatcher import openapi
@@ -28,14 +28,19 @@ async def healthz() -> dict[str, str]:
     operation_id="readyz",
     responses=openapi.problem_responses(Unavailable),
 )
-async def readyz(api: Api = ApiDep) -> dict[str, str]:
-    """Ready when the broker connection is open and Redis answers a PING within a second."""
+async def readyz(request: Request, api: Api = ApiDep) -> dict[str, str]:
+    """Ready when the broker connection is open, Redis answers a PING within a second, and
+    (with API keys on) Redis did not lose every key (dispatcher/redis_watch.py)."""
     if not api.transport.is_connected:
         raise Unavailable("the RabbitMQ connection is not open")
     try:
         await asyncio.wait_for(api.registry.redis.ping(), READY_TIMEOUT_S)
     except (TimeoutError, OSError) as exc:
         raise Unavailable(f"Redis did not answer: {exc or 'timeout'}") from None
+    watch = getattr(request.app.state, "redis_watch", None)
+    if watch is not None and watch.keys_missing:
+        raise Unavailable("API keys missing: Redis lost its data; create keys again "
+                          "(`flotilla keys create`)")
     return {"status": "ready"}
 
 

@@ -8,7 +8,7 @@ takes at most about one timeout.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -78,27 +78,45 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"
 
 
-def probe_rabbitmq(url: str, timeout: float) -> Probe:
-    """Open (and close) one AMQP connection: proves the address, the vhost and the login."""
+def probe_rabbitmq(urls: str | Sequence[str], timeout: float) -> Probe:
+    """Open (and close) one AMQP connection per URL (the nodes of a cluster, at once):
+    proves the addresses, the vhost and the login. OK when at least one node answers (a
+    process can work then); the detail names each node that did not."""
     import asyncio
 
-    async def connect() -> str:
+    nodes = [urls] if isinstance(urls, str) else list(urls)
+
+    async def connect(url: str) -> str:
         import aiormq
 
-        connection = await asyncio.wait_for(aiormq.connect(url), timeout)
+        try:
+            connection = await asyncio.wait_for(aiormq.connect(url), timeout)
+        except TimeoutError:
+            raise TimeoutError(f"no AMQP handshake within {timeout:g} s") from None
         try:
             props = connection.server_properties
             return f"{_text(props.get('product'))} {_text(props.get('version'))}".strip()
         finally:
             await connection.close()
 
-    def check() -> str:
-        try:
-            return asyncio.run(connect())
-        except TimeoutError:
-            raise TimeoutError(f"no AMQP handshake within {timeout:g} s") from None
+    async def connect_all() -> list[str | BaseException]:
+        return await asyncio.gather(*(connect(u) for u in nodes), return_exceptions=True)
 
-    return _timed(mask_url(url), check)
+    def check() -> str:
+        answers = asyncio.run(connect_all())
+        failed = [f"{mask_url(u)}: {_describe(a)}" for u, a in zip(nodes, answers, strict=True)
+                  if isinstance(a, BaseException)]
+        good = [a for a in answers if isinstance(a, str)]
+        if not good:
+            if len(nodes) == 1:
+                raise answers[0]  # type: ignore[misc]  # an exception: none is good
+            raise ConnectionError("no node answered: " + "; ".join(failed))
+        if len(nodes) == 1:
+            return good[0]
+        return f"{good[0]}, {len(good)}/{len(nodes)} nodes" + (
+            f" (unreachable: {'; '.join(failed)})" if failed else "")
+
+    return _timed(",".join(mask_url(u) for u in nodes), check)
 
 
 def _text(value: Any) -> str:

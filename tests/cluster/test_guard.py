@@ -56,3 +56,12 @@ def test_new_nodes_get_distinct_names_and_ports(tmp_path: Path) -> None:
     assert len(names) == 3 and all(n.startswith("flt-") for n in names)
     assert len(set(ports)) == 6 and 5672 not in ports
     assert cluster.urls == [f"amqp://guest:guest@127.0.0.1:{n.amqp_port}/" for n in cluster.nodes]
+
+
+def test_script_says_when_there_is_no_cluster(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                              ) -> None:
+    from loadtest.cluster import main
+
+    assert main(["status", "--dir", str(tmp_path)]) == 1
+    assert main(["down", "--dir", str(tmp_path)]) == 1
+    assert "no cluster in" in capsys.readouterr().err

@@ -462,8 +462,8 @@ def check_worker_autoscaler(objects: list[Manifest]) -> list[str]:
     url = _data(secrets[0]).get(hosts[0]["key"]) if secrets else None
     if url is None:
         return problems + [f"Secret key {hosts[0]['name']}/{hosts[0]['key']} does not exist"]
-    if url != worker_env.get("FLOTILLA_AMQP_URL"):
-        problems.append("KEDA watches a different broker URL than the workers use")
+    if not _same_broker(objects, url, broker_urls(worker_env)):
+        problems.append("KEDA watches a different broker than the workers use")
     parts = urlsplit(url)
     if meta.get("protocol", "auto") not in ("auto", parts.scheme.rstrip("s")):
         problems.append(f"trigger protocol {meta['protocol']} does not match {parts.scheme}://")
@@ -484,11 +484,15 @@ def check_service_urls(objects: list[Manifest]) -> list[str]:
     problems = []
     for name, container in _flotilla_containers(objects):
         env = container_env(objects, container)
-        urls = [("FLOTILLA_AMQP_URL", 5672), ("FLOTILLA_REDIS_URL", 6379)]
+        urls = [("FLOTILLA_AMQP_URL", u, 5672) for u in broker_urls(env)]
+        urls.append(("FLOTILLA_REDIS_URL", env.get("FLOTILLA_REDIS_URL", ""), 6379))
         if env.get("FLOTILLA_AWS_ENDPOINT_URL"):
-            urls.append(("FLOTILLA_AWS_ENDPOINT_URL", 443))
-        for key, default_port in urls:
-            parts = urlsplit(env.get(key, ""))
+            urls.append(("FLOTILLA_AWS_ENDPOINT_URL", env["FLOTILLA_AWS_ENDPOINT_URL"], 443))
+        for key, url, default_port in urls:
+            parts = urlsplit(url)
+            pod = key == "FLOTILLA_AMQP_URL" and _node_of(objects, parts.hostname or "")
+            if pod and (parts.port or default_port) == 5672:
+                continue  # one pod of a RabbitmqCluster, by its stable name
             host = (parts.hostname or "").split(".")[0]
             if (parts.port or default_port) not in ports.get(host, set()):
                 problems.append(f"{name}: {key} points at {parts.hostname}:{parts.port}, "
@@ -496,7 +500,73 @@ def check_service_urls(objects: list[Manifest]) -> list[str]:
     return problems
 
 
+def broker_urls(env: Mapping[str, str]) -> list[str]:
+    """The broker URLs of a process (FLOTILLA_AMQP_URL is comma-separated)."""
+    return [u.strip() for u in env.get("FLOTILLA_AMQP_URL", "").split(",") if u.strip()]
+
+
+def rabbitmq_nodes(objects: list[Manifest]) -> dict[str, list[str]]:
+    """RabbitmqCluster name -> the stable host name of each of its pods (the operator's
+    StatefulSet `<name>-server` behind the headless Service `<name>-nodes`)."""
+    return {
+        c["metadata"]["name"]: [
+            f"{c['metadata']['name']}-server-{i}.{c['metadata']['name']}-nodes"
+            for i in range(int(c["spec"].get("replicas", 1)))
+        ]
+        for c in find(objects, "RabbitmqCluster")
+    }
+
+
+def _node_of(objects: list[Manifest], host: str) -> str | None:
+    """The RabbitmqCluster whose pod `host` names (also with a namespace suffix), or None."""
+    for cluster, hosts in rabbitmq_nodes(objects).items():
+        if any(host == h or host.startswith(h + ".") for h in hosts):
+            return cluster
+    return None
+
+
+def _same_broker(objects: list[Manifest], url: str, urls: list[str]) -> bool:
+    """`url` reaches the broker of `urls`: the same user, password and vhost, and a host that
+    is one of theirs or the Service of the RabbitmqCluster their pods belong to."""
+    parts = urlsplit(url)
+    clusters = {_node_of(objects, urlsplit(u).hostname or "") for u in urls}
+    hosts = {urlsplit(u).hostname for u in urls}
+    return bool(urls) and all(
+        (p.username, p.password, p.path or "/") == (parts.username, parts.password,
+                                                     parts.path or "/")
+        for p in map(urlsplit, urls)
+    ) and (parts.hostname in hosts or (parts.hostname or "").split(".")[0] in clusters)
+
+
+def check_broker_cluster(objects: list[Manifest]) -> list[str]:
+    """Processes given a RabbitmqCluster's pods list all of them (else they cannot move to
+    the others), once each; quorum queues have no more replicas than there are nodes, and
+    on 3 or more nodes at least 3 (fewer cannot lose a node)."""
+    nodes = rabbitmq_nodes(objects)
+    problems = []
+    for name, container in _flotilla_containers(objects):
+        env = container_env(objects, container)
+        urls = broker_urls(env)
+        hosts = [urlsplit(u).hostname or "" for u in urls]
+        if len(set(hosts)) != len(hosts):
+            problems.append(f"{name}: FLOTILLA_AMQP_URL names a host twice")
+        by_cluster = {c for c in (_node_of(objects, h) for h in hosts) if c}
+        for cluster in sorted(by_cluster):
+            listed = {h for h in hosts if _node_of(objects, h) == cluster}
+            if len(listed) != len(nodes[cluster]):
+                problems.append(f"{name}: FLOTILLA_AMQP_URL lists {len(listed)} of the "
+                                f"{len(nodes[cluster])} nodes of {cluster}")
+        replicas = max((len(h) for h in nodes.values()), default=0)
+        size = int(env.get("FLOTILLA_QUORUM_SIZE", "0") or 0)
+        if replicas and size > replicas:
+            problems.append(f"{name}: quorum size {size} is more than the {replicas} nodes")
+        if replicas >= 3 and 0 < size < 3:
+            problems.append(f"{name}: quorum size {size} cannot survive losing a node")
+    return problems
+
+
 ALL_CHECKS = (
+    check_broker_cluster,
     check_env_references,
     check_setting_names,
     check_secrets_placement,

@@ -108,6 +108,12 @@ def _cm(objects: list[Manifest], name: str) -> dict[str, Any]:
     return data
 
 
+def _secret(objects: list[Manifest]) -> dict[str, Any]:
+    """The stringData of the Secret `flotilla`."""
+    data: dict[str, Any] = _obj(objects, "Secret", "flotilla")["stringData"]
+    return data
+
+
 def _so(objects: list[Manifest]) -> dict[str, Any]:
     spec: dict[str, Any] = _obj(objects, "ScaledObject", "flotilla-worker")["spec"]
     return spec
@@ -211,7 +217,30 @@ BREAKAGES: list[tuple[str, Callable[[list[Manifest]], Any], Callable[..., list[s
     ("trigger authentication reading a missing key",
      lambda o: _obj(o, "TriggerAuthentication", "flotilla-rabbitmq")["spec"][
          "secretTargetRef"][0].update(key="AMQP_URL"),
-     checks.check_worker_autoscaler, "flotilla/AMQP_URL does not exist"),
+     checks.check_worker_autoscaler, "flotilla-keda/AMQP_URL does not exist"),
+    ("KEDA on the broker as another user",
+     lambda o: _obj(o, "Secret", "flotilla-keda")["stringData"].update(
+         host="amqp://other:pass@flotilla-rabbitmq:5672/"),
+     checks.check_worker_autoscaler, "KEDA watches a different broker"),
+    ("broker list missing a node",
+     lambda o: _obj(o, "Secret", "flotilla")["stringData"].update(
+         FLOTILLA_AMQP_URL=_secret(o)["FLOTILLA_AMQP_URL"].rsplit(",", 1)[0]),
+     checks.check_broker_cluster, "lists 2 of the 3 nodes of flotilla-rabbitmq"),
+    ("broker list naming a node twice",
+     lambda o: _obj(o, "Secret", "flotilla")["stringData"].update(
+         FLOTILLA_AMQP_URL=_secret(o)["FLOTILLA_AMQP_URL"] + ","
+         + _secret(o)["FLOTILLA_AMQP_URL"].split(",")[0].replace("5672/", "5672/%2F")),
+     checks.check_broker_cluster, "names a host twice"),
+    ("quorum queues with more replicas than nodes",
+     lambda o: _cm(o, "flotilla-common").update(FLOTILLA_QUORUM_SIZE="5"),
+     checks.check_broker_cluster, "quorum size 5 is more than the 3 nodes"),
+    ("quorum queues that cannot lose a node",
+     lambda o: _cm(o, "flotilla-common").update(FLOTILLA_QUORUM_SIZE="2"),
+     checks.check_broker_cluster, "quorum size 2 cannot survive losing a node"),
+    ("broker URL naming a pod that does not exist",
+     lambda o: _obj(o, "Secret", "flotilla")["stringData"].update(
+         FLOTILLA_AMQP_URL=_secret(o)["FLOTILLA_AMQP_URL"].replace("server-2", "server-3")),
+     checks.check_service_urls, "FLOTILLA_AMQP_URL points at flotilla-rabbitmq-server-3"),
     ("trigger on another vhost",
      lambda o: _so(o)["triggers"][0]["metadata"].update(vhostName="flotilla"),
      checks.check_worker_autoscaler, "vhostName 'flotilla'"),
@@ -305,6 +334,24 @@ def test_dev_broker_credentials_match_the_cluster(dev: list[Manifest]) -> None:
     settings = dict(re.findall(r"^(default_user|default_pass) = (\S+)$", config, re.MULTILINE))
     url = _obj(dev, "Secret", "flotilla")["stringData"]["FLOTILLA_AMQP_URL"]
     assert url.startswith(f"amqp://{settings['default_user']}:{settings['default_pass']}@")
+
+
+def test_base_lists_every_broker_node_and_replicates_queues_on_three(
+    base: list[Manifest],
+) -> None:
+    env = checks.container_env(base, _worker(base))
+    assert checks.broker_urls(env) == [
+        f"amqp://CHANGE-ME:CHANGE-ME@flotilla-rabbitmq-server-{i}.flotilla-rabbitmq-nodes:5672/"
+        for i in range(3)
+    ]
+    assert env["FLOTILLA_QUORUM_SIZE"] == "3"
+    dispatcher = checks.pod_spec(_obj(base, "Deployment", "flotilla-dispatcher"))["containers"][0]
+    dispatcher_env = checks.container_env(base, dispatcher)
+    assert checks.broker_urls(dispatcher_env) == checks.broker_urls(env)
+    assert dispatcher_env["FLOTILLA_QUORUM_SIZE"] == "3"  # a queue argument: both agree
+    # KEDA reads one URL: the cluster's Service, same user.
+    host = _obj(base, "Secret", "flotilla-keda")["stringData"]["host"]
+    assert host == "amqp://CHANGE-ME:CHANGE-ME@flotilla-rabbitmq:5672/"
 
 
 def test_base_secret_holds_only_placeholders(base: list[Manifest]) -> None:

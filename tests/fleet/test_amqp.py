@@ -7,7 +7,12 @@ import asyncio
 import aio_pika
 import pytest
 
-from flotilla.amqp import CoalescingRobustConnection, coalesce_writes, connect_robust
+from flotilla.amqp import (
+    CoalescingTransportFactory,
+    FailoverConnection,
+    coalesce_writes,
+    connect_robust,
+)
 
 
 class RecordingTransport(asyncio.WriteTransport):
@@ -52,7 +57,8 @@ async def test_close_flushes_pending_writes_first() -> None:
 @pytest.mark.integration
 async def test_connection_round_trips_through_rabbitmq(amqp_url: str, unique: str) -> None:
     connection = await connect_robust(amqp_url, client_properties={"connection_name": unique})
-    assert isinstance(connection, CoalescingRobustConnection)
+    assert isinstance(connection, FailoverConnection)
+    assert isinstance(connection.kwargs["transport_factory"], CoalescingTransportFactory)
     async with connection:
         channel = await connection.channel(publisher_confirms=True)
         queue = await channel.declare_queue(exclusive=True, auto_delete=True)
