@@ -1,4 +1,5 @@
-# Flotilla: `make run` starts dev mode, `make test` runs the whole suite, `make lint` checks.
+# Flotilla: `make run` starts dev mode, `make test` runs the whole suite, `make lint` checks,
+# `make toolchains` installs every guest language's toolchain (`make test` needs them all).
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -6,7 +7,7 @@ DEPS := pyproject.toml setup.py flotilla/sandbox/_fastcall.c
 RUN_STAMP := $(VENV)/.installed-run
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: all install run test unit lint clean
+.PHONY: all install run test unit lint clean toolchains
 
 all: lint test
 
@@ -29,7 +30,8 @@ install: $(TEST_STAMP)
 run: $(RUN_STAMP)
 	$(BIN)/flotilla dev
 
-test: $(TEST_STAMP)
+# The stamp first: it installs componentize-py (the build extra) before toolchains looks.
+test: $(TEST_STAMP) toolchains
 	$(BIN)/python -m pytest -q -ra
 
 unit: $(TEST_STAMP)
@@ -39,6 +41,18 @@ lint: $(TEST_STAMP)
 	$(BIN)/ruff check flotilla worker dispatcher loadtest tests
 	$(BIN)/mypy flotilla worker dispatcher
 	$(BIN)/lint-imports
+
+# Guest toolchains, idempotent and silent when present: Debian packages (Rust, C), then
+# each language's own script into the project-local .toolchains/ (js.sh: the npm packages
+# for JavaScript and TypeScript; c.sh: the WASI adapter), then componentize-py into $(VENV)
+# (Python). `make run` needs none of them.
+TOOLCHAIN_SCRIPTS := js c
+toolchains: | $(BIN)/python
+	@tools/toolchains/debian.sh
+	@for lang in $(TOOLCHAIN_SCRIPTS); do script=tools/toolchains/$$lang.sh; \
+	  if [ -f $$script ]; then sh $$script || exit 1; \
+	  else echo "toolchains: no $$script: $$lang guests are not set up" >&2; fi; done
+	@[ -x $(BIN)/componentize-py ] || $(BIN)/pip install -q -e '.[build]'
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

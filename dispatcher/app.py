@@ -42,12 +42,14 @@ from dispatcher.invoke import routes as invoke_routes
 from dispatcher.passthrough import INVOCATION_HEADER, check_header_size
 from dispatcher.problems import add_problem_handlers, problem_response
 from dispatcher.routes import functions, health, jobs, keys, topics
+from dispatcher.routes import secrets as secret_routes
 from dispatcher.routes.functions import MAX_UPLOAD_BYTES
 from flotilla import logs
 from flotilla.invoker import Invoker
 from flotilla.jobs import JobStore, new_id
 from flotilla.metrics import DispatcherMetrics
 from flotilla.registry import Deployer, Registry, ResolveCache
+from flotilla.secrets import SecretStore
 from flotilla.topics import TopicBus
 from flotilla.transport import Transport
 
@@ -58,7 +60,7 @@ __all__ = ["MAX_UPLOAD_BYTES", "Api", "ApiOptions", "FlotillaApp", "create_app"]
 # In the order the OpenAPI document lists them (and routing tries them).
 ROUTES = (
     functions.router.routes, invoke_routes, jobs.router.routes, keys.router.routes,
-    topics.router.routes, health.router.routes,
+    secret_routes.router.routes, topics.router.routes, health.router.routes,
 )
 
 
@@ -71,6 +73,7 @@ def create_app(
     options: ApiOptions | None = None,
     metrics: DispatcherMetrics | None = None,
     auth: Authenticator | None = None,
+    secrets: SecretStore | None = None,
     topics: TopicBus | None = None,
 ) -> FastAPI:
     """The HTTP API wired to its collaborators (nothing is started or connected here).
@@ -100,6 +103,7 @@ def create_app(
     # per-request matching layer (~5% of the dispatcher's busy samples under load).
     for routes in ROUTES:
         app.router.routes.extend(routes)
+    app.state.secrets = secrets  # None: the secrets routes answer 501
     if metrics is not None:
         app.add_api_route("/metrics", health.prometheus_metrics, include_in_schema=False)
     openapi.install(app, secured=auth is not None)

@@ -27,6 +27,7 @@ from flotilla.jobs import JobStore, PostFn, ResultRecorder, parse_hosts
 from flotilla.metrics import DispatcherMetrics
 from flotilla.ratelimit import Limit
 from flotilla.registry import Deployer, Registry
+from flotilla.secrets import SecretStore
 from flotilla.settings import DispatcherSettings, split_listen
 from flotilla.topics import AmqpTopics
 
@@ -158,6 +159,7 @@ def build(settings: DispatcherSettings) -> Dispatcher:
         options=options_from(settings),
         metrics=metrics,
         auth=auth,
+        secrets=SecretStore.from_settings(settings, redis),
         topics=topics,
     )
     metrics.watch_transport(transport)

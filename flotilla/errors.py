@@ -227,6 +227,30 @@ class RateLimited(ApiError):
         super().__init__(detail, headers={"Retry-After": str(retry_after_s)}, **extra)
 
 
+class SecretNotFound(ApiError):
+    """The function has no secret of that name (never set, or deleted)."""
+
+    slug = "secret-not-found"
+    status = 404
+    title = "Secret not found"
+
+
+class TooManySecrets(ApiError):
+    """The function already holds the most secrets allowed; delete one before adding another."""
+
+    slug = "too-many-secrets"
+    status = 409
+    title = "Too many secrets"
+
+
+class SecretsNotConfigured(ApiError):
+    """The dispatcher has no FLOTILLA_SECRETS_KEY, so it can neither store nor list secrets."""
+
+    slug = "secrets-not-configured"
+    status = 501
+    title = "Secrets not configured"
+
+
 ALL_ERRORS: tuple[type[ApiError], ...] = (
     FunctionNotFound,
     JobNotFound,
@@ -243,4 +267,7 @@ ALL_ERRORS: tuple[type[ApiError], ...] = (
     Unauthorized,
     Forbidden,
     RateLimited,
+    SecretNotFound,
+    TooManySecrets,
+    SecretsNotConfigured,
 )

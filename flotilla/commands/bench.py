@@ -47,6 +47,8 @@ def _add_sandbox(benches: Any) -> None:
     p.add_argument("--no-python", action="store_true", help="skip the Python guest")
     p.add_argument("--no-baseline", action="store_true", help="skip the naive baseline")
     p.add_argument("--quick", action="store_true", help="fewer iterations (smoke run)")
+    p.add_argument("--no-languages", action="store_true",
+                   help="skip each language's echo (loadtest/languages.py)")
     p.set_defaults(func=_run_sandbox)
 
 
@@ -61,12 +63,26 @@ def _run_sandbox(args: argparse.Namespace) -> int:
         plan=plan,
         baseline=not args.no_baseline,
     )
+    languages = _languages(args, cache_dir)
     if args.json:
-        json.dump(results, sys.stdout, indent=2, sort_keys=True)
+        json.dump({**results, **languages}, sys.stdout, indent=2, sort_keys=True)
         sys.stdout.write("\n")
     else:
         print(format_table(results))
+        if languages:
+            from loadtest.languages import format_languages
+
+            print(format_languages(languages))
     return 0
+
+
+def _languages(args: argparse.Namespace, cache_dir: str) -> dict[str, Any]:
+    """Each guest language's echo, measured in the same run (loadtest/languages.py)."""
+    if args.no_languages:
+        return {}
+    from loadtest.languages import measure_languages
+
+    return measure_languages(cache_dir, quick=args.quick)
 
 
 def _add_e2e(benches: Any) -> None:

@@ -26,6 +26,7 @@ from flotilla.artifacts import ArtifactStore, LocalBackend
 from flotilla.config import NAME_PATTERN
 from flotilla.jobs import JobStore
 from flotilla.registry import Deployer, Registry
+from flotilla.secrets import Keyring, SecretStore, new_key
 from flotilla.topics import MemoryTopics, Subscription
 from tests.api.conftest import WASM, FakeTransport, fake_compile
 
@@ -56,6 +57,7 @@ def build_app(root: str) -> Any:
         jobs=JobStore(redis, prefix="fuzz", ttl_s=60),
         transport=FakeTransport(),
         options=ApiOptions(callback_hosts=("hooks.example.com",)),
+        secrets=SecretStore(redis, Keyring.parse(new_key()), prefix="fuzz"),
         topics=EndingTopics(),
     )
 
