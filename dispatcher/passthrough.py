@@ -164,14 +164,14 @@ def raw_sub_path(scope: MutableMapping[str, Any], depth: int, decoded: str) -> s
 
 
 def job_target(headers: RawHeaders) -> tuple[str, str]:
-    """A job's (method, path): the `flotilla-method` and `flotilla-path` headers, else POST
-    and "/". InvalidRequest (422) for a method the invoke route does not take or a path not
+    """A job's (method, path): the `flotilla-method` (any case) and `flotilla-path` headers,
+    else POST and "/". InvalidRequest (422) for a method the invoke route does not take or a path not
     starting with "/"; the path is percent-encoded where it is not printable ASCII."""
     method, path = "POST", "/"
     for k, v in headers:
         lower = k.lower()
         if lower == METHOD_HEADER.encode():
-            method = v.decode("latin-1").strip()
+            method = v.decode("latin-1").strip().upper()
         elif lower == PATH_HEADER.encode():
             path = quote(v.decode("latin-1").strip(), safe=_PATH_SAFE)
     check_target(method, path, method_name=METHOD_HEADER, path_name=PATH_HEADER)

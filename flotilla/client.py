@@ -225,6 +225,7 @@ class Client:
 
 def web_request(method: str, path: str, query: Sequence[tuple[str, str]]) -> WebRequest:
     """The checked WebRequest of a client call (InvalidRequest for a bad method or path)."""
+    method = method.upper()
     if method == DEFAULT_METHOD and path == DEFAULT_PATH and not query:
         return PLAIN_POST
     check_target(method, path)
