@@ -197,8 +197,9 @@ async def test_a_lost_broker_connection_ends_streams_and_client_subscriptions(
         client.subscribe("news.lost") as messages,
     ):
         # When the connections carrying the subscriptions go away
-        await bus._connection.close()  # noqa: SLF001 - stands in for a broker dropping it
-        await client._topics._connection.close()  # noqa: SLF001
+        # (closing them here stands in for a broker dropping them)
+        await bus._connection.close()
+        await client._topics._connection.close()
         # Then the stream ends with `unavailable`, and the client's iteration raises
         [event] = await reader.events(1)
         assert event.name == "unavailable"

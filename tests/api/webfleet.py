@@ -159,7 +159,7 @@ class EventReader:
                     return Event(name, "\n".join(data))
                 continue
             field, _, value = line.partition(":")
-            value = value[1:] if value.startswith(" ") else value
+            value = value.removeprefix(" ")
             if field == "event":
                 name = value
             elif field == "data":
