@@ -151,6 +151,7 @@ def raw_sub_path(scope: MutableMapping[str, Any], depth: int, decoded: str) -> s
         return "/"
     raw: bytes | None = scope.get("raw_path")
     if raw is not None:
+        raw = raw.partition(b"?")[0]  # some servers leave the query on it
         root = scope.get("root_path", "").encode("latin-1")
         if root and raw.startswith(root):
             raw = raw[len(root):]
