@@ -63,18 +63,20 @@ async def served(bus: MemoryTopics, **options: Any) -> AsyncIterator[tuple[Any, 
 
 async def test_shutdown_ends_open_streams_with_unavailable() -> None:
     bus = MemoryTopics()
-    async with served(bus) as (server, port, _):
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client, \
-                client.stream("GET", "/v1/topics/t/events") as resp:
-            reader = EventReader(resp)
-            assert (await reader.next()).data == "subscribed to t"  # type: ignore[union-attr]
-            # When the server is asked to stop with the stream open
-            server.should_exit = True
-            # Then the stream ends with `unavailable`, and the server stops
-            [event] = await reader.events(1)
-            assert event.name == "unavailable"
-            assert "shutting down" in event.data
-            assert await reader.next() is None
+    async with (
+        served(bus) as (server, port, _),
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client,
+        client.stream("GET", "/v1/topics/t/events") as resp,
+    ):
+        reader = EventReader(resp)
+        assert (await reader.next()).data == "subscribed to t"  # type: ignore[union-attr]
+        # When the server is asked to stop with the stream open
+        server.should_exit = True
+        # Then the stream ends with `unavailable`, and the server stops
+        [event] = await reader.events(1)
+        assert event.name == "unavailable"
+        assert "shutting down" in event.data
+        assert await reader.next() is None
 
 
 async def test_a_client_that_leaves_ends_its_subscription() -> None:
