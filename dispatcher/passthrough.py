@@ -157,17 +157,19 @@ def raw_sub_path(scope: MutableMapping[str, Any], depth: int, decoded: str) -> s
             raw = raw[len(root):]
         parts = raw.split(b"/", depth + 1)
         # Only when the route's segments carried no encoded "/" do the two split alike.
-        if len(parts) == depth + 2 and parts[0] == b"" and b"%2f" not in b"".join(
-            parts[1:-1]
-        ).lower():
+        if len(parts) == depth + 2 and parts[0] == b"" and not any(
+            b"%2f" in part.lower() for part in parts[1:-1]
+        ):
             return quote(b"/" + parts[-1], safe=_PATH_SAFE)
-    return quote(decoded, safe=_PATH_SAFE)
+    # Decoded: a "%" in it is a character, not an escape.
+    return quote(decoded, safe=_PATH_SAFE.replace("%", ""))
 
 
 def job_target(headers: RawHeaders) -> tuple[str, str]:
     """A job's (method, path): the `flotilla-method` (any case) and `flotilla-path` headers,
-    else POST and "/". InvalidRequest (422) for a method the invoke route does not take or a path not
-    starting with "/"; the path is percent-encoded where it is not printable ASCII."""
+    else POST and "/". InvalidRequest (422) for a method the invoke route does not take or
+    a path not starting with "/"; the path is percent-encoded where it is not printable
+    ASCII (escapes it holds are kept, as in a request's path)."""
     method, path = "POST", "/"
     for k, v in headers:
         lower = k.lower()

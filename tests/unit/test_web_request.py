@@ -52,6 +52,7 @@ def scope(raw_path: bytes | None, root_path: str = "") -> dict[str, Any]:
     (b"/v1/functions/%66/invoke/a%2Fb", "", "/a/b", "/a%2Fb"),  # an escaped name
     (b"/v1%2Ffunctions/f/invoke/a%2Fb", "", "/a/b", "/a/b"),  # does not split: decoded
     (None, "", "/a b/é", "/a%20b/%C3%A9"),  # no raw path: the decoded one, escaped
+    (None, "", "/100%", "/100%25"),  # decoded: a "%" is a character
     (b"/v1/functions/f/invoke/\xc3\xa9", "", "/é", "/%C3%A9"),  # bytes past ASCII escaped
     (b"/v1/functions/f/invoke/q?x=1", "", "/q", "/q"),  # a query left on the raw path
 ])
