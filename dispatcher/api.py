@@ -20,6 +20,7 @@ from flotilla.invoker import Invoker
 from flotilla.jobs import JobStore
 from flotilla.metrics import DispatcherMetrics
 from flotilla.registry import Deployer, Registry, ResolveCache
+from flotilla.topics import DEFAULT_MAX_BYTES, DEFAULT_MAX_MESSAGES, TopicBus
 from flotilla.transport import Transport
 
 NAME_PARAM = Path(description="Function name", pattern=NAME_PATTERN)
@@ -42,6 +43,13 @@ class ApiOptions:
     callback_hosts: tuple[str, ...] = ()
     retry_after_s: int = 1
     resolve_ttl_s: float = 1.0  # how long a resolved version is reused (0: never)
+    # Topic subscribers (dispatcher/routes/topics.py): what one may have waiting before it
+    # is cut off, how often an idle stream gets a keep-alive comment, and how long a cut-off
+    # subscriber that does not read may hold its connection.
+    topic_max_messages: int = DEFAULT_MAX_MESSAGES
+    topic_max_bytes: int = DEFAULT_MAX_BYTES
+    topic_keepalive_s: float = 15.0
+    topic_grace_s: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -57,6 +65,7 @@ class Api:
     metrics: DispatcherMetrics | None = None
     versions: ResolveCache | None = None  # the invoker's cache, when versions are cached
     auth: Authenticator | None = None  # None: auth is off (dev mode or --insecure)
+    topics: TopicBus | None = None  # None: subscribing answers 503
 
     def forget(self, name: str) -> None:
         """This dispatcher changed `name`: stop reusing its resolved versions."""

@@ -5,16 +5,19 @@ problem documents, `application/problem+json`, see `dispatcher/problems.py`):
 
 - `PUT /v1/functions/{name}` deploy (multipart: `component` file, `config` JSON object);
 - `GET /v1/functions`, `GET /v1/functions/{name}`, `DELETE /v1/functions/{name}`;
-- `POST /v1/functions/{name}/invoke[?version=]` synchronous invocation;
+- `GET|POST|PUT|PATCH|DELETE|HEAD|OPTIONS /v1/functions/{name}/invoke[/{path...}][?version=]`
+  synchronous invocation (public functions: no key needed);
 - `POST /v1/functions/{name}/jobs[?version=&callback_url=]` asynchronous job (202);
 - `GET /v1/jobs/{id}[?wait=S]` job status, long-polled up to 30 s;
-- `POST /v1/keys`, `GET /v1/keys`, `DELETE /v1/keys/{id}` API keys (admin scope).
+- `POST /v1/keys`, `GET /v1/keys`, `DELETE /v1/keys/{id}` API keys (admin scope);
+- `GET /v1/topics/{topic}/events` a topic's messages as Server-Sent Events (subscribe scope).
 
 They live in `dispatcher/invoke.py` (invoke, served before FastAPI's stack) and
 `dispatcher/routes/` (one module per resource). With an `Authenticator`
 (`dispatcher/auth.py`) every route but /healthz, /readyz, /metrics and the OpenAPI document
-needs `Authorization: Bearer <key>` with the route's scope (deploy, invoke or admin);
-without one (dev mode, --insecure) nothing is checked.
+needs `Authorization: Bearer <key>` with the route's scope (deploy, invoke, subscribe or
+admin), but the invoke routes of public functions; without one (dev mode, --insecure)
+nothing is checked.
 
 Every response carries `flotilla-invocation-id`. The app keeps no state of its own: the
 registry and jobs live in Redis, code in the artifact store, in-flight calls in the transport.
@@ -34,11 +37,11 @@ from fastapi import FastAPI
 from dispatcher import openapi
 from dispatcher.api import Api, ApiOptions
 from dispatcher.auth import Authenticator
-from dispatcher.invoke import InvokeHandler, invoked_function
-from dispatcher.invoke import router as invoke_router
+from dispatcher.invoke import INVOKE_METHODS, InvokeHandler, invoked_function
+from dispatcher.invoke import routes as invoke_routes
 from dispatcher.passthrough import INVOCATION_HEADER, check_header_size
 from dispatcher.problems import add_problem_handlers, problem_response
-from dispatcher.routes import functions, health, jobs, keys
+from dispatcher.routes import functions, health, jobs, keys, topics
 from dispatcher.routes import secrets as secret_routes
 from dispatcher.routes.functions import MAX_UPLOAD_BYTES
 from flotilla import logs
@@ -47,6 +50,7 @@ from flotilla.jobs import JobStore, new_id
 from flotilla.metrics import DispatcherMetrics
 from flotilla.registry import Deployer, Registry, ResolveCache
 from flotilla.secrets import SecretStore
+from flotilla.topics import TopicBus
 from flotilla.transport import Transport
 
 log = logging.getLogger(__name__)
@@ -54,8 +58,9 @@ log = logging.getLogger(__name__)
 __all__ = ["MAX_UPLOAD_BYTES", "Api", "ApiOptions", "FlotillaApp", "create_app"]
 
 # In the order the OpenAPI document lists them (and routing tries them).
-ROUTERS = (
-    functions.router, invoke_router, jobs.router, keys.router, secret_routes.router, health.router
+ROUTES = (
+    functions.router.routes, invoke_routes, jobs.router.routes, keys.router.routes,
+    secret_routes.router.routes, topics.router.routes, health.router.routes,
 )
 
 
@@ -69,12 +74,14 @@ def create_app(
     metrics: DispatcherMetrics | None = None,
     auth: Authenticator | None = None,
     secrets: SecretStore | None = None,
+    topics: TopicBus | None = None,
 ) -> FastAPI:
     """The HTTP API wired to its collaborators (nothing is started or connected here).
 
     With `metrics`, requests, waiting callers, reply latency and publishes are recorded and
     served at `/metrics` (Prometheus text format). With `auth`, routes need API keys;
     without it they are open (the processes decide explicitly: see service.py and dev.py).
+    Without `topics`, subscribing answers 503.
     """
     opts = options or ApiOptions()
     cache = ResolveCache(registry, ttl_s=opts.resolve_ttl_s) if opts.resolve_ttl_s > 0 else None
@@ -82,7 +89,7 @@ def create_app(
         cache or registry, transport, jobs=jobs, reply_margin_ms=opts.reply_margin_ms,
         job_ttl_s=opts.job_ttl_s, retry_after_s=opts.retry_after_s, metrics=metrics,
     )
-    api = Api(registry, deployer, jobs, transport, invoker, opts, metrics, cache, auth)
+    api = Api(registry, deployer, jobs, transport, invoker, opts, metrics, cache, auth, topics)
     app = FlotillaApp(
         title="Flotilla",
         version="0.1.0",
@@ -94,8 +101,8 @@ def create_app(
     add_problem_handlers(app, retry_after_s=opts.retry_after_s)
     # The routes themselves, not include_router(): FastAPI wraps an included router in a
     # per-request matching layer (~5% of the dispatcher's busy samples under load).
-    for router in ROUTERS:
-        app.router.routes.extend(router.routes)
+    for routes in ROUTES:
+        app.router.routes.extend(routes)
     app.state.secrets = secrets  # None: the secrets routes answer 501
     if metrics is not None:
         app.add_api_route("/metrics", health.prometheus_metrics, include_in_schema=False)
@@ -104,18 +111,19 @@ def create_app(
 
 
 class FlotillaApp(FastAPI):
-    """The FastAPI app, with `POST /v1/functions/{name}/invoke` served before its stack by
-    `invoke_handler` (see dispatcher/invoke.py); every other request goes through FastAPI."""
+    """The FastAPI app, with the invoke routes (`/v1/functions/{name}/invoke[/...]`, every
+    method of `INVOKE_METHODS`) served before its stack by `invoke_handler` (see
+    dispatcher/invoke.py); every other request goes through FastAPI."""
 
     invoke_handler: InvokeHandler
 
     async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
         """Serve invoke requests directly; anything else through FastAPI."""
-        if scope["type"] == "http" and scope["method"] == "POST":
+        if scope["type"] == "http" and scope["method"] in INVOKE_METHODS:
             root_path = self.root_path or scope.get("root_path", "")
-            name = invoked_function(scope["path"], root_path)
-            if name is not None:
-                await self.invoke_handler(scope, receive, send, name)
+            target = invoked_function(scope["path"], root_path)
+            if target is not None:
+                await self.invoke_handler(scope, receive, send, *target)
                 return
         await super().__call__(scope, receive, send)
 

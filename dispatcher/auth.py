@@ -7,7 +7,8 @@ the whole key (a fast hash is enough for a high-entropy secret: nothing to brute
 id -> sha256 for listing and revoking. The key itself is shown once, at creation.
 
 Scopes: `deploy` (deploy, list, show, delete functions), `invoke` (invoke and submit jobs,
-read their jobs; optionally limited to some function names) and `admin` (manage keys).
+read their jobs; optionally limited to some function names), `subscribe` (read topics as
+Server-Sent Events) and `admin` (manage keys).
 `Authenticator.authorize` turns a request's `Authorization: Bearer` header into an `ApiKey`
 with one Redis round trip (a Lua script that reads the record and takes a token from the
 key's bucket, `<prefix>:ratelimit:<sha256>`; nothing is cached, so a revocation holds at
@@ -17,12 +18,17 @@ says nothing about whether the function exists.
 
 A bootstrap admin key may come from settings (FLOTILLA_ADMIN_KEY): it holds every scope, has
 no rate limit and cannot be revoked except by changing the setting.
+
+Calls without a key (to public functions only: dispatcher/invoke.py decides) are limited per
+client address instead (`admit_anonymous`): a bucket `<prefix>:ratelimit:addr:<address>`
+per IPv4 address or IPv6 /64, `public_limit` (FLOTILLA_PUBLIC_RATE, FLOTILLA_PUBLIC_BURST).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import re
 import secrets
 import time
@@ -31,16 +37,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flotilla.errors import Forbidden, RateLimited, Unauthorized
-from flotilla.ratelimit import TAKE_TOKEN_LUA, Limit, retry_after_s
+from flotilla.ratelimit import TAKE_TOKEN_LUA, Limit, RateLimiter, retry_after_s
 
 DEPLOY = "deploy"
 INVOKE = "invoke"
 ADMIN = "admin"
-SCOPES = (DEPLOY, INVOKE, ADMIN)
+SUBSCRIBE = "subscribe"
+SCOPES = (DEPLOY, INVOKE, ADMIN, SUBSCRIBE)
 KEY_PREFIX = "flk_"
 KEY_RE = re.compile(r"^flk_([0-9a-f]{12})_[A-Za-z0-9_-]{43}$")
 DEFAULT_LIMIT = Limit(rate=100.0, burst=200)
+DEFAULT_PUBLIC_LIMIT = Limit(rate=10.0, burst=20)  # per client address, calls without a key
 BOOTSTRAP_ID = "bootstrap"
+NEEDS_KEY = "this endpoint needs an API key: send `Authorization: Bearer <key>`"
 
 # KEYS[1] = the key's record, KEYS[2] = its rate-limit bucket. One round trip per request:
 # nil for an unknown key, else {the record's fields, ms to wait (0: within its limit)}.
@@ -208,16 +217,25 @@ class KeyStore:
 
 
 class Authenticator:
-    """Checks the bearer key of a request against the store, the rate limit and a scope."""
+    """Checks the bearer key of a request against the store, the rate limit and a scope;
+    limits calls without a key per client address."""
 
-    def __init__(self, keys: KeyStore, *, admin_key: str = "") -> None:
+    def __init__(
+        self, keys: KeyStore, *, admin_key: str = "",
+        public_limit: Limit | None = DEFAULT_PUBLIC_LIMIT,
+    ) -> None:
         self.keys = keys
         self._admin_digest = hash_key(admin_key) if admin_key else None
+        self.public_limit = public_limit
+        self._limiter = RateLimiter(keys.redis, prefix=keys.prefix)
 
     @classmethod
-    def on_redis(cls, redis: Any, *, prefix: str, admin_key: str = "") -> Authenticator:
+    def on_redis(
+        cls, redis: Any, *, prefix: str, admin_key: str = "",
+        public_limit: Limit | None = DEFAULT_PUBLIC_LIMIT,
+    ) -> Authenticator:
         """Keys and their rate-limit buckets in `redis` under `prefix`."""
-        return cls(KeyStore(redis, prefix=prefix), admin_key=admin_key)
+        return cls(KeyStore(redis, prefix=prefix), admin_key=admin_key, public_limit=public_limit)
 
     async def configured(self) -> bool:
         """True when some key could authenticate (a bootstrap key or a stored key)."""
@@ -231,8 +249,15 @@ class Authenticator:
         Unauthorized (401), RateLimited (429) or Forbidden (403), in that order: the limit
         applies before the scope, so forbidden requests cannot probe at an unlimited rate.
         """
+        key = await self.authenticate(authorization)
+        permit(key, scope, function)
+        return key
+
+    async def authenticate(self, authorization: str | None) -> ApiKey:
+        """The valid key of an Authorization header, one token taken from its bucket:
+        Unauthorized (401) or RateLimited (429) otherwise; no scope is checked."""
         if not authorization:
-            raise Unauthorized("this endpoint needs an API key: send `Authorization: Bearer <key>`")
+            raise Unauthorized(NEEDS_KEY)
         scheme, _, token = authorization.partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
@@ -252,8 +277,43 @@ class Authenticator:
                 f"(bursts of {key.limit.burst})",
                 retry_after_s=retry_after_s(wait_ms),
             )
-        if scope not in key.scopes:
-            raise Forbidden(f"key {key.id} does not have the `{scope}` scope")
-        if scope == INVOKE and function is not None and not key.may_invoke(function):
-            raise Forbidden(f"key {key.id} may not invoke function {function!r}")
         return key
+
+    async def admit_anonymous(self, address: str | None) -> None:
+        """Take a token from the bucket of a caller without a key; RateLimited (429) when
+        its address is out of them. Callers without a known address share one bucket."""
+        limit = self.public_limit
+        if limit is None:
+            return
+        bucket = client_bucket(address)
+        wait_ms = await self._limiter.take(f"addr:{bucket}", limit)
+        if wait_ms:
+            raise RateLimited(
+                f"calls without an API key are limited to {limit.rate:g} requests/s per "
+                f"client address (bursts of {limit.burst})",
+                retry_after_s=retry_after_s(wait_ms),
+            )
+
+
+def permit(key: ApiKey, scope: str, function: str | None = None) -> None:
+    """Forbidden (403) unless `key` holds `scope` (for invoke: covering `function`)."""
+    if scope not in key.scopes:
+        raise Forbidden(f"key {key.id} does not have the `{scope}` scope")
+    if scope == INVOKE and function is not None and not key.may_invoke(function):
+        raise Forbidden(f"key {key.id} may not invoke function {function!r}")
+
+
+def client_bucket(address: str | None) -> str:
+    """The rate-limit bucket of a client address: the IPv4 address, the IPv6 /64 (one host
+    commonly holds a whole /64), or the text itself when it is not an IP address."""
+    if not address:
+        return "unknown"
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address[:64]
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)

@@ -8,10 +8,12 @@ from `FunctionConfig` (no hand copy to drift from the server's checks).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from starlette.routing import BaseRoute
 
 from dispatcher.problems import PROBLEM_MEDIA_TYPE, Problem
 from flotilla.config import FunctionConfig
@@ -97,8 +99,10 @@ def problem_media_types(schema: dict[str, Any]) -> dict[str, Any]:
         for operation in path.values():
             for status, response in operation.get("responses", {}).items():
                 content = response.get("content", {})
-                if status[:1] in ("4", "5") and "application/json" in content:
-                    del content["application/json"]
+                # FastAPI files a problem model under the route's response media type
+                # (application/json, or e.g. text/event-stream for an event stream).
+                if status[:1] in ("4", "5") and content:
+                    content.clear()
                     content[PROBLEM_MEDIA_TYPE] = {
                         "schema": {"$ref": "#/components/schemas/Problem"}
                     }
@@ -119,6 +123,16 @@ def without_security(schema: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
+def documented_routes(routes: Sequence[BaseRoute]) -> list[BaseRoute]:
+    """The routes as the document shows them: a route serving several operations (the
+    invoke routes: one per method, each with its operation id) lists its `documented`
+    routes in its place."""
+    out: list[BaseRoute] = []
+    for route in routes:
+        out.extend(getattr(route, "documented", None) or (route,))
+    return out
+
+
 def install(app: FastAPI, *, secured: bool = True) -> None:
     """Make `app` serve the adjusted schema at /openapi.json (built once, on first request).
 
@@ -130,7 +144,7 @@ def install(app: FastAPI, *, secured: bool = True) -> None:
             schema = problem_media_types(
                 get_openapi(
                     title=app.title, version=app.version, description=app.description,
-                    routes=app.routes,
+                    routes=documented_routes(app.routes),
                 )
             )
             app.openapi_schema = schema if secured else without_security(schema)

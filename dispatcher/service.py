@@ -3,9 +3,10 @@
 Startup: the Redis client, artifact store (S3, bucket created when missing), a sandbox used
 only to validate and precompile deploys, a check that API keys exist (no key in Redis and no
 bootstrap FLOTILLA_ADMIN_KEY means nobody could call the API: refused unless `insecure`),
-the AMQP transport (declares the topology), the job results consumer, then the HTTP server.
-Shutdown (SIGINT/SIGTERM handled by uvicorn): stop serving, let pending callbacks finish
-briefly, close the transport (fails waiting callers), then the clients.
+the AMQP transport (declares the topology), the job results consumer, the topics connection
+(subscribers' queues), then the HTTP server. Shutdown (SIGINT/SIGTERM handled by uvicorn):
+stop serving, let pending callbacks finish briefly, end topic subscriptions, close the
+transport (fails waiting callers), then the clients.
 """
 
 from __future__ import annotations
@@ -25,9 +26,11 @@ from flotilla.artifacts import ArtifactStore, S3Backend
 from flotilla.errors import SettingsError
 from flotilla.jobs import JobStore, PostFn, ResultRecorder, parse_hosts
 from flotilla.metrics import DispatcherMetrics
+from flotilla.ratelimit import Limit
 from flotilla.registry import Deployer, Registry
 from flotilla.secrets import SecretStore
 from flotilla.settings import DispatcherSettings, split_listen
+from flotilla.topics import AmqpTopics
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +83,11 @@ class Dispatcher:
     sandbox: Any
     auth: Authenticator | None = None
     watch: RedisWatch | None = None
+    topics: AmqpTopics | None = None
 
     async def start(self) -> None:
         """Check API keys exist (unless insecure), connect the transport, consume job results,
-        watch Redis for a loss of its data."""
+        watch Redis for a loss of its data, connect for topics."""
         await self.check_auth()
         await self.transport.start()
         await self.transport.consume_job_results(
@@ -91,6 +95,8 @@ class Dispatcher:
         )
         if self.watch is not None:
             self.watch.start()
+        if self.topics is not None:
+            await self.topics.start()
 
     async def check_auth(self) -> None:
         """SettingsError when auth is on but no key could ever authenticate."""
@@ -108,6 +114,8 @@ class Dispatcher:
         if self.watch is not None:
             await self.watch.close()
         await self.recorder.drain(timeout=5.0)
+        if self.topics is not None:
+            await self.topics.close()
         await self.transport.close()
         await self.http.aclose()
         await self.redis.aclose()
@@ -143,8 +151,11 @@ def build(settings: DispatcherSettings) -> Dispatcher:
     http = httpx.AsyncClient(follow_redirects=False)
     metrics = DispatcherMetrics()
     auth = None if settings.insecure else Authenticator.on_redis(
-        redis, prefix=settings.queue_prefix, admin_key=settings.admin_key
+        redis, prefix=settings.queue_prefix, admin_key=settings.admin_key,
+        public_limit=public_limit(settings),
     )
+    topics = AmqpTopics(settings.amqp_url, topology.topics,
+                        connection_name=f"flotilla-dispatcher-topics-{settings.queue_prefix}")
     app = create_app(
         registry=registry,
         deployer=Deployer(
@@ -156,12 +167,18 @@ def build(settings: DispatcherSettings) -> Dispatcher:
         metrics=metrics,
         auth=auth,
         secrets=SecretStore.from_settings(settings, redis),
+        topics=topics,
     )
     metrics.watch_transport(transport)
     watch = RedisWatch(redis, settings.queue_prefix, auth=auth, metrics=metrics)
     app.state.redis_watch = watch  # /readyz reads it
     return Dispatcher(app, redis, transport, ResultRecorder(jobs, callback_poster(http)), http,
-                      sandbox, auth, watch)
+                      sandbox, auth, watch, topics)
+
+
+def public_limit(settings: DispatcherSettings) -> Limit | None:
+    """The per-address limit of calls without an API key (None: unlimited)."""
+    return Limit(settings.public_rate, settings.public_burst) if settings.public_rate else None
 
 
 def http_protocol() -> type[asyncio.Protocol]:
@@ -186,6 +203,23 @@ def http_protocol() -> type[asyncio.Protocol]:
     return CoalescingHttpProtocol
 
 
+def http_server(config: Any, topics: Any = None) -> Any:
+    """A uvicorn server that, when it shuts down, first ends the topic subscriptions of
+    `topics` (a TopicBus): uvicorn waits for every response to finish, and an event stream
+    only finishes once its subscription ended."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn.Server, ending event streams before waiting for responses."""
+
+        async def shutdown(self, sockets: Any = None) -> None:
+            if topics is not None:
+                await topics.close()
+            await super().shutdown(sockets)
+
+    return Server(config)
+
+
 async def serve(dispatcher: Dispatcher, listen: str, *, log_level: str = "info") -> None:
     """Start the dispatcher, serve HTTP on `listen` until a signal, then close everything."""
     import uvicorn
@@ -193,10 +227,11 @@ async def serve(dispatcher: Dispatcher, listen: str, *, log_level: str = "info")
     host, port = split_listen(listen)
     await dispatcher.start()
     try:
-        server = uvicorn.Server(
+        server = http_server(
             # log_config=None: uvicorn's loggers propagate to ours (JSON like the rest).
             uvicorn.Config(dispatcher.app, host=host, port=port, log_level=log_level.lower(),
-                           lifespan="off", log_config=None, http=http_protocol())
+                           lifespan="off", log_config=None, http=http_protocol()),
+            dispatcher.topics,
         )
         await server.serve()
     finally:

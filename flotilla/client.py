@@ -2,13 +2,23 @@
 
     async with Client(amqp_url, queue_prefix="flotilla", redis_url=redis_url) as client:
         response = await client.invoke("echo", b"hi", headers=[("x-a", "1")])
+        page = await client.invoke("site", method="GET", path="/docs/a", query=[("q", "x")])
         job_id = await client.submit("echo", b"later")
         status = await client.result(job_id, wait=10)
+        async with client.subscribe("orders.created") as messages:
+            async for message in messages:  # TopicMessage(topic, data)
+                ...
 
 It goes through the dispatcher's own `Invoker` (`flotilla/invoker.py`: same envelope, same
 topology) and raises the errors the HTTP API answers as problem documents:
 FunctionNotFound (404), BodyTooLarge (413), FunctionFailed (502), FunctionTimeout (504),
-Unavailable (503: queue full, broker down, worker could not run it).
+Unavailable (503: queue full, broker down, worker could not run it); InvalidRequest (422)
+for a method or path the invoke route would not take.
+
+`subscribe(topic)` reads a topic straight from RabbitMQ, as `GET /v1/topics/{topic}/events`
+does (flotilla/topics.py): at most once, only while subscribed; iterating raises
+SubscriptionOverflow when the client fell behind and SubscriptionLost when the connection
+broke, after the messages that arrived before.
 
 Function versions are resolved in the registry (Redis) and cached for `resolve_ttl_s`, so a
 deploy reaches a client within that time; `version=` pins one.
@@ -16,15 +26,31 @@ deploy reaches a client within that time; `version=` pins one.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Self
 
-from flotilla.envelope import Reply, Started
-from flotilla.errors import JobNotFound, Unavailable
-from flotilla.invoker import DEFAULT_JOB_TTL_S, DEFAULT_REPLY_MARGIN_MS, Invoker
+from flotilla.envelope import DEFAULT_METHOD, DEFAULT_PATH, Reply, Started
+from flotilla.errors import InvalidRequest, JobNotFound, Unavailable
+from flotilla.invoker import (
+    DEFAULT_JOB_TTL_S,
+    DEFAULT_REPLY_MARGIN_MS,
+    PLAIN_POST,
+    Invoker,
+    WebRequest,
+    check_target,
+)
 from flotilla.jobs import JobStatus, JobStore
 from flotilla.registry import LATEST, FunctionVersion, Registry, ResolveCache, VersionSource
+from flotilla.topics import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_MESSAGES,
+    AmqpTopics,
+    Subscription,
+    TopicMessage,
+    TopicsUnavailable,
+    valid_topic,
+)
 from flotilla.topology import Topology
 from flotilla.transport import AmqpTransport, BrokerUnavailable
 
@@ -77,9 +103,11 @@ class Client:
         else:
             raise ValueError("Client needs a registry, a redis_url or a resolve function")
         self._jobs = jobs
-        self._transport = AmqpTransport(
-            amqp_url, Topology(queue_prefix), connection_name="flotilla-client"
-        )
+        topology = Topology(queue_prefix)
+        self._transport = AmqpTransport(amqp_url, topology, connection_name="flotilla-client")
+        # Its own connection, opened by the first subscribe (most clients never subscribe).
+        self._topics = AmqpTopics(amqp_url, topology.topics,
+                                  connection_name="flotilla-client-topics")
         # Concurrent callers share one registry read (a burst must not open a Redis
         # connection per call); a deploy reaches the client within resolve_ttl_s.
         self._invoker = Invoker(
@@ -114,7 +142,8 @@ class Client:
             await self._transport.consume_job_results(record, running)
 
     async def close(self) -> None:
-        """Close the connection and the Redis client (if this client made it)."""
+        """Close the connections and the Redis client (if this client made it)."""
+        await self._topics.close()
         await self._transport.close()
         if self._redis is not None:
             await self._redis.aclose()
@@ -127,11 +156,21 @@ class Client:
         headers: Sequence[tuple[str, str]] = (),
         timeout: float | None = None,
         version: str | None = None,
+        method: str = DEFAULT_METHOD,
+        path: str = DEFAULT_PATH,
+        query: Sequence[tuple[str, str]] = (),
     ) -> Response:
-        """Run `name` and return its response; `timeout` (s) defaults to the function's."""
+        """Run `name` and return its response; `timeout` (s) defaults to the function's.
+
+        The guest sees `method`, `path` (its sub-path, "/" and up) and `query` (decoded
+        pairs, in order) as an HTTP caller's; the caller (`invocation.caller`) is none.
+        """
+        request = web_request(method, path, query)
         fn = await self._invoker.resolve(name, version)
         timeout_ms = None if timeout is None else max(1, int(timeout * 1000))
-        reply = await self._invoker.call(fn, body, tuple(headers), timeout_ms=timeout_ms)
+        reply = await self._invoker.call(
+            fn, body, tuple(headers), timeout_ms=timeout_ms, request=request
+        )
         return Response(reply.status, reply.headers, reply.body, reply.invocation_id)
 
     async def submit(
@@ -141,11 +180,16 @@ class Client:
         *,
         headers: Sequence[tuple[str, str]] = (),
         version: str | None = None,
+        method: str = DEFAULT_METHOD,
+        path: str = DEFAULT_PATH,
+        query: Sequence[tuple[str, str]] = (),
     ) -> str:
-        """Queue a job; returns its id once the broker accepted it."""
+        """Queue a job (run with `method`, `path`, `query` as `invoke` does); returns its id
+        once the broker accepted it."""
+        request = web_request(method, path, query)
         self._require_jobs()
         fn = await self._invoker.resolve(name, version)
-        return await self._invoker.submit(fn, body, tuple(headers))
+        return await self._invoker.submit(fn, body, tuple(headers), request=request)
 
     async def result(self, job_id: str, *, wait: float = 0) -> JobStatus:
         """The job's status (with its result once finished), waiting up to `wait` s for it."""
@@ -158,10 +202,80 @@ class Client:
         """The function version an invocation would use (cached for `resolve_ttl_s`)."""
         return await self._invoker.resolve(name, version)
 
+    def subscribe(
+        self, topic: str, *, max_messages: int = DEFAULT_MAX_MESSAGES,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+    ) -> ClientSubscription:
+        """The messages of `topic` (an exact name) published from now on, at most once.
+
+        `async for message in client.subscribe(topic)` subscribes when the loop starts;
+        `async with client.subscribe(topic) as messages:` subscribes on entering, so what is
+        published inside the block is received, and unsubscribes on leaving. Falling more
+        than `max_messages` or `max_bytes` behind ends it with SubscriptionOverflow.
+        """
+        if not valid_topic(topic):
+            raise InvalidRequest(f"{topic[:300]!r} is not a topic name")
+        return ClientSubscription(self._topics, topic, max_messages, max_bytes)
+
     def _require_jobs(self) -> JobStore:
         if self._jobs is None:
             raise ValueError("jobs need Redis: pass redis_url or jobs to Client")
         return self._jobs
+
+
+def web_request(method: str, path: str, query: Sequence[tuple[str, str]]) -> WebRequest:
+    """The checked WebRequest of a client call (InvalidRequest for a bad method or path)."""
+    method = method.upper()
+    if method == DEFAULT_METHOD and path == DEFAULT_PATH and not query:
+        return PLAIN_POST
+    check_target(method, path)
+    pairs = tuple((k, v) for k, v in query)
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in pairs):
+        raise InvalidRequest("query: must be pairs of strings")
+    return WebRequest(method, path, pairs)
+
+
+class ClientSubscription:
+    """A subscription of the client: an async iterator of `TopicMessage`s and an async
+    context manager (see `Client.subscribe`)."""
+
+    def __init__(self, topics: AmqpTopics, topic: str, max_messages: int, max_bytes: int) -> None:
+        self._topics = topics
+        self.topic = topic
+        self._limits = (max_messages, max_bytes)
+        self._sub: Subscription | None = None
+
+    async def start(self) -> None:
+        """Subscribe now (Unavailable when the broker cannot be reached)."""
+        if self._sub is None:
+            max_messages, max_bytes = self._limits
+            try:
+                self._sub = await self._topics.subscribe(
+                    self.topic, max_messages=max_messages, max_bytes=max_bytes
+                )
+            except TopicsUnavailable as exc:
+                raise Unavailable(str(exc)) from None
+
+    async def close(self) -> None:
+        """Unsubscribe (idempotent)."""
+        if self._sub is not None:
+            await self._sub.close()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def __aiter__(self) -> AsyncIterator[TopicMessage]:
+        return self
+
+    async def __anext__(self) -> TopicMessage:
+        if self._sub is None:
+            await self.start()
+        assert self._sub is not None
+        return await self._sub.__anext__()
 
 
 class _ResolveFunction:

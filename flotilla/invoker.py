@@ -5,12 +5,14 @@ The HTTP API (`dispatcher/invoke.py`, the jobs route) and the Python client
 
 - `resolve(name, version)`: the function version (through a `ResolveCache` when given one);
   FunctionNotFound (404) when there is none;
-- `call(fn, body, headers)`: checks the body against `max_body_bytes` (BodyTooLarge, 413),
-  builds the envelope (`Envelope.for_call`), publishes it with the function's timeout plus
+- `call(fn, body, headers, request=...)`: checks the body against `max_body_bytes`
+  (BodyTooLarge, 413) and the `WebRequest` (method, sub-path, query, caller the guest's
+  `invocation` interface reports; InvalidRequest, 422), builds the envelope
+  (`Envelope.for_call`), publishes it with the function's timeout plus
   the reply margin and waits: the `ok` reply, or FunctionTimeout (504: no reply in time, or
   the worker answered timeout/expired), Unavailable (503: queue full, broker down, worker
   could not run it) or FunctionFailed (502: the guest failed), via `error_for_reply`;
-- `submit(fn, body, headers)`: records the job first (so a fast result finds it), publishes
+- `submit(fn, body, headers, request=...)`: the same checks; records the job first (so a fast result finds it), publishes
   it (`Envelope.for_job`) and forgets the record when the publish failed (Unavailable).
 
 With `metrics` (the dispatcher's), it counts publishes by result, the callers waiting for
@@ -20,13 +22,15 @@ a reply and the reply latency.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from flotilla.envelope import Envelope, Headers, Reply
+from flotilla.envelope import DEFAULT_METHOD, DEFAULT_PATH, Envelope, Headers, Reply
 from flotilla.errors import (
     BodyTooLarge,
     FunctionNotFound,
     FunctionTimeout,
+    InvalidRequest,
     Unavailable,
     error_for_reply,
 )
@@ -40,6 +44,52 @@ if TYPE_CHECKING:  # the client runs without prometheus_client's import cost
 
 DEFAULT_REPLY_MARGIN_MS = 2_000
 DEFAULT_JOB_TTL_S = 86_400
+# The methods the invoke route takes (and a job or the client may name).
+METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
+MAX_PATH_BYTES = 8192
+
+
+@dataclass(frozen=True)
+class WebRequest:
+    """What the caller asked for beyond body and headers (the guest's `invocation`)."""
+
+    method: str = DEFAULT_METHOD
+    path: str = DEFAULT_PATH  # the sub-path below the function's URL, "/" when none
+    query: Headers = ()  # decoded, in order, repeats kept; never Flotilla's own parameters
+    caller: str | None = None  # the API key id; None for public and dev-mode calls
+
+    def envelope_fields(self) -> dict[str, Any]:
+        """The envelope's optional fields that differ from their defaults."""
+        fields: dict[str, Any] = {}
+        if self.method != DEFAULT_METHOD:
+            fields["method"] = self.method
+        if self.path != DEFAULT_PATH:
+            fields["path"] = self.path
+        if self.query:
+            fields["query"] = self.query
+        if self.caller is not None:
+            fields["caller"] = self.caller
+        return fields
+
+
+PLAIN_POST = WebRequest()
+
+
+def check_target(
+    method: str, path: str, *, method_name: str = "method", path_name: str = "path"
+) -> None:
+    """InvalidRequest (422) unless `method` is one of METHODS and `path` is a sub-path
+    ("/" and up, at most MAX_PATH_BYTES, no control characters)."""
+    if method not in METHODS:
+        raise InvalidRequest(f"{method_name}: must be one of {', '.join(METHODS)}, got {method!r}")
+    if (
+        not path.startswith("/") or len(path.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES
+        or not path.isprintable()
+    ):
+        raise InvalidRequest(
+            f"{path_name}: must start with '/', be printable and at most {MAX_PATH_BYTES} "
+            f"bytes, got {path[:80]!r}"
+        )
 
 
 class Invoker:
@@ -82,10 +132,12 @@ class Invoker:
         *,
         invocation_id: str | None = None,
         timeout_ms: int | None = None,
+        request: WebRequest = PLAIN_POST,
     ) -> Reply:
         """Run `fn` once and return its `ok` reply; the API's error for anything else.
 
         `timeout_ms` defaults to the function's; the caller waits that plus the reply margin.
+        `request` is passed on as it is: its makers check it (`check_target`).
         """
         check_body(fn, len(body))
         iid = invocation_id or new_id()
@@ -95,6 +147,7 @@ class Invoker:
             iid, fn.name, fn.digest, headers, body, timeout_ms=timeout_ms,
             # The transport's own reply queue up front, so its call() need not copy the envelope.
             reply_to=self.transport.reply_queue_name,
+            **(request.envelope_fields() if request is not PLAIN_POST else {}),
         )
         m = self.metrics
         began = time.perf_counter()
@@ -128,6 +181,7 @@ class Invoker:
         *,
         job_id: str | None = None,
         callback_url: str | None = None,
+        request: WebRequest = PLAIN_POST,
     ) -> str:
         """Queue `fn` as a job; its id once the broker accepted it (Unavailable otherwise)."""
         if self.jobs is None:
@@ -135,7 +189,10 @@ class Invoker:
         check_body(fn, len(body))
         job_id = job_id or new_id()
         await self.jobs.create(JobRecord(job_id, fn.name, fn.digest, time.time(), callback_url))
-        envelope = Envelope.for_job(job_id, fn.name, fn.digest, headers, body, ttl_s=self.job_ttl_s)
+        envelope = Envelope.for_job(
+            job_id, fn.name, fn.digest, headers, body, ttl_s=self.job_ttl_s,
+            **request.envelope_fields(),
+        )
         try:
             await self.transport.submit(envelope)
         except (QueueFull, BrokerUnavailable) as exc:

@@ -166,7 +166,7 @@ class Registry:
                 raise FunctionNotDeployed(f"function {name!r} is not deployed")
             return _text(latest)
         versions = self._k("fn", name, "versions")
-        if selector.isdigit() and len(selector) < MIN_PREFIX:
+        if selector.isascii() and selector.isdigit() and len(selector) < MIN_PREFIX:
             found = await self.redis.zrangebyscore(versions, selector, selector)
             if found:
                 return _text(found[0])

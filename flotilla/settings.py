@@ -280,6 +280,14 @@ class DispatcherSettings(_Base):
     callback_hosts: str = Field(
         default="", description="Comma-separated hosts that job callbacks may be POSTed to"
     )
+    public_rate: float = Field(
+        default=10.0, ge=0,
+        description="Calls without an API key (public functions) per second per client "
+        "address, shared by all replicas (0: no limit)",
+    )
+    public_burst: int = Field(
+        default=20, ge=1, description="Calls without an API key one client address may burst"
+    )
 
     @field_validator("listen")
     @classmethod

@@ -11,6 +11,8 @@
 - `<prefix>.job-results`: durable quorum queue of job replies; the dispatchers consume it,
   so a result survives the dispatcher that submitted the job dying.
 - Sync replies go to each caller's own exclusive, auto-delete, server-named queue.
+- `<prefix>.topics`: durable topic exchange of `topics.publish`; each subscriber binds its
+  own exclusive, auto-delete queue to it (flotilla/topics.py).
 """
 
 from __future__ import annotations
@@ -77,6 +79,11 @@ class Topology:
         """Durable queue of replies to jobs, consumed by the dispatchers."""
         return f"{self.prefix}.job-results"
 
+    @property
+    def topics(self) -> str:
+        """Topic exchange of the messages functions publish (no durable queue is bound)."""
+        return f"{self.prefix}.topics"
+
     def invocation_arguments(self) -> dict[str, Any]:
         """`x-` arguments of the invocations queue."""
         return {
@@ -128,6 +135,7 @@ class Topology:
         for name in self.queue_names():
             await channel.queue_delete(name)
         await channel.exchange_delete(self.dead_letter_exchange)
+        await channel.exchange_delete(self.topics)
 
 
 def message_ttl_ms(reply_mode: str, remaining_ms: int, grace_ms: int = 1_000) -> int | None:

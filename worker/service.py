@@ -45,6 +45,9 @@ class Runtime:
 
     runner: Runner
     closers: list[Callable[[], Any]] = field(default_factory=list)
+    # Connected once the loop runs, closed after the consumer (e.g. the topics bus):
+    # objects with `async start()` and `async close()`.
+    services: list[Any] = field(default_factory=list)
     # Answers when the worker's Redis does (part of /readyz); None: nothing to check.
     ping: Callable[[], Awaitable[Any]] | None = None
 
@@ -69,13 +72,18 @@ def sandbox_runtime(
     from flotilla.artifacts import ArtifactStore, S3Backend, artifact_tag
     from flotilla.hosts.clients import HostClients
     from flotilla.hosts.secrets import RedisSecrets
+    from flotilla.hosts.topics import BusPublisher
     from flotilla.registry import Registry
     from flotilla.sandbox import Sandbox
+    from flotilla.topics import AmqpTopics
     from worker.artifacts import ArtifactCache, StoreArtifactSource
     from worker.runner import SandboxRunner
 
     hosts = HostClients.from_settings(settings, observe=metrics.observe_host_call)
-    runtime = Runtime(runner=None, closers=[hosts.close])  # type: ignore[arg-type]
+    topics = AmqpTopics(settings.amqp_url, Topology(settings.queue_prefix).topics,
+                        connection_name=f"flotilla-worker-topics-{settings.queue_prefix}")
+    hosts = hosts.with_clients(topics=BusPublisher(topics, loop))
+    runtime = Runtime(runner=None, closers=[hosts.close], services=[topics])  # type: ignore[arg-type]
     try:
         reader = RedisSecrets.from_settings(settings, hosts.redis, observe=metrics.observe_host_call)
         hosts = hosts.with_clients(secrets=reader)  # None (no FLOTILLA_SECRETS_KEY): unavailable
@@ -161,6 +169,7 @@ class WorkerService:
         connection = None
         try:
             await self._start_probes()
+            await self._start_services(runtime)
             ledger = connect_redis(settings.redis_url, max_connections=4)
             runtime.closers.append(ledger.close)
             handler = EnvelopeHandler(
@@ -198,6 +207,8 @@ class WorkerService:
                 await self.consumer.close()
             if connection is not None:
                 await connection.close()
+            for service in reversed(runtime.services):
+                await _close_service(service)
             # After a forced exit or a drain timeout, threads still running guest code are
             # abandoned rather than joined (each is bounded by its function's timeout anyway).
             drained = self.consumer is None or (
@@ -228,6 +239,14 @@ class WorkerService:
             return False
         return True
 
+    async def _start_services(self, runtime: Runtime) -> None:
+        for service in runtime.services:
+            try:
+                await service.start()
+            except Exception as exc:  # noqa: BLE001 - optional: it connects again on first use
+                log.warning("%s did not start (it tries again when used): %s",
+                            type(service).__name__, exc)
+
     async def _start_probes(self) -> None:
         probes = ProbeServer(self.metrics.registry, self.readiness, port=self.settings.metrics_port)
         try:
@@ -255,6 +274,13 @@ class WorkerService:
         drain.cancel()
         log.warning("exiting with %d deliveries unsettled", self.consumer.in_flight)
         return 1
+
+
+async def _close_service(service: Any) -> None:
+    try:
+        await service.close()
+    except Exception:
+        log.exception("closing %r failed", service)
 
 
 def run_process(settings: WorkerSettings, runtime_factory: RuntimeFactory = sandbox_runtime) -> int:

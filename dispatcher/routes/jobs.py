@@ -11,7 +11,16 @@ from fastapi.responses import JSONResponse
 from dispatcher import openapi
 from dispatcher.api import AUTH_PROBLEMS, NAME_PARAM, VERSION_PARAM, Api, ApiDep, require
 from dispatcher.auth import INVOKE, ApiKey
-from dispatcher.passthrough import CALLBACK_HEADER, read_body, request_headers
+from dispatcher.passthrough import (
+    CALLBACK_HEADER,
+    JOB_PARAMS,
+    METHOD_HEADER,
+    PATH_HEADER,
+    guest_query,
+    job_target,
+    read_body,
+    request_headers,
+)
 from flotilla.errors import (
     BodyTooLarge,
     CallbackNotAllowed,
@@ -20,6 +29,7 @@ from flotilla.errors import (
     JobNotFound,
     Unavailable,
 )
+from flotilla.invoker import WebRequest
 from flotilla.jobs import MAX_WAIT_S, callback_allowed
 
 router = APIRouter()
@@ -34,7 +44,10 @@ router = APIRouter()
         "Returns at once with the job id. The optional callback URL (query parameter "
         f"`callback_url` or header `{CALLBACK_HEADER}`) receives a POST of the job "
         "document (as GET /v1/jobs/{id} shows it) once the job finishes, retried with "
-        "backoff until a 2xx; its host must be in the dispatcher's callback_hosts (else 403)."
+        "backoff until a 2xx; its host must be in the dispatcher's callback_hosts (else 403). "
+        f"The job runs as a request with the method of header `{METHOD_HEADER}` (default "
+        f"POST), the sub-path of header `{PATH_HEADER}` (default `/`) and this route's "
+        "query parameters but `version` and `callback_url`."
     ),
     responses={
         202: {"description": "Accepted; poll `status_url`", "links": openapi.JOB_LINKS},
@@ -60,11 +73,15 @@ async def submit_job(
         raise CallbackNotAllowed(
             f"callback URL {callback!r} is not http(s) to one of the allowed callback hosts"
         )
+    method, path = job_target(request.scope["headers"])
+    query, _ = guest_query(request.scope.get("query_string") or b"", JOB_PARAMS)
+    key: ApiKey | None = request.state.api_key
     fn = await api.invoker.resolve(name, version)
     _, declared, guest = request_headers(request.scope["headers"])
     body = await read_body(request.receive, declared, fn.config.max_body_bytes)
     job_id = await api.invoker.submit(
-        fn, body, guest, job_id=request.state.invocation_id, callback_url=callback
+        fn, body, guest, job_id=request.state.invocation_id, callback_url=callback,
+        request=WebRequest(method, path, query, key.id if key is not None else None),
     )
     return JSONResponse(
         {"job_id": job_id, "status_url": f"/v1/jobs/{job_id}"},

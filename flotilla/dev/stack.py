@@ -5,7 +5,8 @@ Stand-ins, each behind the same interface the fleet uses:
 - `MemoryTransport` for RabbitMQ (the worker's own `EnvelopeHandler` and `SandboxRunner`);
 - fakeredis for Redis (registry and jobs here; the guest cache in `HostClients.for_dev`);
 - a local directory (`LocalBackend`) for the S3 artifact store; its HMAC key is generated
-  once and kept in `<cache_dir>/dev-artifact-key`, so the worker's disk cache stays valid.
+  once and kept in `<cache_dir>/dev-artifact-key`, so the worker's disk cache stays valid;
+- `MemoryTopics` for the topic exchange (guests publish, /v1/topics/... subscribes).
 
 API keys are off unless FLOTILLA_ADMIN_KEY is set (then that bootstrap key, and keys created
 with it through /v1/keys, are required, as in production); startup says which.
@@ -29,7 +30,13 @@ from typing import Any
 
 from dispatcher.app import create_app
 from dispatcher.auth import Authenticator
-from dispatcher.service import callback_poster, options_from, split_listen
+from dispatcher.service import (
+    callback_poster,
+    http_server,
+    options_from,
+    public_limit,
+    split_listen,
+)
 from flotilla.artifacts import ArtifactStore, LocalBackend, artifact_tag
 from flotilla.config import FunctionConfig
 from flotilla.jobs import JobStore, ResultRecorder
@@ -144,8 +151,10 @@ def build_dev(
     from flotilla.dev.memory import MemoryTransport
     from flotilla.hosts.clients import HostClients
     from flotilla.hosts.secrets import RedisSecrets
+    from flotilla.hosts.topics import BusPublisher
     from flotilla.sandbox import Sandbox
     from flotilla.secrets import Keyring, SecretBox, SecretStore, new_key
+    from flotilla.topics import MemoryTopics
     from flotilla.topology import Topology
     from worker.artifacts import ArtifactCache, StoreArtifactSource
     from worker.handler import EnvelopeHandler
@@ -184,6 +193,8 @@ def build_dev(
         secrets_redis, SecretBox(keyring, settings.queue_prefix),
         observe=worker_metrics.observe_host_call,
     ))
+    topics = MemoryTopics()
+    hosts = hosts.with_clients(topics=BusPublisher(topics, loop))
     try:
         sandbox = Sandbox(hosts, cache_dir=cache_dir)
         closers.append(sandbox.close)
@@ -210,13 +221,15 @@ def build_dev(
         registry=registry, deployer=deployer, jobs=jobs, transport=transport,
         options=options_from(settings), metrics=dispatcher_metrics,
         auth=Authenticator.on_redis(redis, prefix=settings.queue_prefix,
-                                    admin_key=settings.admin_key)
+                                    admin_key=settings.admin_key,
+                                    public_limit=public_limit(settings))
         if settings.admin_key else None,
         secrets=SecretStore(redis, keyring, prefix=settings.queue_prefix),
+        topics=topics,
     )
     return DevStack(
         app, registry, deployer, transport, ResultRecorder(jobs, callback_poster(http)),
-        closers=closers, async_closers=[http.aclose, redis.aclose],
+        closers=closers, async_closers=[http.aclose, redis.aclose, topics.close],
         aws_endpoint=aws_endpoint if settings.aws_endpoint_url is None else None,
         aws_region=settings.aws_region,
     )
@@ -306,9 +319,10 @@ async def serve_dev(
 
     deploying = asyncio.create_task(deploy_all())
     try:
-        server = uvicorn.Server(
+        server = http_server(
             uvicorn.Config(stack.app, host=host, port=port, log_level=settings.log_level.lower(),
-                           lifespan="off")
+                           lifespan="off"),
+            stack.app.state.api.topics,
         )
         await server.serve()
     finally:

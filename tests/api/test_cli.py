@@ -160,3 +160,16 @@ def test_cli_invoke_prints_the_body(dev_url: str, capfdbinary: pytest.CaptureFix
     status = main(["invoke", "echo", "--data", "hello dev", "-H", "x-k: v", "--url", dev_url])
     out = capfdbinary.readouterr().out
     assert status == 0 and out == b"hello dev"
+
+
+@pytest.mark.slow
+def test_cli_invoke_sends_method_path_and_query(
+    dev_url: str, probe_wasm: Path, capfdbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    assert main(["deploy", "webprobe", str(probe_wasm), "--url", dev_url]) == 0
+    capfdbinary.readouterr()
+    status = main(["invoke", "webprobe", "-X", "get", "--path", "/a b/c", "-q", "k=v", "-q", "k",
+                   "--version", "latest", "-H", "x-probe-op: invocation", "--url", dev_url])
+    seen = json.loads(capfdbinary.readouterr().out)["result"]
+    assert status == 0
+    assert (seen["method"], seen["path"], seen["query"]) == ("GET", "/a%20b/c", [["k", "v"], ["k", ""]])

@@ -15,7 +15,7 @@ import pytest
 from fastapi import FastAPI
 from starlette.routing import Match
 
-from dispatcher.invoke import INVOKE_ROUTE, invoked_function
+from dispatcher.invoke import INVOKE_PATH_ROUTE, INVOKE_ROUTE, invoked_function
 from flotilla.envelope import Envelope, Reply
 from flotilla.outcomes import Outcome
 from flotilla.transport import BrokerUnavailable, CallTimeout, QueueFull
@@ -250,11 +250,13 @@ async def test_the_guest_gets_the_callers_headers_and_the_transports_reply_queue
     assert (envelope.function, envelope.digest, envelope.body) == ("echo", deployed, b"hi")
 
 
-@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])
-async def test_other_methods_are_not_allowed(api: Api, method: str) -> None:
-    response = await api.client.request(method, "/v1/functions/echo/invoke")
+@pytest.mark.parametrize("path", ["/v1/functions/echo/invoke", "/v1/functions/echo/invoke/a/b"])
+@pytest.mark.parametrize("method", ["TRACE", "PROPFIND", "CONNECT"])
+async def test_other_methods_are_not_allowed(api: Api, method: str, path: str) -> None:
+    response = await api.client.request(method, path)
     assert response.status_code == 405
-    assert response.headers["allow"] == "POST"
+    allowed = {m.strip() for m in response.headers["allow"].split(",")}
+    assert allowed == {"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"}
     assert response.json()["invocation_id"] == response.headers["flotilla-invocation-id"]
 
 
@@ -291,19 +293,99 @@ PATHS = [
     "/v1/functions//invoke", "/v1/functions/invoke", "/v1/functions/a/b/invoke",
     "/v1/functions/echo/invoke/", "/v1/functions/echo", "/v1/functions/echo/jobs", "/invoke",
     "/api/v1/functions/echo/invoke", "/apix/v1/functions/echo/invoke", "/api", "",
+    "/v1/functions/echo/invoke/a", "/v1/functions/echo/invoke/a/b/", "/v1/functions/echo/invokes",
+    "/v1/functions/echo/invoke//x", "/v1/functions/echo/invokex/y", "/v1/functions//invoke/x",
+    "/api/v1/functions/echo/invoke/x", "/v1/functions/echo/jobs/invoke",
 ]
 
 
 @pytest.mark.parametrize("root_path", ["", "/api", "/api/"])
+@pytest.mark.parametrize("method", ["POST", "GET", "HEAD"])
 def test_the_handler_takes_exactly_what_the_router_would_route_to_invoke(
-    api: Api, root_path: str
+    api: Api, root_path: str, method: str
 ) -> None:
-    # Given the documented route as Starlette's router matches it
+    # Given the two routes as Starlette's router matches them
     app = api.client._transport.app  # type: ignore[attr-defined]
-    route = next(r for r in app.routes if getattr(r, "path", "") == INVOKE_ROUTE)
+    base = next(r for r in app.routes if getattr(r, "path", "") == INVOKE_ROUTE)
+    sub = next(r for r in app.routes if getattr(r, "path", "") == INVOKE_PATH_ROUTE)
     for path in PATHS:
-        scope = {"type": "http", "method": "POST", "path": path, "root_path": root_path}
-        match, child = route.matches(scope)
-        routed = child["path_params"]["name"] if match is Match.FULL else None
-        # Then the handler serves a request exactly when the router would send it there
+        scope = {"type": "http", "method": method, "path": path, "root_path": root_path}
+        routed = None
+        for route in (base, sub):
+            match, child = route.matches(scope)
+            if match is Match.FULL:
+                params = child["path_params"]
+                routed = (params["name"], "/" + params["path"] if "path" in params else "")
+                break
+        # Then the handler serves a request exactly when the router would send it there,
+        # with the same name and sub-path
         assert invoked_function(path, root_path) == routed, (path, root_path)
+
+
+METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("target", [
+    "/v1/functions/echo/invoke?a=1&version=latest&a=2", "/v1/functions/echo/invoke/x/%7Ey%2Fz?q",
+    "/v1/functions/nope/invoke/x",
+])
+async def test_every_method_answers_alike_on_both_paths(
+    api: Api, deployed: str, method: str, target: str
+) -> None:
+    # Given the app's FastAPI stack called directly beside the fast path
+    app = api.client._transport.app  # type: ignore[attr-defined]
+
+    async def stack(scope: Any, receive: Any, send: Any) -> None:
+        await FastAPI.__call__(app, scope, receive, send)
+
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=stack), base_url="http://test"
+    ) as through_stack:
+        answers = [await c.request(method, target, content=b"hi")
+                   for c in (api.client, through_stack)]
+    # Then both answer the same, HEAD without a body
+    direct, routed = answers
+    strip = ("flotilla-invocation-id",)
+    assert direct.status_code == routed.status_code
+    assert [h for h in direct.headers.multi_items() if h[0] not in strip] == [
+        h for h in routed.headers.multi_items() if h[0] not in strip]
+    if direct.status_code == 404 and method == "HEAD":
+        assert direct.content == routed.content == b""
+        assert direct.headers["content-type"] == "application/problem+json"
+    elif direct.status_code == 404:
+        assert {**direct.json(), "invocation_id": ""} == {**routed.json(), "invocation_id": ""}
+    else:
+        assert direct.content == routed.content == (b"" if method == "HEAD" else b"hi")
+        # and the guest got the method, the sub-path as sent and the query without version
+        for envelope, _ in api.transport.calls[-2:]:
+            assert envelope.method == method
+            if "/x/" in target:
+                assert (envelope.path, envelope.query) == ("/x/%7Ey%2Fz", (("q", ""),))
+            else:
+                assert (envelope.path, envelope.query) == ("/", (("a", "1"), ("a", "2")))
+            assert envelope.caller is None  # auth is off here
+
+
+async def test_a_plain_post_envelope_carries_no_web_fields(api: Api, deployed: str) -> None:
+    response = await api.client.post("/v1/functions/echo/invoke?version=latest", content=b"x")
+    assert response.status_code == 200
+    envelope, _ = api.transport.calls[-1]
+    assert (envelope.method, envelope.path, envelope.query, envelope.caller) == (
+        "POST", "/", (), None)
+
+
+async def test_the_document_lists_every_method_on_both_paths(api: Api) -> None:
+    schema = (await api.client.get("/openapi.json")).json()
+    for path, prefix in ((INVOKE_ROUTE, "invoke"),
+                         ("/v1/functions/{name}/invoke/{path}", "invoke_path")):
+        operations = schema["paths"][path]
+        assert sorted(operations) == sorted(m.lower() for m in METHODS)
+        for method, operation in operations.items():
+            expected = "invoke" if (prefix, method) == ("invoke", "post") else f"{prefix}_{method}"
+            assert operation["operationId"] == expected
+            assert ("requestBody" in operation) == (method in ("post", "put", "patch"))
+            assert "default" in operation["responses"]
+            params = {p["name"] for p in operation["parameters"]}
+            assert params == ({"name", "version", "path"} if prefix == "invoke_path"
+                              else {"name", "version"})

@@ -223,8 +223,11 @@ async def test_openapi_documents_the_bearer_scheme(auth_api: AuthApi) -> None:
     schema = (await auth_api.client.get("/openapi.json")).json()
     assert schema["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
     invoke = schema["paths"]["/v1/functions/{name}/invoke"]["post"]
-    assert invoke["security"] == [{"HTTPBearer": []}]
+    # a key, or none at all (public functions)
+    assert invoke["security"] == [{"HTTPBearer": []}, {}]
     assert {"401", "403", "429"} <= set(invoke["responses"])
+    jobs = schema["paths"]["/v1/functions/{name}/jobs"]["post"]
+    assert jobs["security"] == [{"HTTPBearer": []}]
     assert "security" not in schema["paths"]["/healthz"]["get"]
 
 

@@ -1,7 +1,8 @@
 """Probe: one multi-purpose test guest whose behaviour the request picks.
 
 A body that is not a JSON object with an "op" is echoed back raw (status 200, the
-request's headers). Otherwise the body is a command `{"op": "<name>", ...args}` and the
+request's headers). A request without a body (GET, HEAD) names its command in the header
+`x-probe-op` instead: an op name, or a JSON command object; the header wins over the body. Otherwise the body is a command `{"op": "<name>", ...args}` and the
 answer is usually 200 with a JSON body `{"op": ..., "ok": true, "result": ...}` or
 `{"op": ..., "ok": false, "error": "<ExceptionType>: <message>"}` for ops that probe
 what the sandbox allows. Host calls answer `{"ok": false, "error": {"case": "<wit case>",
@@ -353,9 +354,13 @@ class WitWorld(wit_world.WitWorld):
 
     def handle(self, request: types.Request) -> types.Response:
         """Run the op named by the JSON body, or echo a non-command body."""
+        header = next((v for k, v in request.headers if k.lower() == "x-probe-op"), None)
         try:
-            # Decode first: json.loads(bytes) sniffs UTF-16/32, codecs the build leaves out.
-            cmd = json.loads(request.body.decode("utf-8"))
+            if header is not None:
+                cmd = json.loads(header) if header.startswith("{") else {"op": header}
+            else:
+                # Decode first: json.loads(bytes) sniffs UTF-16/32, codecs the build leaves out.
+                cmd = json.loads(request.body.decode("utf-8"))
         except ValueError:
             cmd = None
         if not isinstance(cmd, dict) or "op" not in cmd:
