@@ -6,14 +6,18 @@ problem documents, `application/problem+json`, see `dispatcher/problems.py`):
 - `PUT /v1/functions/{name}` deploy (multipart: `component` file, `config` JSON object);
 - `GET /v1/functions`, `GET /v1/functions/{name}`, `DELETE /v1/functions/{name}`;
 - `POST /v1/functions/{name}/invoke[?version=]` synchronous invocation;
-- `POST /v1/functions/{name}/jobs[?version=&callback_url=]` asynchronous job (202);
-- `GET /v1/jobs/{id}[?wait=S]` job status, long-polled up to 30 s;
+- `POST /v1/functions/{name}/jobs[?version=&callback_url=&delay_ms=|run_at=]` asynchronous
+  job (202; 200 for a repeated Idempotency-Key);
+- `GET /v1/jobs/{id}[?wait=S]` job status, long-polled up to 30 s; `DELETE` cancels it;
+- `GET /v1/dead-letters`, `GET/DELETE /v1/dead-letters/{id}`, `POST .../{id}/replay`;
+- `PUT/GET/DELETE /v1/schedules/{name}`, `GET /v1/schedules` (cron);
 - `POST /v1/keys`, `GET /v1/keys`, `DELETE /v1/keys/{id}` API keys (admin scope).
 
 They live in `dispatcher/invoke.py` (invoke, served before FastAPI's stack) and
 `dispatcher/routes/` (one module per resource). With an `Authenticator`
 (`dispatcher/auth.py`) every route but /healthz, /readyz, /metrics and the OpenAPI document
-needs `Authorization: Bearer <key>` with the route's scope (deploy, invoke or admin);
+needs `Authorization: Bearer <key>` with the route's scope (deploy, invoke, dead-letters
+or admin);
 without one (dev mode, --insecure) nothing is checked.
 
 Every response carries `flotilla-invocation-id`. The app keeps no state of its own: the
@@ -38,13 +42,15 @@ from dispatcher.invoke import InvokeHandler, invoked_function
 from dispatcher.invoke import router as invoke_router
 from dispatcher.passthrough import INVOCATION_HEADER, check_header_size
 from dispatcher.problems import add_problem_handlers, problem_response
-from dispatcher.routes import functions, health, jobs, keys
+from dispatcher.routes import dead_letters, functions, health, jobs, keys, schedules
 from dispatcher.routes.functions import MAX_UPLOAD_BYTES
 from flotilla import logs
+from flotilla.deadletters import DeadLetterStore
 from flotilla.invoker import Invoker
 from flotilla.jobs import JobStore, new_id
 from flotilla.metrics import DispatcherMetrics
 from flotilla.registry import Deployer, Registry, ResolveCache
+from flotilla.schedules import ScheduleStore
 from flotilla.transport import Transport
 
 log = logging.getLogger(__name__)
@@ -52,7 +58,10 @@ log = logging.getLogger(__name__)
 __all__ = ["MAX_UPLOAD_BYTES", "Api", "ApiOptions", "FlotillaApp", "create_app"]
 
 # In the order the OpenAPI document lists them (and routing tries them).
-ROUTERS = (functions.router, invoke_router, jobs.router, keys.router, health.router)
+ROUTERS = (
+    functions.router, invoke_router, jobs.router, dead_letters.router, schedules.router,
+    keys.router, health.router,
+)
 
 
 def create_app(
@@ -64,12 +73,15 @@ def create_app(
     options: ApiOptions | None = None,
     metrics: DispatcherMetrics | None = None,
     auth: Authenticator | None = None,
+    dead_letters: DeadLetterStore | None = None,
+    schedules: ScheduleStore | None = None,
 ) -> FastAPI:
     """The HTTP API wired to its collaborators (nothing is started or connected here).
 
     With `metrics`, requests, waiting callers, reply latency and publishes are recorded and
     served at `/metrics` (Prometheus text format). With `auth`, routes need API keys;
     without it they are open (the processes decide explicitly: see service.py and dev.py).
+    Dead letters and schedules live in the job store's Redis unless given.
     """
     opts = options or ApiOptions()
     cache = ResolveCache(registry, ttl_s=opts.resolve_ttl_s) if opts.resolve_ttl_s > 0 else None
@@ -77,7 +89,11 @@ def create_app(
         cache or registry, transport, jobs=jobs, reply_margin_ms=opts.reply_margin_ms,
         job_ttl_s=opts.job_ttl_s, retry_after_s=opts.retry_after_s, metrics=metrics,
     )
-    api = Api(registry, deployer, jobs, transport, invoker, opts, metrics, cache, auth)
+    api = Api(
+        registry, deployer, jobs, transport, invoker, opts, metrics, cache, auth,
+        dead_letters or DeadLetterStore(jobs.redis, prefix=jobs.prefix),
+        schedules or ScheduleStore(jobs.redis, prefix=jobs.prefix),
+    )
     app = FlotillaApp(
         title="Flotilla",
         version="0.1.0",

@@ -3,16 +3,18 @@
 Startup: the Redis client, artifact store (S3, bucket created when missing), a sandbox used
 only to validate and precompile deploys, a check that API keys exist (no key in Redis and no
 bootstrap FLOTILLA_ADMIN_KEY means nobody could call the API: refused unless `insecure`),
-the AMQP transport (declares the topology), the job results consumer, then the HTTP server.
-Shutdown (SIGINT/SIGTERM handled by uvicorn): stop serving, let pending callbacks finish
-briefly, close the transport (fails waiting callers), then the clients.
+the AMQP transport (declares the topology), the job results consumer, the dead-letter
+consumer, the cron scheduler, then the HTTP server.
+Shutdown (SIGINT/SIGTERM handled by uvicorn): stop serving, stop the scheduler, let pending
+callbacks finish briefly, close the transport (fails waiting callers, stops the consumers),
+then the clients.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -21,10 +23,12 @@ from dispatcher.app import ApiOptions, create_app
 from dispatcher.auth import Authenticator
 from flotilla import logs
 from flotilla.artifacts import ArtifactStore, S3Backend
+from flotilla.deadletters import DeadLetterConsumer, DeadLetterStore
 from flotilla.errors import SettingsError
 from flotilla.jobs import JobStore, PostFn, ResultRecorder, parse_hosts
 from flotilla.metrics import DispatcherMetrics
 from flotilla.registry import Deployer, Registry
+from flotilla.schedules import Scheduler, ScheduleStore, submit_with
 from flotilla.settings import DispatcherSettings, split_listen
 
 log = logging.getLogger(__name__)
@@ -77,14 +81,22 @@ class Dispatcher:
     http: httpx.AsyncClient
     sandbox: Any
     auth: Authenticator | None = None
+    dead_letters: DeadLetterConsumer | None = None
+    scheduler: Scheduler | None = None
+    _scheduling: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
 
     async def start(self) -> None:
-        """Check API keys exist (unless insecure), connect the transport, consume job results."""
+        """Check API keys exist (unless insecure), connect the transport, consume job results
+        and dead letters, start the scheduler."""
         await self.check_auth()
         await self.transport.start()
         await self.transport.consume_job_results(
-            self.recorder.handle, self.recorder.started
+            self.recorder.handle, self.recorder.started, self.recorder.retrying
         )
+        if self.dead_letters is not None:
+            await self.dead_letters.start(self.transport.connection)
+        if self.scheduler is not None:
+            self._scheduling = asyncio.create_task(self.scheduler.run(), name="scheduler")
 
     async def check_auth(self) -> None:
         """SettingsError when auth is on but no key could ever authenticate."""
@@ -98,7 +110,10 @@ class Dispatcher:
             )
 
     async def close(self) -> None:
-        """Finish callbacks briefly, then close transport and clients (in that order)."""
+        """Stop the scheduler, finish callbacks briefly, then close transport and clients."""
+        if self._scheduling is not None:
+            self._scheduling.cancel()
+            await asyncio.gather(self._scheduling, return_exceptions=True)
         await self.recorder.drain(timeout=5.0)
         await self.transport.close()
         await self.http.aclose()
@@ -146,10 +161,16 @@ def build(settings: DispatcherSettings) -> Dispatcher:
         options=options_from(settings),
         metrics=metrics,
         auth=auth,
+        dead_letters=DeadLetterStore(redis, prefix=settings.queue_prefix,
+                                     job_results=topology.job_results),
+        schedules=ScheduleStore(redis, prefix=settings.queue_prefix),
     )
     metrics.watch_transport(transport)
+    api = app.state.api
+    consumer = DeadLetterConsumer(api.dead_letters, topology, metrics=metrics)
+    scheduler = Scheduler(api.schedules, submit_with(api.invoker), metrics=metrics)
     return Dispatcher(app, redis, transport, ResultRecorder(jobs, callback_poster(http)), http,
-                      sandbox, auth)
+                      sandbox, auth, consumer, scheduler)
 
 
 def http_protocol() -> type[asyncio.Protocol]:

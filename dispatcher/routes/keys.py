@@ -25,7 +25,9 @@ class KeyRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field("", max_length=200, description="What the key is for")
-    scopes: list[Literal["deploy", "invoke", "admin"]] = Field(min_length=1, max_length=3)
+    scopes: list[Literal["deploy", "invoke", "admin", "dead-letters"]] = Field(
+        min_length=1, max_length=4
+    )
     functions: list[Annotated[str, Field(pattern=NAME_PATTERN)]] = Field(
         default_factory=list, max_length=1000,
         description="Functions the invoke scope covers (empty: all)",
