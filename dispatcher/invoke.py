@@ -49,6 +49,7 @@ from flotilla.errors import (
     BodyTooLarge,
     FunctionFailed,
     FunctionNotFound,
+    FunctionRateLimited,
     FunctionTimeout,
     InvalidRequest,
     Unavailable,
@@ -210,7 +211,7 @@ router.add_api_route(
         },
         **openapi.problem_responses(
             FunctionNotFound, BodyTooLarge, InvalidRequest, FunctionFailed, Unavailable,
-            FunctionTimeout, *AUTH_PROBLEMS,
+            FunctionTimeout, FunctionRateLimited, *AUTH_PROBLEMS,
         ),
     },
     openapi_extra={"requestBody": openapi.RAW_BODY},

@@ -172,7 +172,7 @@ class Client:
         if status is None:
             raise JobNotFound(f"no job {job_id!r}")
         if not cancelled:
-            raise JobNotCancellable(f"job {job_id} is {status.status}", status=status.status)
+            raise JobNotCancellable(f"job {job_id} is {status.status}", job_status=status.status)
         return status
 
     async def result(self, job_id: str, *, wait: float = 0) -> JobStatus:

@@ -24,7 +24,7 @@ from flotilla.errors import (
     JobNotFound,
     Unavailable,
 )
-from flotilla.idempotency import check_key
+from flotilla.idempotency import MAX_KEY_LENGTH, check_key
 from flotilla.jobs import MAX_DELAY_MS, MAX_WAIT_S, JobStatus, callback_allowed, job_delay_ms
 
 router = APIRouter()
@@ -68,10 +68,12 @@ async def submit_job(
         None, ge=0, le=MAX_DELAY_MS, description="Run the job this many milliseconds from now"
     ),
     run_at: str | None = Query(
-        None, description="Run the job at this RFC 3339 time (e.g. 2030-01-02T03:04:05Z)"
+        None, description="Run the job at this RFC 3339 time (e.g. 2030-01-02T03:04:05Z); "
+        "at most 7 days ahead", json_schema_extra={"format": "date-time"},
     ),
     idempotency_key: str | None = Header(
-        None, description="Same key, same function, within 24 h: the first submission's job"
+        None, min_length=1, max_length=MAX_KEY_LENGTH, pattern=r"^[!-~]+$",
+        description="Same key, same function, within 24 h: the first submission's job",
     ),
     api: Api = ApiDep,
 ) -> JSONResponse:
@@ -126,7 +128,7 @@ async def get_job(
     operation_id="cancel_job",
     description=(
         "A `scheduled`, `queued` or `retrying` job becomes `cancelled` and never runs (200, "
-        "the job document). A job that runs or has finished answers 409 with its `status`. "
+        "the job document). A job that runs or has finished answers 409 with its `job_status`. "
         "Cancelling is atomic against a worker starting the job: exactly one of them wins."
     ),
     responses=openapi.problem_responses(JobNotFound, JobNotCancellable, *AUTH_PROBLEMS),
@@ -140,7 +142,7 @@ async def cancel_job(request: Request, job_id: str, api: Api = ApiDep) -> dict[s
     if not cancelled:
         raise JobNotCancellable(
             f"job {job_id} is {status.status}: only scheduled, queued or retrying jobs can be "
-            "cancelled", status=status.status,
+            "cancelled", job_status=status.status,
         )
     if api.metrics is not None:
         api.metrics.jobs_cancelled.inc()
