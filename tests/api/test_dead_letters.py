@@ -3,6 +3,7 @@ real Redis, and the routes (list, show, replay, delete) with their scope."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
 from collections.abc import AsyncIterator
@@ -193,3 +194,27 @@ async def test_dead_letter_scope(redis_url: str, aws_endpoint_url: str, unique: 
         if found:
             await redis.delete(*found)
         await redis.aclose()
+
+
+async def test_dev_mode_stores_what_its_worker_rejects(store: DeadLetterStore) -> None:
+    from flotilla.deadletters import DeadLetterConsumer
+    from flotilla.dev.memory import MemoryTransport
+    from flotilla.topology import Topology
+    from tests.fleet.fakes import FakeRunner
+    from worker.handler import EnvelopeHandler
+
+    topology = Topology(store.prefix)
+    transport = MemoryTransport(EnvelopeHandler(FakeRunner(), job_results=topology.job_results),
+                                topology=topology, concurrency=1)
+    transport.on_dead_letter = DeadLetterConsumer(store, topology).take
+    await transport.start()
+    try:
+        transport._queue.put_nowait(b"\x00junk")  # what a broken publisher could queue
+        for _ in range(200):
+            page, _ = await store.page()
+            if page:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        await transport.close()
+    assert [(d.reason, d.queue) for d in page] == [("malformed", topology.invocations)]
