@@ -17,7 +17,8 @@ first stores the `cancelled` result and sets the flag, and the start answers `ca
 (the worker then acks the delivery without running it and publishes nothing: the result
 is already there).
 
-`status_of` turns what the keys hold into the status a reader sees.
+`status_of` turns what the keys hold into the status a reader sees; `job_delay_ms` checks
+when a job submitted with `delay_ms` or `run_at` is due (at most 7 days ahead).
 """
 
 from __future__ import annotations
