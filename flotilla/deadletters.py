@@ -18,13 +18,15 @@ Redis (under `<prefix>:dl:`):
 
 - `<id>`: hash with `meta` (the description as JSON) and `envelope` (the message bytes);
 - `<id>:replays`: hash job id -> time of each replay;
-- `index`: sorted set of `<id>/<function>`, all scored 0 so members sort by id (ids begin
-  with their time: newest last), paged with ZREVRANGEBYLEX; `fn:<function>`: the ids per
-  function;
+- `index`: sorted set of `<id>/<function>/<bytes>`, all scored 0 so members sort by id (ids
+  begin with their time: newest last), paged with ZREVRANGEBYLEX; `fn:<function>`: the ids
+  per function; `bytes`: the size of every letter in `index`;
 - `seen:<sha256 of the bytes>`: so a message redelivered after a dispatcher died between
   storing and acking is not stored twice.
 
-Bounded: at most `max_count` letters (the oldest go first) and none older than `max_age_s`.
+Bounded: at most `max_count` letters, `max_bytes` of them (envelopes reach 8 MiB) and none
+older than `max_age_s`; the oldest go first. A letter leaves the index through one script
+(`REMOVE_LUA`), so replicas pruning at once count its bytes out once.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ OTHER = "other"
 REASONS = (EXHAUSTED, EXPIRED, POISON, MALFORMED, DELIVERY_LIMIT, MAXLEN, JOB_RESULT, OTHER)
 DEFAULT_MAX_COUNT = 10_000
 DEFAULT_MAX_AGE_S = 7 * 86_400
+DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 MAX_PAGE = 500
 
 _ERRORS = {
@@ -65,14 +68,24 @@ _ERRORS = {
     MAXLEN: "dropped from a full queue",
 }
 
-# KEYS: seen, letter, index, function index. ARGV: ttl_s, meta, envelope, index member,
-# id, "1" to add to the function index. 1 when stored, 0 for a duplicate.
+# KEYS: seen, letter, index, function index, bytes. ARGV: ttl_s, meta, envelope, index
+# member, id, "1" to add to the function index, size. 1 when stored, 0 for a duplicate.
 ADD_LUA = """
 if not redis.call('SET', KEYS[1], ARGV[5], 'NX', 'EX', ARGV[1]) then return 0 end
 redis.call('HSET', KEYS[2], 'meta', ARGV[2], 'envelope', ARGV[3])
 redis.call('EXPIRE', KEYS[2], ARGV[1])
 redis.call('ZADD', KEYS[3], 0, ARGV[4])
+redis.call('INCRBY', KEYS[5], ARGV[7])
 if ARGV[6] == '1' then redis.call('ZADD', KEYS[4], 0, ARGV[5]) end
+return 1
+"""
+
+# KEYS: index, bytes, letter, replays, function index. ARGV: index member, size, id.
+REMOVE_LUA = """
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('DECRBY', KEYS[2], ARGV[2])
+redis.call('DEL', KEYS[3], KEYS[4])
+redis.call('ZREM', KEYS[5], ARGV[3])
 return 1
 """
 
@@ -180,14 +193,18 @@ class DeadLetterStore:
     def __init__(
         self, redis: Any, *, prefix: str, job_results: str = "",
         max_count: int = DEFAULT_MAX_COUNT, max_age_s: int = DEFAULT_MAX_AGE_S,
+        max_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
         self.redis = redis
         self.prefix = prefix
         self.job_results = job_results or f"{prefix}.job-results"
         self.max_count = max_count
         self.max_age_s = max_age_s
+        self.max_bytes = max_bytes
         self.index = f"{prefix}:dl:index"
+        self.bytes = f"{prefix}:dl:bytes"
         self._add = redis.register_script(ADD_LUA)
+        self._remove_one = redis.register_script(REMOVE_LUA)
 
     def _k(self, letter_id: str, suffix: str = "") -> str:
         return f"{self.prefix}:dl:{letter_id}{suffix}"
@@ -205,9 +222,10 @@ class DeadLetterStore:
         seen = self._k("seen:" + hashlib.sha256(body).hexdigest())
         fn = letter.function or ""
         stored = await self._add(
-            keys=[seen, self._k(letter.id), self.index, self._fn_index(fn or "-")],
-            args=[self.max_age_s, json.dumps(letter.to_dict()), body, f"{letter.id}/{fn}",
-                  letter.id, "1" if fn else "0"],
+            keys=[seen, self._k(letter.id), self.index, self._fn_index(fn or "-"), self.bytes],
+            args=[self.max_age_s, json.dumps(letter.to_dict()), body,
+                  f"{letter.id}/{fn}/{letter.size}", letter.id, "1" if fn else "0",
+                  letter.size],
         )
         if not stored:
             return None
@@ -215,28 +233,38 @@ class DeadLetterStore:
         return letter
 
     async def prune(self, now: float | None = None) -> int:
-        """Drop letters over the count and the age bounds (oldest first); how many."""
+        """Drop letters over the count, age and byte bounds (oldest first); how many."""
         now = time.time() if now is None else now
-        stale: list[bytes] = []
+        cutoff = f"{int((now - self.max_age_s) * 1000):012x}"
+        stale = [_text(m) for m in await self.redis.zrangebylex(self.index, "-", f"({cutoff}")]
+        dropped = await self._remove(stale)
         count = await self.redis.zcard(self.index)
         if count > self.max_count:
-            stale += await self.redis.zrange(self.index, 0, count - self.max_count - 1)
-        cutoff = f"{int((now - self.max_age_s) * 1000):012x}"
-        stale += await self.redis.zrangebylex(self.index, "-", f"({cutoff}")
-        members = {_text(m) for m in stale}
-        if members:
-            await self._remove(members)
-        return len(members)
+            over = await self.redis.zrange(self.index, 0, count - self.max_count - 1)
+            dropped += await self._remove([_text(m) for m in over])
+        while int(await self.redis.get(self.bytes) or 0) > self.max_bytes:
+            oldest = [_text(m) for m in await self.redis.zrange(self.index, 0, 15)]
+            if not oldest:
+                break
+            size = int(await self.redis.get(self.bytes) or 0)
+            for member in oldest:
+                if size <= self.max_bytes:
+                    break
+                dropped += await self._remove([member])
+                size -= int(member.rsplit("/", 1)[-1])
+        return dropped
 
-    async def _remove(self, members: set[str]) -> None:
-        pipe = self.redis.pipeline(transaction=False)
+    async def _remove(self, members: list[str]) -> int:
+        """Take index members (`<id>/<function>/<bytes>`) out, with their letters."""
+        removed = 0
         for member in members:
-            letter_id, _, fn = member.partition("/")
-            pipe.delete(self._k(letter_id), self._k(letter_id, ":replays"))
-            pipe.zrem(self.index, member)
-            if fn:
-                pipe.zrem(self._fn_index(fn), letter_id)
-        await pipe.execute()
+            letter_id, fn, size = _parts(member)
+            removed += int(await self._remove_one(
+                keys=[self.index, self.bytes, self._k(letter_id), self._k(letter_id, ":replays"),
+                      self._fn_index(fn or "-")],
+                args=[member, size, letter_id],
+            ))
+        return removed
 
     async def page(
         self, *, function: str | None = None, cursor: str | None = None, limit: int = 50
@@ -250,12 +278,9 @@ class DeadLetterStore:
         members = [_text(m) for m in await self.redis.zrevrangebylex(index, high, "-", 0, limit)]
         ids = [m.partition("/")[0] for m in members]
         letters = await self._load(ids)
-        gone = {m for m, letter in zip(members, letters, strict=True) if letter is None}
-        if gone:  # aged out: drop their index entries
-            pipe = self.redis.pipeline(transaction=False)
-            for member in gone:
-                pipe.zrem(index, member)
-            await pipe.execute()
+        gone = [m for m, letter in zip(members, letters, strict=True) if letter is None]
+        if gone and not function:  # aged out: drop their index entries (and bytes)
+            await self._remove(gone)
         found = [letter for letter in letters if letter is not None]
         return found, (ids[-1] if len(ids) == limit else None)
 
@@ -299,8 +324,15 @@ class DeadLetterStore:
         letter = await self.get(letter_id)
         if letter is None:
             return False
-        await self._remove({f"{letter.id}/{letter.function or ''}"})
+        await self._remove([f"{letter.id}/{letter.function or ''}/{letter.size}"])
         return True
+
+
+def _parts(member: str) -> tuple[str, str, int]:
+    """(id, function or "", size) of an index member."""
+    letter_id, _, rest = member.partition("/")
+    fn, _, size = rest.rpartition("/")
+    return letter_id, fn, int(size or 0)
 
 
 def _is_id(text: str) -> bool:

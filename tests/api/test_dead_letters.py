@@ -101,7 +101,7 @@ async def test_a_redelivered_letter_is_stored_once(store: DeadLetterStore) -> No
     assert len((await store.page())[0]) == 1
 
 
-async def test_bounded_by_count_and_age(api: Api) -> None:
+async def test_bounded_by_count_age_and_bytes(api: Api) -> None:
     store = DeadLetterStore(api.jobs.redis, prefix=api.bucket, max_count=3, max_age_s=3600)
     now = time.time()
     old = await add(store, "alpha", 1, now - 7200)  # past the age bound when the next comes
@@ -110,6 +110,17 @@ async def test_bounded_by_count_and_age(api: Api) -> None:
     assert [d.id for d in page] == recent[:0:-1]  # the newest 3
     assert await store.get(old[0]) is None and await store.get(recent[0]) is None
     assert await api.jobs.redis.zcard(f"{api.bucket}:dl:fn:alpha") == 3
+    sizes = sum(d.size for d in page)
+    assert int(await api.jobs.redis.get(f"{api.bucket}:dl:bytes")) == sizes
+    # A byte budget too: it keeps the newest letters that fit.
+    small = DeadLetterStore(api.jobs.redis, prefix=api.bucket, max_bytes=sizes - 1)
+    assert await small.prune() == 1
+    page, _ = await store.page(limit=10)
+    assert [d.id for d in page] == recent[:1:-1]
+    assert int(await api.jobs.redis.get(f"{api.bucket}:dl:bytes")) == sum(d.size for d in page)
+    for letter in page:
+        assert await store.delete(letter.id)
+    assert int(await api.jobs.redis.get(f"{api.bucket}:dl:bytes")) == 0
 
 
 async def test_routes_list_show_replay_delete(api: Api, store: DeadLetterStore) -> None:
