@@ -312,10 +312,11 @@ class JobStore:
         """Note that an attempt failed and the next one is due (status `retrying`); False
         when the job finished, is unknown, or a later attempt already started."""
         keys = self.keys(notice.invocation_id)
+        wait_ms = notice.next_attempt_at_ms - int(time.time() * 1000)
         done = await self._retrying(
             keys=[keys.record, keys.state, keys.result],
             args=[notice.attempt, notice.next_attempt_at_ms, notice.error, notice.outcome,
-                  self.ttl_s],
+                  self.ttl_for(wait_ms)],
         )
         return bool(done)
 

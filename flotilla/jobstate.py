@@ -79,17 +79,21 @@ redis.call('PUBLISH', ARGV[3], 'cancelled')
 return {'cancelled'}
 """
 
-# KEYS: record, state, result. ARGV: failed attempt, next_attempt_at_ms, error, outcome, ttl_s.
-# 1 when recorded; 0 when the job finished, is unknown, or a later attempt already started.
+# KEYS: record, state, result. ARGV: failed attempt, next_attempt_at_ms, error, outcome, ttl_s
+# (counted from the next attempt: the record is kept at least that long, so a long backoff
+# does not outlive it). 1 when recorded; 0 when the job finished, is unknown, or a later
+# attempt already started.
 RETRYING_LUA = """
 if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local attempt = tonumber(ARGV[1])
 local current = tonumber(redis.call('HGET', KEYS[2], 'attempt') or '0')
 if current > attempt then return 0 end
+local ttl = tonumber(ARGV[5])
 redis.call('HSET', KEYS[2], 'attempt', attempt, 'phase', 'retrying',
   'next_attempt_at_ms', ARGV[2], 'error', ARGV[3], 'outcome', ARGV[4])
-redis.call('EXPIRE', KEYS[2], tonumber(ARGV[5]))
+redis.call('EXPIRE', KEYS[2], ttl)
+if redis.call('TTL', KEYS[1]) < ttl then redis.call('EXPIRE', KEYS[1], ttl) end
 return 1
 """
 

@@ -215,6 +215,9 @@ async def test_retry_progress_reads_in_the_status(api: Api) -> None:
     assert (doc["status"], doc["attempts"]) == ("retrying", 1)
     assert doc["next_attempt_at"] == due_ms / 1000
     assert doc["last_error"] == {"outcome": "trap", "message": "guest trapped"}
+    far = int((time.time() + 3600) * 1000)  # a long backoff keeps the record alive past it
+    await api.recorder.retrying(Retrying(job_id, 1, far, "guest trapped", "trap"))
+    assert await api.jobs.redis.ttl(f"{api.bucket}:job:{job_id}") > 3600
     assert await api.jobs.mark_running(job_id, 2)
     # A late notice about attempt 1 does not turn the running attempt 2 back.
     assert not await api.jobs.retrying(Retrying(job_id, 1, due_ms, "late", "trap"))
