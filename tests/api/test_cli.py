@@ -235,3 +235,24 @@ def test_cli_jobs_schedules_and_dead_letters_against_dev_mode(
     assert status == 0 and out.startswith("ID")
     status, _, err = run_cli(capsys, "dlq", "show", "0" * 32, "--url", dev_url)
     assert status == 1 and "Dead letter not found (404)" in err
+
+
+@pytest.mark.slow
+def test_spawn_in_dev_mode(
+    dev_url: str, probe_wasm: Path, tmp_path: Path, capfdbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    config = tmp_path / "probe.json"
+    config.write_text(json.dumps({"spawn_functions": ["echo"]}))
+    assert main(["deploy", "probe", str(probe_wasm), "--config", str(config),
+                 "--url", dev_url]) == 0
+    capfdbinary.readouterr()
+    op = {"op": "spawn.job", "function": "echo", "body": "kid"}
+    assert main(["invoke", "probe", "--data", json.dumps(op), "-i", "--url", dev_url]) == 0
+    captured = capfdbinary.readouterr()
+    answer = json.loads(captured.out)
+    parent = next(line.split(": ", 1)[1] for line in captured.err.decode().splitlines()
+                  if line.startswith("flotilla-invocation-id"))
+    assert answer["ok"], answer
+    assert main(["jobs", "get", answer["result"], "--wait", "10", "--url", dev_url]) == 0
+    job = json.loads(capfdbinary.readouterr().out)
+    assert (job["status"], job["kind"], job["parent_id"]) == ("succeeded", "spawned", parent)
