@@ -43,6 +43,7 @@ from dispatcher.invoke import router as invoke_router
 from dispatcher.passthrough import INVOCATION_HEADER, check_header_size
 from dispatcher.problems import add_problem_handlers, problem_response
 from dispatcher.routes import dead_letters, functions, health, jobs, keys, schedules
+from dispatcher.routes import secrets as secret_routes
 from dispatcher.routes.functions import MAX_UPLOAD_BYTES
 from flotilla import logs
 from flotilla.deadletters import DeadLetterStore
@@ -51,6 +52,7 @@ from flotilla.jobs import JobStore, new_id
 from flotilla.metrics import DispatcherMetrics
 from flotilla.registry import Deployer, Registry, ResolveCache
 from flotilla.schedules import ScheduleStore
+from flotilla.secrets import SecretStore
 from flotilla.transport import Transport
 
 log = logging.getLogger(__name__)
@@ -60,7 +62,7 @@ __all__ = ["MAX_UPLOAD_BYTES", "Api", "ApiOptions", "FlotillaApp", "create_app"]
 # In the order the OpenAPI document lists them (and routing tries them).
 ROUTERS = (
     functions.router, invoke_router, jobs.router, dead_letters.router, schedules.router,
-    keys.router, health.router,
+    keys.router, secret_routes.router, health.router,
 )
 
 
@@ -75,6 +77,7 @@ def create_app(
     auth: Authenticator | None = None,
     dead_letters: DeadLetterStore | None = None,
     schedules: ScheduleStore | None = None,
+    secrets: SecretStore | None = None,
 ) -> FastAPI:
     """The HTTP API wired to its collaborators (nothing is started or connected here).
 
@@ -107,6 +110,7 @@ def create_app(
     # per-request matching layer (~5% of the dispatcher's busy samples under load).
     for router in ROUTERS:
         app.router.routes.extend(router.routes)
+    app.state.secrets = secrets  # None: the secrets routes answer 501
     if metrics is not None:
         app.add_api_route("/metrics", health.prometheus_metrics, include_in_schema=False)
     openapi.install(app, secured=auth is not None)

@@ -29,6 +29,7 @@ from flotilla.jobs import JobStore, PostFn, ResultRecorder, parse_hosts
 from flotilla.metrics import DispatcherMetrics
 from flotilla.registry import Deployer, Registry
 from flotilla.schedules import Scheduler, ScheduleStore, submit_with
+from flotilla.secrets import SecretStore
 from flotilla.settings import DispatcherSettings, split_listen
 
 log = logging.getLogger(__name__)
@@ -164,6 +165,7 @@ def build(settings: DispatcherSettings) -> Dispatcher:
         dead_letters=DeadLetterStore(redis, prefix=settings.queue_prefix,
                                      job_results=topology.job_results),
         schedules=ScheduleStore(redis, prefix=settings.queue_prefix),
+        secrets=SecretStore.from_settings(settings, redis),
     )
     metrics.watch_transport(transport)
     api = app.state.api

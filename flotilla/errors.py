@@ -190,7 +190,7 @@ def error_for_reply(reply: Reply, *, retry_after_s: int = 1) -> ApiError:
 
 
 class JobNotCancellable(ApiError):
-    """The job already runs or has finished (its `status` says which): too late to cancel."""
+    """The job already runs or has finished (its `job_status` says which): too late to cancel."""
 
     slug = "job-not-cancellable"
     status = 409
@@ -283,6 +283,30 @@ class FunctionRateLimited(RateLimited):
     title = "Function rate limit reached"
 
 
+class SecretNotFound(ApiError):
+    """The function has no secret of that name (never set, or deleted)."""
+
+    slug = "secret-not-found"
+    status = 404
+    title = "Secret not found"
+
+
+class TooManySecrets(ApiError):
+    """The function already holds the most secrets allowed; delete one before adding another."""
+
+    slug = "too-many-secrets"
+    status = 409
+    title = "Too many secrets"
+
+
+class SecretsNotConfigured(ApiError):
+    """The dispatcher has no FLOTILLA_SECRETS_KEY, so it can neither store nor list secrets."""
+
+    slug = "secrets-not-configured"
+    status = 501
+    title = "Secrets not configured"
+
+
 ALL_ERRORS: tuple[type[ApiError], ...] = (
     FunctionNotFound,
     JobNotFound,
@@ -306,4 +330,7 @@ ALL_ERRORS: tuple[type[ApiError], ...] = (
     NotReplayable,
     ScheduleNotFound,
     InvalidSchedule,
+    SecretNotFound,
+    TooManySecrets,
+    SecretsNotConfigured,
 )

@@ -97,6 +97,12 @@ class _Base(BaseSettings):
         default="json",
         description="Log lines as json (one object per line) or text (human-readable)",
     )
+    # repr=False: a settings object in a log line or traceback must not carry the key.
+    secrets_key: str = Field(
+        default="", repr=False,
+        description="Keys sealing function secrets, `kid:base64(32 bytes)` comma-separated: "
+        "the first seals, every one opens (`flotilla secrets new-key`; empty: secrets are off)",
+    )
 
     def __init__(self, **values: Any) -> None:
         """Validate `values` (and nothing else: see `from_env`); SettingsError names the

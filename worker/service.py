@@ -68,6 +68,7 @@ def sandbox_runtime(
 
     from flotilla.artifacts import ArtifactStore, S3Backend, artifact_tag
     from flotilla.hosts.clients import HostClients
+    from flotilla.hosts.secrets import RedisSecrets
     from flotilla.registry import Registry
     from flotilla.sandbox import Sandbox
     from worker.artifacts import ArtifactCache, StoreArtifactSource
@@ -76,6 +77,8 @@ def sandbox_runtime(
     hosts = HostClients.from_settings(settings, observe=metrics.observe_host_call)
     runtime = Runtime(runner=None, closers=[hosts.close])  # type: ignore[arg-type]
     try:
+        reader = RedisSecrets.from_settings(settings, hosts.redis, observe=metrics.observe_host_call)
+        hosts = hosts.with_clients(secrets=reader)  # None (no FLOTILLA_SECRETS_KEY): unavailable
         sandbox = Sandbox(hosts, cache_dir=settings.cache_dir)
         runtime.closers.append(sandbox.close)
         redis_client = redis.asyncio.from_url(settings.redis_url)

@@ -1,7 +1,7 @@
 """`flotilla deploy NAME fn.wasm [--env K=V] [--timeout 5s] [--allow-host H] [--config cfg.json]`.
 
-The component may also be a Python guest (`app.py` or a directory holding one): it is built
-first with componentize-py (cached by content).
+The component may also be a function's sources (a directory, `app.py`, `app.js`, `app.ts`, a
+`.c` file): it is built first, as `flotilla build` would (cached by content).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from flotilla.commands.functions import add_url_flag, client, report
+from flotilla.errors import FlotillaError
 
 DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*$")
 UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, None: 1}
@@ -62,13 +63,14 @@ def build_config(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def component_bytes(path: Path) -> bytes:
-    """The component to upload; Python guests (app.py or its directory) are built first."""
-    if path.is_dir() or path.suffix == ".py":
-        from flotilla.build import build_guest
+    """The component to upload; sources (a function's directory, app.py, app.js, app.ts, a
+    .c file) are built first, in whichever language they are."""
+    if path.suffix == ".wasm":
+        return path.read_bytes()
+    from flotilla.build import build_source
 
-        app = path / "app.py" if path.is_dir() else path
-        return build_guest(app).read_bytes()
-    return path.read_bytes()
+    _, result = build_source(path)
+    return result.path.read_bytes()
 
 
 def add_parser(subparsers: Any) -> None:
@@ -77,7 +79,7 @@ def add_parser(subparsers: Any) -> None:
         "deploy", help="Deploy a function (each deploy is an immutable version)"
     )
     parser.add_argument("name", help="Function name (a-z, 0-9, '-')")
-    parser.add_argument("component", type=Path, help="Component .wasm (or a Python guest app.py)")
+    parser.add_argument("component", type=Path, help="Component .wasm, or a function's sources (a directory, app.py, app.js, app.ts, *.c)")
     parser.add_argument("--config", help="JSON file of FunctionConfig fields")
     parser.add_argument("--env", action="append", type=parse_env, metavar="K=V",
                         help="Environment variable (repeatable)")
@@ -100,7 +102,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         config = build_config(args)
         wasm = component_bytes(args.component)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, FlotillaError) as exc:
         print(f"flotilla deploy: {exc}", file=sys.stderr)
         return 2
     with client(args, timeout=300) as c:

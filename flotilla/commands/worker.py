@@ -34,4 +34,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"flotilla worker: error: {exc}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level, settings.log_format)
-    return run_process(settings)
+    try:
+        return run_process(settings)
+    except FlotillaError as exc:  # found while building the runtime (e.g. a malformed key)
+        print(f"flotilla worker: error: {exc}", file=sys.stderr)
+        return 2

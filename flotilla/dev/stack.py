@@ -159,7 +159,9 @@ def build_dev(
 
     from flotilla.dev.memory import MemoryTransport
     from flotilla.hosts.clients import HostClients
+    from flotilla.hosts.secrets import RedisSecrets
     from flotilla.sandbox import Sandbox
+    from flotilla.secrets import Keyring, SecretBox, SecretStore, new_key
     from flotilla.topology import Topology
     from worker.artifacts import ArtifactCache, StoreArtifactSource
     from worker.handler import EnvelopeHandler
@@ -172,7 +174,10 @@ def build_dev(
         aws_endpoint, stop_aws = start_embedded_aws()
         if stop_aws is not None:
             closers.append(stop_aws)
-    redis = fakeredis.FakeAsyncRedis()
+    # Secrets work out of the box: a per-process key unless one is set (fakeredis forgets all).
+    keyring = Keyring.parse(settings.secrets_key or new_key("dev"))
+    server = fakeredis.FakeServer()  # shared: the worker's secrets reader sees the API's writes
+    redis = fakeredis.FakeAsyncRedis(server=server)
     store = ArtifactStore(
         LocalBackend(Path(cache_dir) / "dev-store"),
         settings.artifact_key or dev_artifact_key(cache_dir),
@@ -189,6 +194,12 @@ def build_dev(
     dispatcher_metrics = DispatcherMetrics(registry_metrics)
     hosts = HostClients.for_dev(worker_settings, observe=worker_metrics.observe_host_call)
     closers.append(hosts.close)
+    secrets_redis = fakeredis.FakeRedis(server=server)
+    closers.append(secrets_redis.close)
+    hosts = hosts.with_clients(secrets=RedisSecrets(
+        secrets_redis, SecretBox(keyring, settings.queue_prefix),
+        observe=worker_metrics.observe_host_call,
+    ))
     # Spawned jobs go through the same transport; it is attached once it exists.
     spawner = Spawner(ResolveCache(registry), jobs, loop, job_ttl_s=settings.job_ttl_s)
     hosts = hosts.with_clients(spawn=spawner)
@@ -221,6 +232,7 @@ def build_dev(
         auth=Authenticator.on_redis(redis, prefix=settings.queue_prefix,
                                     admin_key=settings.admin_key)
         if settings.admin_key else None,
+        secrets=SecretStore(redis, keyring, prefix=settings.queue_prefix),
     )
     api = app.state.api
     transport.on_dead_letter = DeadLetterConsumer(

@@ -22,12 +22,16 @@ new lift:
   (function `flotilla_response_over_limit`) when the body is over MAX_BODY_BYTES or the
   headers over MAX_HEADER_BYTES, and cuts an error message to MAX_ERROR_BYTES.
 
-The rewrite edits only the component's outer layer: its core modules (megabytes of code for
-a Python guest) are swapped for tiny placeholders, the rest is printed to text with
-wasm-tools, the new definitions are appended, the text is assembled again and the original
-core modules are put back. A component whose `handle` cannot be re-lifted this way (not a
-plain `canon lift`, another string encoding, no realloc) keeps only its original export; the
-sandbox then uses the per-byte path.
+The rewrite edits only the component layers: its core modules (megabytes of code for a
+Python guest), nested components' included, are swapped for tiny placeholders, the rest is
+printed to text with wasm-tools, the new definitions are appended, the text is assembled
+again and the original core modules are put back. Where `handle` is lifted decides where the
+definitions go: beside a plain `canon lift` at the outer layer (componentize-py, StarlingMonkey,
+Rust, C), or, when the outer `handle` is an export of an instance of a component nested in it
+(componentize-qjs wraps its guest so), inside that nested component, which then exports
+`flotilla-raw-handle` too, re-exported by the outer layer with its type ascribed. A component
+whose `handle` cannot be re-lifted this way (another string encoding, no realloc, an imported
+or deeper component) keeps only its original export; the sandbox then uses the per-byte path.
 """
 
 from __future__ import annotations
@@ -42,13 +46,15 @@ from flotilla.errors import ComponentError
 
 log = logging.getLogger(__name__)
 
-VERSION = 2  # part of the engine fingerprint: bump when the rewrite changes
+VERSION = 3  # part of the engine fingerprint: bump when the rewrite changes
 RAW_EXPORT = "flotilla-raw-handle"
 RESERVED_PREFIX = "flotilla-"
 MAX_BODY_BYTES = 8 * 1024 * 1024
 MAX_HEADER_BYTES = 1024 * 1024
 MAX_ERROR_BYTES = 64 * 1024
 OVER_LIMIT_FUNC = "flotilla_response_over_limit"
+MAX_NESTING = 3
+"""How deep inside nested components `handle`'s `canon lift` may be found."""
 
 # result<response, string> in the return area: discriminant u8 at 0; ok: status u16 at 4,
 # headers (ptr, len) at 8, body (ptr, len) at 16; err: message (ptr, len) at 4.
@@ -176,7 +182,6 @@ TYPES = """
 """
 
 _ID = r'(?:\$"(?:[^"\\]|\\.)*"|\$[^\s()"]+|\d+)'
-_EXPORT_RE = re.compile(r'^  \(export\b[^\n]*? "handle" \(func (' + _ID + r")\)", re.MULTILINE)
 _RESERVED_RE = re.compile(r'^  \(export\b[^\n]*? "(' + RESERVED_PREFIX + r'[^"]*)"', re.MULTILINE)
 _OPTION_RE = re.compile(r"\((core func|memory|realloc|post-return) (" + _ID + r")\)")
 _ENCODING_RE = re.compile(r"string-encoding=(\S+?)[\s)]")
@@ -220,7 +225,8 @@ def sections(wasm: bytes) -> list[tuple[int, bytes]]:
 
 
 def _placeholder(k: int) -> bytes:
-    name = b"placeholder-core-module-%d" % k
+    # Fixed width, so that no placeholder's name is a prefix of another's.
+    name = b"placeholder-core-module-%08d" % k
     custom = _uleb(len(name)) + name
     return b"\0asm\x01\0\0\0" + b"\0" + _uleb(len(custom)) + custom
 
@@ -232,20 +238,54 @@ def _assemble(header: bytes, parts: list[tuple[int, bytes]]) -> bytes:
     return bytes(out)
 
 
-def _find_lift(text: str) -> dict[str, str] | None:
-    """The options of the `canon lift` behind the top-level `handle` export, or None."""
-    exports = _EXPORT_RE.findall(text)
-    if len(exports) != 1:
-        return None
-    ref = exports[0]
+def _strip(wasm: bytes, modules: list[bytes]) -> bytes:
+    """`wasm` with every core module, nested components' included, swapped for a placeholder."""
+    parts: list[tuple[int, bytes]] = []
+    for sid, payload in sections(wasm):
+        if sid == 1:  # core module
+            parts.append((sid, _placeholder(len(modules))))
+            modules.append(payload)
+        elif sid == 4:  # nested component: a whole component binary
+            parts.append((sid, _strip(payload, modules)))
+        else:
+            parts.append((sid, payload))
+    return _assemble(wasm[:8], parts)
+
+
+def _restore(wasm: bytes, modules: list[bytes], found: list[int]) -> bytes:
+    """`_strip` undone, in the same order; `found[0]` counts the modules put back."""
+    parts: list[tuple[int, bytes]] = []
+    for sid, payload in sections(wasm):
+        k = found[0]
+        # wasm-tools may add a name section to a placeholder: find it by its custom section
+        if sid == 1 and k < len(modules) and payload[8:].find(_placeholder(k)[8:]) >= 0:
+            payload = modules[k]
+            found[0] += 1
+        elif sid == 4:
+            payload = _restore(payload, modules, found)
+        parts.append((sid, payload))
+    return _assemble(wasm[:8], parts)
+
+
+def _ref(ref: str) -> str:
+    """A pattern for where item `ref` (a `$name` or an index) is defined in printed text."""
     if ref.isdigit():
-        pattern = r"^  \(func (?:" + _ID + r" )?\(;" + ref + r";\)"
-    else:
-        pattern = r"^  \(func " + re.escape(ref) + r"[ )]"
-    lines = [line for line in text.splitlines() if re.match(pattern, line)]
-    if len(lines) != 1 or "(canon lift " not in lines[0]:
+        return r"(?:" + _ID + r" )?\(;" + ref + r";\)"
+    return re.escape(ref) + r"(?: \(;\d+;\))?"
+
+
+def _definition(text: str, pattern: str) -> re.Match[str] | None:
+    """The one top-level line of `text` matching `pattern` (after its indent), else None."""
+    found = list(re.finditer(r"^  " + pattern, text, re.MULTILINE))
+    return found[0] if len(found) == 1 else None
+
+
+def _find_lift(text: str, ref: str) -> dict[str, str] | None:
+    """The options of func `ref` when it is a plain utf8 `canon lift` with a realloc, or None."""
+    defined = _definition(text, r"\(func " + _ref(ref) + r"[ )][^\n]*")
+    if defined is None or "(canon lift " not in defined.group(0):
         return None
-    line = lines[0]
+    line = defined.group(0)
     options = dict(_OPTION_RE.findall(line))
     encoding = _ENCODING_RE.search(line)
     if encoding and encoding.group(1) != "utf8":
@@ -255,23 +295,106 @@ def _find_lift(text: str) -> dict[str, str] | None:
     return options
 
 
+def _export_ref(text: str, name: str) -> str | None:
+    """The func behind the top-level export `name`, or None."""
+    pattern = r'^  \(export\b[^\n]*? "' + re.escape(name) + r'" \(func (' + _ID + r")\)"
+    refs = re.findall(pattern, text, re.MULTILINE)
+    return refs[0] if len(refs) == 1 else None
+
+
+def _nested(text: str, func: str) -> tuple[str, str, int, int] | None:
+    """Where func `func` comes from when it is an export of an instance of a component
+    defined inside this one: (instance, export name, start, end of the component's text)."""
+    alias = _definition(text, r"\(alias export (" + _ID + r') "([^"]+)" \(func ' + _ref(func))
+    if alias is None:
+        return None
+    instance, name = alias.group(1), alias.group(2)
+    made = _definition(text, r"\(instance " + _ref(instance) + r" \(instantiate (" + _ID + ")")
+    if made is None:
+        return None
+    component = _definition(text, r"\(component " + _ref(made.group(1)) + r"\n")
+    if component is None:
+        return None
+    close = text.find("\n  )\n", component.end() - 1)
+    if close < 0:
+        return None
+    return instance, name, component.start(), close + len("\n  )")
+
+
+def _lift_addition(lift: dict[str, str]) -> str:
+    """Definitions that lift `lift`'s core function again, through the aligner, as RAW_EXPORT."""
+    post = lift.get("post-return")
+    aligner = ALIGNER.replace(
+        "{post_import}",
+        '(import "guest" "post" (func $post (param i32)))' if post else "",
+    ).replace("{post_call}", "(call $post (local.get $r))" if post else "")
+    exports = [
+        f'(export "memory" (memory {lift["memory"]}))',
+        f'(export "handle" (func {lift["core func"]}))',
+        f'(export "realloc" (func {lift["realloc"]}))',
+    ]
+    if post:
+        exports.append(f'(export "post" (func {post}))')
+    return (
+        f"  (core module $flotilla-aligner {aligner.strip()})\n"
+        f"  (core instance $flotilla-guest {' '.join(exports)})\n"
+        "  (core instance $flotilla-aligned (instantiate $flotilla-aligner"
+        ' (with "guest" (instance $flotilla-guest))))\n'
+        '  (alias core export $flotilla-aligned "handle" (core func $flotilla-aligned-handle))\n'
+        '  (alias core export $flotilla-aligned "post" (core func $flotilla-aligned-post))\n'
+        '  (alias core export $flotilla-aligned "realloc" (core func $flotilla-aligned-realloc))\n'
+        + TYPES
+        + "  (func $flotilla-raw (type $flotilla-raw-func) (canon lift"
+        f" (core func $flotilla-aligned-handle) (memory {lift['memory']})"
+        " (realloc $flotilla-aligned-realloc) string-encoding=latin1+utf16"
+        " (post-return $flotilla-aligned-post)))\n"
+        f'  (export "{RAW_EXPORT}" (func $flotilla-raw))\n'
+    )
+
+
+def _rewrite(text: str, name: str, depth: int = 0) -> str | None:
+    """Printed component `text` with RAW_EXPORT added beside its export `name`, or None.
+
+    Either that export is a plain `canon lift` here, or (QuickJS guests) an export of an
+    instance of a component nested here: that component gets the export, and this one
+    re-exports it, its type ascribed with this component's own exported raw types.
+    """
+    func = _export_ref(text, name)
+    if func is None:
+        return None
+    lift = _find_lift(text, func)
+    if lift is not None:
+        addition = _lift_addition(lift)
+    else:
+        nested = _nested(text, func) if depth < MAX_NESTING else None
+        if nested is None:
+            return None
+        instance, inner_name, start, end = nested
+        inner = "\n".join(line[2:] for line in text[start:end].split("\n"))
+        rewritten = _rewrite(inner, inner_name, depth + 1)
+        if rewritten is None:
+            return None
+        text = text[:start] + "\n".join("  " + line for line in rewritten.split("\n")) + text[end:]
+        addition = (
+            f'  (alias export {instance} "{RAW_EXPORT}" (func $flotilla-raw-nested))\n'
+            + TYPES
+            + f'  (export "{RAW_EXPORT}" (func $flotilla-raw-nested)'
+            " (func (type $flotilla-raw-func)))\n"
+        )
+    end = text.rstrip().rfind(")")
+    return text[:end] + addition + text[end:]
+
+
 def add_raw_export(wasm: bytes, tool: str) -> bytes | None:
     """`wasm` with the `flotilla-raw-handle` export added, or None when it cannot be.
 
     Raises ComponentError when the component already uses the reserved export names.
     """
-    parts = sections(wasm)
     modules: list[bytes] = []
-    skeleton: list[tuple[int, bytes]] = []
-    for sid, payload in parts:
-        if sid == 1:  # core module
-            skeleton.append((sid, _placeholder(len(modules))))
-            modules.append(payload)
-        else:
-            skeleton.append((sid, payload))
+    skeleton = _strip(wasm, modules)
     with tempfile.TemporaryDirectory(prefix="flotilla-raw-") as tmp:
         skel = Path(tmp) / "skeleton.wasm"
-        skel.write_bytes(_assemble(wasm[:8], skeleton))
+        skel.write_bytes(skeleton)
         printed = subprocess.run(
             [tool, "print", str(skel)], capture_output=True, text=True, timeout=60, check=False
         )
@@ -282,40 +405,12 @@ def add_raw_export(wasm: bytes, tool: str) -> bytes | None:
         names = sorted(set(_RESERVED_RE.findall(text)))
         if names:
             raise ComponentError(f"component uses names reserved for Flotilla: {', '.join(names)}")
-        lift = _find_lift(text)
-        if lift is None:
+        source_text = _rewrite(text, "handle")
+        if source_text is None:
             log.info("raw export: `handle` is not a plain utf8 canon lift; keeping list<u8>")
             return None
-        post = lift.get("post-return")
-        aligner = ALIGNER.replace(
-            "{post_import}",
-            '(import "guest" "post" (func $post (param i32)))' if post else "",
-        ).replace("{post_call}", "(call $post (local.get $r))" if post else "")
-        exports = [
-            f'(export "memory" (memory {lift["memory"]}))',
-            f'(export "handle" (func {lift["core func"]}))',
-            f'(export "realloc" (func {lift["realloc"]}))',
-        ]
-        if post:
-            exports.append(f'(export "post" (func {post}))')
-        addition = (
-            f"  (core module $flotilla-aligner {aligner.strip()})\n"
-            f"  (core instance $flotilla-guest {' '.join(exports)})\n"
-            "  (core instance $flotilla-aligned (instantiate $flotilla-aligner"
-            ' (with "guest" (instance $flotilla-guest))))\n'
-            '  (alias core export $flotilla-aligned "handle" (core func $flotilla-aligned-handle))\n'
-            '  (alias core export $flotilla-aligned "post" (core func $flotilla-aligned-post))\n'
-            '  (alias core export $flotilla-aligned "realloc" (core func $flotilla-aligned-realloc))\n'
-            + TYPES
-            + "  (func $flotilla-raw (type $flotilla-raw-func) (canon lift"
-            f" (core func $flotilla-aligned-handle) (memory {lift['memory']})"
-            " (realloc $flotilla-aligned-realloc) string-encoding=latin1+utf16"
-            " (post-return $flotilla-aligned-post)))\n"
-            f'  (export "{RAW_EXPORT}" (func $flotilla-raw))\n'
-        )
-        end = text.rstrip().rfind(")")
         source = Path(tmp) / "raw.wat"
-        source.write_text(text[:end] + addition + text[end:])
+        source.write_text(source_text)
         out = Path(tmp) / "raw.wasm"
         parsed = subprocess.run(
             [tool, "parse", str(source), "-o", str(out)],
@@ -328,18 +423,12 @@ def add_raw_export(wasm: bytes, tool: str) -> bytes | None:
             log.warning("raw export: wasm-tools parse failed: %s", parsed.stderr.strip())
             return None
         rebuilt = out.read_bytes()
-    restored: list[tuple[int, bytes]] = []
-    k = 0
-    for sid, payload in sections(rebuilt):
-        # wasm-tools may add a name section to a placeholder: find it by its custom section
-        if sid == 1 and k < len(modules) and payload[8:].find(_placeholder(k)[8:]) >= 0:
-            payload = modules[k]
-            k += 1
-        restored.append((sid, payload))
-    if k != len(modules):
-        log.warning("raw export: %d of %d core modules found again", k, len(modules))
+    found = [0]
+    restored = _restore(rebuilt, modules, found)
+    if found[0] != len(modules):
+        log.warning("raw export: %d of %d core modules found again", found[0], len(modules))
         return None
-    return _assemble(rebuilt[:8], restored)
+    return restored
 
 
 # ---- host-side conversions -------------------------------------------------------------

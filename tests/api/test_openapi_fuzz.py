@@ -27,6 +27,7 @@ from flotilla.artifacts import ArtifactStore, LocalBackend
 from flotilla.config import NAME_PATTERN
 from flotilla.jobs import JobStore
 from flotilla.registry import Deployer, Registry
+from flotilla.secrets import Keyring, SecretStore, new_key
 from tests.api.conftest import WASM, FakeTransport, fake_compile
 
 TARGETED = {"invoke", "submit_job"}
@@ -43,6 +44,7 @@ def build_app(root: str) -> Any:
         jobs=JobStore(redis, prefix="fuzz", ttl_s=60),
         transport=FakeTransport(),
         options=ApiOptions(callback_hosts=("hooks.example.com",)),
+        secrets=SecretStore(redis, Keyring.parse(new_key()), prefix="fuzz"),
     )
 
 

@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from flotilla.errors import SettingsError
+from flotilla.secrets import Keyring
 from flotilla.settings import DispatcherSettings, WorkerSettings, env_name
 from flotilla.topology import Topology
 
@@ -26,7 +27,8 @@ PROCESSES: dict[str, type[WorkerSettings | DispatcherSettings]] = {
 # Environment variables read by libraries rather than by flotilla.settings.
 LIBRARY_ENV = frozenset({"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"})
 # Settings that carry credentials: only ever in a Secret.
-SECRET_SETTINGS = frozenset({"FLOTILLA_AMQP_URL", "FLOTILLA_REDIS_URL", "FLOTILLA_ARTIFACT_KEY"})
+SECRET_SETTINGS = frozenset({"FLOTILLA_AMQP_URL", "FLOTILLA_REDIS_URL", "FLOTILLA_ARTIFACT_KEY",
+                             "FLOTILLA_SECRETS_KEY"})
 HEALTH_PATHS = {"livenessProbe": "/healthz", "readinessProbe": "/readyz"}
 # Time the worker needs after the drain deadline: close channels and host clients, exit.
 SHUTDOWN_MARGIN_S = 5
@@ -66,7 +68,14 @@ def container_env(objects: list[Manifest], container: Manifest) -> dict[str, str
                 for obj in find(objects, kind, source[ref]["name"]):
                     env.update({k: str(v) for k, v in _data(obj).items()})
     for var in container.get("env", []):
-        env[var["name"]] = str(var.get("value", ""))
+        if "valueFrom" not in var:
+            env[var["name"]] = str(var.get("value", ""))
+            continue
+        for kind, ref in (("ConfigMap", "configMapKeyRef"), ("Secret", "secretKeyRef")):
+            r = var["valueFrom"].get(ref)
+            for obj in find(objects, kind, r["name"]) if r else []:
+                if r["key"] in _data(obj):
+                    env[var["name"]] = str(_data(obj)[r["key"]])
     return env
 
 
@@ -141,8 +150,35 @@ def check_secrets_placement(objects: list[Manifest]) -> list[str]:
             if "secretRef" in source:
                 for s in find(objects, "Secret", source["secretRef"]["name"]):
                     secret_env.update(_data(s))
+        for var in container.get("env", []):
+            ref = var.get("valueFrom", {}).get("secretKeyRef")
+            if ref is not None:
+                secret_env[var["name"]] = ref["key"]
+            else:
+                secret_env.pop(var["name"], None)  # a literal value overrides the Secret's
         for key in sorted(SECRET_SETTINGS - set(secret_env)):
             problems.append(f"{name}: {key} does not come from a Secret")
+    return problems
+
+
+def check_secrets_key(objects: list[Manifest]) -> list[str]:
+    """Dispatcher and workers hold the same FLOTILLA_SECRETS_KEY: a placeholder or valid keys.
+
+    Workers open what the dispatcher seals; different keys would make every secret
+    `unavailable` to the guests.
+    """
+    keys = {name: container_env(objects, container).get("FLOTILLA_SECRETS_KEY", "")
+            for name, container in _flotilla_containers(objects)}
+    problems = []
+    if len(set(keys.values())) > 1:
+        problems.append("the dispatcher and the workers get different FLOTILLA_SECRETS_KEY "
+                        "values: workers could not open what the dispatcher seals")
+    for name, value in sorted(keys.items()):
+        if value and "CHANGE-ME" not in value:
+            try:
+                Keyring.parse(value)
+            except SettingsError as exc:
+                problems.append(f"{name}: {exc}")
     return problems
 
 
@@ -464,6 +500,7 @@ ALL_CHECKS = (
     check_env_references,
     check_setting_names,
     check_secrets_placement,
+    check_secrets_key,
     check_services,
     check_probes,
     check_dispatcher_listens_everywhere,

@@ -11,6 +11,7 @@ import kubernetes_validate
 import pytest
 from referencing import Registry
 
+from flotilla.secrets import Keyring, new_key
 from tests.deploy import checks
 from tests.deploy.crd_schemas import SCHEMAS, custom_resource_errors
 from tests.deploy.kustomize import Manifest
@@ -56,6 +57,7 @@ def test_layout_has_every_part(layout: tuple[str, list[Manifest]]) -> None:
     assert kinds >= {
         ("Namespace", "flotilla"),
         ("Secret", "flotilla"),
+        ("Secret", "flotilla-secrets-key"),
         ("ConfigMap", "flotilla-common"),
         ("Deployment", "flotilla-dispatcher"),
         ("Service", "flotilla-dispatcher"),
@@ -131,6 +133,19 @@ BREAKAGES: list[tuple[str, Callable[[list[Manifest]], Any], Callable[..., list[s
     ("credential in a ConfigMap",
      lambda o: _cm(o, "flotilla-common").update(FLOTILLA_ARTIFACT_KEY="k"),
      checks.check_secrets_placement, "holds credential FLOTILLA_ARTIFACT_KEY"),
+    ("sealing key as a literal env value",
+     lambda o: _dispatcher(o)["env"].__setitem__(0, {"name": "FLOTILLA_SECRETS_KEY",
+                                                     "value": new_key()}),
+     checks.check_secrets_placement, "FLOTILLA_SECRETS_KEY does not come from a Secret"),
+    ("workers reading another sealing key than the dispatcher",
+     lambda o: (_obj(o, "Secret", "flotilla")["stringData"].update(
+         FLOTILLA_SECRETS_KEY=new_key()),
+         _worker(o)["env"][0]["valueFrom"]["secretKeyRef"].update(name="flotilla")),
+     checks.check_secrets_key, "different FLOTILLA_SECRETS_KEY"),
+    ("malformed sealing key",
+     lambda o: _obj(o, "Secret", "flotilla-secrets-key")["stringData"].update(
+         FLOTILLA_SECRETS_KEY="k1:c2hvcnQ="),
+     checks.check_secrets_key, "must be 32 bytes"),
     ("Service selector matching nothing",
      lambda o: _obj(o, "Service", "flotilla-dispatcher")["spec"]["selector"].update(
          {"app.kubernetes.io/name": "flotilla-dispatch"}),
@@ -297,6 +312,15 @@ def test_base_secret_holds_only_placeholders(base: list[Manifest]) -> None:
     data = _obj(base, "Secret", "flotilla")["stringData"]
     for key in ("FLOTILLA_AMQP_URL", "FLOTILLA_ARTIFACT_KEY", "AWS_SECRET_ACCESS_KEY"):
         assert "CHANGE-ME" in data[key]
+    assert _obj(base, "Secret", "flotilla-secrets-key")["stringData"][
+        "FLOTILLA_SECRETS_KEY"] == "CHANGE-ME"
+
+
+def test_dev_seals_secrets_with_one_key_for_both_processes(dev: list[Manifest]) -> None:
+    keys = {checks.container_env(dev, c)["FLOTILLA_SECRETS_KEY"]
+            for c in (_worker(dev), _dispatcher(dev))}
+    assert len(keys) == 1
+    assert Keyring.parse(keys.pop()).current == "dev"
 
 
 def test_rabbitmq_config_lines_are_key_value(layout: tuple[str, list[Manifest]]) -> None:

@@ -6,7 +6,8 @@ cuts one of them.
 - Redis unavailable: test_redis_outage_keeps_invocations_and_refuses_untrackable_jobs
 - workers SIGKILLed in a loop: test_workers_killed_in_a_loop_lose_nothing
 - a dispatcher replica killed: test_killed_dispatcher_replica_does_not_hurt_the_others
-- RabbitMQ restarted: test_rabbitmq_restart_loses_no_accepted_job
+- RabbitMQ restarted: test_rabbitmq_restart_loses_no_accepted_job (on an extra node of its
+  own, loadtest.cluster: the machine's broker is shared by everyone's tests and never stopped)
 """
 
 from __future__ import annotations
@@ -16,9 +17,8 @@ import base64
 import json
 import os
 import signal
-import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -28,7 +28,9 @@ import httpx
 import pytest
 
 from flotilla.topology import Topology
+from loadtest.cluster import Cluster
 from loadtest.soak import Fleet, rss_kib
+from tests.cluster.nodes import extra_nodes
 from tests.fleet.proxy import CuttableProxy
 from tests.guests.build import probe_wasm  # noqa: F401 - fixture
 from tests.guests.wat import build_wat
@@ -353,15 +355,31 @@ async def test_killed_dispatcher_replica_does_not_hurt_the_others(
     assert_all_succeeded(jobs, docs)
 
 
-def _rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=60)
+@pytest.fixture
+def extra_node() -> Iterator[Cluster]:
+    """One extra RabbitMQ node of our own: the machine's broker is shared, never restarted."""
+    with extra_nodes(1) as cluster:
+        yield cluster
 
 
-async def test_rabbitmq_restart_loses_no_accepted_job(fault_fleet: Fleet) -> None:
-    # The broker is shared with other engineers' tests: the outage is kept to ~2 s and the
-    # app is always started again.
-    url = await asyncio.to_thread(fault_fleet.start_dispatcher)
-    await asyncio.to_thread(fault_fleet.start_worker, "worker", concurrency=2)
+async def test_rabbitmq_restart_loses_no_accepted_job(
+    extra_node: Cluster, amqp_url: str, redis_url: str, aws_endpoint_url: str
+) -> None:
+    # A connection to the machine's own broker, open all along: it must outlive the test.
+    machine = await aio_pika.connect(amqp_url)
+    fleet = Fleet(extra_node.urls[0], redis_url, aws_endpoint_url=aws_endpoint_url)
+    try:
+        await restart_under_load(fleet, extra_node)
+        assert not machine.is_closed, "the machine's own broker went away during the test"
+    finally:
+        await machine.close()
+        await asyncio.to_thread(fleet.stop)
+
+
+async def restart_under_load(fleet: Fleet, broker: Cluster) -> None:
+    """Jobs stream in while the broker node shuts down and boots again (from its disk)."""
+    url = await asyncio.to_thread(fleet.start_dispatcher)
+    await asyncio.to_thread(fleet.start_worker, "worker", concurrency=2)
     await deploy(url, "echo", build_wat("echo"), {"timeout_ms": 5_000})
     accepted: dict[str, bytes] = {}
     refused: list[int] = []
@@ -384,13 +402,11 @@ async def test_rabbitmq_restart_loses_no_accepted_job(fault_fleet: Fleet) -> Non
                 await asyncio.sleep(0.03)
 
         async def restart() -> None:
-            await asyncio.sleep(2)
+            await asyncio.sleep(2)  # jobs flow before the outage
             try:
-                await asyncio.to_thread(_rabbitmqctl, "stop_app")
-                await asyncio.sleep(2)
+                await asyncio.to_thread(broker.stop, 1)
             finally:
-                await asyncio.to_thread(_rabbitmqctl, "start_app")
-            await asyncio.to_thread(_rabbitmqctl, "await_startup")
+                await asyncio.to_thread(broker.start, 1)  # waits until the node runs
             await asyncio.sleep(3)  # clients reconnect; the stream goes on meanwhile
             stop.set()
 

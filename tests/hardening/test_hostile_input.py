@@ -33,6 +33,7 @@ from dispatcher.service import compile_step
 from flotilla.artifacts import ArtifactStore, S3Backend
 from flotilla.jobs import JobStore
 from flotilla.registry import Deployer, Registry
+from flotilla.secrets import Keyring, SecretStore, new_key
 from tests.api.conftest import FakeTransport
 from tests.guests.wat import WAT_DIR, assemble_core, build_wat_text
 from tests.hardening.conftest import AUTH_ADMIN_KEY, bearer
@@ -77,6 +78,7 @@ def live(redis_url: str, aws_endpoint_url: str, tmp_path_factory: pytest.TempPat
             transport=FakeTransport(),
             options=ApiOptions(reply_margin_ms=500, job_ttl_s=60),
             auth=Authenticator.on_redis(redis, prefix=prefix, admin_key=AUTH_ADMIN_KEY),
+            secrets=SecretStore(redis, Keyring.parse(new_key()), prefix=prefix),
         )
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
                                                log_level="warning", lifespan="off"))

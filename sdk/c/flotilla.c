@@ -1,0 +1,2 @@
+#define FLOTILLA_IMPLEMENTATION
+#include "flotilla.h"
