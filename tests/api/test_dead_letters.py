@@ -217,15 +217,19 @@ async def test_dev_mode_stores_what_its_worker_rejects(store: DeadLetterStore) -
     topology = Topology(store.prefix)
     transport = MemoryTransport(EnvelopeHandler(FakeRunner(), job_results=topology.job_results),
                                 topology=topology, concurrency=1)
-    transport.on_dead_letter = DeadLetterConsumer(store, topology).take
+    consumer = DeadLetterConsumer(store, topology)
+    taken = asyncio.Event()
+
+    async def take(body: bytes, headers: dict[str, Any]) -> None:
+        await consumer.take(body, headers)
+        taken.set()
+
+    transport.on_dead_letter = take
     await transport.start()
     try:
         transport._queue.put_nowait(b"\x00junk")  # what a broken publisher could queue
-        for _ in range(200):
-            page, _ = await store.page()
-            if page:
-                break
-            await asyncio.sleep(0.01)
+        await asyncio.wait_for(taken.wait(), 30)
     finally:
         await transport.close()
+    page, _ = await store.page()
     assert [(d.reason, d.queue) for d in page] == [("malformed", topology.invocations)]
