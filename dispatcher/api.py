@@ -15,11 +15,13 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from dispatcher.auth import INVOKE, Authenticator
 from flotilla.config import NAME_PATTERN
+from flotilla.deadletters import DeadLetterStore
 from flotilla.errors import Forbidden, RateLimited, Unauthorized
 from flotilla.invoker import Invoker
 from flotilla.jobs import JobStore
 from flotilla.metrics import DispatcherMetrics
 from flotilla.registry import Deployer, Registry, ResolveCache
+from flotilla.schedules import ScheduleStore
 from flotilla.topics import DEFAULT_MAX_BYTES, DEFAULT_MAX_MESSAGES, TopicBus
 from flotilla.transport import Transport
 
@@ -66,6 +68,8 @@ class Api:
     versions: ResolveCache | None = None  # the invoker's cache, when versions are cached
     auth: Authenticator | None = None  # None: auth is off (dev mode or --insecure)
     topics: TopicBus | None = None  # None: subscribing answers 503
+    dead_letters: DeadLetterStore | None = None
+    schedules: ScheduleStore | None = None
 
     def forget(self, name: str) -> None:
         """This dispatcher changed `name`: stop reusing its resolved versions."""

@@ -7,17 +7,20 @@ problem documents, `application/problem+json`, see `dispatcher/problems.py`):
 - `GET /v1/functions`, `GET /v1/functions/{name}`, `DELETE /v1/functions/{name}`;
 - `GET|POST|PUT|PATCH|DELETE|HEAD|OPTIONS /v1/functions/{name}/invoke[/{path...}][?version=]`
   synchronous invocation (public functions: no key needed);
-- `POST /v1/functions/{name}/jobs[?version=&callback_url=]` asynchronous job (202);
-- `GET /v1/jobs/{id}[?wait=S]` job status, long-polled up to 30 s;
+- `POST /v1/functions/{name}/jobs[?version=&callback_url=&delay_ms=|run_at=]` asynchronous
+  job (202; 200 for a repeated Idempotency-Key);
+- `GET /v1/jobs/{id}[?wait=S]` job status, long-polled up to 30 s; `DELETE` cancels it;
+- `GET /v1/dead-letters`, `GET/DELETE /v1/dead-letters/{id}`, `POST .../{id}/replay`;
+- `PUT/GET/DELETE /v1/schedules/{name}`, `GET /v1/schedules` (cron);
 - `POST /v1/keys`, `GET /v1/keys`, `DELETE /v1/keys/{id}` API keys (admin scope);
 - `GET /v1/topics/{topic}/events` a topic's messages as Server-Sent Events (subscribe scope).
 
 They live in `dispatcher/invoke.py` (invoke, served before FastAPI's stack) and
 `dispatcher/routes/` (one module per resource). With an `Authenticator`
 (`dispatcher/auth.py`) every route but /healthz, /readyz, /metrics and the OpenAPI document
-needs `Authorization: Bearer <key>` with the route's scope (deploy, invoke, subscribe or
-admin), but the invoke routes of public functions; without one (dev mode, --insecure)
-nothing is checked.
+needs `Authorization: Bearer <key>` with the route's scope (deploy, invoke, subscribe,
+dead-letters or admin), but the invoke routes of public functions; without one (dev mode,
+--insecure) nothing is checked.
 
 Every response carries `flotilla-invocation-id`. The app keeps no state of its own: the
 registry and jobs live in Redis, code in the artifact store, in-flight calls in the transport.
@@ -41,14 +44,16 @@ from dispatcher.invoke import INVOKE_METHODS, InvokeHandler, invoked_function
 from dispatcher.invoke import routes as invoke_routes
 from dispatcher.passthrough import INVOCATION_HEADER, check_header_size
 from dispatcher.problems import add_problem_handlers, problem_response
-from dispatcher.routes import functions, health, jobs, keys, topics
+from dispatcher.routes import dead_letters, functions, health, jobs, keys, schedules, topics
 from dispatcher.routes import secrets as secret_routes
 from dispatcher.routes.functions import MAX_UPLOAD_BYTES
 from flotilla import logs
+from flotilla.deadletters import DeadLetterStore
 from flotilla.invoker import Invoker
 from flotilla.jobs import JobStore, new_id
 from flotilla.metrics import DispatcherMetrics
 from flotilla.registry import Deployer, Registry, ResolveCache
+from flotilla.schedules import ScheduleStore
 from flotilla.secrets import SecretStore
 from flotilla.topics import TopicBus
 from flotilla.transport import Transport
@@ -59,8 +64,9 @@ __all__ = ["MAX_UPLOAD_BYTES", "Api", "ApiOptions", "FlotillaApp", "create_app"]
 
 # In the order the OpenAPI document lists them (and routing tries them).
 ROUTES = (
-    functions.router.routes, invoke_routes, jobs.router.routes, keys.router.routes,
-    secret_routes.router.routes, topics.router.routes, health.router.routes,
+    functions.router.routes, invoke_routes, jobs.router.routes, dead_letters.router.routes,
+    schedules.router.routes, keys.router.routes, secret_routes.router.routes,
+    topics.router.routes, health.router.routes,
 )
 
 
@@ -73,6 +79,8 @@ def create_app(
     options: ApiOptions | None = None,
     metrics: DispatcherMetrics | None = None,
     auth: Authenticator | None = None,
+    dead_letters: DeadLetterStore | None = None,
+    schedules: ScheduleStore | None = None,
     secrets: SecretStore | None = None,
     topics: TopicBus | None = None,
 ) -> FastAPI:
@@ -81,7 +89,8 @@ def create_app(
     With `metrics`, requests, waiting callers, reply latency and publishes are recorded and
     served at `/metrics` (Prometheus text format). With `auth`, routes need API keys;
     without it they are open (the processes decide explicitly: see service.py and dev.py).
-    Without `topics`, subscribing answers 503.
+    Without `topics`, subscribing answers 503. Dead letters and schedules live in the job
+    store's Redis unless given.
     """
     opts = options or ApiOptions()
     cache = ResolveCache(registry, ttl_s=opts.resolve_ttl_s) if opts.resolve_ttl_s > 0 else None
@@ -89,7 +98,11 @@ def create_app(
         cache or registry, transport, jobs=jobs, reply_margin_ms=opts.reply_margin_ms,
         job_ttl_s=opts.job_ttl_s, retry_after_s=opts.retry_after_s, metrics=metrics,
     )
-    api = Api(registry, deployer, jobs, transport, invoker, opts, metrics, cache, auth, topics)
+    api = Api(
+        registry, deployer, jobs, transport, invoker, opts, metrics, cache, auth, topics,
+        dead_letters or DeadLetterStore(jobs.redis, prefix=jobs.prefix),
+        schedules or ScheduleStore(jobs.redis, prefix=jobs.prefix),
+    )
     app = FlotillaApp(
         title="Flotilla",
         version="0.1.0",

@@ -6,9 +6,10 @@ the whole key (a fast hash is enough for a high-entropy secret: nothing to brute
 `<prefix>:apikey:<sha256>` (a hash of the key's record), with `<prefix>:apikeys` mapping
 id -> sha256 for listing and revoking. The key itself is shown once, at creation.
 
-Scopes: `deploy` (deploy, list, show, delete functions), `invoke` (invoke and submit jobs,
-read their jobs; optionally limited to some function names), `subscribe` (read topics as
-Server-Sent Events) and `admin` (manage keys).
+Scopes: `deploy` (deploy, list, show, delete functions; manage schedules), `invoke` (invoke
+and submit jobs, read and cancel their jobs; optionally limited to some function names),
+`subscribe` (read topics as Server-Sent Events), `dead-letters` (list, replay and delete
+dead letters) and `admin` (manage keys; implies `dead-letters`).
 `Authenticator.authorize` turns a request's `Authorization: Bearer` header into an `ApiKey`
 with one Redis round trip (a Lua script that reads the record and takes a token from the
 key's bucket, `<prefix>:ratelimit:<sha256>`; nothing is cached, so a revocation holds at
@@ -43,7 +44,10 @@ DEPLOY = "deploy"
 INVOKE = "invoke"
 ADMIN = "admin"
 SUBSCRIBE = "subscribe"
-SCOPES = (DEPLOY, INVOKE, ADMIN, SUBSCRIBE)
+DEAD_LETTERS = "dead-letters"
+SCOPES = (DEPLOY, INVOKE, ADMIN, SUBSCRIBE, DEAD_LETTERS)
+# Scopes an admin key holds without naming them.
+ADMIN_IMPLIES = (DEAD_LETTERS,)
 KEY_PREFIX = "flk_"
 KEY_RE = re.compile(r"^flk_([0-9a-f]{12})_[A-Za-z0-9_-]{43}$")
 DEFAULT_LIMIT = Limit(rate=100.0, burst=200)
@@ -297,7 +301,7 @@ class Authenticator:
 
 def permit(key: ApiKey, scope: str, function: str | None = None) -> None:
     """Forbidden (403) unless `key` holds `scope` (for invoke: covering `function`)."""
-    if scope not in key.scopes:
+    if scope not in key.scopes and not (scope in ADMIN_IMPLIES and ADMIN in key.scopes):
         raise Forbidden(f"key {key.id} does not have the `{scope}` scope")
     if scope == INVOKE and function is not None and not key.may_invoke(function):
         raise Forbidden(f"key {key.id} may not invoke function {function!r}")

@@ -60,6 +60,7 @@ from flotilla.errors import (
     Forbidden,
     FunctionFailed,
     FunctionNotFound,
+    FunctionRateLimited,
     FunctionTimeout,
     InvalidRequest,
     Unauthorized,
@@ -292,7 +293,7 @@ class InvokeRoute(APIRoute):
 
 PROBLEMS = openapi.problem_responses(
     FunctionNotFound, BodyTooLarge, InvalidRequest, FunctionFailed, Unavailable,
-    FunctionTimeout, *AUTH_PROBLEMS,
+    FunctionTimeout, FunctionRateLimited, *AUTH_PROBLEMS,
 )
 GUEST_RESPONSE = {
     "description": "The function's own response: its status, headers and body "

@@ -17,7 +17,7 @@ from starlette.routing import BaseRoute
 
 from dispatcher.problems import PROBLEM_MEDIA_TYPE, Problem
 from flotilla.config import FunctionConfig
-from flotilla.errors import TYPE_PREFIX, ApiError
+from flotilla.errors import TYPE_PREFIX, ApiError, FunctionRateLimited
 
 
 def config_schema() -> dict[str, Any]:
@@ -113,12 +113,17 @@ def problem_media_types(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def without_security(schema: dict[str, Any]) -> dict[str, Any]:
-    """The schema of an app serving without API keys: no security, no 401 or 429."""
+    """The schema of an app serving without API keys: no security, no 401, and 429 only
+    where a function's own rate limit answers it."""
+    function_limit = f"{FunctionRateLimited.title} (`{TYPE_PREFIX}{FunctionRateLimited.slug}`)"
     for path in schema.get("paths", {}).values():
         for operation in path.values():
             operation.pop("security", None)
-            for status in ("401", "429"):
-                operation.get("responses", {}).pop(status, None)
+            responses = operation.get("responses", {})
+            responses.pop("401", None)
+            limited = responses.pop("429", None)
+            if limited is not None and function_limit in limited.get("description", ""):
+                responses["429"] = {**limited, "description": function_limit}
     schema.get("components", {}).pop("securitySchemes", None)
     return schema
 

@@ -24,7 +24,7 @@ METHOD_HEADER = "flotilla-method"
 PATH_HEADER = "flotilla-path"
 # Query parameters that are Flotilla's, per route, never passed on to the guest.
 INVOKE_PARAMS = frozenset({"version"})
-JOB_PARAMS = frozenset({"version", "callback_url"})
+JOB_PARAMS = frozenset({"version", "callback_url", "delay_ms", "run_at"})
 # What a sub-path keeps as it is; anything else (bytes past ASCII, controls, spaces) is
 # percent-encoded, so the guest gets printable ASCII whatever the client sent.
 _PATH_SAFE = "!$&'()*+,;=:@/-._~%"

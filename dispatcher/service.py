@@ -3,17 +3,18 @@
 Startup: the Redis client, artifact store (S3, bucket created when missing), a sandbox used
 only to validate and precompile deploys, a check that API keys exist (no key in Redis and no
 bootstrap FLOTILLA_ADMIN_KEY means nobody could call the API: refused unless `insecure`),
-the AMQP transport (declares the topology), the job results consumer, the topics connection
-(subscribers' queues), then the HTTP server. Shutdown (SIGINT/SIGTERM handled by uvicorn):
-stop serving, let pending callbacks finish briefly, end topic subscriptions, close the
-transport (fails waiting callers), then the clients.
+the AMQP transport (declares the topology), the job results consumer, the dead-letter
+consumer, the cron scheduler, the topics connection (subscribers' queues), then the HTTP
+server. Shutdown (SIGINT/SIGTERM handled by uvicorn): stop serving, stop the scheduler, let
+pending callbacks finish briefly, end topic subscriptions, close the transport (fails waiting
+callers, stops the consumers), then the clients.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -23,11 +24,13 @@ from dispatcher.auth import Authenticator
 from dispatcher.redis_watch import RedisWatch
 from flotilla import logs
 from flotilla.artifacts import ArtifactStore, S3Backend
+from flotilla.deadletters import DeadLetterConsumer, DeadLetterStore
 from flotilla.errors import SettingsError
 from flotilla.jobs import JobStore, PostFn, ResultRecorder, parse_hosts
 from flotilla.metrics import DispatcherMetrics
 from flotilla.ratelimit import Limit
 from flotilla.registry import Deployer, Registry
+from flotilla.schedules import Scheduler, ScheduleStore, submit_with
 from flotilla.secrets import SecretStore
 from flotilla.settings import DispatcherSettings, split_listen
 from flotilla.topics import AmqpTopics
@@ -84,15 +87,23 @@ class Dispatcher:
     auth: Authenticator | None = None
     watch: RedisWatch | None = None
     topics: AmqpTopics | None = None
+    dead_letters: DeadLetterConsumer | None = None
+    scheduler: Scheduler | None = None
+    _scheduling: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
 
     async def start(self) -> None:
-        """Check API keys exist (unless insecure), connect the transport, consume job results,
-        watch Redis for a loss of its data, connect for topics."""
+        """Check API keys exist (unless insecure), connect the transport, consume job results
+        and dead letters, start the scheduler, watch Redis for a loss of its data, connect
+        for topics."""
         await self.check_auth()
         await self.transport.start()
         await self.transport.consume_job_results(
-            self.recorder.handle, self.recorder.started
+            self.recorder.handle, self.recorder.started, self.recorder.retrying
         )
+        if self.dead_letters is not None:
+            await self.dead_letters.start(self.transport.connection)
+        if self.scheduler is not None:
+            self._scheduling = asyncio.create_task(self.scheduler.run(), name="scheduler")
         if self.watch is not None:
             self.watch.start()
         if self.topics is not None:
@@ -110,7 +121,10 @@ class Dispatcher:
             )
 
     async def close(self) -> None:
-        """Finish callbacks briefly, then close transport and clients (in that order)."""
+        """Stop the scheduler, finish callbacks briefly, then close transport and clients."""
+        if self._scheduling is not None:
+            self._scheduling.cancel()
+            await asyncio.gather(self._scheduling, return_exceptions=True)
         if self.watch is not None:
             await self.watch.close()
         await self.recorder.drain(timeout=5.0)
@@ -166,14 +180,20 @@ def build(settings: DispatcherSettings) -> Dispatcher:
         options=options_from(settings),
         metrics=metrics,
         auth=auth,
+        dead_letters=DeadLetterStore(redis, prefix=settings.queue_prefix,
+                                     job_results=topology.job_results),
+        schedules=ScheduleStore(redis, prefix=settings.queue_prefix),
         secrets=SecretStore.from_settings(settings, redis),
         topics=topics,
     )
     metrics.watch_transport(transport)
     watch = RedisWatch(redis, settings.queue_prefix, auth=auth, metrics=metrics)
     app.state.redis_watch = watch  # /readyz reads it
+    api = app.state.api
+    consumer = DeadLetterConsumer(api.dead_letters, topology, metrics=metrics)
+    scheduler = Scheduler(api.schedules, submit_with(api.invoker), metrics=metrics)
     return Dispatcher(app, redis, transport, ResultRecorder(jobs, callback_poster(http)), http,
-                      sandbox, auth, watch, topics)
+                      sandbox, auth, watch, topics, consumer, scheduler)
 
 
 def public_limit(settings: DispatcherSettings) -> Limit | None:

@@ -8,12 +8,15 @@
         async with client.subscribe("orders.created") as messages:
             async for message in messages:  # TopicMessage(topic, data)
                 ...
+        later = await client.submit("echo", b"x", delay_ms=60_000, idempotency_key="order-17")
+        await client.cancel(later)
 
 It goes through the dispatcher's own `Invoker` (`flotilla/invoker.py`: same envelope, same
 topology) and raises the errors the HTTP API answers as problem documents:
 FunctionNotFound (404), BodyTooLarge (413), FunctionFailed (502), FunctionTimeout (504),
-Unavailable (503: queue full, broker down, worker could not run it); InvalidRequest (422)
-for a method or path the invoke route would not take.
+Unavailable (503: queue full, broker down, worker could not run it), FunctionRateLimited
+(429: the function's rate_limit), JobNotCancellable and IdempotencyConflict (409); InvalidRequest
+(422) for a method or path the invoke route would not take.
 
 `subscribe(topic)` reads a topic straight from RabbitMQ, as `GET /v1/topics/{topic}/events`
 does (flotilla/topics.py): at most once, only while subscribed; iterating raises
@@ -28,10 +31,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Self
 
 from flotilla.envelope import DEFAULT_METHOD, DEFAULT_PATH, Reply, Started
-from flotilla.errors import InvalidRequest, JobNotFound, Unavailable
+from flotilla.errors import InvalidRequest, JobNotCancellable, JobNotFound, Unavailable
+from flotilla.idempotency import check_key
 from flotilla.invoker import (
     DEFAULT_JOB_TTL_S,
     DEFAULT_REPLY_MARGIN_MS,
@@ -40,7 +45,7 @@ from flotilla.invoker import (
     WebRequest,
     check_target,
 )
-from flotilla.jobs import JobStatus, JobStore
+from flotilla.jobs import JobStatus, JobStore, job_delay_ms
 from flotilla.registry import LATEST, FunctionVersion, Registry, ResolveCache, VersionSource
 from flotilla.topics import (
     DEFAULT_MAX_BYTES,
@@ -137,7 +142,7 @@ class Client:
                 await jobs.complete(reply)
 
             async def running(notice: Started) -> None:
-                await jobs.mark_running(notice.invocation_id)
+                await jobs.mark_running(notice.invocation_id, notice.attempt)
 
             await self._transport.consume_job_results(record, running)
 
@@ -183,13 +188,36 @@ class Client:
         method: str = DEFAULT_METHOD,
         path: str = DEFAULT_PATH,
         query: Sequence[tuple[str, str]] = (),
+        delay_ms: int | None = None,
+        run_at: datetime | str | None = None,
+        idempotency_key: str | None = None,
     ) -> str:
         """Queue a job (run with `method`, `path`, `query` as `invoke` does); returns its id
-        once the broker accepted it."""
+        once the broker accepted it.
+
+        `delay_ms` or `run_at` (an aware datetime or RFC 3339 text; not both) run it up to
+        7 days later. With `idempotency_key`, a second submission of `name` with the same
+        key within 24 h returns the first one's id and queues nothing (IdempotencyConflict
+        when its body differs)."""
         request = web_request(method, path, query)
         self._require_jobs()
+        delay = job_delay_ms(delay_ms, run_at)
+        key = check_key(idempotency_key) if idempotency_key is not None else None
         fn = await self._invoker.resolve(name, version)
-        return await self._invoker.submit(fn, body, tuple(headers), request=request)
+        submitted = await self._invoker.submit_job(
+            fn, body, tuple(headers), idempotency_key=key, delay_ms=delay, request=request
+        )
+        return submitted.job_id
+
+    async def cancel(self, job_id: str) -> JobStatus:
+        """Cancel a scheduled, queued or retrying job (it never runs); its status.
+        JobNotCancellable when it runs or has finished, JobNotFound when there is none."""
+        cancelled, status = await self._require_jobs().cancel(job_id)
+        if status is None:
+            raise JobNotFound(f"no job {job_id!r}")
+        if not cancelled:
+            raise JobNotCancellable(f"job {job_id} is {status.status}", job_status=status.status)
+        return status
 
     async def result(self, job_id: str, *, wait: float = 0) -> JobStatus:
         """The job's status (with its result once finished), waiting up to `wait` s for it."""

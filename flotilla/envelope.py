@@ -31,6 +31,8 @@ REPLY_MODES = (REPLY_QUEUE, REPLY_JOB)
 
 # AMQP `type` of a `Started` notice on the job-results queue (replies carry no type).
 STARTED_TYPE = "flotilla.started"
+# AMQP `type` of a `Retrying` notice: a job's attempt failed and another one is scheduled.
+RETRYING_TYPE = "flotilla.retrying"
 
 # How an invocation was started (the guest's `invocation.kind`).
 KIND_SYNC = "sync"
@@ -301,6 +303,40 @@ class Started:
         """Parse msgpack bytes; raises `EnvelopeError` on anything malformed."""
         m = _unpack(data, "started notice")
         return cls(_get(m, "id", str), _get(m, "at", int), m["v"])
+
+
+@dataclass(frozen=True)
+class Retrying:
+    """A worker's notice that a job's attempt failed and attempt + 1 is due at
+    `next_attempt_at_ms`: the job reads `retrying` until that attempt starts.
+
+    Published to the job-results queue (AMQP type `RETRYING_TYPE`) after the retry was
+    queued; a late one (the next attempt already started) is ignored by the job store.
+    """
+
+    invocation_id: str
+    attempt: int  # the attempt that failed
+    next_attempt_at_ms: int  # epoch milliseconds
+    error: str = ""
+    outcome: str = ""  # the failed attempt's outcome (timeout, trap...)
+    version: int = FORMAT_VERSION
+
+    def encode(self) -> bytes:
+        """msgpack bytes of this notice."""
+        return _pack({
+            "v": self.version, "id": self.invocation_id, "at": self.attempt,
+            "na": self.next_attempt_at_ms, "e": self.error, "o": self.outcome,
+        })
+
+    @classmethod
+    def decode(cls, data: bytes) -> Retrying:
+        """Parse msgpack bytes; raises `EnvelopeError` on anything malformed."""
+        m = _unpack(data, "retrying notice")
+        return cls(
+            _get(m, "id", str), _get(m, "at", int), _get(m, "na", int),
+            _get(m, "e", str) if "e" in m else "", _get(m, "o", str) if "o" in m else "",
+            m["v"],
+        )
 
 
 def reply_to(envelope: Envelope, outcome: Outcome, error: str = "", **fields: Any) -> Reply:

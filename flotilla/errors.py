@@ -189,6 +189,54 @@ def error_for_reply(reply: Reply, *, retry_after_s: int = 1) -> ApiError:
     return FunctionFailed(reply.error or outcome, outcome=outcome, invocation_id=iid)
 
 
+class JobNotCancellable(ApiError):
+    """The job already runs or has finished (its `job_status` says which): too late to cancel."""
+
+    slug = "job-not-cancellable"
+    status = 409
+    title = "Job cannot be cancelled"
+
+
+class IdempotencyConflict(ApiError):
+    """An Idempotency-Key was reused for the same function with a different request body."""
+
+    slug = "idempotency-conflict"
+    status = 409
+    title = "Idempotency key reused with a different request"
+
+
+class DeadLetterNotFound(ApiError):
+    """No dead letter with that id (never stored, purged, or aged out)."""
+
+    slug = "dead-letter-not-found"
+    status = 404
+    title = "Dead letter not found"
+
+
+class NotReplayable(ApiError):
+    """The dead letter is not an envelope that can run again (malformed, or a job result)."""
+
+    slug = "dead-letter-not-replayable"
+    status = 409
+    title = "Dead letter cannot be replayed"
+
+
+class ScheduleNotFound(ApiError):
+    """No schedule with that name."""
+
+    slug = "schedule-not-found"
+    status = 404
+    title = "Schedule not found"
+
+
+class InvalidSchedule(ApiError):
+    """A schedule document is invalid (cron expression, time zone, body...); `field` names it."""
+
+    slug = "invalid-schedule"
+    status = 422
+    title = "Invalid schedule"
+
+
 class CallbackNotAllowed(ApiError):
     """A job's callback URL is not http(s) or its host is not in settings.callback_hosts."""
 
@@ -225,6 +273,14 @@ class RateLimited(ApiError):
 
     def __init__(self, detail: str, *, retry_after_s: int = 1, **extra: Any) -> None:
         super().__init__(detail, headers={"Retry-After": str(retry_after_s)}, **extra)
+
+
+class FunctionRateLimited(RateLimited):
+    """The function's fleet-wide `rate_limit` is used up; retry after `Retry-After` seconds."""
+
+    slug = "function-rate-limited"
+    status = 429
+    title = "Function rate limit reached"
 
 
 class SecretNotFound(ApiError):
@@ -267,6 +323,13 @@ ALL_ERRORS: tuple[type[ApiError], ...] = (
     Unauthorized,
     Forbidden,
     RateLimited,
+    FunctionRateLimited,
+    JobNotCancellable,
+    IdempotencyConflict,
+    DeadLetterNotFound,
+    NotReplayable,
+    ScheduleNotFound,
+    InvalidSchedule,
     SecretNotFound,
     TooManySecrets,
     SecretsNotConfigured,

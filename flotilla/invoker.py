@@ -13,7 +13,17 @@ The HTTP API (`dispatcher/invoke.py`, the jobs route) and the Python client
   the worker answered timeout/expired), Unavailable (503: queue full, broker down, worker
   could not run it) or FunctionFailed (502: the guest failed), via `error_for_reply`;
 - `submit(fn, body, headers, request=...)`: the same checks; records the job first (so a fast result finds it), publishes
-  it (`Envelope.for_job`) and forgets the record when the publish failed (Unavailable).
+  it (`Envelope.for_job`; through the transport's delay when `delay_ms` > 0, as a
+  `scheduled` job) and forgets the record when the publish failed (Unavailable);
+- `submit_job(...)`: `submit` behind an optional idempotency key (flotilla/idempotency.py):
+  a repeated key answers the first submission's job, a different body under it is
+  IdempotencyConflict (409);
+- `admit(fn)`: before a synchronous call is published, a token from the function's
+  fleet-wide `rate_limit` bucket (flotilla/ratelimit.py, `function_bucket`), else
+  FunctionRateLimited (429 with Retry-After). Jobs are not admitted here: they wait for
+  their token on the worker, which does not count synchronous calls again.
+
+The rate limiter and the idempotency keys live in the job store's Redis unless given.
 
 With `metrics` (the dispatcher's), it counts publishes by result, the callers waiting for
 a reply and the reply latency.
@@ -25,17 +35,31 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from flotilla.envelope import DEFAULT_METHOD, DEFAULT_PATH, Envelope, Headers, Reply
+from redis.exceptions import RedisError
+
+from flotilla.envelope import (
+    DEFAULT_METHOD,
+    DEFAULT_PATH,
+    KIND_JOB,
+    KIND_SCHEDULED,
+    Envelope,
+    Headers,
+    Reply,
+)
 from flotilla.errors import (
     BodyTooLarge,
     FunctionNotFound,
+    FunctionRateLimited,
     FunctionTimeout,
+    IdempotencyConflict,
     InvalidRequest,
     Unavailable,
     error_for_reply,
 )
+from flotilla.idempotency import IdempotencyKeys, fingerprint
 from flotilla.jobs import JobRecord, JobStore, new_id
 from flotilla.outcomes import Outcome
+from flotilla.ratelimit import Limit, RateLimiter, function_bucket, retry_after_s
 from flotilla.registry import LATEST, FunctionNotDeployed, FunctionVersion, VersionSource
 from flotilla.transport import BrokerUnavailable, CallTimeout, QueueFull, Transport
 
@@ -92,6 +116,15 @@ def check_target(
         )
 
 
+@dataclass(frozen=True)
+class Submitted:
+    """A job submission's answer: the job id, and whether an earlier submission with the
+    same idempotency key made it (then nothing new was queued)."""
+
+    job_id: str
+    replayed: bool = False
+
+
 class Invoker:
     """Resolve, check, build the envelope, publish, map the answer (see the module doc)."""
 
@@ -105,6 +138,8 @@ class Invoker:
         job_ttl_s: int = DEFAULT_JOB_TTL_S,
         retry_after_s: int = 1,
         metrics: DispatcherMetrics | None = None,
+        limiter: RateLimiter | None = None,
+        idempotency: IdempotencyKeys | None = None,
     ) -> None:
         self.versions = versions
         self.transport = transport
@@ -113,6 +148,11 @@ class Invoker:
         self.job_ttl_s = job_ttl_s
         self.retry_after_s = retry_after_s
         self.metrics = metrics
+        if jobs is not None:
+            limiter = limiter or RateLimiter(jobs.redis, prefix=jobs.prefix)
+            idempotency = idempotency or IdempotencyKeys(jobs.redis, prefix=jobs.prefix)
+        self.limiter = limiter
+        self.idempotency = idempotency
         # Labelled children looked up once (`labels()` takes a lock and builds a key per
         # call), on first use: a result never seen is not exported as a zero.
         self._published: dict[str, Any] = {}
@@ -149,6 +189,8 @@ class Invoker:
             reply_to=self.transport.reply_queue_name,
             **(request.envelope_fields() if request is not PLAIN_POST else {}),
         )
+        if fn.config.rate_limit is not None:
+            await self.admit(fn)
         m = self.metrics
         began = time.perf_counter()
         if m is not None:
@@ -173,6 +215,28 @@ class Invoker:
             raise error_for_reply(reply, retry_after_s=self.retry_after_s)
         return reply
 
+    async def admit(self, fn: FunctionVersion) -> None:
+        """Take a token from `fn`'s fleet-wide rate-limit bucket (synchronous calls only);
+        FunctionRateLimited (429) when it is empty, Unavailable when Redis is down."""
+        limit = fn.config.rate_limit
+        if limit is None or self.limiter is None:
+            return
+        try:
+            wait_ms = await self.limiter.take(
+                function_bucket(fn.name), Limit(limit.per_second, limit.burst)
+            )
+        except RedisError as exc:
+            raise Unavailable(f"Redis is unavailable: {exc}",
+                              retry_after_s=self.retry_after_s) from None
+        if wait_ms:
+            if self.metrics is not None:
+                self.metrics.function_rate_limited.labels(fn.name).inc()
+            raise FunctionRateLimited(
+                f"{fn.name} admits {limit.per_second:g} invocations/s across the fleet "
+                f"(bursts of {limit.burst})",
+                retry_after_s=retry_after_s(wait_ms), function=fn.name,
+            )
+
     async def submit(
         self,
         fn: FunctionVersion,
@@ -182,24 +246,76 @@ class Invoker:
         job_id: str | None = None,
         callback_url: str | None = None,
         request: WebRequest = PLAIN_POST,
+        delay_ms: int = 0,
+        kind: str | None = None,
+        parent_id: str | None = None,
     ) -> str:
-        """Queue `fn` as a job; its id once the broker accepted it (Unavailable otherwise)."""
+        """Queue `fn` as a job (due in `delay_ms`); its id once the broker accepted it
+        (Unavailable otherwise). `kind` defaults to `scheduled` with a delay, else `job`."""
         if self.jobs is None:
             raise ValueError("jobs need a JobStore")
         check_body(fn, len(body))
         job_id = job_id or new_id()
-        await self.jobs.create(JobRecord(job_id, fn.name, fn.digest, time.time(), callback_url))
+        now = time.time()
+        kind = kind or (KIND_SCHEDULED if delay_ms > 0 else KIND_JOB)
+        # A delayed job must outlive its delay: record and envelope live that much longer.
+        ttl_s = self.jobs.ttl_for(delay_ms)
+        run_at = now + delay_ms / 1000 if delay_ms > 0 else None
+        await self.jobs.create(
+            JobRecord(job_id, fn.name, fn.digest, now, callback_url, kind, run_at, parent_id),
+            ttl_s=ttl_s,
+        )
         envelope = Envelope.for_job(
-            job_id, fn.name, fn.digest, headers, body, ttl_s=self.job_ttl_s,
+            job_id, fn.name, fn.digest, headers, body, ttl_s=ttl_s,
+            kind="" if kind == KIND_JOB else kind, parent_id=parent_id or "",
             **request.envelope_fields(),
         )
         try:
-            await self.transport.submit(envelope)
+            if delay_ms > 0:
+                await self.transport.submit(envelope, delay_ms=delay_ms)
+            else:
+                await self.transport.submit(envelope)
         except (QueueFull, BrokerUnavailable) as exc:
             await self.jobs.forget(job_id)  # never queued: do not report it as queued
             raise self._unavailable(exc) from None
+        except BaseException:
+            await self.jobs.forget(job_id)
+            raise
         self._count("confirmed")
         return job_id
+
+    async def submit_job(
+        self,
+        fn: FunctionVersion,
+        body: bytes,
+        headers: Headers = (),
+        *,
+        idempotency_key: str | None = None,
+        **options: Any,
+    ) -> Submitted:
+        """`submit`, or with `idempotency_key` the first submission's job when the key was
+        used for `fn` before (IdempotencyConflict when that one had another body)."""
+        if idempotency_key is None:
+            return Submitted(await self.submit(fn, body, headers, **options))
+        if self.idempotency is None:
+            raise ValueError("idempotency keys need a JobStore (or IdempotencyKeys)")
+        check_body(fn, len(body))
+        job_id = options.pop("job_id", None) or new_id()
+        print_ = fingerprint(body)
+        earlier = await self.idempotency.claim(fn.name, idempotency_key, print_, job_id)
+        if earlier is not None:
+            if earlier.fingerprint != print_:
+                raise IdempotencyConflict(
+                    f"Idempotency-Key was used for {fn.name} with another body (job "
+                    f"{earlier.job_id}); use a new key for a new request",
+                    job_id=earlier.job_id,
+                )
+            return Submitted(earlier.job_id, replayed=True)
+        try:
+            return Submitted(await self.submit(fn, body, headers, job_id=job_id, **options))
+        except BaseException:
+            await self.idempotency.release(fn.name, idempotency_key, print_, job_id)
+            raise
 
     def _unavailable(self, exc: Exception) -> Unavailable:
         """The 503 for a transport error, counted as a rejected or failed publish."""

@@ -1,20 +1,28 @@
 """Asynchronous jobs: their records and first-wins results in Redis, waiting, and callbacks.
 
-Redis layout (keys start with `<prefix>:`; all expire after settings.job_ttl_s):
+Redis layout (keys start with `<prefix>:`; all expire after settings.job_ttl_s, plus the
+delay for a job scheduled ahead):
 
 - `job:<id>`: JSON `JobRecord` written at submit time;
-- `job:<id>:running`: present once a worker reported the job started (optional);
+- `job:<id>:state`, `job:<id>:cancelled`: the job's progress (running, retrying) and the
+  cancel flag, changed only by the Lua transitions of flotilla/jobstate.py;
 - `job:<id>:result`: JSON result, written with SET NX so the first result wins and
-  duplicates (redelivered jobs, two dispatchers consuming results) are ignored;
+  duplicates (redelivered jobs, two dispatchers consuming results, a result arriving after
+  a cancel) are ignored;
 - channel `job:<id>`: a message is published when the result is stored, which wakes
   long-polling readers (they subscribe first, then read, so no result is missed).
+
+Statuses: `scheduled` (submitted with a delay that has not passed), `queued`, `running`,
+`retrying` (an attempt failed; `next_attempt_at` says when the next one is due), then one
+of `succeeded`, `failed`, `expired`, `cancelled`.
 
 Job ids embed their creation time (12 hex digits of epoch milliseconds, then 20 random hex
 digits), so a reader can tell "expired" (older than the TTL, data gone) from "never existed".
 
 Callbacks: when a result is stored, the dispatcher that stored it POSTs the job status
 document to the job's callback URL, retrying on failure per `next_delay`. Only hosts listed
-in settings.callback_hosts are accepted (`callback_allowed`), checked at submit time.
+in settings.callback_hosts are accepted (`callback_allowed`), checked at submit time. A
+cancelled job gets no callback (whoever cancelled it has the document).
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import asyncio
 import base64
 import json
 import logging
+import math
 import os
 import secrets
 import threading
@@ -32,17 +41,51 @@ from dataclasses import asdict, dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from flotilla.envelope import Reply, Started
+from flotilla.envelope import Reply, Retrying, Started
+from flotilla.jobstate import (
+    CANCEL_LUA,
+    CANCELLED,
+    FAILED,
+    FINISHED_STATUSES,
+    JOB_STATUSES,
+    MAX_DELAY_MS,
+    QUEUED,
+    RETRYING,
+    RETRYING_LUA,
+    RUNNING,
+    SCHEDULED,
+    START_LUA,
+    STARTED,
+    STATUS_EXPIRED,
+    SUCCEEDED,
+    JobGate,
+    JobKeys,
+    Progress,
+    job_delay_ms,
+    status_of,
+)
 from flotilla.outcomes import Outcome
 
 log = logging.getLogger(__name__)
 
-QUEUED = "queued"
-RUNNING = "running"
-SUCCEEDED = "succeeded"
-FAILED = "failed"
-STATUS_EXPIRED = "expired"
-JOB_STATUSES = (QUEUED, RUNNING, SUCCEEDED, FAILED, STATUS_EXPIRED)
+__all__ = [
+    "CANCELLED",
+    "FAILED",
+    "JOB_STATUSES",
+    "MAX_DELAY_MS",
+    "QUEUED",
+    "RUNNING",
+    "SCHEDULED",
+    "STATUS_EXPIRED",
+    "SUCCEEDED",
+    "JobGate",
+    "JobRecord",
+    "JobStatus",
+    "JobStore",
+    "ResultRecorder",
+    "job_delay_ms",
+    "new_id",
+]
 
 MAX_WAIT_S = 30.0
 CALLBACK_ATTEMPTS = 6
@@ -139,6 +182,14 @@ class JobRecord:
     digest: str
     created_at: float
     callback_url: str | None = None
+    kind: str = "job"  # job | scheduled (delayed or cron) | spawned
+    run_at: float | None = None  # epoch seconds when submitted with a delay
+    parent_id: str | None = None  # the invocation that spawned it
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> JobRecord:
+        """The record as stored (fields added later default when absent)."""
+        return cls(**json.loads(raw))
 
 
 @dataclass(frozen=True)
@@ -151,6 +202,12 @@ class JobStatus:
     digest: str | None = None
     created_at: float | None = None
     result: dict[str, Any] | None = None
+    kind: str | None = None
+    run_at: float | None = None
+    parent_id: str | None = None
+    attempts: int = 0
+    next_attempt_at: float | None = None
+    last_error: dict[str, str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON document of the job (result members merged in when finished)."""
@@ -160,7 +217,14 @@ class JobStatus:
             "function": self.function,
             "digest": self.digest,
             "created_at": self.created_at,
+            "kind": self.kind,
+            "run_at": self.run_at,
+            "parent_id": self.parent_id,
+            "attempts": self.attempts,
+            "next_attempt_at": self.next_attempt_at,
         }
+        if self.status == RETRYING:
+            out["last_error"] = self.last_error
         if self.result is not None:
             out.update({k: v for k, v in self.result.items() if k != "status"})
         return out
@@ -168,7 +232,7 @@ class JobStatus:
     @property
     def finished(self) -> bool:
         """True once the job has a result (or is gone for good)."""
-        return self.status in (SUCCEEDED, FAILED, STATUS_EXPIRED)
+        return self.status in FINISHED_STATUSES
 
 
 def result_from_reply(reply: Reply) -> dict[str, Any]:
@@ -194,6 +258,13 @@ def result_from_reply(reply: Reply) -> dict[str, Any]:
     }
 
 
+def cancelled_result() -> dict[str, Any]:
+    """The stored result of a cancelled job."""
+    now = time.time()
+    return {"status": CANCELLED, "outcome": None, "response": None, "error": None,
+            "finished_at": now, "cancelled_at": now}
+
+
 class JobStore:
     """Jobs in Redis (`redis.asyncio` client passed in); see the module docstring for keys."""
 
@@ -201,35 +272,71 @@ class JobStore:
         self.redis = redis
         self.prefix = prefix
         self.ttl_s = ttl_s
+        self._start = redis.register_script(START_LUA)
+        self._cancel = redis.register_script(CANCEL_LUA)
+        self._retrying = redis.register_script(RETRYING_LUA)
 
     def _k(self, job_id: str, suffix: str = "") -> str:
         return f"{self.prefix}:job:{job_id}{suffix}"
 
-    async def create(self, record: JobRecord) -> None:
-        """Store a new job as queued."""
-        await self.redis.set(self._k(record.job_id), json.dumps(asdict(record)), ex=self.ttl_s)
+    def keys(self, job_id: str) -> JobKeys:
+        """The Redis keys of `job_id`."""
+        return JobKeys.of(self.prefix, job_id)
+
+    def ttl_for(self, delay_ms: int) -> int:
+        """How long a job's keys live: the result TTL past the moment it is due."""
+        return self.ttl_s + math.ceil(max(0, delay_ms) / 1000)
+
+    async def create(self, record: JobRecord, *, ttl_s: int | None = None) -> None:
+        """Store a new job as queued (scheduled when its record has a future `run_at`)."""
+        await self.redis.set(self._k(record.job_id), json.dumps(asdict(record)),
+                             ex=ttl_s or self.ttl_s)
 
     async def forget(self, job_id: str) -> None:
         """Remove a job that was never queued (its submit failed)."""
-        await self.redis.delete(self._k(job_id), self._k(job_id, ":running"))
+        keys = self.keys(job_id)
+        await self.redis.delete(keys.record, keys.state)
 
     async def record(self, job_id: str) -> JobRecord | None:
         """The job's submit-time record; None when unknown or expired."""
         raw = await self.redis.get(self._k(job_id))
-        return JobRecord(**json.loads(raw)) if raw is not None else None
+        return JobRecord.from_json(raw) if raw is not None else None
 
-    async def mark_running(self, job_id: str) -> bool:
+    async def mark_running(self, job_id: str, attempt: int = 1) -> bool:
         """Note that a worker started the job (status `running` until a result arrives);
-        False (nothing written) when the job is unknown or already has a result."""
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.exists(self._k(job_id))
-        pipe.exists(self._k(job_id, ":result"))
-        known, finished = await pipe.execute()
-        if not known or finished:
-            return False
-        # Racing a result stored right now is harmless: `get` prefers the result.
-        await self.redis.set(self._k(job_id, ":running"), "1", ex=self.ttl_s)
-        return True
+        False (nothing written) when the job is unknown, cancelled or already finished."""
+        answer = await self._start(keys=self.keys(job_id).gate(), args=[attempt, self.ttl_s])
+        return _text(answer) == STARTED
+
+    async def retrying(self, notice: Retrying) -> bool:
+        """Note that an attempt failed and the next one is due (status `retrying`); False
+        when the job finished, is unknown, or a later attempt already started."""
+        keys = self.keys(notice.invocation_id)
+        wait_ms = notice.next_attempt_at_ms - int(time.time() * 1000)
+        done = await self._retrying(
+            keys=[keys.record, keys.state, keys.result],
+            args=[notice.attempt, notice.next_attempt_at_ms, notice.error, notice.outcome,
+                  self.ttl_for(wait_ms)],
+        )
+        return bool(done)
+
+    async def cancel(self, job_id: str) -> tuple[bool, JobStatus | None]:
+        """Cancel a scheduled, queued or retrying job: (True, its status) when this call
+        cancelled it; (False, its status) when it runs or has finished; (False, None) when
+        there is no such job. Atomic against a worker starting it (flotilla/jobstate.py)."""
+        record = await self.record(job_id)
+        delay_ms = 0
+        if record is not None and record.run_at is not None:
+            delay_ms = int((record.run_at - time.time()) * 1000)
+        keys = self.keys(job_id)
+        answer = await self._cancel(
+            keys=keys.gate(),
+            args=[json.dumps(cancelled_result()), self.ttl_for(delay_ms), keys.channel],
+        )
+        outcome = _text(answer[0])
+        if outcome == "unknown":
+            return False, None
+        return outcome == CANCELLED, await self.get(job_id)
 
     async def complete(self, reply: Reply) -> dict[str, Any] | None:
         """Store the job's result unless one exists; returns it when this call stored it."""
@@ -246,29 +353,34 @@ class JobStore:
 
     async def get(self, job_id: str) -> JobStatus | None:
         """The job's current status; None when it never existed."""
+        keys = self.keys(job_id)
         pipe = self.redis.pipeline(transaction=False)
-        pipe.get(self._k(job_id))
-        pipe.get(self._k(job_id, ":result"))
-        pipe.exists(self._k(job_id, ":running"))
-        raw_record, raw_result, running = await pipe.execute()
-        record = JobRecord(**json.loads(raw_record)) if raw_record is not None else None
+        pipe.get(keys.record)
+        pipe.get(keys.result)
+        pipe.hgetall(keys.state)
+        raw_record, raw_result, raw_state = await pipe.execute()
+        record = JobRecord.from_json(raw_record) if raw_record is not None else None
         result = json.loads(raw_result) if raw_result is not None else None
         if record is None and result is None:
             created = id_time_ms(job_id)
             if created is not None and created / 1000 < time.time() - self.ttl_s:
                 return JobStatus(job_id, STATUS_EXPIRED)
             return None
-        if result is not None:
-            status = result["status"]
-        else:
-            status = RUNNING if running else QUEUED
+        progress = Progress.from_redis(raw_state)
+        run_at = record.run_at if record else None
         return JobStatus(
             job_id,
-            status,
+            status_of(result, progress, run_at),
             function=record.function if record else None,
             digest=record.digest if record else None,
             created_at=record.created_at if record else None,
             result=result,
+            kind=record.kind if record else None,
+            run_at=run_at,
+            parent_id=record.parent_id if record else None,
+            attempts=progress.attempts,
+            next_attempt_at=progress.next_attempt_at if progress.phase == RETRYING else None,
+            last_error=progress.last_error,
         )
 
     async def wait(self, job_id: str, timeout: float) -> JobStatus | None:
@@ -296,6 +408,10 @@ class JobStore:
             return await self.get(job_id)
         finally:
             await pubsub.aclose()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 PostFn = Callable[[str, dict[str, Any]], Awaitable[int]]
@@ -340,7 +456,11 @@ class ResultRecorder:
 
     async def started(self, notice: Started) -> None:
         """A worker started the job: mark it running (pass to `consume_job_results`)."""
-        await self.jobs.mark_running(notice.invocation_id)
+        await self.jobs.mark_running(notice.invocation_id, notice.attempt)
+
+    async def retrying(self, notice: Retrying) -> None:
+        """An attempt failed and another is due: mark the job retrying."""
+        await self.jobs.retrying(notice)
 
     async def handle(self, reply: Reply) -> None:
         """Record one job result; duplicates are ignored (and fire no callback)."""

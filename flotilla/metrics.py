@@ -121,6 +121,28 @@ class DispatcherMetrics:
         self.api_keys = Gauge(
             "flotilla_api_keys", "API keys stored in Redis (with API keys on)", registry=r,
         )
+        self.function_rate_limited = Counter(
+            "flotilla_function_rate_limited_total",
+            "Synchronous calls refused (429) by their function's rate_limit", ["function"],
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "flotilla_dead_letters_stored_total",
+            "Dead letters taken off the dead-letter queue and stored, by reason", ["reason"],
+            registry=r,
+        )
+        self.dead_letter_replays = Counter(
+            "flotilla_dead_letter_replays_total", "Dead letters replayed as new jobs",
+            registry=r,
+        )
+        self.schedule_ticks = Counter(
+            "flotilla_schedule_ticks_total",
+            "Cron ticks this dispatcher handled, by result (submitted, failed)", ["result"],
+            registry=r,
+        )
+        self.jobs_cancelled = Counter(
+            "flotilla_jobs_cancelled_total", "Jobs cancelled before they ran", registry=r,
+        )
 
     def watch_transport(self, transport: object) -> None:
         """Report the transport's count of stray replies (it counts them on its reply path)."""

@@ -76,6 +76,12 @@ def refill(tokens: float, elapsed_ms: float, limit: Limit) -> tuple[bool, float,
     return False, tokens, math.ceil((1 - tokens) * 1000 / limit.rate)
 
 
+def function_bucket(name: str) -> str:
+    """The bucket of function `name`'s fleet-wide `rate_limit`, shared by the dispatchers
+    (synchronous calls) and the workers (jobs): key `<prefix>:ratelimit:function:<name>`."""
+    return f"function:{name}"
+
+
 def retry_after_s(wait_ms: int) -> int:
     """The Retry-After header value (whole seconds, at least 1) for a wait in milliseconds."""
     return max(1, math.ceil(wait_ms / 1000))

@@ -41,10 +41,12 @@ from flotilla import amqp
 from flotilla.envelope import (
     REPLY_JOB,
     REPLY_QUEUE,
+    RETRYING_TYPE,
     STARTED_TYPE,
     Envelope,
     EnvelopeError,
     Reply,
+    Retrying,
     Started,
     now_ms,
 )
@@ -55,6 +57,7 @@ log = logging.getLogger(__name__)
 
 JobResultHandler = Callable[[Reply], Awaitable[None]]
 JobStartedHandler = Callable[[Started], Awaitable[None]]
+JobRetryingHandler = Callable[[Retrying], Awaitable[None]]
 
 
 class TransportError(FlotillaError):
@@ -94,14 +97,17 @@ class Transport(Protocol):
     async def call(self, envelope: Envelope, timeout: float) -> Reply:
         """Run `envelope` synchronously; its `reply_to` is replaced by this transport's own."""
 
-    async def submit(self, envelope: Envelope) -> None:
-        """Queue `envelope` as a job (reply mode must be "job"); returns once accepted."""
+    async def submit(self, envelope: Envelope, *, delay_ms: int = 0) -> None:
+        """Queue `envelope` as a job (reply mode must be "job"), due in `delay_ms`; returns
+        once accepted."""
 
     async def consume_job_results(
-        self, handler: JobResultHandler, on_started: JobStartedHandler | None = None
+        self, handler: JobResultHandler, on_started: JobStartedHandler | None = None,
+        on_retrying: JobRetryingHandler | None = None,
     ) -> None:
-        """Start feeding job replies to `handler` (each acked after `handler` returns) and
-        workers' notices that a job started to `on_started`."""
+        """Start feeding job replies to `handler` (each acked after `handler` returns),
+        workers' notices that a job started to `on_started` and that it will be retried to
+        `on_retrying`."""
 
 
 class AmqpTransport:
@@ -210,10 +216,13 @@ class AmqpTransport:
                 timer.cancel()
             self._futures.pop(cid, None)
 
-    async def submit(self, envelope: Envelope) -> None:
+    async def submit(self, envelope: Envelope, *, delay_ms: int = 0) -> None:
         """Publish a job envelope and wait (up to `publish_timeout_s`) for the broker's confirm."""
         if envelope.reply_mode != REPLY_JOB:
             raise ValueError("submit() needs an envelope with reply_mode='job'")
+        if delay_ms > 0:
+            # The delay queues come with the per-function lanes (design-workload.md).
+            raise NotImplementedError("delayed jobs need the delay queues, not built yet")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._publish_timeout
         try:
@@ -247,7 +256,8 @@ class AmqpTransport:
         )
 
     async def consume_job_results(
-        self, handler: JobResultHandler, on_started: JobStartedHandler | None = None
+        self, handler: JobResultHandler, on_started: JobStartedHandler | None = None,
+        on_retrying: JobRetryingHandler | None = None,
     ) -> None:
         """Consume the durable job-results queue on a channel of its own."""
         if self._connection is None:
@@ -262,7 +272,10 @@ class AmqpTransport:
 
         async def on_message(message: AbstractIncomingMessage) -> None:
             if message.type == STARTED_TYPE:
-                await _on_started(message, on_started)
+                await _on_notice(message, Started.decode, on_started)
+                return
+            if message.type == RETRYING_TYPE:
+                await _on_notice(message, Retrying.decode, on_retrying)
                 return
             try:
                 reply = Reply.decode(message.body)
@@ -367,16 +380,19 @@ class AmqpTransport:
         fut.set_result(reply)
 
 
-async def _on_started(message: AbstractIncomingMessage, on_started: JobStartedHandler | None) -> None:
+async def _on_notice(
+    message: AbstractIncomingMessage, decode: Callable[[bytes], Any],
+    on_notice: Callable[[Any], Awaitable[None]] | None,
+) -> None:
     # A notice is informative: failures are logged and the notice dropped, never retried.
     try:
-        started = Started.decode(message.body)
-        if on_started is not None:
-            await on_started(started)
+        notice = decode(message.body)
+        if on_notice is not None:
+            await on_notice(notice)
     except EnvelopeError as exc:
-        log.warning("dropping malformed job started notice: %s", exc)
+        log.warning("dropping malformed job notice (%s): %s", message.type, exc)
     except Exception:
-        log.exception("job started handler failed")
+        log.exception("job notice handler failed (%s)", message.type)
     await message.ack()
 
 

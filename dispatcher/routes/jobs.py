@@ -1,5 +1,7 @@
-"""Jobs: `POST /v1/functions/{name}/jobs` (submit, 202) and `GET /v1/jobs/{id}` (status,
-long-polled), invoke scope. Submitting goes through the same `Invoker` as invoke."""
+"""Jobs, invoke scope: `POST /v1/functions/{name}/jobs` (submit: 202, or 200 for a repeated
+Idempotency-Key; `delay_ms`/`run_at` schedule it ahead), `GET /v1/jobs/{id}` (status,
+long-polled) and `DELETE /v1/jobs/{id}` (cancel). Submitting goes through the same
+`Invoker` as invoke."""
 
 from __future__ import annotations
 
@@ -25,12 +27,15 @@ from flotilla.errors import (
     BodyTooLarge,
     CallbackNotAllowed,
     FunctionNotFound,
+    IdempotencyConflict,
     InvalidRequest,
+    JobNotCancellable,
     JobNotFound,
     Unavailable,
 )
+from flotilla.idempotency import MAX_KEY_LENGTH, check_key
 from flotilla.invoker import WebRequest
-from flotilla.jobs import MAX_WAIT_S, callback_allowed
+from flotilla.jobs import MAX_DELAY_MS, MAX_WAIT_S, JobStatus, callback_allowed, job_delay_ms
 
 router = APIRouter()
 
@@ -47,13 +52,20 @@ router = APIRouter()
         "backoff until a 2xx; its host must be in the dispatcher's callback_hosts (else 403). "
         f"The job runs as a request with the method of header `{METHOD_HEADER}` (default "
         f"POST), the sub-path of header `{PATH_HEADER}` (default `/`) and this route's "
-        "query parameters but `version` and `callback_url`."
+        "query parameters but `version`, `callback_url`, `delay_ms` and `run_at`. "
+        "`delay_ms` or `run_at` (not both) schedule the job up to 7 days ahead: it reads "
+        "`scheduled` until then. With an `Idempotency-Key` header, a repeated submission of "
+        "the same function with the same key within 24 h answers 200 with the first job "
+        "(nothing new runs; header `Idempotent-Replayed: true`); another body under that "
+        "key is 409."
     ),
     responses={
+        200: {"description": "An earlier submission with this Idempotency-Key; nothing new runs",
+              "links": openapi.JOB_LINKS},
         202: {"description": "Accepted; poll `status_url`", "links": openapi.JOB_LINKS},
         **openapi.problem_responses(
-            FunctionNotFound, BodyTooLarge, InvalidRequest, CallbackNotAllowed, Unavailable,
-            *AUTH_PROBLEMS,
+            FunctionNotFound, BodyTooLarge, InvalidRequest, CallbackNotAllowed,
+            IdempotencyConflict, Unavailable, *AUTH_PROBLEMS,
         ),
     },
     openapi_extra={"requestBody": openapi.RAW_BODY},
@@ -65,9 +77,22 @@ async def submit_job(
     version: str | None = VERSION_PARAM,
     callback_url: str | None = Query(None, description="URL the result is POSTed to"),
     flotilla_callback_url: str | None = Header(None, description="Same as callback_url"),
+    delay_ms: int | None = Query(
+        None, ge=0, le=MAX_DELAY_MS, description="Run the job this many milliseconds from now"
+    ),
+    run_at: str | None = Query(
+        None, description="Run the job at this RFC 3339 time (e.g. 2030-01-02T03:04:05Z); "
+        "at most 7 days ahead", json_schema_extra={"format": "date-time"},
+    ),
+    idempotency_key: str | None = Header(
+        None, min_length=1, max_length=MAX_KEY_LENGTH, pattern=r"^[!-~]+$",
+        description="Same key, same function, within 24 h: the first submission's job",
+    ),
     api: Api = ApiDep,
 ) -> JSONResponse:
     """Queue the function as a job; its result is kept for settings.job_ttl_s."""
+    delay = job_delay_ms(delay_ms, run_at)
+    idem = check_key(idempotency_key) if idempotency_key is not None else None
     callback = callback_url or flotilla_callback_url or None
     if callback and not callback_allowed(callback, api.options.callback_hosts):
         raise CallbackNotAllowed(
@@ -79,14 +104,19 @@ async def submit_job(
     fn = await api.invoker.resolve(name, version)
     _, declared, guest = request_headers(request.scope["headers"])
     body = await read_body(request.receive, declared, fn.config.max_body_bytes)
-    job_id = await api.invoker.submit(
-        fn, body, guest, job_id=request.state.invocation_id, callback_url=callback,
+    submitted = await api.invoker.submit_job(
+        fn, body, guest, idempotency_key=idem, job_id=request.state.invocation_id,
+        callback_url=callback, delay_ms=delay,
         request=WebRequest(method, path, query, key.id if key is not None else None),
     )
+    job_id = submitted.job_id
+    headers = {"Location": f"/v1/jobs/{job_id}"}
+    if submitted.replayed:
+        headers["Idempotent-Replayed"] = "true"
     return JSONResponse(
         {"job_id": job_id, "status_url": f"/v1/jobs/{job_id}"},
-        status_code=202,
-        headers={"Location": f"/v1/jobs/{job_id}"},
+        status_code=200 if submitted.replayed else 202,
+        headers=headers,
     )
 
 
@@ -103,10 +133,43 @@ async def get_job(
     wait: float = Query(0, ge=0, le=MAX_WAIT_S, description="Seconds to wait for a result"),
     api: Api = ApiDep,
 ) -> dict[str, Any]:
-    """queued | running | succeeded | failed | expired, with the result once finished."""
-    key: ApiKey | None = request.state.api_key
+    """scheduled | queued | running | retrying | succeeded | failed | expired | cancelled,
+    with the attempts so far and the result once finished."""
     status = await api.jobs.wait(job_id, wait) if wait else await api.jobs.get(job_id)
-    # A key limited to some functions sees other functions' jobs as missing (not forbidden).
+    return visible(request, job_id, status).to_dict()
+
+
+@router.delete(
+    "/v1/jobs/{job_id}",
+    summary="Cancel a job that has not started",
+    operation_id="cancel_job",
+    description=(
+        "A `scheduled`, `queued` or `retrying` job becomes `cancelled` and never runs (200, "
+        "the job document). A job that runs or has finished answers 409 with its `job_status`. "
+        "Cancelling is atomic against a worker starting the job: exactly one of them wins."
+    ),
+    responses=openapi.problem_responses(JobNotFound, JobNotCancellable, *AUTH_PROBLEMS),
+    dependencies=[require(INVOKE)],
+)
+async def cancel_job(request: Request, job_id: str, api: Api = ApiDep) -> dict[str, Any]:
+    """Cancel the job unless it runs or has finished."""
+    visible(request, job_id, await api.jobs.get(job_id))
+    cancelled, status = await api.jobs.cancel(job_id)
+    status = visible(request, job_id, status)
+    if not cancelled:
+        raise JobNotCancellable(
+            f"job {job_id} is {status.status}: only scheduled, queued or retrying jobs can be "
+            "cancelled", job_status=status.status,
+        )
+    if api.metrics is not None:
+        api.metrics.jobs_cancelled.inc()
+    return status.to_dict()
+
+
+def visible(request: Request, job_id: str, status: JobStatus | None) -> JobStatus:
+    """The status, or JobNotFound when there is none or the key may not see it: a key
+    limited to some functions sees other functions' jobs as missing (not forbidden)."""
+    key: ApiKey | None = request.state.api_key
     if status is None or (key is not None and not key.may_invoke(status.function or "")):
         raise JobNotFound(f"no job {job_id!r}")
-    return status.to_dict()
+    return status

@@ -25,7 +25,7 @@ class KeyRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field("", max_length=200, description="What the key is for")
-    scopes: list[Literal["deploy", "invoke", "admin", "subscribe"]] = Field(
+    scopes: list[Literal["deploy", "invoke", "admin", "subscribe", "dead-letters"]] = Field(
         min_length=1, max_length=4
     )
     functions: list[Annotated[str, Field(pattern=NAME_PATTERN)]] = Field(

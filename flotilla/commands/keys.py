@@ -31,8 +31,7 @@ def add_parser(subparsers: Any) -> None:
 
     create = sub.add_parser("create", help="Create a key and print it (shown only once)")
     create.add_argument("--scope", dest="scopes", action="append", choices=SCOPES,
-                        required=True,
-                        help="deploy, invoke, subscribe or admin (repeat for several)")
+                        required=True, help=", ".join(SCOPES) + " (repeat for several)")
     create.add_argument("--function", dest="functions", action="append", default=[],
                         help="Limit the invoke scope to this function (repeatable)")
     create.add_argument("--name", default="", help="What the key is for")

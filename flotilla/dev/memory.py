@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
-from typing import Self
+from typing import Any, Self
 
 from flotilla.envelope import REPLY_JOB, REPLY_QUEUE, Envelope, Reply, Started, now_ms
 from flotilla.topology import Topology
@@ -22,6 +23,7 @@ from flotilla.transport import (
     BrokerUnavailable,
     CallTimeout,
     JobResultHandler,
+    JobRetryingHandler,
     JobStartedHandler,
     QueueFull,
 )
@@ -62,10 +64,13 @@ class MemoryTransport:
         self._futures: dict[str, asyncio.Future[Reply]] = {}
         self._job_handler: JobResultHandler | None = None
         self._started_handler: JobStartedHandler | None = None
+        self._retrying_handler: JobRetryingHandler | None = None
         self._notices: set[asyncio.Task[None]] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self.reply_queue_name = REPLY_QUEUE_NAME
         self.dead_letters: list[bytes] = []
+        # Called with each dead letter's bytes and the headers the broker would add.
+        self.on_dead_letter: Callable[[bytes, dict[str, Any]], Awaitable[Any]] | None = None
         self.stray_replies = 0
 
     async def start(self) -> None:
@@ -114,18 +119,31 @@ class MemoryTransport:
         finally:
             self._futures.pop(envelope.correlation_id, None)
 
-    async def submit(self, envelope: Envelope) -> None:
-        """Queue a job envelope."""
+    async def submit(self, envelope: Envelope, *, delay_ms: int = 0) -> None:
+        """Queue a job envelope, after `delay_ms` (an asyncio timer: lost with the process)."""
         if envelope.reply_mode != REPLY_JOB:
             raise ValueError("submit() needs an envelope with reply_mode='job'")
+        if delay_ms > 0:
+            if not self._tasks:
+                raise BrokerUnavailable("memory transport not started")
+            asyncio.get_running_loop().call_later(delay_ms / 1000, self._publish_due, envelope)
+            return
         self._publish(envelope)
 
+    def _publish_due(self, envelope: Envelope) -> None:
+        try:
+            self._publish(envelope)
+        except (QueueFull, BrokerUnavailable) as exc:
+            log.error("dropping delayed job %s: %s", envelope.invocation_id, exc)
+
     async def consume_job_results(
-        self, handler: JobResultHandler, on_started: JobStartedHandler | None = None
+        self, handler: JobResultHandler, on_started: JobStartedHandler | None = None,
+        on_retrying: JobRetryingHandler | None = None,
     ) -> None:
         """Send every job reply to `handler` (and notices that a job started to `on_started`)."""
         self._job_handler = handler
         self._started_handler = on_started
+        self._retrying_handler = on_retrying
 
     def _publish(self, envelope: Envelope) -> None:
         if not self._tasks:
@@ -146,6 +164,16 @@ class MemoryTransport:
                 log.exception("routing a reply failed")
             if handled.settle is Settle.REJECT:
                 self.dead_letters.append(body)
+                await self._dead_letter(body)
+
+    async def _dead_letter(self, body: bytes) -> None:
+        if self.on_dead_letter is None:
+            return
+        headers = {"x-death": [{"reason": "rejected", "queue": self._topology.invocations}]}
+        try:
+            await self.on_dead_letter(body, headers)
+        except Exception:
+            log.exception("storing a dead letter failed")
 
     def _announce(self, started: Started) -> None:
         # On an invocation thread, just before a job runs.

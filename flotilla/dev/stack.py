@@ -8,6 +8,10 @@ Stand-ins, each behind the same interface the fleet uses:
   once and kept in `<cache_dir>/dev-artifact-key`, so the worker's disk cache stays valid;
 - `MemoryTopics` for the topic exchange (guests publish, /v1/topics/... subscribes).
 
+Jobs spawned by functions, dead letters (envelopes the in-process worker rejects) and cron
+schedules work as in the fleet, in memory: a delayed job waits on an asyncio timer, and
+nothing survives the process.
+
 API keys are off unless FLOTILLA_ADMIN_KEY is set (then that bootstrap key, and keys created
 with it through /v1/keys, are required, as in production); startup says which.
 
@@ -39,10 +43,13 @@ from dispatcher.service import (
 )
 from flotilla.artifacts import ArtifactStore, LocalBackend, artifact_tag
 from flotilla.config import FunctionConfig
+from flotilla.deadletters import DeadLetterConsumer
 from flotilla.jobs import JobStore, ResultRecorder
 from flotilla.metrics import DispatcherMetrics, WorkerMetrics
-from flotilla.registry import Deployer, FunctionVersion, Registry
+from flotilla.registry import Deployer, FunctionVersion, Registry, ResolveCache
+from flotilla.schedules import Scheduler, submit_with
 from flotilla.settings import DispatcherSettings, WorkerSettings
+from flotilla.spawner import Spawner
 
 log = logging.getLogger(__name__)
 
@@ -86,16 +93,25 @@ class DevStack:
     async_closers: list[Callable[[], Any]] = field(default_factory=list)
     aws_endpoint: str | None = None  # the embedded moto server, when dev mode started one
     aws_region: str = "us-east-1"
+    scheduler: Scheduler | None = None
+    _scheduling: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
 
     async def start(self) -> None:
-        """Start the in-memory transport and route job results to the job store."""
+        """Start the in-memory transport, route job results and dead letters to their
+        stores, start the scheduler."""
         await self.transport.start()
         await self.transport.consume_job_results(
-            self.recorder.handle, self.recorder.started
+            self.recorder.handle, self.recorder.started, self.recorder.retrying
         )
+        if self.scheduler is not None:
+            self._scheduling = asyncio.create_task(self.scheduler.run(), name="scheduler")
 
     async def close(self) -> None:
-        """Stop the transport (no more invocations), then close clients and the sandbox."""
+        """Stop the scheduler and the transport (no more invocations), then close clients
+        and the sandbox."""
+        if self._scheduling is not None:
+            self._scheduling.cancel()
+            await asyncio.gather(self._scheduling, return_exceptions=True)
         await self.recorder.drain(timeout=2.0)
         await self.transport.close()
         for aclose in reversed(self.async_closers):
@@ -195,6 +211,9 @@ def build_dev(
     ))
     topics = MemoryTopics()
     hosts = hosts.with_clients(topics=BusPublisher(topics, loop))
+    # Spawned jobs go through the same transport; it is attached once it exists.
+    spawner = Spawner(ResolveCache(registry), jobs, loop, job_ttl_s=settings.job_ttl_s)
+    hosts = hosts.with_clients(spawn=spawner)
     try:
         sandbox = Sandbox(hosts, cache_dir=cache_dir)
         closers.append(sandbox.close)
@@ -210,6 +229,7 @@ def build_dev(
             metrics=worker_metrics,
         )
         transport = MemoryTransport(handler, topology=topology, concurrency=concurrency)
+        spawner.publisher = transport
         dispatcher_metrics.watch_transport(transport)
     except BaseException:
         for close in reversed(closers):
@@ -227,11 +247,16 @@ def build_dev(
         secrets=SecretStore(redis, keyring, prefix=settings.queue_prefix),
         topics=topics,
     )
+    api = app.state.api
+    transport.on_dead_letter = DeadLetterConsumer(
+        api.dead_letters, topology, metrics=dispatcher_metrics
+    ).take
     return DevStack(
         app, registry, deployer, transport, ResultRecorder(jobs, callback_poster(http)),
         closers=closers, async_closers=[http.aclose, redis.aclose, topics.close],
         aws_endpoint=aws_endpoint if settings.aws_endpoint_url is None else None,
         aws_region=settings.aws_region,
+        scheduler=Scheduler(api.schedules, submit_with(api.invoker), metrics=dispatcher_metrics),
     )
 
 

@@ -3,7 +3,8 @@
 The client is a `JobSpawner`; it checks the target against the caller's `spawn_functions`
 (`denied`), the body and the per-invocation spawn count (`invalid-argument`), records and
 queues the job and returns its id without waiting (`unavailable` when the queue or the job
-store cannot be reached). A worker built without one answers `unavailable`.
+store cannot be reached). `flotilla.spawner.Spawner` is the worker's. A worker built without
+one answers `unavailable`.
 """
 
 from __future__ import annotations

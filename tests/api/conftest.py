@@ -52,6 +52,7 @@ class FakeTransport:
         self.worker: Callable[[Envelope], Reply] = echo
         self.calls: list[tuple[Envelope, float]] = []
         self.submitted: list[Envelope] = []
+        self.delays: dict[str, int] = {}  # job id -> delay_ms, for delayed submits
         self.fail: Exception | None = None
         self.reply_queue_name = "fake.reply"
         self.is_connected = True
@@ -66,12 +67,14 @@ class FakeTransport:
             raise self.fail
         return self.worker(envelope)
 
-    async def submit(self, envelope: Envelope) -> None:
+    async def submit(self, envelope: Envelope, *, delay_ms: int = 0) -> None:
         if self.fail is not None:
             raise self.fail
         self.submitted.append(envelope)
+        if delay_ms:
+            self.delays[envelope.invocation_id] = delay_ms
 
-    async def consume_job_results(self, handler: Any) -> None: ...
+    async def consume_job_results(self, handler: Any, *notices: Any) -> None: ...
 
 
 @dataclasses.dataclass

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -173,3 +174,98 @@ def test_cli_invoke_sends_method_path_and_query(
     seen = json.loads(capfdbinary.readouterr().out)["result"]
     assert status == 0
     assert (seen["method"], seen["path"], seen["query"]) == ("GET", "/a%20b/c", [["k", "v"], ["k", ""]])
+
+
+@pytest.mark.parametrize("text, ms", [("500ms", 500), ("30s", 30_000), ("5m", 300_000),
+                                      ("2h", 7_200_000), ("1d", 86_400_000), ("250", 250)])
+def test_parse_delay(text: str, ms: int) -> None:
+    from flotilla.commands.jobs import parse_delay_ms
+
+    assert parse_delay_ms(text) == ms
+
+
+def test_job_and_dlq_flags_that_cannot_go_together(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["jobs", "submit", "f", "--delay", "5s", "--run-at", "2030-01-01T00:00:00Z"])
+    assert "not allowed with argument" in capsys.readouterr().err
+    assert main(["dlq", "purge"]) == 2
+    assert main(["dlq", "purge", "0" * 32, "--all"]) == 2
+
+
+@pytest.mark.slow
+def test_cli_jobs_schedules_and_dead_letters_against_dev_mode(
+    dev_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A job an hour ahead reads `scheduled`, and can be cancelled (dev mode's timer).
+    status, out, _ = run_cli(capsys, "jobs", "submit", "echo", "--delay", "1h", "--url", dev_url)
+    job_id = json.loads(out)["job_id"]
+    status, out, _ = run_cli(capsys, "jobs", "get", job_id, "--url", dev_url)
+    assert json.loads(out)["status"] == "scheduled"
+    status, out, _ = run_cli(capsys, "jobs", "cancel", job_id, "--url", dev_url)
+    assert status == 0 and json.loads(out)["status"] == "cancelled"
+    status, _, err = run_cli(capsys, "jobs", "cancel", job_id, "--url", dev_url)
+    assert status == 1 and "409" in err
+
+    # A short delay runs in dev mode too.
+    status, out, _ = run_cli(capsys, "jobs", "submit", "echo", "-d", "soon", "--delay", "300ms",
+                             "--url", dev_url)
+    status, out, _ = run_cli(capsys, "jobs", "get", json.loads(out)["job_id"], "--wait", "10",
+                             "--url", dev_url)
+    assert json.loads(out)["status"] == "succeeded"
+
+    # The same idempotency key twice: one job.
+    ids = []
+    for _ in range(2):
+        status, out, _ = run_cli(capsys, "jobs", "submit", "echo", "-d", "x",
+                                 "--idempotency-key", "cli-key-1", "--url", dev_url)
+        ids.append(json.loads(out)["job_id"])
+    assert ids[0] == ids[1]
+
+    # A schedule ticking every second submits jobs in dev mode.
+    status, out, _ = run_cli(capsys, "schedules", "put", "tick", "--function", "echo",
+                             "--cron", "* * * * * *", "-d", "tick", "--url", dev_url)
+    assert status == 0 and json.loads(out)["cron"] == "* * * * * *"
+    status, out, _ = run_cli(capsys, "schedules", "list", "--url", dev_url)
+    assert status == 0 and "tick" in out and "echo" in out
+    deadline = time.monotonic() + 15
+    while True:
+        status, out, _ = run_cli(capsys, "schedules", "get", "tick", "--url", dev_url)
+        last = json.loads(out)["last_job"]
+        if last is not None or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)  # the dev process ticks on its own clock; nothing here to await
+    assert last is not None
+    status, out, _ = run_cli(capsys, "jobs", "get", last["job_id"], "--wait", "10",
+                             "--url", dev_url)
+    assert json.loads(out)["kind"] == "scheduled"
+    status, _, _ = run_cli(capsys, "schedules", "delete", "tick", "--url", dev_url)
+    assert status == 0
+    status, _, err = run_cli(capsys, "schedules", "get", "tick", "--url", dev_url)
+    assert status == 1 and "404" in err
+
+    # No dead letters in a fresh dev process; an unknown one is a clear 404.
+    status, out, _ = run_cli(capsys, "dlq", "list", "--url", dev_url)
+    assert status == 0 and out.startswith("ID")
+    status, _, err = run_cli(capsys, "dlq", "show", "0" * 32, "--url", dev_url)
+    assert status == 1 and "Dead letter not found (404)" in err
+
+
+@pytest.mark.slow
+def test_spawn_in_dev_mode(
+    dev_url: str, probe_wasm: Path, tmp_path: Path, capfdbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    config = tmp_path / "probe.json"
+    config.write_text(json.dumps({"spawn_functions": ["echo"]}))
+    assert main(["deploy", "probe", str(probe_wasm), "--config", str(config),
+                 "--url", dev_url]) == 0
+    capfdbinary.readouterr()
+    op = {"op": "spawn.job", "function": "echo", "body": "kid"}
+    assert main(["invoke", "probe", "--data", json.dumps(op), "-i", "--url", dev_url]) == 0
+    captured = capfdbinary.readouterr()
+    answer = json.loads(captured.out)
+    parent = next(line.split(": ", 1)[1] for line in captured.err.decode().splitlines()
+                  if line.startswith("flotilla-invocation-id"))
+    assert answer["ok"], answer
+    assert main(["jobs", "get", answer["result"], "--wait", "10", "--url", dev_url]) == 0
+    job = json.loads(capfdbinary.readouterr().out)
+    assert (job["status"], job["kind"], job["parent_id"]) == ("succeeded", "spawned", parent)
