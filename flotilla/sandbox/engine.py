@@ -50,6 +50,9 @@ class EngineSettings:
     linear_memory_keep_resident: int = 2 * MIB
     table_keep_resident: int = 1 * MIB
     max_unused_warm_slots: int = 64
+    decommit_batch_size: int = 1
+    memory_init_cow: bool = True
+    memory_guard_size: int | None = None  # None: wasmtime's default (32 MiB)
     max_wasm_stack: int = 1 * MIB
     # Process-wide glibc malloc tuning (0: leave malloc alone). wasmtime's C API turns a
     # list<u8> into one 32-byte C value (and one Rust value) per byte, so a 64 KiB body makes
@@ -68,6 +71,15 @@ class EngineSettings:
             "epoch": True,
             # artifacts are compiled from the component with the byte-string export added
             "raw_abi": RAW_ABI_VERSION,
+            # Both are recorded in a serialized artifact, which then refuses to load on an
+            # engine that differs; only listed when not the default so that adding them kept
+            # existing fingerprints (and compile caches) valid.
+            **({} if self.memory_init_cow else {"memory_init_cow": False}),
+            **(
+                {}
+                if self.memory_guard_size is None
+                else {"memory_guard_size": self.memory_guard_size}
+            ),
         }
 
 
@@ -92,6 +104,9 @@ def build_config(settings: EngineSettings) -> wasmtime.Config:
     config.epoch_interruption = True
     config.wasm_component_model = True
     config.max_wasm_stack = settings.max_wasm_stack
+    ffi.wasmtime_config_memory_init_cow_set(config.ptr(), settings.memory_init_cow)
+    if settings.memory_guard_size is not None:
+        config.memory_guard_size = settings.memory_guard_size
     if settings.pooling:
         _set_pooling(config, settings)
     return config
@@ -132,6 +147,9 @@ def _set_pooling(config: wasmtime.Config, s: EngineSettings) -> None:
         ffi.wasmtime_pooling_allocation_config_table_keep_resident_set(pool, s.table_keep_resident)
         ffi.wasmtime_pooling_allocation_config_max_unused_warm_slots_set(
             pool, s.max_unused_warm_slots
+        )
+        ffi.wasmtime_pooling_allocation_config_decommit_batch_size_set(
+            pool, s.decommit_batch_size
         )
         ffi.wasmtime_pooling_allocation_strategy_set(config.ptr(), pool)
     finally:
