@@ -26,7 +26,7 @@ GIB = 1024 * MIB
 
 @dataclass(frozen=True)
 class EngineSettings:
-    """Knobs of the engine; every field is part of the artifact fingerprint."""
+    """Knobs of the engine; those that change generated code also key the artifact cache."""
 
     tick_ms: float = 1.0  # epoch ticker period: the granularity of timeouts
     pooling: bool = True
@@ -43,16 +43,39 @@ class EngineSettings:
     max_component_instance_size: int = 8 * MIB
     max_core_instance_size: int = 8 * MIB
     table_elements: int = 100_000
-    # Bytes of a freed memory slot reset with memset instead of madvise (no page faults on
-    # them next time). The memset runs when the store is dropped, inside every invocation:
-    # measured interleaved, a Python echo took ~2.4 ms with 16 MiB, ~1.85 ms with 2 MiB and
-    # with 0; the trivial WAT echo 21 us with 2 MiB, 28 us with 0.
-    linear_memory_keep_resident: int = 2 * MIB
+    # How a freed slot is reset for the next instance (docs/performance.md, "Sandbox: page
+    # faults and memory resets", has the figures). The first `linear_memory_keep_resident`
+    # bytes of a memory are restored in place (memcpy from the CoW image, memset elsewhere)
+    # and stay mapped; the rest is given back with madvise and faulted in again by the next
+    # instance. The Python echo's memory is 12.3 MiB: at 2 MiB it took ~143 minor faults per
+    # invocation (the kernel side of the reset, and what keeps two threads of one process
+    # from scaling: madvise and faults contend on the address space); at 16 MiB it takes 0,
+    # at the same single-thread CPU (user time up by about what system time goes down). The
+    # cost is proportional to min(this, the memory's size), whatever the guest touched, so
+    # it is capped: a guest with a bigger memory pays for 16 MiB of copying, and faults only
+    # for what it touches beyond. PAGEMAP_SCAN (copy only the dirty pages) would be better but
+    # has no setter in wasmtime's C API (and, forced on, saved nothing for this guest).
+    linear_memory_keep_resident: int = 16 * MIB
+    # Tables: the Python echo's 5,684-entry table is 45 KiB; kept resident it costs a memset,
+    # given back it cost 13 more faults per invocation.
     table_keep_resident: int = 1 * MIB
-    max_unused_warm_slots: int = 64
+    # Freed slots keep affinity to their module and up to keep_resident bytes of private
+    # memory each. Below this many unused warm slots, a module without one of its own takes a
+    # never-used slot; above it, it takes over another module's warm slot. So it bounds the
+    # private memory held by idle slots (~(this + running invocations) x min(16 MiB, memory):
+    # 40 WAT functions of 4 MiB cycled through: +131 MiB RSS at 64, +34 MiB at 16), at the
+    # price of re-mapping images when more functions than this alternate in one process.
+    max_unused_warm_slots: int = 16
+    # Decommits (madvise) queued and flushed this many at a time; 1 flushes at once. Batching
+    # changed nothing measurable here (the same faults; with 16 MiB kept there is almost
+    # nothing left to decommit) and keeps freed slots unusable until the flush.
     decommit_batch_size: int = 1
+    # Map memory images copy-on-write instead of copying data segments at instantiation. Off,
+    # the Python echo took 2,542 faults and ~6 ms per invocation.
     memory_init_cow: bool = True
-    memory_guard_size: int | None = None  # None: wasmtime's default (32 MiB)
+    # None: wasmtime's default (32 MiB). Guard pages are never touched, so their size moved
+    # no fault or time figure; it changes generated code, so it is in the fingerprint.
+    memory_guard_size: int | None = None
     max_wasm_stack: int = 1 * MIB
     # Process-wide glibc malloc tuning (0: leave malloc alone). wasmtime's C API turns a
     # list<u8> into one 32-byte C value (and one Rust value) per byte, so a 64 KiB body makes
