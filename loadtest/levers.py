@@ -28,10 +28,12 @@ from flotilla.sandbox import engine as engine_module
 from flotilla.sandbox.engine import wasmtime_version
 from flotilla.sandbox.sandbox import Sandbox, new_request
 from loadtest.sandbox import flotilla_runner, load_guest, measure
-from loadtest.sandbox_scaling import thread_rate
+from loadtest.sandbox_scaling import counters, thread_figures
 
 PAGEMAP_OFFSET = 133  # PoolingAllocationConfig.pagemap_scan in wasmtime-py 50.0.1's library
-COLUMNS = ("minflt_per_inv", "user_us_per_inv", "sys_us_per_inv", "full_p50_us", "t1", "t2")
+COLUMNS = (
+    "minflt_per_inv", "user_us_per_inv", "sys_us_per_inv", "full_p50_us", "t1", "t2", "cpu1", "cpu2"
+)
 
 
 class _PagemapPoke:
@@ -70,8 +72,8 @@ def parse_config(text: str) -> tuple[str, dict[str, str]]:
     return name, pairs
 
 
-def run_one(cache_dir: str, wasm: bytes, overrides: dict[str, str], n: int) -> dict[str, float]:
-    """One configuration once: single-thread figures, then 1- and 2-thread rates."""
+def build(cache_dir: str, overrides: dict[str, str]) -> Sandbox:
+    """A Sandbox with `overrides` applied to the default EngineSettings."""
     overrides = dict(overrides)
     poke = overrides.pop("pagemap_scan", "0") == "1"
     settings = _engine_settings(list(overrides.items()))
@@ -84,12 +86,61 @@ def run_one(cache_dir: str, wasm: bytes, overrides: dict[str, str], n: int) -> d
         engine_module.ffi = real_ffi
     if poke and not pagemap_open():
         raise RuntimeError("pagemap_scan=1 did not take effect (no /proc/self/pagemap open)")
+    return sandbox
+
+
+def run_paired(
+    cache_dir: str, wasm: bytes, configs: list[tuple[str, dict[str, str]]], n: int, rounds: int
+) -> dict[str, dict[str, float]]:
+    """Every configuration alive at once, invoked in turn one call at a time (so each sees the
+    same load), then 1- and 2-thread blocks in turn: per configuration, the medians."""
+    boxes = {name: build(cache_dir, overrides) for name, overrides in configs}
+    try:
+        fns = {name: sb.load(wasm) for name, sb in boxes.items()}
+        config = FunctionConfig(name="bench", max_body_bytes=MAX_MAX_BODY_BYTES)
+        request = new_request("bench", b"x")
+        calls = {name: [] for name in boxes}  # type: dict[str, list[dict[str, float]]]
+        for i in range(n + 20):
+            for name, sb in boxes.items():
+                before = counters()
+                result = sb.invoke(fns[name], config, request)
+                usage = before.per_call(counters(), 1)
+                if not result.ok:
+                    raise RuntimeError(f"{name}: {result.outcome}: {result.error}")
+                if i >= 20:  # warm-up
+                    calls[name].append({**usage, "full_p50_us": result.timings.total_us})
+        rates = {name: {k: [] for k in COLUMNS[4:]} for name in boxes}  # type: dict[str, dict[str, list[float]]]
+        for _ in range(rounds):
+            for name, sb in boxes.items():
+                for threads in (1, 2):
+                    rate, cpu = thread_figures(sb, fns[name], n // 2, threads)
+                    rates[name][f"t{threads}"].append(rate)
+                    rates[name][f"cpu{threads}"].append(cpu)
+    finally:
+        for sb in boxes.values():
+            sb.close()
+    out = {}
+    for name in boxes:
+        # faults and CPU: means over the calls (the rusage user/system split is sampled)
+        figures = {
+            k: statistics.mean(c[k] for c in calls[name])
+            for k in ("minflt_per_inv", "user_us_per_inv", "sys_us_per_inv")
+        }
+        figures["full_p50_us"] = statistics.median(c["full_p50_us"] for c in calls[name])
+        figures.update({k: statistics.median(v) for k, v in rates[name].items()})
+        out[name] = figures
+    return out
+
+
+def run_one(cache_dir: str, wasm: bytes, overrides: dict[str, str], n: int) -> dict[str, float]:
+    """One configuration once: single-thread figures, then 1- and 2-thread rates."""
+    sandbox = build(cache_dir, overrides)
     try:
         fn = sandbox.load(wasm)
         config = FunctionConfig(name="bench", max_body_bytes=MAX_MAX_BODY_BYTES)
         figures = measure(flotilla_runner(sandbox, fn, config), new_request("bench", b"x"), n)
-        figures["t1"] = thread_rate(sandbox, fn, n, 1)
-        figures["t2"] = thread_rate(sandbox, fn, n, 2)
+        figures["t1"], figures["cpu1"] = thread_figures(sandbox, fn, n, 1)
+        figures["t2"], figures["cpu2"] = thread_figures(sandbox, fn, n, 2)
     finally:
         sandbox.close()
     return figures
@@ -103,21 +154,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=300, help="invocations per measurement")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--cache-dir", default=os.environ.get("FLOTILLA_CACHE_DIR", "/tmp/flotilla"))
+    parser.add_argument("--paired", action="store_true",
+                        help="all configurations alive at once, invoked call by call in turn")
     args = parser.parse_args(argv)
     wasm = load_guest(Path(args.guest), args.cache_dir)
     configs = [parse_config(c) for c in args.configs]
+    if args.paired:
+        results = run_paired(args.cache_dir, wasm, configs, args.n, args.rounds)
+        _print_table({name: results[name] for name, _ in configs})
+        return 0
     samples: dict[str, list[dict[str, float]]] = {name: [] for name, _ in configs}
     for r in range(args.rounds):
         order = configs[r % len(configs):] + configs[: r % len(configs)]  # rotate the start
         for name, overrides in order:
             samples[name].append(run_one(args.cache_dir, wasm, overrides, args.n))
             print(f"round {r + 1} {name}: {_row(samples[name][-1])}", file=sys.stderr)
-    print("| configuration | faults/inv | user µs/inv | sys µs/inv | p50 full µs | 1 thread/s | 2 threads/s |")
-    print("|---|---|---|---|---|---|---|")
-    for name, _ in configs:
-        merged = {k: statistics.median(s[k] for s in samples[name]) for k in COLUMNS}
-        print(f"| {name} | {_row(merged)} |")
+    _print_table(
+        {name: {k: statistics.median(s[k] for s in samples[name]) for k in COLUMNS}
+         for name, _ in configs}
+    )
     return 0
+
+
+def _print_table(rows: dict[str, dict[str, float]]) -> None:
+    print("| configuration | faults/inv | user µs/inv | sys µs/inv | p50 full µs | 1 thread/s "
+          "| 2 threads/s | CPU µs/inv, 1 thread | CPU µs/inv, 2 threads |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, figures in rows.items():
+        print(f"| {name} | {_row(figures)} |")
 
 
 def _row(figures: dict[str, float]) -> str:

@@ -73,15 +73,30 @@ def _rate(spans: list[tuple[float, float]], per_span: int) -> float:
 
 def thread_rate(sandbox: Sandbox, fn: LoadedFunction, n: int, threads: int) -> float:
     """Invocations/s of `threads` threads sharing `sandbox`, `n` invocations each."""
+    return thread_figures(sandbox, fn, n, threads)[0]
+
+
+def thread_figures(
+    sandbox: Sandbox, fn: LoadedFunction, n: int, threads: int
+) -> tuple[float, float]:
+    """(invocations/s, CPU µs per invocation) of `threads` threads sharing `sandbox`.
+
+    The CPU per invocation is what contention shows in even when other processes share the
+    machine: threads that fight over the address space burn more of it per invocation.
+    """
     _invoke_loop(sandbox, fn, WARMUP)
     barrier = threading.Barrier(threads)
     spans: list[tuple[float, float]] = []
+    cpu: list[float] = []
     errors: list[BaseException] = []
 
     def worker() -> None:
         try:
             barrier.wait()
+            before = counters()
             spans.append(_invoke_loop(sandbox, fn, n))
+            after = counters()
+            cpu.append(after.user_s + after.sys_s - before.user_s - before.sys_s)
         except BaseException as exc:  # noqa: BLE001 - re-raised by the caller below
             errors.append(exc)
             barrier.abort()
@@ -93,7 +108,7 @@ def thread_rate(sandbox: Sandbox, fn: LoadedFunction, n: int, threads: int) -> f
         t.join()
     if errors:
         raise errors[0]
-    return _rate(spans, n)
+    return _rate(spans, n), sum(cpu) * 1e6 / (n * threads)
 
 
 def _process_main(
