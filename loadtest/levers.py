@@ -99,7 +99,7 @@ def run_paired(
         fns = {name: sb.load(wasm) for name, sb in boxes.items()}
         config = FunctionConfig(name="bench", max_body_bytes=MAX_MAX_BODY_BYTES)
         request = new_request("bench", b"x")
-        calls = {name: [] for name in boxes}  # type: dict[str, list[dict[str, float]]]
+        calls: dict[str, list[dict[str, float]]] = {name: [] for name in boxes}
         for i in range(n + 20):
             for name, sb in boxes.items():
                 before = counters()
@@ -109,7 +109,9 @@ def run_paired(
                     raise RuntimeError(f"{name}: {result.outcome}: {result.error}")
                 if i >= 20:  # warm-up
                     calls[name].append({**usage, "full_p50_us": result.timings.total_us})
-        rates = {name: {k: [] for k in COLUMNS[4:]} for name in boxes}  # type: dict[str, dict[str, list[float]]]
+        rates: dict[str, dict[str, list[float]]] = {
+            name: {k: [] for k in COLUMNS[4:]} for name in boxes
+        }
         for _ in range(rounds):
             for name, sb in boxes.items():
                 for threads in (1, 2):
@@ -153,7 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--guest", default=str(PYTHON_ECHO), help="echo guest (.wasm or source)")
     parser.add_argument("--n", type=int, default=300, help="invocations per measurement")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--cache-dir", default=os.environ.get("FLOTILLA_CACHE_DIR", "/tmp/flotilla"))
+    parser.add_argument(
+        "--cache-dir", default=os.environ.get("FLOTILLA_CACHE_DIR", "/tmp/flotilla")
+    )
     parser.add_argument("--paired", action="store_true",
                         help="all configurations alive at once, invoked call by call in turn")
     args = parser.parse_args(argv)

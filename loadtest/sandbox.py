@@ -28,7 +28,6 @@ from loadtest.sandbox_scaling import counters, loop_rates
 
 SIZES_KIB = (1, 64, 1024)
 PHASES = ("store_us", "instantiate_us", "call_us", "post_return_us")
-REPO_ROOT = Path(__file__).resolve().parents[1]
 # Echo guests measured beside the WAT and Python echoes, by name: a built component
 # (`.wasm`) or anything `flotilla build` accepts. Every one must answer 200 with the
 # request's body. Keys become JSON prefixes: `<name>_full_p50_us`, `<name>_minflt_per_inv`.
@@ -82,6 +81,7 @@ def measure(run: Runner, request: Request, n: int) -> dict[str, float]:
 
 
 USAGE_KEYS = ("full_p50_us", "minflt_per_inv", "user_us_per_inv", "sys_us_per_inv")
+PHASE_NAMES = ("store", "instantiate", "call", "post_return", "teardown")
 
 
 def guest_figures(name: str, figures: dict[str, float]) -> dict[str, Any]:
@@ -96,8 +96,6 @@ def guest_figures(name: str, figures: dict[str, float]) -> dict[str, Any]:
     out.update({f"{name}_{key}": figures[key] for key in USAGE_KEYS})
     return out
 
-
-PHASE_NAMES = ("store", "instantiate", "call", "post_return", "teardown")
 
 
 def flotilla_runner(sandbox: Sandbox, fn: LoadedFunction, config: FunctionConfig) -> Runner:
@@ -189,10 +187,11 @@ def summarize(
     n = lambda k: max(1, int(k * scale))
     small = measure(trivial, new_request("bench", b""), n(plan.trivial))
     out = guest_figures("trivial", small)
-    if python is not None:
-        out.update(guest_figures("python", measure(python, new_request("bench", b"x"), n(plan.python))))
-    for name, runner in (extra or {}).items():
-        out.update(guest_figures(name, measure(runner, new_request("bench", b"x"), n(plan.python))))
+    echoes = {"python": python, **(extra or {})}
+    for name, runner in echoes.items():
+        if runner is not None:
+            figures = measure(runner, new_request("bench", b"x"), n(plan.python))
+            out.update(guest_figures(name, figures))
     per_kib = {}
     for kib, count in zip(SIZES_KIB, plan.per_size):
         body = bytes(range(256)) * (kib * 4)  # every byte value, not just ASCII
@@ -230,7 +229,8 @@ def run_bench(
     plan = plan or Plan()
     echo = packaged("echo", cache_dir)
     python_wasm = load_guest(python_app, cache_dir) if python_app is not None else None
-    extra = {name: load_guest(path, cache_dir) for name, path in {**EXTRA_GUESTS, **(guests or {})}.items()}
+    sources = {**EXTRA_GUESTS, **(guests or {})}
+    extra = {name: load_guest(path, cache_dir) for name, path in sources.items()}
     config = FunctionConfig(name="bench", max_body_bytes=MAX_MAX_BODY_BYTES)
     sandbox = Sandbox(None, cache_dir=cache_dir, engine_settings=engine_settings)
     try:

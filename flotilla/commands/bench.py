@@ -125,7 +125,8 @@ def _engine_settings(pairs: list[tuple[str, str]]) -> Any:
     values: dict[str, Any] = {}
     for name, raw in pairs:
         if name not in fields:
-            raise ValueError(f"unknown engine setting {name!r} (one of: {', '.join(sorted(fields))})")
+            known = ", ".join(sorted(fields))
+            raise ValueError(f"unknown engine setting {name!r} (one of: {known})")
         current = getattr(defaults, name)
         if isinstance(current, bool):
             if raw.lower() not in ("true", "false", "1", "0"):

@@ -48,13 +48,12 @@ class EngineSettings:
     # bytes of a memory are restored in place (memcpy from the CoW image, memset elsewhere)
     # and stay mapped; the rest is given back with madvise and faulted in again by the next
     # instance. The Python echo's memory is 12.3 MiB: at 2 MiB it took ~143 minor faults per
-    # invocation (the kernel side of the reset, and what keeps two threads of one process
-    # from scaling: madvise and faults contend on the address space); at 16 MiB it takes 0,
-    # at the same single-thread CPU (user time up by about what system time goes down). The
-    # cost is proportional to min(this, the memory's size), whatever the guest touched, so
-    # it is capped: a guest with a bigger memory pays for 16 MiB of copying, and faults only
-    # for what it touches beyond. PAGEMAP_SCAN (copy only the dirty pages) would be better but
-    # has no setter in wasmtime's C API (and, forced on, saved nothing for this guest).
+    # invocation, at 16 MiB 0, for the same CPU on one thread (user time up by about what
+    # system time goes down). On two threads of one process the faults are what kept the
+    # second thread from helping (madvise in a shared address space interrupts the other
+    # thread's CPU for a TLB shootdown): quiet machine, 2 threads 907/s at 2 MiB, 1,629/s at
+    # 16 MiB. The copy costs min(this, the memory's size) whatever the guest touched, hence
+    # a cap. PAGEMAP_SCAN (copy only dirty pages) has no setter in wasmtime's C API.
     linear_memory_keep_resident: int = 16 * MIB
     # Tables: the Python echo's 5,684-entry table is 45 KiB; kept resident it costs a memset,
     # given back it cost 13 more faults per invocation.

@@ -47,9 +47,11 @@ def test_json_has_fault_full_invocation_and_loop_keys(
     for key in ("python_full_p50_us", "python_2proc_inv_per_s", "python_2thread_inv_per_s"):
         assert _number(figures[key]) > 0, key
     for side in ("flotilla", "baseline"):
+        figures_of_side = figures[side]
+        assert isinstance(figures_of_side, dict)
         for guest in ("trivial", "python", "extra"):
             for key in PER_GUEST:
-                assert _number(figures[side][f"{guest}_{key}"]) >= 0, (side, guest, key)  # type: ignore[index]
+                assert _number(figures_of_side[f"{guest}_{key}"]) >= 0, (side, guest, key)
     flotilla = figures["flotilla"]
     assert isinstance(flotilla, dict)
     # full = invocation + teardown, so never below the invocation alone
