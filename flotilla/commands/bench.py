@@ -7,6 +7,7 @@ Each benchmark is a subparser registered by one function in BENCHMARKS; add your
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Callable
@@ -32,9 +33,11 @@ def _add_sandbox(benches: Any) -> None:
     p = benches.add_parser(
         "sandbox",
         help="invocation cost of the sandbox vs naive wasmtime-py",
-        description="Median/p99 of a full invocation and of each phase for the trivial WAT "
-        "echo and the Python echo example, cost per KiB of body, and the same figures for a "
-        "naive use of wasmtime-py measured in the same run.",
+        description="Median/p99 of an invocation and of each phase, minor page faults and "
+        "CPU time per invocation, for the trivial WAT echo, the Python echo example and any "
+        "--guest; cost per KiB of body; the same figures for a naive use of wasmtime-py "
+        "measured in the same run; and the Python echo loop in 1 thread, 2 threads and 2 "
+        "processes.",
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--cache-dir", help="cache directory (default: FLOTILLA_CACHE_DIR)")
@@ -49,6 +52,30 @@ def _add_sandbox(benches: Any) -> None:
     p.add_argument("--quick", action="store_true", help="fewer iterations (smoke run)")
     p.add_argument("--no-languages", action="store_true",
                    help="skip each language's echo (loadtest/languages.py)")
+    p.add_argument(
+        "--guest",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="also measure this echo guest (a .wasm component or a source `flotilla build` "
+        "takes); repeatable",
+    )
+    p.add_argument(
+        "--engine",
+        action="append",
+        default=[],
+        metavar="SETTING=VALUE",
+        help="override an EngineSettings field for the sandbox side, e.g. "
+        "linear_memory_keep_resident=16777216; repeatable",
+    )
+    p.add_argument(
+        "--scaling",
+        type=int,
+        default=None,
+        metavar="N",
+        help="Python echo invocations per thread/process in the 1 vs 2 threads vs 2 processes "
+        "loops (0: skip; default 600, 40 with --quick)",
+    )
     p.set_defaults(func=_run_sandbox)
 
 
@@ -56,12 +83,22 @@ def _run_sandbox(args: argparse.Namespace) -> int:
     from loadtest.sandbox import Plan, format_table, run_bench
 
     cache_dir = args.cache_dir or WorkerSettings.from_env().cache_dir
-    plan = Plan(trivial=100, python=10, per_size=(10, 3, 2)) if args.quick else Plan()
+    plan = Plan(trivial=100, python=10, per_size=(10, 3, 2), scaling=40) if args.quick else Plan()
+    if args.scaling is not None:
+        plan = dataclasses.replace(plan, scaling=max(0, args.scaling))
+    try:
+        guests = dict(_pair(g, "--guest") for g in args.guest)
+        engine = _engine_settings([_pair(e, "--engine") for e in args.engine])
+    except ValueError as exc:
+        print(f"flotilla bench sandbox: {exc}", file=sys.stderr)
+        return 2
     results = run_bench(
         cache_dir,
         python_app=None if args.no_python else args.python_app,
         plan=plan,
         baseline=not args.no_baseline,
+        guests={name: Path(path) for name, path in guests.items()},
+        engine_settings=engine,
     )
     languages = _languages(args, cache_dir)
     if args.json:
@@ -83,6 +120,44 @@ def _languages(args: argparse.Namespace, cache_dir: str) -> dict[str, Any]:
     from loadtest.languages import measure_languages
 
     return measure_languages(cache_dir, quick=args.quick)
+
+
+def _pair(text: str, flag: str) -> tuple[str, str]:
+    """NAME=VALUE split once; a clear error otherwise."""
+    name, sep, value = text.partition("=")
+    if not sep or not name or not value:
+        raise ValueError(f"{flag} takes NAME=VALUE, got {text!r}")
+    return name, value
+
+
+def _engine_settings(pairs: list[tuple[str, str]]) -> Any:
+    """EngineSettings with `pairs` applied (values parsed by the field's default type)."""
+    if not pairs:
+        return None
+    from flotilla.sandbox.engine import EngineSettings
+
+    defaults = EngineSettings()
+    fields = {f.name for f in dataclasses.fields(EngineSettings)}
+    values: dict[str, Any] = {}
+    for name, raw in pairs:
+        if name not in fields:
+            known = ", ".join(sorted(fields))
+            raise ValueError(f"unknown engine setting {name!r} (one of: {known})")
+        current = getattr(defaults, name)
+        if isinstance(current, bool):
+            if raw.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(f"{name} takes true or false, got {raw!r}")
+            values[name] = raw.lower() in ("true", "1")
+        elif isinstance(current, float):
+            values[name] = float(raw)
+        elif raw.lower() == "none":  # wasmtime's default, where the field allows it
+            values[name] = None
+        else:
+            try:
+                values[name] = int(raw, 0)
+            except ValueError:
+                raise ValueError(f"{name} takes an integer, got {raw!r}") from None
+    return dataclasses.replace(defaults, **values)
 
 
 def _add_e2e(benches: Any) -> None:

@@ -26,7 +26,7 @@ GIB = 1024 * MIB
 
 @dataclass(frozen=True)
 class EngineSettings:
-    """Knobs of the engine; every field is part of the artifact fingerprint."""
+    """Knobs of the engine; those that change generated code also key the artifact cache."""
 
     tick_ms: float = 1.0  # epoch ticker period: the granularity of timeouts
     pooling: bool = True
@@ -43,13 +43,38 @@ class EngineSettings:
     max_component_instance_size: int = 8 * MIB
     max_core_instance_size: int = 8 * MIB
     table_elements: int = 100_000
-    # Bytes of a freed memory slot reset with memset instead of madvise (no page faults on
-    # them next time). The memset runs when the store is dropped, inside every invocation:
-    # measured interleaved, a Python echo took ~2.4 ms with 16 MiB, ~1.85 ms with 2 MiB and
-    # with 0; the trivial WAT echo 21 us with 2 MiB, 28 us with 0.
-    linear_memory_keep_resident: int = 2 * MIB
+    # How a freed slot is reset for the next instance (docs/performance.md, "Sandbox: page
+    # faults and memory resets", has the figures). The first `linear_memory_keep_resident`
+    # bytes of a memory are restored in place (memcpy from the CoW image, memset elsewhere)
+    # and stay mapped; the rest is given back with madvise and faulted in again by the next
+    # instance. The Python echo's memory is 12.3 MiB: at 2 MiB it took ~143 minor faults per
+    # invocation, at 16 MiB 0, for the same CPU on one thread (user time up by about what
+    # system time goes down). On two threads of one process the faults are what kept the
+    # second thread from helping (madvise in a shared address space interrupts the other
+    # thread's CPU for a TLB shootdown): quiet machine, 2 threads 907/s at 2 MiB, 1,629/s at
+    # 16 MiB. The copy costs min(this, the memory's size) whatever the guest touched, hence
+    # a cap. PAGEMAP_SCAN (copy only dirty pages) has no setter in wasmtime's C API.
+    linear_memory_keep_resident: int = 16 * MIB
+    # Tables: the Python echo's 5,684-entry table is 45 KiB; kept resident it costs a memset,
+    # given back it cost 13 more faults per invocation.
     table_keep_resident: int = 1 * MIB
-    max_unused_warm_slots: int = 64
+    # Freed slots keep affinity to their module and up to keep_resident bytes of private
+    # memory each. Below this many unused warm slots, a module without one of its own takes a
+    # never-used slot; above it, it takes over another module's warm slot. So it bounds the
+    # private memory held by idle slots (~(this + running invocations) x min(16 MiB, memory):
+    # 40 WAT functions of 4 MiB cycled through: +131 MiB RSS at 64, +34 MiB at 16), at the
+    # price of re-mapping images when more functions than this alternate in one process.
+    max_unused_warm_slots: int = 16
+    # Decommits (madvise) queued and flushed this many at a time; 1 flushes at once. Batching
+    # changed nothing measurable here (the same faults; with 16 MiB kept there is almost
+    # nothing left to decommit) and keeps freed slots unusable until the flush.
+    decommit_batch_size: int = 1
+    # Map memory images copy-on-write instead of copying data segments at instantiation. Off,
+    # the Python echo took 2,542 faults and ~6 ms per invocation.
+    memory_init_cow: bool = True
+    # None: wasmtime's default (32 MiB). Guard pages are never touched, so their size moved
+    # no fault or time figure; it changes generated code, so it is in the fingerprint.
+    memory_guard_size: int | None = None
     max_wasm_stack: int = 1 * MIB
     # Process-wide glibc malloc tuning (0: leave malloc alone). wasmtime's C API turns a
     # list<u8> into one 32-byte C value (and one Rust value) per byte, so a 64 KiB body makes
@@ -68,6 +93,15 @@ class EngineSettings:
             "epoch": True,
             # artifacts are compiled from the component with the byte-string export added
             "raw_abi": RAW_ABI_VERSION,
+            # Both are recorded in a serialized artifact, which then refuses to load on an
+            # engine that differs; only listed when not the default so that adding them kept
+            # existing fingerprints (and compile caches) valid.
+            **({} if self.memory_init_cow else {"memory_init_cow": False}),
+            **(
+                {}
+                if self.memory_guard_size is None
+                else {"memory_guard_size": self.memory_guard_size}
+            ),
         }
 
 
@@ -92,6 +126,9 @@ def build_config(settings: EngineSettings) -> wasmtime.Config:
     config.epoch_interruption = True
     config.wasm_component_model = True
     config.max_wasm_stack = settings.max_wasm_stack
+    ffi.wasmtime_config_memory_init_cow_set(config.ptr(), settings.memory_init_cow)
+    if settings.memory_guard_size is not None:
+        config.memory_guard_size = settings.memory_guard_size
     if settings.pooling:
         _set_pooling(config, settings)
     return config
@@ -132,6 +169,9 @@ def _set_pooling(config: wasmtime.Config, s: EngineSettings) -> None:
         ffi.wasmtime_pooling_allocation_config_table_keep_resident_set(pool, s.table_keep_resident)
         ffi.wasmtime_pooling_allocation_config_max_unused_warm_slots_set(
             pool, s.max_unused_warm_slots
+        )
+        ffi.wasmtime_pooling_allocation_config_decommit_batch_size_set(
+            pool, s.decommit_batch_size
         )
         ffi.wasmtime_pooling_allocation_strategy_set(config.ptr(), pool)
     finally:
