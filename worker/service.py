@@ -20,7 +20,7 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -261,7 +261,7 @@ def run_process(
     settings: WorkerSettings,
     runtime_factory: RuntimeFactory = sandbox_runtime,
     *,
-    link: Callable[[WorkerService], Awaitable[None]] | None = None,
+    link: Callable[[WorkerService], Coroutine[Any, Any, None]] | None = None,
 ) -> int:
     """Run a worker in this process until SIGTERM/SIGINT; returns the exit status.
 

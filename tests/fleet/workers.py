@@ -12,19 +12,12 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from loadtest.fleet import children_of
+
 ROOT = Path(__file__).resolve().parents[2]
 LIMIT = 2  # delivery limit of these tests' topology (workers must declare the same)
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def children_of(pid: int) -> set[int]:
-    """The live child processes of `pid` (from /proc)."""
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return set()
-    return {int(p) for p in text.split()}
 
 
 def alive(pid: int) -> bool:
@@ -40,6 +33,12 @@ def started(line: str) -> tuple[str, int]:
     word, invocation_id, pid = line.split()
     assert word == "started", line
     return invocation_id, int(pid)
+
+
+async def probe(port: int, path: str) -> httpx.Response:
+    """GET `path` from a supervisor's probe port."""
+    async with httpx.AsyncClient(timeout=10) as client:
+        return await client.get(f"http://127.0.0.1:{port}{path}")
 
 
 class WorkerProcess:
@@ -125,8 +124,7 @@ class WorkerProcess:
 
     async def get(self, path: str) -> httpx.Response:
         """GET `path` from the supervisor's probe port."""
-        async with httpx.AsyncClient(timeout=10) as client:
-            return await client.get(f"http://127.0.0.1:{self.port}{path}")
+        return await probe(self.port, path)
 
     async def until_ready(self, timeout: float = 30) -> None:
         """Poll /readyz until 200 (every process consumes again)."""
