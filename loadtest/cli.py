@@ -227,7 +227,8 @@ def _run_procs(args: argparse.Namespace) -> int:
     results = asyncio.run(procs.run(shapes, scenario, concurrency=args.concurrency,
                                     rounds=args.rounds, round_s=args.round_s))
     rows = procs.rows(results)
-    print(report.table(rows, ["shape", "rps", "rps_vs_first", "p50_ms", "c1_p50_ms",
+    print(report.table(rows, ["shape", "rps", "rps_vs_first", "round_ratio", "p50_ms",
+                              "c1_p50_ms",
                               "worker_cpu_us_per_call", "rss_mib_each", "pss_mib_total",
                               "errors", "rounds_rps"]))
     doc = {"params": _params(args, f"worker shapes: {args.scenario}"),

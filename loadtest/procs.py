@@ -7,7 +7,9 @@ One fleet per shape (`loadtest.fleet.Fleet`: moto, a dispatcher, one `flotilla w
 --processes P --concurrency T`) is started at once, all idle but the one measured. Rounds
 then take turns, each shape driven over HTTP for `round_s` at concurrency `c` (closed loop)
 and then at concurrency 1, in a rotating order so that a neighbour's load on this shared
-machine hits every shape alike; the reported figure of a shape is its median round. After
+machine hits every shape alike; the reported figure of a shape is its median round, and
+`round_ratio` the median over rounds of its throughput over the first shape's in the same
+round (a drift of the machine's load between rounds cancels out). After
 the rounds, each worker's memory is read from /proc/<pid>/smaps_rollup: RSS counts pages
 shared with other processes in full, PSS divides them among the sharers (the compiled
 component is mapped from the same cache file by every process: docs/performance.md).
@@ -67,9 +69,13 @@ class ShapeResult:
         """The medians, and throughput relative to `base`."""
         rps, base_rps = statistics.median(self.rps), statistics.median(base.rps)
         children = [m for name, m in self.memory_kib.items() if name != "supervisor"]
+        # Each round's ratio to the first shape's same round, then their median: a drift of
+        # the machine's load between rounds cancels out.
+        ratios = [r / b for r, b in zip(self.rps, base.rps, strict=True) if b]
         return {
             "shape": str(self.shape), "rps": round(rps, 1),
             "rps_vs_first": f"{rps / base_rps:.2f}x" if base_rps else None,
+            "round_ratio": f"{statistics.median(ratios):.2f}x" if ratios else None,
             "p50_ms": round(statistics.median(self.p50_ms), 2),
             "c1_p50_ms": round(statistics.median(self.c1_p50_ms), 2),
             "worker_cpu_us_per_call": round(self.cpu_us_per_call),
