@@ -67,6 +67,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     procs.add_argument("--concurrency", type=int, default=64)
     procs.add_argument("--rounds", type=int, default=5)
     procs.add_argument("--round-s", type=float, default=4.0, help="seconds per shape and round")
+    procs.add_argument("--drain", type=int, default=0, metavar="N",
+                       help="instead: time each worker alone through N envelopes published "
+                       "straight into its queue (no dispatcher, no load generator)")
+    procs.add_argument("--memory", action="store_true",
+                       help="instead: each shape alone, then the RSS and PSS of its processes")
     procs.add_argument("--out", type=Path, default=Path("loadtest-results/procs"))
     procs.set_defaults(handler=_procs)
 
@@ -224,6 +229,22 @@ def _run_procs(args: argparse.Namespace) -> int:
     scenario = procs.BLOCKED if args.scenario == "blocked" else scenarios.get(args.scenario)
     shapes = [procs.Shape.parse(s) for s in args.shapes]
     load_before = report.machine()["loadavg"]
+    if args.drain:
+        drained = asyncio.run(procs.drain(shapes, scenario.function, scenario.body,
+                                          envelopes=args.drain, rounds=args.rounds))
+        print(report.table(procs.drain_rows(drained),
+                           ["shape", "inv_per_s", "round_ratio", "worker_cpu_us_per_inv",
+                            "rounds"]))
+        print(f"load average {load_before} before, {report.machine()['loadavg']} after")
+        return 0
+    if args.memory:
+        measured = asyncio.run(procs.memory(shapes, scenario))
+        print(report.table(procs.memory_rows(measured), [
+            "shape", "supervisor_rss", "supervisor_pss", "process_rss", "process_pss",
+            "process_shared_clean", "process_private_dirty", "total_rss", "total_pss",
+            "errors"]))
+        print(f"MiB, after 400 calls of {scenario.name} at concurrency 8 (smaps_rollup)")
+        return 0 if all(r.errors == 0 for r in measured) else 1
     results = asyncio.run(procs.run(shapes, scenario, concurrency=args.concurrency,
                                     rounds=args.rounds, round_s=args.round_s))
     rows = procs.rows(results)

@@ -17,13 +17,19 @@ component is mapped from the same cache file by every process: docs/performance.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import statistics
 import tempfile
+import time
+import uuid
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from loadtest import scenarios
 from loadtest.fleet import Fleet, build_guests, children_of
@@ -61,6 +67,7 @@ class ShapeResult:
     rps: list[float] = field(default_factory=list)
     p50_ms: list[float] = field(default_factory=list)  # at concurrency c
     c1_p50_ms: list[float] = field(default_factory=list)
+    cpu_us: list[float] = field(default_factory=list)  # the worker's CPU per invocation
     errors: int = 0
     cpu_us_per_call: float = 0.0
     memory_kib: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -178,3 +185,140 @@ async def run(shapes: list[Shape], scenario: scenarios.Scenario, *, concurrency:
 def rows(results: list[ShapeResult]) -> list[dict[str, Any]]:
     """One row per shape."""
     return [r.row(results[0]) for r in results]
+
+
+async def memory(shapes: list[Shape], scenario: scenarios.Scenario, *, calls: int = 400,
+                 log: Any = print) -> list[ShapeResult]:
+    """Each shape alone, with a cache directory of its own (so no other process maps its
+    compiled components): `calls` calls at concurrency 8, then every process's memory."""
+    components = build_guests(["echo", "probe"])
+    results = []
+    for shape in shapes:
+        log(f"shape {shape} alone")
+        result = ShapeResult(shape)
+        with tempfile.TemporaryDirectory(prefix="flotilla-procs-cache-") as cache:
+            previous = os.environ.get("FLOTILLA_CACHE_DIR")
+            os.environ["FLOTILLA_CACHE_DIR"] = cache  # the fleet's processes inherit it
+            try:
+                async with Fleet(processes=shape.processes, concurrency=shape.threads) as fleet:
+                    await fleet.deploy(components)
+                    target = HttpTarget(fleet.base_url, connections=8)
+                    try:
+                        run_c = await closed_loop(str(shape), target.call(scenario),
+                                                  concurrency=8, requests=calls)
+                    finally:
+                        await target.close()
+                    result.errors = len(run_c.samples) - run_c.summary()["ok"]
+                    supervisor, *children = worker_pids(fleet)
+                    result.memory_kib["supervisor"] = smaps_rollup(supervisor)
+                    for i, pid in enumerate(children):
+                        result.memory_kib[f"process {i}"] = smaps_rollup(pid)
+            finally:
+                if previous is None:
+                    os.environ.pop("FLOTILLA_CACHE_DIR", None)
+                else:
+                    os.environ["FLOTILLA_CACHE_DIR"] = previous
+        results.append(result)
+    return results
+
+
+def memory_rows(results: list[ShapeResult]) -> list[dict[str, Any]]:
+    """MiB per shape: the supervisor, one process (mean), and the whole worker."""
+    out = []
+    for r in results:
+        supervisor = r.memory_kib["supervisor"]
+        children = [m for name, m in r.memory_kib.items() if name != "supervisor"]
+
+        def mean(key: str, of: list[dict[str, int]] = children) -> float:
+            return round(statistics.fmean(m.get(key, 0) for m in of) / 1024, 1)
+
+        out.append({
+            "shape": str(r.shape), "supervisor_rss": mean("rss", [supervisor]),
+            "supervisor_pss": mean("pss", [supervisor]), "process_rss": mean("rss"),
+            "process_pss": mean("pss"), "process_shared_clean": mean("shared_clean"),
+            "process_private_dirty": mean("private_dirty"),
+            "total_rss": round(sum(m["rss"] for m in r.memory_kib.values()) / 1024, 1),
+            "total_pss": round(sum(m["pss"] for m in r.memory_kib.values()) / 1024, 1),
+            "errors": r.errors,
+        })
+    return out
+
+
+async def drain(shapes: list[Shape], function: str, body: bytes, *, envelopes: int = 3000,
+                rounds: int = 5, log: Any = print) -> list[ShapeResult]:
+    """Worker throughput with nothing else busy: per round and shape, `envelopes` are
+    published straight into its queue (replies go to a queue that does not exist: the
+    broker drops them), then its worker's rate is timed from the end of the publish until
+    its `/metrics` count all of them. The dispatcher and the load generator are idle then;
+    the broker is not."""
+    import aio_pika
+    import redis.asyncio as aioredis
+
+    from flotilla.envelope import REPLY_QUEUE, Envelope, now_ms
+    from flotilla.registry import Registry
+    from flotilla.topology import Topology
+
+    components = build_guests(["echo", "probe"])
+    results = [ShapeResult(shape) for shape in shapes]
+    async with AsyncExitStack() as stack:
+        fleets = []
+        for shape in shapes:
+            log(f"starting a fleet of shape {shape}")
+            fleet = Fleet(processes=shape.processes, concurrency=shape.threads)
+            await fleet.start()
+            stack.push_async_callback(fleet.stop)
+            await fleet.deploy(components)
+            fleets.append(fleet)
+        connection = await aio_pika.connect(fleets[0].amqp_url)
+        stack.push_async_callback(connection.close)
+        channel = await connection.channel(publisher_confirms=False)
+        redis = aioredis.from_url(fleets[0].redis_url)
+        stack.push_async_callback(redis.aclose)
+
+        async def invoked(fleet: Fleet) -> float:
+            async with httpx.AsyncClient(timeout=10) as client:
+                text = (await client.get(f"http://127.0.0.1:{fleet.worker_ports[0]}/metrics")).text
+            return sum(s.value for f in text_string_to_metric_families(text)
+                       for s in f.samples if s.name == "flotilla_invocations_total"
+                       and s.labels.get("function") == function)
+
+        async def one(fleet: Fleet) -> float:
+            digest = (await Registry(redis, prefix=fleet.prefix).get_version(function)).digest
+            queue = Topology(fleet.prefix).invocations
+            start = await invoked(fleet)
+            for _ in range(envelopes):
+                iid = uuid.uuid4().hex
+                envelope = Envelope(iid, iid, function, digest, (), body, now_ms() + 600_000,
+                                    reply_mode=REPLY_QUEUE, reply_to=f"lt-void-{iid[:8]}")
+                await channel.default_exchange.publish(aio_pika.Message(envelope.encode()),
+                                                       routing_key=queue)
+            t0, c0 = time.perf_counter(), await invoked(fleet)
+            pids = worker_pids(fleet)
+            cpu0 = sum(cpu_seconds(p) for p in pids)
+            while (count := await invoked(fleet)) < start + envelopes:
+                await asyncio.sleep(0.05)  # polling the worker's counter: its only signal
+            cpu[fleet.prefix] = (sum(cpu_seconds(p) for p in pids) - cpu0) / (count - c0)
+            return (count - c0) / (time.perf_counter() - t0)
+
+        cpu: dict[str, float] = {}
+        for fleet in fleets:
+            await one(fleet)  # warm-up: every process loads the component
+        for n in range(rounds):
+            log(f"round {n + 1}/{rounds}, load average {os.getloadavg()[0]:.1f}")
+            order = list(range(len(shapes)))
+            order = order[n % len(order):] + order[:n % len(order)]
+            for i in order:
+                results[i].rps.append(await one(fleets[i]))
+                results[i].cpu_us.append(cpu[fleets[i].prefix] * 1e6)
+    return results
+
+
+def drain_rows(results: list[ShapeResult]) -> list[dict[str, Any]]:
+    """Median invocations per second of each shape's worker, and per-round ratios."""
+    base = results[0]
+    return [{
+        "shape": str(r.shape), "inv_per_s": round(statistics.median(r.rps)),
+        "worker_cpu_us_per_inv": round(statistics.median(r.cpu_us)),
+        "round_ratio": f"{statistics.median(a / b for a, b in zip(r.rps, base.rps, strict=True)):.2f}x",
+        "rounds": [round(x) for x in r.rps],
+    } for r in results]
