@@ -43,6 +43,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from prometheus_client.multiprocess import mark_process_dead
@@ -147,6 +148,25 @@ class Child:
         self._writer.close()
 
 
+@dataclass
+class Slot:
+    """One of the supervisor's N places for a worker process, and how its children died."""
+
+    index: int
+    deaths: int = 0  # in a row: the restart delay grows with them
+    failures: int = 0  # children in a row that died before consuming
+
+    def died(self, child: Child) -> None:
+        """Count `child`'s death (a child that consumed a long time first starts afresh)."""
+        if child.consuming_since is None:
+            self.failures += 1
+        else:
+            self.failures = 0
+            if time.monotonic() - child.consuming_since >= HEALTHY_AFTER_S:
+                self.deaths = 0
+        self.deaths += 1
+
+
 class Supervisor:
     """Runs `settings.effective_processes()` children of `command`; `run()` returns the status."""
 
@@ -166,7 +186,7 @@ class Supervisor:
         self._force = asyncio.Event()
         self.all_consuming = asyncio.Event()
         self._first_up = asyncio.Event()  # the first process consumes (or gave up trying)
-        self.metrics = SupervisorMetrics()
+        self.metrics = SupervisorMetrics()  # run() adds its children's directory
         self.probes: ProbeServer | None = None
         self._gave_up: str | None = None
         self._failed = False  # a child exited non-zero after the stop
@@ -213,10 +233,7 @@ class Supervisor:
             if self.probes is not None:
                 await self.probes.close()
             shutil.rmtree(directory, ignore_errors=True)
-        if self._gave_up is not None:
-            log.error("%s; exiting", self._gave_up)
-            return 1
-        return 1 if self._failed or self.forced else 0
+        return 1 if self._gave_up or self._failed or self.forced else 0
 
     async def readiness(self) -> bool:
         """The pod's /readyz: every process runs, consumes and answers ready."""
@@ -225,47 +242,39 @@ class Supervisor:
         answers = await asyncio.gather(*(c.ready() for c in self.children.values()))
         return all(answers)
 
-    async def _keep(self, slot: int, directory: str) -> None:
-        """Run slot `slot`'s child until the stop, starting it again each time it dies."""
-        deaths = failures = 0
-        if slot > 0:
+    async def _keep(self, index: int, directory: str) -> None:
+        """Run slot `index`'s child until the stop, starting it again each time it dies."""
+        slot = Slot(index)
+        if index > 0:
             # The first process declares the queues alone: RabbitMQ answers two connections
             # declaring and consuming a new quorum queue at once with INTERNAL_ERROR.
             await self._first_up.wait()
         while not self.stop_requested.is_set():
-            child = await self._start(slot)
+            child = await self._start(index)
             status = await child.process.wait()
             self._first_up.set()  # gone before it consumed: the others need not wait longer
-            del self.children[slot]
+            del self.children[index]
             child.close()
             self.metrics.processes.dec()
             mark_process_dead(child.pid, directory)  # its live gauges leave the sums
             if self.stop_requested.is_set():
                 if status != 0:
                     log.warning("worker process %d (pid %d) exited with %s",
-                                slot, child.pid, _describe(status))
+                                index, child.pid, _describe(status))
                     self._failed = True
                 return
-            if child.consuming_since is None:
-                failures += 1
-            else:
-                failures = 0
-                if time.monotonic() - child.consuming_since >= HEALTHY_AFTER_S:
-                    deaths = 0
-            if failures >= START_FAILURES:
-                self._gave_up = (
-                    f"worker process {slot} died before consuming {failures} times in a row "
-                    f"(last: {_describe(status)}); see its log lines above"
-                )
-                log.error("giving up: %s", self._gave_up)
+            slot.died(child)
+            if slot.failures >= START_FAILURES:
+                self._gave_up = (f"worker process {index} died before consuming "
+                                 f"{slot.failures} times in a row (last: {_describe(status)})")
+                log.error("giving up: %s; see its log lines above", self._gave_up)
                 self.stop()
                 return
-            deaths += 1
-            delay = restart_delay(deaths)
-            log.warning("worker process %d (pid %d) %s %s after %.1f s; starting it again in "
-                        "%.1f s", slot, child.pid, "died" if child.consuming_since else
-                        "failed to start:", _describe(status),
-                        time.monotonic() - child.started, delay)
+            delay = restart_delay(slot.deaths)
+            log.warning("worker process %d (pid %d) %s (%s) after %.1f s; starting it again "
+                        "in %.1f s", index, child.pid,
+                        "died" if child.consuming_since else "failed to start",
+                        _describe(status), time.monotonic() - child.started, delay)
             try:
                 await asyncio.wait_for(self.stop_requested.wait(), delay)
                 return
