@@ -258,7 +258,10 @@ class Supervisor:
             self.metrics.processes.dec()
             mark_process_dead(child.pid, directory)  # its live gauges leave the sums
             if self.stop_requested.is_set():
-                if status != 0:
+                # A process stopped before it consumed (its signal handler not yet in place)
+                # had nothing to drain: that is a clean stop too.
+                if status != 0 and not (status == -signal.SIGTERM and
+                                        child.consuming_since is None):
                     log.warning("worker process %d (pid %d) exited with %s",
                                 index, child.pid, _describe(status))
                     self._failed = True
