@@ -46,7 +46,7 @@ class Plan:
     c1_requests: int = 1_000
     c64_requests: int = 6_000
     warmup: int = 50
-    worker_concurrency: int = 0  # 0: the worker's default (CPU cores)
+    worker_concurrency: int = 0  # 0: the worker's default (2 per process, one process per CPU)
     worker_prefetch: int = 0  # 0: the worker's default (2 x concurrency)
     concurrency: int = 64
     rounds: int = 3  # interleaved c64 rounds per system
