@@ -44,6 +44,7 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from prometheus_client.multiprocess import mark_process_dead
@@ -58,6 +59,8 @@ if TYPE_CHECKING:  # the children's side; the supervisor itself never imports th
 log = logging.getLogger(__name__)
 
 LINK_FLAG = "--child-link"
+# The children's prometheus-client files: <tmp>/flotilla-metrics-<supervisor pid>-<random>.
+METRICS_DIR_PREFIX = "flotilla-metrics-"
 RESTART_BASE_S = 0.5
 RESTART_MAX_S = 30.0
 # A child up this long (after it consumed) has died of something new: backoff starts over.
@@ -215,7 +218,8 @@ class Supervisor:
 
     async def run(self) -> int:
         """Start the children, keep them running until stopped, then wait for their drain."""
-        directory = tempfile.mkdtemp(prefix="flotilla-metrics-")
+        remove_stale_metrics_dirs()
+        directory = tempfile.mkdtemp(prefix=f"{METRICS_DIR_PREFIX}{os.getpid()}-")
         self._env["PROMETHEUS_MULTIPROC_DIR"] = directory
         self.metrics = SupervisorMetrics(directory)
         log.info("starting %d worker processes, %d invocations at once each",
@@ -337,6 +341,16 @@ class Supervisor:
             return
         self.probes = probes
         log.info("serving /metrics, /healthz, /readyz on port %d", probes.port)
+
+
+def remove_stale_metrics_dirs(root: str | None = None) -> None:
+    """Remove the metrics directories of supervisors that died without removing their own
+    (SIGKILL, OOM): the pid in the name is gone. A live pid, even a reused one, is kept."""
+    base = Path(root or tempfile.gettempdir())
+    for path in base.glob(f"{METRICS_DIR_PREFIX}*"):
+        pid = path.name[len(METRICS_DIR_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _describe(status: int) -> str:

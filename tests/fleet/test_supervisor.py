@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import aio_pika
 import pytest
@@ -21,7 +22,13 @@ from flotilla.transport import AmqpTransport
 from loadtest.fleet import free_port
 from tests.fleet.fakes import envelope
 from tests.fleet.workers import ROOT, Samples, WorkerProcess, alive, probe, started
-from worker.supervisor import RESTART_MAX_S, START_FAILURES, restart_delay
+from worker.supervisor import (
+    METRICS_DIR_PREFIX,
+    RESTART_MAX_S,
+    START_FAILURES,
+    remove_stale_metrics_dirs,
+    restart_delay,
+)
 
 pytestmark = [pytest.mark.timeout(120)]
 
@@ -56,6 +63,17 @@ def test_children_get_the_supervisors_settings(argv: list[str]) -> None:
     assert child == parent
 
 
+def test_metrics_dirs_of_dead_supervisors_are_removed(tmp_path: Path) -> None:
+    dead = tmp_path / f"{METRICS_DIR_PREFIX}{2**22 + 1}-abc"  # above pid_max: never alive
+    ours = tmp_path / f"{METRICS_DIR_PREFIX}{os.getpid()}-def"
+    other = tmp_path / "flotilla-other"
+    for d in (dead, ours, other):
+        d.mkdir()
+        (d / "counter_1.db").write_bytes(b"")
+    remove_stale_metrics_dirs(str(tmp_path))
+    assert (dead.exists(), ours.exists(), other.exists()) == (False, True, True)
+
+
 @pytest.fixture
 async def spawn(amqp_url: str, topology: Topology) -> AsyncIterator[Callable[..., object]]:
     workers: list[WorkerProcess] = []
@@ -65,9 +83,7 @@ async def spawn(amqp_url: str, topology: Topology) -> AsyncIterator[Callable[...
 
     yield spawn_one
     for w in workers:
-        if w.proc.returncode is None:
-            w.proc.kill()
-            await w.proc.wait()
+        await w.close()
 
 
 @pytest.fixture

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import aio_pika
@@ -33,9 +35,7 @@ async def spawn(amqp_url: str, topology: Topology) -> AsyncIterator[Callable[...
 
     yield spawn_one
     for w in workers:
-        if w.proc.returncode is None:
-            w.proc.kill()  # its children drain and exit when their link closes
-            await w.proc.wait()
+        await w.close()
 
 
 @pytest.fixture
@@ -81,6 +81,7 @@ async def test_sigkill_of_a_process_mid_invocation_redelivers_to_another(spawn, 
 async def test_sigkill_of_the_supervisor_mid_invocation_lets_its_processes_drain(spawn, caller: AmqpTransport, amqp_url: str, topology_limited: Topology) -> None:  # type: ignore[no-untyped-def]
     w = await spawn()
     children = w.children()
+    metrics_dir = _environ(min(children))["PROMETHEUS_MULTIPROC_DIR"]
     env = envelope("sleep", b"1000")
     call = asyncio.create_task(caller.call(env, timeout=30))
     _, pid = started(await w.expect("started"))
@@ -92,6 +93,13 @@ async def test_sigkill_of_the_supervisor_mid_invocation_lets_its_processes_drain
     for child in children:
         await _gone(child)
     assert await _consumers(amqp_url, topology_limited.invocations) == 0
+    shutil.rmtree(metrics_dir)  # a SIGKILLed supervisor cannot remove it itself
+
+
+def _environ(pid: int) -> dict[str, str]:
+    """The environment of process `pid`."""
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    return dict(item.split("=", 1) for item in raw.decode().split("\0") if "=" in item)
 
 
 async def test_sigterm_drains_every_process(spawn, caller: AmqpTransport) -> None:  # type: ignore[no-untyped-def]

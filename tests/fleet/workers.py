@@ -118,6 +118,17 @@ class WorkerProcess:
             self.proc.send_signal(sig)
         return await asyncio.wait_for(self.proc.wait(), timeout)
 
+    async def close(self) -> None:
+        """Stop it if it runs: SIGTERM (so it removes its metrics directory), SIGKILL when it
+        has not drained in 30 s (its processes then see their link close and exit)."""
+        if self.proc.returncode is not None:
+            return
+        try:
+            await self.stop(signal.SIGTERM, timeout=30)
+        except TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
+
     def children(self) -> set[int]:
         """The supervisor's worker processes now."""
         return children_of(self.proc.pid)
