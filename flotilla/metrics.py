@@ -3,6 +3,13 @@
 Labels never carry invocation ids; function names are bounded by the registry. Each process
 builds one `WorkerMetrics` or `DispatcherMetrics` on its own `CollectorRegistry` (passed
 in, so tests can read values without a global registry).
+
+Worker processes run under a supervisor (worker/supervisor.py), which serves one `/metrics`
+for all of them with `SupervisorMetrics`: each child runs in prometheus-client's
+multiprocess mode (PROMETHEUS_MULTIPROC_DIR, set by the supervisor before the child starts,
+makes every value an mmap-ed file) and the supervisor's `MultiProcessCollector` sums the
+children's files. Counters and histograms of a child that died stay in the sum, so a restart
+never makes a counter go backwards; gauges say how to combine (`multiprocess_mode`).
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 # Sandbox phases are microseconds to milliseconds; end-to-end up to the 900 s timeout cap.
@@ -61,8 +69,10 @@ class WorkerMetrics:
         self.compiles = Counter(
             "flotilla_compiles_total", "Components compiled by this process", registry=r,
         )
+        # Summed over the live children of a supervisor; a dead child's count goes with it.
         self.in_flight = Gauge(
             "flotilla_invocations_in_flight", "Invocations running now", registry=r,
+            multiprocess_mode="livesum",
         )
         self.dead_lettered = Counter(
             "flotilla_dead_lettered_total", "Deliveries rejected to the dead-letter queue",
@@ -84,6 +94,26 @@ class WorkerMetrics:
         """Record one host call (the hook host clients call)."""
         self.host_calls.labels(interface, operation, outcome).inc()
         self.host_call_duration.labels(interface, operation).observe(seconds)
+
+
+class SupervisorMetrics:
+    """Metrics of a worker supervisor: its own, plus its children's from `multiprocess_dir`."""
+
+    def __init__(
+        self, multiprocess_dir: str | None = None, registry: CollectorRegistry | None = None
+    ) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        if multiprocess_dir is not None:
+            MultiProcessCollector(r, path=multiprocess_dir)
+        self.restarts = Counter(
+            "flotilla_worker_restarts_total",
+            "Worker processes started again after one died", registry=r,
+        )
+        self.processes = Gauge(
+            "flotilla_worker_processes", "Worker processes running under this supervisor",
+            registry=r,
+        )
 
 
 class DispatcherMetrics:

@@ -31,6 +31,7 @@ from pydantic_settings import (
 )
 from pydantic_settings.sources.utils import parse_env_vars
 
+from flotilla.cpus import available_cpus
 from flotilla.errors import SettingsError
 
 ENV_PREFIX = "FLOTILLA_"
@@ -210,12 +211,26 @@ class _EnvironSource(EnvSettingsSource):
         )
 
 
+# Invocation threads per worker process when a supervisor runs several (FLOTILLA_CONCURRENCY
+# 0): one thread per process keeps a CPU-bound guest's core busy (two threads in one process
+# buy nothing: page faults and memory resets contend in one address space), the second runs
+# while the first is blocked in a host call (docs/performance.md, "A multi-process worker").
+PER_PROCESS_CONCURRENCY = 2
+
+
 class WorkerSettings(_Base):
     """Settings of a worker process."""
 
+    worker_processes: int = Field(
+        default=0, ge=0, le=256,
+        description="Worker processes run by one supervisor (0: the CPUs this process may use: "
+        "its affinity, capped by the cgroup CPU quota)",
+        json_schema_extra={"flags": ["--processes"]},
+    )
     concurrency: int = Field(
         default=0, ge=0,
-        description="Invocations run at once per process (0: number of CPU cores)",
+        description="Invocations run at once per worker process (0: 2 when several processes "
+        "run, else the CPUs this process may use)",
     )
     prefetch: int = Field(
         default=0, ge=0,
@@ -240,9 +255,16 @@ class WorkerSettings(_Base):
         "stops taking work (0: 2 x concurrency)",
     )
 
+    def effective_processes(self) -> int:
+        """Worker processes with 0 resolved to the CPUs this process may use."""
+        return self.worker_processes or available_cpus()
+
     def effective_concurrency(self) -> int:
-        """Concurrency with 0 resolved to the CPU count."""
-        return self.concurrency or max(1, os.cpu_count() or 1)
+        """Concurrency per process with 0 resolved: PER_PROCESS_CONCURRENCY when several
+        processes run, else the CPUs this process may use."""
+        if self.concurrency:
+            return self.concurrency
+        return PER_PROCESS_CONCURRENCY if self.effective_processes() > 1 else available_cpus()
 
     def effective_max_abandoned(self) -> int:
         """The cap on abandoned threads with 0 resolved to twice the concurrency."""
@@ -306,19 +328,21 @@ def add_flags(parser: argparse.ArgumentParser, cls: type[_Base]) -> None:
     """One `--field-name` flag per settings field, parsed to the field's type, default None
     (unset: the environment variable, then the field's default apply)."""
     for name, field in cls.model_fields.items():
-        flag = "--" + name.replace("_", "-")
+        # A field may add shorter spellings (`"flags"` in its json_schema_extra), shown first.
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        flags = [*extra.get("flags", ()), "--" + name.replace("_", "-")]  # type: ignore[misc]
         help_text = f"{field.description} (env {env_name(name)})"
         kind = _scalar(field.annotation)
         if get_origin(field.annotation) in (tuple, list):
             kind = str  # "a,b" as the variable takes it; the field's validator splits it
         if kind is bool:
-            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
+            parser.add_argument(*flags, dest=name, action=argparse.BooleanOptionalAction,
                                 default=None, help=help_text)
         elif get_origin(kind) is Literal:
-            parser.add_argument(flag, dest=name, choices=get_args(kind), default=None,
+            parser.add_argument(*flags, dest=name, choices=get_args(kind), default=None,
                                 help=help_text)
         else:
-            parser.add_argument(flag, dest=name, type=kind, default=None, help=help_text)
+            parser.add_argument(*flags, dest=name, type=kind, default=None, help=help_text)
 
 
 def from_args(cls: type[S], args: argparse.Namespace) -> S:

@@ -1,4 +1,4 @@
-"""`python -m loadtest` / `flotilla loadtest`: run, scenarios, compare, scale.
+"""`python -m loadtest` / `flotilla loadtest`: run, scenarios, compare, scale, procs.
 
 Every command prints a table and writes `<out>.json` plus `<out>.png` (throughput, latency
 percentiles and errors over time).
@@ -55,6 +55,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     scale.add_argument("--duration", type=float, default=10)
     scale.add_argument("--out", type=Path, default=Path("loadtest-results/scale"))
     scale.set_defaults(handler=_scale)
+
+
+    procs = sub.add_parser("procs", help="worker shapes (processes x threads) end to end, "
+                           "interleaved in one run")
+    procs.add_argument("--shapes", nargs="+", default=["1x2", "2x1"],
+                       help="PROCESSESxTHREADS per worker; the first is the baseline")
+    procs.add_argument("--scenario", default="echo",
+                       choices=[*scenarios.SCENARIOS, "blocked"],
+                       help="blocked: a guest waiting 10 ms in a host wait (little CPU)")
+    procs.add_argument("--concurrency", type=int, default=64)
+    procs.add_argument("--rounds", type=int, default=5)
+    procs.add_argument("--round-s", type=float, default=4.0, help="seconds per shape and round")
+    procs.add_argument("--drain", type=int, default=0, metavar="N",
+                       help="instead: time each worker alone through N envelopes published "
+                       "straight into its queue (no dispatcher, no load generator)")
+    procs.add_argument("--memory", action="store_true",
+                       help="instead: each shape alone, then the RSS and PSS of its processes")
+    procs.add_argument("--out", type=Path, default=Path("loadtest-results/procs"))
+    procs.set_defaults(handler=_procs)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -180,6 +199,8 @@ def main(args: argparse.Namespace) -> int:
         doc["table"] = rows
         _finish(doc, args.out)
         return 0
+    if handler is _procs:
+        return _run_procs(args)
     results = asyncio.run(compare.scale(scenarios.get(args.scenario), args.concurrency,
                                         args.duration,
                                         worker_concurrency=args.worker_concurrency))
@@ -195,6 +216,50 @@ def _compare(args: argparse.Namespace) -> None: ...  # marker: handled in main
 
 
 def _scale(args: argparse.Namespace) -> None: ...  # marker: handled in main
+
+
+def _procs(args: argparse.Namespace) -> None: ...  # marker: handled in main
+
+
+def _run_procs(args: argparse.Namespace) -> int:
+    import json
+
+    from loadtest import procs, report
+
+    scenario = procs.BLOCKED if args.scenario == "blocked" else scenarios.get(args.scenario)
+    shapes = [procs.Shape.parse(s) for s in args.shapes]
+    load_before = report.machine()["loadavg"]
+    if args.drain:
+        drained = asyncio.run(procs.drain(shapes, scenario.function, scenario.body,
+                                          envelopes=args.drain, rounds=args.rounds))
+        print(report.table(procs.drain_rows(drained),
+                           ["shape", "inv_per_s", "round_ratio", "worker_cpu_us_per_inv",
+                            "rounds"]))
+        print(f"load average {load_before} before, {report.machine()['loadavg']} after")
+        return 0
+    if args.memory:
+        measured = asyncio.run(procs.memory(shapes, scenario))
+        print(report.table(procs.memory_rows(measured), [
+            "shape", "supervisor_rss", "supervisor_pss", "process_rss", "process_pss",
+            "process_shared_clean", "process_private_dirty", "total_rss", "total_pss",
+            "errors"]))
+        print(f"MiB, after 400 calls of {scenario.name} at concurrency 8 (smaps_rollup)")
+        return 0 if all(r.errors == 0 for r in measured) else 1
+    results = asyncio.run(procs.run(shapes, scenario, concurrency=args.concurrency,
+                                    rounds=args.rounds, round_s=args.round_s))
+    rows = procs.rows(results)
+    print(report.table(rows, ["shape", "rps", "rps_vs_first", "round_ratio", "p50_ms",
+                              "c1_p50_ms",
+                              "worker_cpu_us_per_call", "rss_mib_each", "pss_mib_total",
+                              "errors", "rounds_rps"]))
+    doc = {"params": _params(args, f"worker shapes: {args.scenario}"),
+           "machine": report.machine(), "loadavg_before": load_before, "table": rows,
+           "memory_kib": {str(r.shape): r.memory_kib for r in results}}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"load average {load_before} before, {doc['machine']['loadavg']} after, on "
+          f"{doc['machine']['nproc']} cores; wrote {args.out.with_suffix('.json')}")
+    return 0 if all(r.errors == 0 for r in results) else 1
 
 
 def build_parser() -> argparse.ArgumentParser:

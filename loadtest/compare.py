@@ -3,7 +3,8 @@
 - `compare`: Flotilla (HTTP API and Python client, trivial echo guest) vs Celery (RabbitMQ
   broker, rpc backend, trivial task) vs the bare aio-pika RPC echo, closed loop at each
   concurrency; ratios are against the bare echo of the same concurrency.
-- `scale`: the same scenario against 1 then 2 worker processes.
+- `scale`: the same scenario against 1 then 2 `flotilla worker --processes 1` (for worker
+  processes under one supervisor, see `loadtest.procs`).
 """
 
 from __future__ import annotations
@@ -153,7 +154,7 @@ async def scale(scenario: scenarios.Scenario, concurrency: int, duration_s: floa
     results = []
     for n in worker_counts:
         log(f"  {n} worker process(es): {scenario.name} at c={concurrency}")
-        async with Fleet(workers=n, concurrency=worker_concurrency) as fleet:
+        async with Fleet(workers=n, processes=1, concurrency=worker_concurrency) as fleet:
             await fleet.deploy(components)
             http = HttpTarget(fleet.base_url, connections=concurrency)
             try:

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from loadtest.fleet import children_of
 from loadtest.runner import closed_loop
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +46,7 @@ class Plan:
     c1_requests: int = 1_000
     c64_requests: int = 6_000
     warmup: int = 50
-    worker_concurrency: int = 0  # 0: the worker's default (CPU cores)
+    worker_concurrency: int = 0  # 0: the worker's default (2 per process, one process per CPU)
     worker_prefetch: int = 0  # 0: the worker's default (2 x concurrency)
     concurrency: int = 64
     rounds: int = 3  # interleaved c64 rounds per system
@@ -258,7 +259,9 @@ def _broker_pid() -> int | None:
 
 
 def _cpu(pids: dict[str, int]) -> dict[str, float]:
-    return {name: cpu_seconds(pid) for name, pid in pids.items()}
+    # A worker is a supervisor and its worker processes: its CPU is theirs together.
+    return {name: cpu_seconds(pid) + sum(cpu_seconds(c) for c in children_of(pid))
+            for name, pid in pids.items()}
 
 
 async def _measure(
@@ -356,7 +359,8 @@ async def run_e2e(
             if plan.worker_prefetch:
                 worker_args += ["--prefetch", str(plan.worker_prefetch)]
             worker = await stack.enter_async_context(
-                _process([*flotilla, "worker", *worker_args], b"worker consuming", env)
+                _process([*flotilla, "worker", *worker_args], b"worker processes consuming",
+                         env)
             )
             bare_server = await stack.enter_async_context(
                 _process(

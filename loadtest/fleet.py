@@ -36,6 +36,14 @@ class FleetError(RuntimeError):
     """A fleet process did not start or a deploy failed."""
 
 
+def children_of(pid: int) -> set[int]:
+    """The live child processes of `pid` (from /proc; empty where it is gone)."""
+    try:
+        return {int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+    except OSError:
+        return set()
+
+
 def free_port() -> int:
     """A free TCP port on 127.0.0.1."""
     with socket.socket() as s:
@@ -83,10 +91,12 @@ def build_guests(names: Iterable[str]) -> dict[str, bytes]:
 
 @dataclass
 class Fleet:
-    """A dispatcher and `workers` worker processes on the real RabbitMQ and Redis."""
+    """A dispatcher and `workers` workers (each a supervisor of `processes` worker processes)
+    on the real RabbitMQ and Redis."""
 
     workers: int = 1
     concurrency: int = 0
+    processes: int = 0  # worker processes per `flotilla worker` (0: its default)
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
     redis_url: str = "redis://127.0.0.1:6379/0"
     aws_endpoint_url: str | None = None
@@ -96,6 +106,7 @@ class Fleet:
     base_url: str = ""
     worker_ports: list[int] = field(default_factory=list)
     _procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    _workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
     _moto: subprocess.Popen[bytes] | None = None
 
     def _env(self) -> dict[str, str]:
@@ -153,7 +164,10 @@ class Fleet:
             args = ["worker", "--metrics-port", str(port), "--drain-timeout-s", "5"]
             if self.concurrency:
                 args += ["--concurrency", str(self.concurrency)]
+            if self.processes:
+                args += ["--processes", str(self.processes)]
             proc = self._spawn(f"worker{i}", args)
+            self._workers.append(proc)
             ready.append(wait_ready(f"http://127.0.0.1:{port}/readyz", proc, 60))
         try:
             await asyncio.gather(*ready)
@@ -163,6 +177,10 @@ class Fleet:
         except BaseException:
             await self.stop()
             raise
+
+    def worker_pids(self) -> list[int]:
+        """Process ids of the `flotilla worker` supervisors, in start order."""
+        return [proc.pid for proc in self._workers]
 
     def log_tail(self, lines: int = 5) -> str:
         """The last lines of each process's log (for errors), when logging to files."""
@@ -189,6 +207,7 @@ class Fleet:
             except subprocess.TimeoutExpired:
                 proc.kill()
         self._procs.clear()
+        self._workers.clear()
         if self._moto is not None:
             self._moto.terminate()
             await asyncio.to_thread(self._moto.wait, 10)

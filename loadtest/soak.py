@@ -37,11 +37,14 @@ from typing import Any
 import httpx
 
 from flotilla.settings import WorkerSettings
+from loadtest.fleet import children_of
 
 ROOT = Path(__file__).resolve().parents[1]
 AMQP = "amqp://guest:guest@127.0.0.1:5672/"
 REDIS = "redis://127.0.0.1:6379/0"
 PROBE_APP = ROOT / "tests" / "guests" / "python" / "probe" / "app.py"
+# The supervisor's line once every worker process consumes (worker/supervisor.py).
+WORKER_READY = b"worker processes consuming"
 SECRET_ENV = "FLOTILLA_SOAK_SECRET"  # set in the workers' environment; no guest may see it
 
 
@@ -236,16 +239,20 @@ class Fleet:
         name: str,
         *,
         concurrency: int = 2,
+        processes: int = 0,
         redis_url: str | None = None,
         wait: bool = True,
         extra: tuple[str, ...] = (),
     ) -> None:
-        """Start a worker; with `wait`, return once it consumes."""
+        """Start a worker (a supervisor of `processes`, 0: its default); with `wait`, return
+        once all its processes consume."""
         args = [sys.executable, "-m", "flotilla", "worker", *self._common(redis_url)]
         args += ["--metrics-port", "0", "--concurrency", str(concurrency), *extra]
+        if processes:
+            args += ["--processes", str(processes)]
         self._spawn(name, args, dict(self.env, **{SECRET_ENV: "worker-secret"}))
         if wait:
-            self._wait_log(name, b"worker consuming", 60)
+            self._wait_log(name, WORKER_READY, 60)
 
     def start(self, workers: int = 2, worker_concurrency: int = 2) -> None:
         """moto, one dispatcher and `workers` workers, each ready."""
@@ -254,7 +261,7 @@ class Fleet:
         for i in range(workers):
             self.start_worker(f"worker-{i}", concurrency=worker_concurrency, wait=False)
         for i in range(workers):
-            self._wait_log(f"worker-{i}", b"worker consuming", 60)
+            self._wait_log(f"worker-{i}", WORKER_READY, 60)
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         """Send `sig` to one process and reap it."""
@@ -280,8 +287,12 @@ class Fleet:
         )
 
     def pids(self) -> dict[str, int]:
-        """Process ids of the fleet by name, plus this process as `soak`."""
+        """Process ids of the fleet by name (a worker's processes as `<name>.<i>`), plus this
+        process as `soak`."""
         out = {name: p.pid for name, p in self.procs.items() if p.poll() is None}
+        for name, pid in list(out.items()):  # a worker's processes run under its supervisor
+            for i, child in enumerate(sorted(children_of(pid))):
+                out[f"{name}.{i}"] = child
         out["soak"] = os.getpid()
         return out
 

@@ -20,7 +20,7 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -125,8 +125,11 @@ class WorkerService:
         *,
         runtime_factory: RuntimeFactory = sandbox_runtime,
         topology: Topology | None = None,
+        serve_probes: bool = True,
     ) -> None:
         self.settings = settings
+        # False under a supervisor, which serves the probes for all its processes.
+        self._serve_probes = serve_probes
         self.topology = topology or Topology(
             settings.queue_prefix, max_length=settings.queue_max_length,
             quorum_size=settings.quorum_size,
@@ -168,7 +171,8 @@ class WorkerService:
         )
         connection = None
         try:
-            await self._start_probes()
+            if self._serve_probes:
+                await self._start_probes()
             await self._start_services(runtime)
             ledger = connect_redis(settings.redis_url, max_connections=4)
             runtime.closers.append(ledger.close)
@@ -283,16 +287,31 @@ async def _close_service(service: Any) -> None:
         log.exception("closing %r failed", service)
 
 
-def run_process(settings: WorkerSettings, runtime_factory: RuntimeFactory = sandbox_runtime) -> int:
-    """Run a worker in this process until SIGTERM/SIGINT; returns the exit status."""
+def run_process(
+    settings: WorkerSettings,
+    runtime_factory: RuntimeFactory = sandbox_runtime,
+    *,
+    link: Callable[[WorkerService], Coroutine[Any, Any, None]] | None = None,
+) -> int:
+    """Run a worker in this process until SIGTERM/SIGINT; returns the exit status.
+
+    With `link` (a supervised child, worker/supervisor.py), the process serves no probes and
+    `link(service)` runs beside it: the supervisor's line to this process."""
 
     service: WorkerService | None = None
 
     async def main() -> int:
         nonlocal service
-        service = WorkerService(settings, runtime_factory=runtime_factory)
+        service = WorkerService(settings, runtime_factory=runtime_factory,
+                                serve_probes=link is None)
         service.install_signal_handlers(asyncio.get_running_loop())
-        return await service.run()
+        if link is None:
+            return await service.run()
+        linked = asyncio.create_task(link(service))
+        try:
+            return await service.run()
+        finally:
+            linked.cancel()
 
     status = asyncio.run(main())
     # Python would join threads still blocked in a guest's host call at exit (a guest may

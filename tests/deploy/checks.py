@@ -14,7 +14,12 @@ from urllib.parse import urlsplit
 
 from flotilla.errors import SettingsError
 from flotilla.secrets import Keyring
-from flotilla.settings import DispatcherSettings, WorkerSettings, env_name
+from flotilla.settings import (
+    PER_PROCESS_CONCURRENCY,
+    DispatcherSettings,
+    WorkerSettings,
+    env_name,
+)
 from flotilla.topology import Topology
 
 Manifest = dict[str, Any]
@@ -340,8 +345,9 @@ def quantity(value: str | float) -> float:
     return float(text)
 
 
-def check_worker_concurrency(objects: list[Manifest]) -> list[str]:
-    """Worker concurrency is explicit and fits the CPU limit (os.cpu_count() sees the node)."""
+def check_worker_processes(objects: list[Manifest]) -> list[str]:
+    """Worker processes fit the CPU limit, and are explicit where no limit caps the default
+    (the supervisor would start one per core of the node)."""
     problems = []
     for deployment in find(objects, "Deployment", "flotilla-worker"):
         for c in pod_spec(deployment)["containers"]:
@@ -349,13 +355,18 @@ def check_worker_concurrency(objects: list[Manifest]) -> list[str]:
             known = setting_env_names(WorkerSettings)
             settings = WorkerSettings.from_env({k: v for k, v in env.items() if k in known})
             cpu_limit = c.get("resources", {}).get("limits", {}).get("cpu")
-            if settings.concurrency == 0:
-                problems.append("FLOTILLA_CONCURRENCY is 0: the worker would use the node's "
-                                "core count, not the pod's CPU limit")
-            elif cpu_limit is not None and settings.concurrency > math.ceil(quantity(cpu_limit)):
-                problems.append(f"FLOTILLA_CONCURRENCY {settings.concurrency} exceeds the CPU "
+            cpus = math.ceil(quantity(cpu_limit)) if cpu_limit is not None else None
+            processes = settings.worker_processes or cpus
+            if processes is None:
+                problems.append("FLOTILLA_WORKER_PROCESSES is 0 without a CPU limit: the "
+                                "supervisor would start a process per core of the node")
+                continue
+            if cpus is not None and processes > cpus:
+                problems.append(f"FLOTILLA_WORKER_PROCESSES {processes} exceeds the CPU "
                                 f"limit {cpu_limit}")
-            if settings.effective_prefetch() < settings.effective_concurrency():
+            threads = settings.concurrency or (
+                PER_PROCESS_CONCURRENCY if processes > 1 else cpus or 1)
+            if settings.prefetch and settings.prefetch < threads:
                 problems.append("FLOTILLA_PREFETCH below the concurrency leaves slots idle")
     return problems
 
@@ -578,7 +589,7 @@ ALL_CHECKS = (
     check_writable_paths,
     check_security_contexts,
     check_resources,
-    check_worker_concurrency,
+    check_worker_processes,
     check_disruption_budgets,
     check_dispatcher_autoscaler,
     check_worker_autoscaler,

@@ -1,4 +1,5 @@
-"""deploy/grafana/flotilla-dashboard.json queries only metrics and labels flotilla/metrics.py defines."""
+"""deploy/grafana/flotilla-dashboard.json queries only metrics and labels flotilla/metrics.py defines
+(worker processes, their supervisor, dispatchers), and shows every one of them."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 import pytest
 from prometheus_client.metrics import MetricWrapperBase
 
-from flotilla.metrics import DispatcherMetrics, WorkerMetrics
+from flotilla.metrics import DispatcherMetrics, SupervisorMetrics, WorkerMetrics
 from tests.deploy.conftest import REPO
 
 DASHBOARD = REPO / "deploy" / "grafana" / "flotilla-dashboard.json"
@@ -23,7 +24,7 @@ SUFFIXES = {"counter": ("_total",), "gauge": ("",), "histogram": ("_bucket", "_s
 def defined_series() -> dict[str, frozenset[str]]:
     """Every series name the processes expose (suffixes included) -> its label names."""
     series: dict[str, frozenset[str]] = {}
-    for metrics in (WorkerMetrics(), DispatcherMetrics()):
+    for metrics in (WorkerMetrics(), DispatcherMetrics(), SupervisorMetrics()):
         for metric in vars(metrics).values():
             if not isinstance(metric, MetricWrapperBase):
                 continue
@@ -47,7 +48,7 @@ def _collected_only(metrics: Any) -> list[Any]:
 def metric_families() -> set[str]:
     """Names as written in metrics.py (counters with `_total`)."""
     names = set()
-    for metrics in (WorkerMetrics(), DispatcherMetrics()):
+    for metrics in (WorkerMetrics(), DispatcherMetrics(), SupervisorMetrics()):
         for metric in vars(metrics).values():
             if isinstance(metric, MetricWrapperBase):
                 names.add(metric._name + ("_total" if metric._type == "counter" else ""))

@@ -31,6 +31,7 @@ from flotilla.sandbox import Sandbox
 from flotilla.settings import WorkerSettings
 from flotilla.topology import Topology
 from loadtest.bare_echo import BareEchoClient
+from loadtest.fleet import children_of
 from loadtest.runner import closed_loop
 from tests.guests.wat import build_wat
 from tests.services import moto_server
@@ -41,9 +42,13 @@ REDIS = "redis://127.0.0.1:6379/0"
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time of a process and its live children (a worker's processes run
+    under its supervisor), from /proc."""
+    total = 0.0
+    for one in (pid, *children_of(pid)):
+        fields = Path(f"/proc/{one}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def broker_pid() -> int:
@@ -84,7 +89,7 @@ async def main(aws: str) -> None:
         "--prefetch", os.environ.get("PREFETCH", "0"), "--metrics-port", "0",
         cwd=ROOT, stderr=asyncio.subprocess.PIPE,
     )
-    await wait_line(worker.stderr, b"worker consuming")
+    await wait_line(worker.stderr, b"worker processes consuming")
     queue = f"bare-{uuid.uuid4().hex[:8]}"
     server = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "loadtest.bare_echo", "serve", AMQP, queue,

@@ -84,7 +84,7 @@ async def start_worker(
         "--prefetch", os.environ.get("PREFETCH", "0"), "--metrics-port", "0",
         cwd=tree, env=dict(os.environ, PYTHONPATH=tree), stderr=asyncio.subprocess.PIPE,
     )
-    await wait_line(worker.stderr, b"worker consuming")
+    await wait_line(worker.stderr, b"worker processes consuming")
 
     async def drain(stream: asyncio.StreamReader | None) -> None:
         assert stream is not None

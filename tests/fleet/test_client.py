@@ -84,7 +84,7 @@ async def fleet(
     async def consuming() -> None:
         assert worker.stderr is not None
         async for line in worker.stderr:
-            if b"worker consuming" in line:
+            if b"worker processes consuming" in line:
                 return
         raise AssertionError("the worker exited before consuming")
     await asyncio.wait_for(consuming(), 60)

@@ -1,12 +1,13 @@
-"""Worker processes against a real RabbitMQ: sharing a queue, SIGKILL, SIGTERM drain,
-poison messages and the delivery limit, a cut network connection."""
+"""Workers against a real RabbitMQ, each a supervisor of two worker processes (the default
+shape of `flotilla worker`): sharing a queue, SIGKILL of a process mid-invocation, SIGTERM
+drain, poison messages and the delivery limit, a cut network connection."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
-import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -19,94 +20,22 @@ from flotilla.topology import Topology
 from flotilla.transport import AmqpTransport
 from tests.fleet.fakes import envelope
 from tests.fleet.proxy import CuttableProxy
+from tests.fleet.workers import LIMIT, WorkerProcess, alive, started
 from worker.handler import POISON_RUNS
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
-ROOT = Path(__file__).resolve().parents[2]
-LIMIT = 2  # delivery limit of these tests' topology (workers must declare the same)
-
-
-class WorkerProcess:
-    """A `tests.fleet.fake_worker` subprocess whose stdout lines can be awaited."""
-
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-        self.lines: asyncio.Queue[str] = asyncio.Queue()
-        self.ready = asyncio.Event()
-        self._reader = asyncio.create_task(self._read())
-
-    @classmethod
-    async def start(
-        cls,
-        amqp_url: str,
-        prefix: str,
-        started: list[WorkerProcess],
-        *,
-        concurrency: int = 2,
-        delivery_limit: int = LIMIT,
-        prefetch: int = 0,
-    ) -> WorkerProcess:
-        """Start one; it is in `started` (for cleanup) before its readiness is awaited."""
-        env = dict(
-            os.environ,
-            FLOTILLA_AMQP_URL=amqp_url,
-            FLOTILLA_QUEUE_PREFIX=prefix,
-            FLOTILLA_CONCURRENCY=str(concurrency),
-            FLOTILLA_DRAIN_TIMEOUT_S="20",
-            FLOTILLA_METRICS_PORT="0",
-            FLOTILLA_PREFETCH=str(prefetch),
-        )
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "tests.fleet.fake_worker", str(delivery_limit),
-            cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE,
-        )
-        worker = cls(proc)
-        started.append(worker)
-        # Ready, or already gone (a `crash` delivery can beat the "ready" line).
-        ready = asyncio.create_task(worker.ready.wait())
-        exited = asyncio.create_task(proc.wait())
-        done, _ = await asyncio.wait({ready, exited}, timeout=30, return_when="FIRST_COMPLETED")
-        ready.cancel()
-        exited.cancel()
-        assert done, f"worker not ready; printed {list(worker.lines._queue)}"
-        return worker
-
-    async def _read(self) -> None:
-        assert self.proc.stdout is not None
-        async for raw in self.proc.stdout:
-            # "ready" may be printed after the first delivery already started.
-            line = raw.decode().strip()
-            if line == "ready":
-                self.ready.set()
-            else:
-                await self.lines.put(line)
-        await self.lines.put("<eof>")
-
-    async def expect(self, prefix: str, timeout: float = 30) -> str:
-        """The next stdout line; it must start with `prefix`."""
-        line = await asyncio.wait_for(self.lines.get(), timeout)
-        assert line.startswith(prefix), f"expected {prefix!r}, worker printed {line!r}"
-        return line
-
-    async def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
-        if self.proc.returncode is None:
-            self.proc.send_signal(sig)
-        return await asyncio.wait_for(self.proc.wait(), timeout)
-
 
 @pytest.fixture
 async def spawn(amqp_url: str, topology: Topology) -> AsyncIterator[Callable[..., object]]:
-    started: list[WorkerProcess] = []
+    workers: list[WorkerProcess] = []
 
-    async def spawn_one(url: str = amqp_url, **kw: int) -> WorkerProcess:
-        return await WorkerProcess.start(url, topology.prefix, started, **kw)
+    async def spawn_one(url: str = amqp_url, **kw: object) -> WorkerProcess:
+        return await WorkerProcess.start(url, topology.prefix, workers, **kw)  # type: ignore[arg-type]
 
     yield spawn_one
-    for w in started:
-        if w.proc.returncode is None:
-            w.proc.kill()
-            await w.proc.wait()
+    for w in workers:
+        await w.close()
 
 
 @pytest.fixture
@@ -121,39 +50,68 @@ async def caller(amqp_url: str, topology_limited: Topology, unique: str) -> Asyn
 
 
 async def test_two_workers_share_one_queue(spawn, caller: AmqpTransport) -> None:  # type: ignore[no-untyped-def]
-    a, b = await spawn(), await spawn()
+    # Shallow prefetch, so the broker spreads the calls over every consumer.
+    a, b = await spawn(prefetch=2), await spawn(prefetch=2)
     replies = await asyncio.gather(
         *(caller.call(envelope("sleep", b"30"), timeout=30) for _ in range(40))
     )
     assert all(r.outcome == "ok" for r in replies)
-    pids = {dict(r.headers)["x-worker"] for r in replies}
-    assert pids == {str(a.proc.pid), str(b.proc.pid)}
+    pids = {int(dict(r.headers)["x-worker"]) for r in replies}
+    assert len(a.children()) == len(b.children()) == 2
+    assert pids == a.children() | b.children()  # all four processes of both workers ran some
 
 
-async def test_sigkill_mid_invocation_redelivers_to_another_worker(spawn, caller: AmqpTransport) -> None:  # type: ignore[no-untyped-def]
-    a = await spawn()
-    env = envelope("sleep", b"200")
+async def test_sigkill_of_a_process_mid_invocation_redelivers_to_another(spawn, caller: AmqpTransport) -> None:  # type: ignore[no-untyped-def]
+    w = await spawn()
+    env = envelope("sleep", b"300")
     call = asyncio.create_task(caller.call(env, timeout=60))
-    assert await a.expect("started") == f"started {env.invocation_id}"
-    await a.stop(signal.SIGKILL)
-    b = await spawn()
-    assert await b.expect("started") == f"started {env.invocation_id}"
+    invocation, victim = started(await w.expect("started"))
+    assert invocation == env.invocation_id
+    os.kill(victim, signal.SIGKILL)
+    # The other process (or the victim's replacement) runs it again and answers.
+    again, pid = started(await w.expect("started"))
+    assert (again, pid != victim) == (env.invocation_id, True)
     reply = await call
-    assert (reply.outcome, dict(reply.headers)["x-worker"]) == ("ok", str(b.proc.pid))
-    # Exactly one reply: the killed worker never published one.
-    assert await b.stop() == 0
+    assert (reply.outcome, dict(reply.headers)["x-worker"]) == ("ok", str(pid))
+    # Exactly one reply: the killed process never published one.
+    assert await w.stop() == 0
     assert caller.stray_replies == 0
 
 
-async def test_sigterm_drains_in_flight_work(spawn, caller: AmqpTransport) -> None:  # type: ignore[no-untyped-def]
+async def test_sigkill_of_the_supervisor_mid_invocation_lets_its_processes_drain(spawn, caller: AmqpTransport, amqp_url: str, topology_limited: Topology) -> None:  # type: ignore[no-untyped-def]
     w = await spawn()
+    children = w.children()
+    metrics_dir = _environ(min(children))["PROMETHEUS_MULTIPROC_DIR"]
     env = envelope("sleep", b"1000")
     call = asyncio.create_task(caller.call(env, timeout=30))
-    await w.expect("started")
+    _, pid = started(await w.expect("started"))
+    await w.stop(signal.SIGKILL)
+    # Their link to the supervisor closed: the processes stop consuming, finish the
+    # invocation in flight and exit; none is left consuming as an orphan.
+    reply = await call
+    assert (reply.outcome, dict(reply.headers)["x-worker"]) == ("ok", str(pid))
+    for child in children:
+        await _gone(child)
+    assert await _consumers(amqp_url, topology_limited.invocations) == 0
+    shutil.rmtree(metrics_dir)  # a SIGKILLed supervisor cannot remove it itself
+
+
+def _environ(pid: int) -> dict[str, str]:
+    """The environment of process `pid`."""
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    return dict(item.split("=", 1) for item in raw.decode().split("\0") if "=" in item)
+
+
+async def test_sigterm_drains_every_process(spawn, caller: AmqpTransport) -> None:  # type: ignore[no-untyped-def]
+    w = await spawn(concurrency=1, prefetch=1)  # one envelope in each process
+    envs = [envelope("sleep", b"1000") for _ in range(2)]
+    calls = [asyncio.create_task(caller.call(env, timeout=30)) for env in envs]
+    runs = [started(await w.expect("started")) for _ in envs]
+    assert {pid for _, pid in runs} == w.children()
     w.proc.send_signal(signal.SIGTERM)
     await w.expect("stopping")
-    reply = await call
-    assert (reply.outcome, reply.body) == ("ok", b"1000")
+    replies = await asyncio.gather(*calls)
+    assert [(r.outcome, r.body) for r in replies] == [("ok", b"1000")] * 2
     assert await asyncio.wait_for(w.proc.wait(), 30) == 0
 
 
@@ -167,63 +125,79 @@ async def test_second_sigterm_exits_at_once_and_work_is_redelivered(spawn, calle
     w.proc.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(w.proc.wait(), 1.5) == 1  # before the 2 s invocation ended
     other = await spawn()
-    assert await other.expect("started") == f"started {env.invocation_id}"
+    assert started(await other.expect("started"))[0] == env.invocation_id
     assert (await call).outcome == "ok"
 
 
 async def test_poison_message_reaches_the_dlq(spawn, caller: AmqpTransport, amqp_url: str, topology: Topology) -> None:  # type: ignore[no-untyped-def]
     env = envelope("crash", job=True)
     await caller.submit(env)
-    crashes = 0
-    history: list[tuple[str, int | None]] = []  # (what the worker printed, its exit status)
     dead = await _dead_letter_waiter(amqp_url, topology.dead_letters)
-    while not dead.done():
-        w = await spawn()
-        started = asyncio.create_task(w.expect("started"))
-        await asyncio.wait({started, dead}, return_when=asyncio.FIRST_COMPLETED)
-        if started.done():
-            status = await asyncio.wait_for(w.proc.wait(), 10)
-            history.append((str(started.exception() or started.result()), status))
-            assert status == 3, f"worker did not crash as told: {history}"
-            crashes += 1
-        else:
-            started.cancel()
-            history.append(("dead-lettered", await w.stop()))
-        assert crashes <= LIMIT + 1, f"the delivery limit did not dead-letter it: {history}"
+    # Each run kills the process running it; the supervisor starts another each time.
+    w = await spawn(wait=False)
+    runs = await _runs_until(w, dead, env.invocation_id, LIMIT + 1)
     message = await dead
     assert Envelope.decode(message.body).invocation_id == env.invocation_id
-    assert crashes == LIMIT + 1, history
+    assert runs == LIMIT + 1
+    assert w.proc.returncode is None  # the supervisor outlived every crash
 
 
 async def test_runs_not_deliveries_decide_poison(spawn, amqp_url: str, topology: Topology, unique: str) -> None:  # type: ignore[no-untyped-def]
     # The broker's delivery limit is only a backstop here; workers prefetch deeply. A poison
-    # envelope at the head of the queue kills every worker that starts it, while six innocent
-    # envelopes sit prefetched (never started) in each of those workers.
+    # envelope at the head of the queue kills every process that starts it, while six
+    # innocent envelopes sit prefetched (never started) in the processes it kills.
     backstop = Topology(topology.prefix, delivery_limit=20, max_length=1_000)
     async with AmqpTransport(amqp_url, backstop, connection_name=f"caller-{unique}") as caller:
         poison = envelope("crash")
         innocents = [envelope("echo", f"innocent {n}".encode()) for n in range(6)]
         calls = [asyncio.create_task(caller.call(e, timeout=120)) for e in (poison, *innocents)]
         await _queued(amqp_url, backstop.invocations, len(calls))
-        crashes = 0
-        while not calls[0].done():
-            w = await spawn(concurrency=1, delivery_limit=20, prefetch=8)
-            exited = asyncio.create_task(w.proc.wait())
-            await asyncio.wait({exited, calls[0]}, timeout=60, return_when=asyncio.FIRST_COMPLETED)
-            if exited.done():
-                assert exited.result() == 3, "the worker did not die of the poison"
-                crashes += 1
-            assert crashes <= POISON_RUNS, "the run count did not stop the poison"
+        w = await spawn(concurrency=1, delivery_limit=20, prefetch=8, wait=False)
+        runs = await _runs_until(w, calls[0], poison.invocation_id, POISON_RUNS)
         reply = await calls[0]
         assert reply.outcome == "internal" and "dead-lettered" in reply.error, reply
-        # Each innocent was held by POISON_RUNS dying workers (a delivery counted each time,
-        # past the old limit of 2) and still ran, once the poison was out of the way.
+        # Innocents held by dying processes (a delivery counted each time, past the old
+        # limit of 2) still ran, once the poison was out of the way.
         replies = await asyncio.gather(*calls[1:])
         assert [(r.outcome, r.body) for r in replies] == [("ok", e.body) for e in innocents]
-    assert crashes == POISON_RUNS
+    assert runs == POISON_RUNS
     dead = await _dead_letter_waiter(amqp_url, backstop.dead_letters)
     message = await asyncio.wait_for(dead, 10)
     assert Envelope.decode(message.body).invocation_id == poison.invocation_id
+
+
+async def _runs_until(w: WorkerProcess, done: asyncio.Future[object], invocation_id: str,
+                      most: int) -> int:
+    """Count the starts of `invocation_id` (each one kills its process) until `done`."""
+    runs = 0
+    while not done.done():
+        line = asyncio.create_task(w.expect("started", timeout=60))
+        await asyncio.wait({line, done}, return_when=asyncio.FIRST_COMPLETED)
+        if not line.done():
+            line.cancel()
+            break
+        if started(line.result())[0] == invocation_id:
+            runs += 1
+        assert runs <= most, "neither the delivery limit nor the run count stopped the poison"
+    return runs
+
+
+async def _gone(pid: int, timeout: float = 30) -> None:
+    """Wait until process `pid` has exited (it is not our child: poll /proc)."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while alive(pid):
+        assert loop.time() < end, f"process {pid} still running"
+        await asyncio.sleep(0.05)
+
+
+async def _consumers(amqp_url: str, queue_name: str) -> int:
+    """How many consumers `queue_name` has."""
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(queue_name, passive=True)
+        return int(queue.declaration_result.consumer_count)
 
 
 async def _queued(amqp_url: str, queue_name: str, count: int) -> None:
@@ -247,6 +221,7 @@ async def test_worker_survives_a_cut_connection(spawn, caller: AmqpTransport, am
         proxied = amqp_url.replace(f"{url.hostname}:{url.port}", f"127.0.0.1:{proxy.port}")
         w = await spawn(proxied)
         assert (await caller.call(envelope("echo", b"before"), timeout=10)).body == b"before"
+        connected = proxy.accepted  # one connection per process
         # Cut mid-invocation: the delivery is redelivered and answered after the reconnect.
         env = envelope("sleep", b"500")
         call = asyncio.create_task(caller.call(env, timeout=60))
@@ -254,7 +229,9 @@ async def test_worker_survives_a_cut_connection(spawn, caller: AmqpTransport, am
         proxy.cut()
         reply = await call
         assert reply.outcome == "ok"
-        assert proxy.accepted >= 2  # the worker reconnected through the proxy
+        await w.until_ready()
+        assert connected == 2
+        assert proxy.accepted >= connected + 2  # both processes reconnected through it
         assert (await caller.call(envelope("echo", b"after"), timeout=30)).body == b"after"
     finally:
         await proxy.close()

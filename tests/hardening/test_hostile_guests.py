@@ -391,10 +391,12 @@ async def test_hostile_guests_do_not_hurt_a_normal_one_on_the_same_worker(
     # One worker process with three slots: two run hostile guests (a CPU loop until its 6 s
     # timeout, a memory bomb, an exit, an uncaught exception) while the third serves a
     # normal function whose own timeout is 2 s: every normal call must still succeed.
+    # One process (--processes 1): the point is hostile guests beside a normal one in the
+    # same address space; spread over two processes they might never meet.
     fleet = Fleet(amqp_url, redis_url, aws_endpoint_url=aws_endpoint_url)
     try:
         await asyncio.to_thread(fleet.start_dispatcher)
-        await asyncio.to_thread(fleet.start_worker, "worker", concurrency=3)
+        await asyncio.to_thread(fleet.start_worker, "worker", concurrency=3, processes=1)
         wasm = probe_wasm.read_bytes()
         async with httpx.AsyncClient(base_url=fleet.api, timeout=30) as client:
             for name, config in (
@@ -453,11 +455,14 @@ async def test_blocked_guest_is_answered_at_its_timeout_by_a_real_worker(
     # poll for 6 s with a 500 ms timeout gets its 504 from the worker long before the sleep
     # ends, while a normal function keeps meeting its own 2 s timeout on the same worker.
     # A second sleeper reaches the cap: /readyz says 503 until the first thread comes back.
+    # One process (--processes 1): the cap is per process, and the two sleepers must land in
+    # the same one to reach it.
     fleet = Fleet(amqp_url, redis_url, aws_endpoint_url=aws_endpoint_url)
     try:
         await asyncio.to_thread(fleet.start_dispatcher)
         await asyncio.to_thread(
-            fleet.start_worker, "worker", concurrency=2, extra=("--max-abandoned-threads", "2")
+            fleet.start_worker, "worker", concurrency=2, processes=1,
+            extra=("--max-abandoned-threads", "2"),
         )
         found = re.search(r"/readyz on port (\d+)", fleet.log_tail("worker", 20_000))
         assert found, fleet.log_tail("worker")

@@ -18,11 +18,11 @@ async def fleet(
     echo_wasm: Path,  # noqa: F811
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[Fleet]:
-    """`flotilla dispatcher` and one `flotilla worker` process (DEBUG JSON logs to files), shared
-    by the tests/ops modules,
-    with the probe and echo guests deployed; queues deleted afterwards."""
+    """`flotilla dispatcher` and one `flotilla worker` of two processes (DEBUG JSON logs to
+    files), shared by the tests/ops modules, with the probe and echo guests deployed; queues
+    deleted afterwards."""
     fleet = Fleet(
-        workers=1, concurrency=2, amqp_url=amqp_url, redis_url=redis_url,
+        workers=1, processes=2, concurrency=2, amqp_url=amqp_url, redis_url=redis_url,
         aws_endpoint_url=aws_endpoint_url, log_dir=tmp_path_factory.mktemp("fleet-logs"),
         log_level="DEBUG",
     )

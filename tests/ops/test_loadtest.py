@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -60,3 +61,40 @@ async def test_closed_loop_mixed_against_rabbitmq(fleet: Fleet, tmp_path: Path) 
     assert status == 0, text
     doc = check_result(out, "mixed", "closed")
     assert doc["runs"][0]["summary"]["concurrency"] == 4
+
+
+@pytest.mark.integration
+@pytest.mark.asyncio
+async def test_procs_compares_worker_shapes_end_to_end(tmp_path: Path) -> None:
+    out = tmp_path / "procs"
+    status, text = await loadtest("procs", "--shapes", "1x2", "2x1", "--rounds", "2",
+                                  "--round-s", "1", "--concurrency", "4", "--out", str(out))
+    assert status == 0, text
+    doc = json.loads(out.with_suffix(".json").read_text())
+    rows = {row["shape"]: row for row in doc["table"]}
+    assert set(rows) == {"1x2", "2x1"}
+    for row in rows.values():
+        assert row["rps"] > 0 and row["c1_p50_ms"] > 0 and row["errors"] == 0
+        assert len(row["rounds_rps"]) == 2 and row["worker_cpu_us_per_call"] > 0
+    assert rows["1x2"]["rps_vs_first"] == "1.00x"
+    # Memory of every process of each worker: a supervisor and its P processes.
+    memory = doc["memory_kib"]
+    assert set(memory["1x2"]) == {"supervisor", "process 0"}
+    assert set(memory["2x1"]) == {"supervisor", "process 0", "process 1"}
+    assert all(m["pss"] > 0 and m["rss"] >= m["pss"] for m in memory["2x1"].values())
+
+
+@pytest.mark.integration
+@pytest.mark.asyncio
+async def test_procs_drain_and_memory_modes() -> None:
+    status, text = await loadtest("procs", "--shapes", "2x1", "--drain", "40", "--rounds", "1")
+    assert status == 0, text
+    assert re.search(r"^2x1\s+\d+\s+1\.00x\s+\d+", text, re.MULTILINE), text
+    status, text = await loadtest("procs", "--shapes", "2x1", "--memory")
+    assert status == 0, text
+    row = re.search(r"^2x1((?:\s+[\d.]+){8})\s+0\s*$", text, re.MULTILINE)
+    assert row, text
+    sup_rss, sup_pss, rss, pss, _, _, total_rss, total_pss = map(float, row.group(1).split())
+    assert 0 < sup_pss <= sup_rss and 0 < pss <= rss
+    assert total_rss == pytest.approx(sup_rss + 2 * rss, abs=1)
+    assert total_pss == pytest.approx(sup_pss + 2 * pss, abs=1)

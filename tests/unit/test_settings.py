@@ -28,6 +28,7 @@ Settings = type[WorkerSettings] | type[DispatcherSettings]
         (WorkerSettings, {"FLOTILLA_AWS_ENDPOINT_URL": "http://s3"},
          {"aws_endpoint_url": "http://s3"}),
         (WorkerSettings, {"FLOTILLA_LOG_FORMAT": "text"}, {"log_format": "text"}),
+        (WorkerSettings, {"FLOTILLA_WORKER_PROCESSES": "4"}, {"worker_processes": 4}),
         (WorkerSettings, {"FLOTILLA_LISTEN": "x", "FLOTILLA_API_KEY": "k"}, {}),  # not its own
         (DispatcherSettings, {"FLOTILLA_INSECURE": "true"}, {"insecure": True}),
         (DispatcherSettings, {"FLOTILLA_INSECURE": "0"}, {"insecure": False}),
@@ -55,6 +56,8 @@ def test_environment_is_parsed_to_the_fields_types(
         (WorkerSettings, "FLOTILLA_DRAIN_TIMEOUT_S", "soon", "must be a number, got 'soon'"),
         (WorkerSettings, "FLOTILLA_MAX_ABANDONED_THREADS", "-1", "must be >= 0, got -1"),
         (WorkerSettings, "FLOTILLA_QUEUE_MAX_LENGTH", "0", "must be >= 1, got 0"),
+        (WorkerSettings, "FLOTILLA_WORKER_PROCESSES", "-1", "must be >= 0, got -1"),
+        (WorkerSettings, "FLOTILLA_WORKER_PROCESSES", "257", "must be <= 256, got 257"),
         (WorkerSettings, "FLOTILLA_LOG_FORMAT", "xml", "must be one of 'json' or 'text'"),
         (WorkerSettings, "FLOTILLA_LOG_LEVEL", "LOUD", "must be one of DEBUG, INFO"),
         (DispatcherSettings, "FLOTILLA_LISTEN", "localhost", "must be host:port"),
@@ -106,6 +109,8 @@ def test_settings_are_frozen() -> None:
         (["worker", "--concurrency", "5", "--drain-timeout-s", "1.5"],
          {"concurrency": 5, "drain_timeout_s": 1.5}),
         (["worker", "--log-format", "text"], {"log_format": "text"}),
+        (["worker", "--processes", "3"], {"worker_processes": 3}),
+        (["worker", "--worker-processes", "3"], {"worker_processes": 3}),
         (["dispatcher", "--insecure", "--job-ttl-s", "60"], {"insecure": True, "job_ttl_s": 60}),
         (["dispatcher", "--no-insecure"], {"insecure": False}),
     ],
@@ -149,3 +154,25 @@ def test_readme_table_lists_every_setting_with_its_process() -> None:
     expected |= {env_name(f): "dispatcher" for f in dispatcher - worker}
     # FLOTILLA_API_KEY is read by the CLI's client commands, not by a process's settings.
     assert {k: v for k, v in table.items() if k != "FLOTILLA_API_KEY"} == expected
+
+
+@pytest.mark.parametrize(
+    ("values", "cpus", "processes", "concurrency"),
+    [
+        ({}, 4, 4, 2),  # one process per CPU, two invocations each
+        ({}, 1, 1, 1),  # one CPU: one process with one invocation at a time
+        ({"worker_processes": 1}, 4, 1, 4),  # one process: as many invocations as CPUs
+        ({"worker_processes": 3}, 1, 3, 2),
+        ({"worker_processes": 2, "concurrency": 5}, 8, 2, 5),  # explicit values win
+        ({"concurrency": 1}, 2, 2, 1),
+    ],
+)
+def test_processes_and_concurrency_default_from_the_cpus(
+    values: dict[str, int], cpus: int, processes: int, concurrency: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("flotilla.settings.available_cpus", lambda: cpus)
+    settings = WorkerSettings(**values)
+    assert (settings.effective_processes(), settings.effective_concurrency()) == (
+        processes, concurrency)
+    assert settings.effective_prefetch() == 16 * concurrency  # per process
