@@ -35,6 +35,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from loadtest.fleet import build_guests, children_of
 from loadtest.runner import closed_loop
@@ -295,10 +296,30 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _broker_pid() -> int | None:
-    done = subprocess.run(["pgrep", "-f", "beam.smp"], capture_output=True, text=True, check=False)
-    pids = done.stdout.split()
-    return int(pids[0]) if pids else None
+def _listening_pid(port: int) -> int | None:
+    """The process listening on TCP `port` of this machine, from /proc (None when unknown).
+
+    Other RabbitMQ nodes may run beside the machine's own (cluster tests), so the broker is
+    found by the port it serves rather than by its name."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # LISTEN
+                inodes.add(f"socket:[{fields[9]}]")
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if any(os.readlink(fd) in inodes for fd in (proc / "fd").iterdir()):
+                return int(proc.name)
+        except OSError:  # gone, or not ours to read
+            continue
+    return None
 
 
 def _cpu(pids: dict[str, int]) -> dict[str, float]:
@@ -450,7 +471,7 @@ async def run_e2e(
                 celery_body = BODY.decode()
                 calls["celery"] = lambda: celery.call(celery_body)
                 pids["celery_worker"] = celery_worker.pid
-            if (broker := _broker_pid()) is not None:
+            if (broker := _listening_pid(urlsplit(amqp_url).port or 5672)) is not None:
                 pids["broker"] = broker
             await _measure(calls, plan, results, pids)
     finally:
