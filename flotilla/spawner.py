@@ -39,6 +39,7 @@ from flotilla.config import NAME_RE
 from flotilla.envelope import KIND_SPAWNED, Envelope
 from flotilla.errors import BodyTooLarge, FunctionNotFound, Unavailable
 from flotilla.hosts.base import HostError, InvocationContext
+from flotilla.hosts.observe import Meter, Observe
 from flotilla.hosts.spawn import MAX_SPAWNS_PER_INVOCATION
 from flotilla.invoker import DEFAULT_JOB_TTL_S, Invoker
 from flotilla.jobs import JobStore
@@ -94,9 +95,12 @@ class Spawner:
         job_ttl_s: int = DEFAULT_JOB_TTL_S,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         tracing: Tracing | None = None,
+        observe: Observe | None = None,
     ) -> None:
         """`versions`: the registry (or a ResolveCache over it); `loop`: the worker's event
-        loop, where `jobs` and `publisher` live; `tracing`: a publish span per spawn."""
+        loop, where `jobs` and `publisher` live; `tracing`: a publish span per spawn;
+        `observe`: the host-call hook (metrics, trace spans) as the other hosts have it."""
+        self._meter = Meter("spawn", observe)
         self.loop = loop
         self.publisher = publisher
         self.timeout_s = timeout_s
@@ -109,6 +113,13 @@ class Spawner:
         body: bytes,
     ) -> str:
         """Queue a job of `function` for the invocation `ctx`; its id (HostError otherwise)."""
+        with self._meter.measure("job"):
+            return self._job(ctx, function, headers, body)
+
+    def _job(
+        self, ctx: InvocationContext, function: str, headers: Sequence[tuple[str, str]],
+        body: bytes,
+    ) -> str:
         if not NAME_RE.match(function):
             raise HostError("invalid-argument", f"{function!r} is not a function name")
         if function not in ctx.config.spawn_functions:

@@ -218,7 +218,7 @@ def build_dev(
     hosts = hosts.with_clients(topics=BusPublisher(topics, loop))
     # Spawned jobs go through the same transport; it is attached once it exists.
     spawner = Spawner(ResolveCache(registry), jobs, loop, job_ttl_s=settings.job_ttl_s,
-                      tracing=tracing)
+                      tracing=tracing, observe=observe)
     hosts = hosts.with_clients(spawn=spawner)
     try:
         sandbox = Sandbox(hosts, cache_dir=cache_dir)

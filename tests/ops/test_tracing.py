@@ -7,122 +7,41 @@ come back as one tree in the caller's trace: the dispatcher's HTTP span, its pub
 worker's queue wait and run, the run's instantiate and call, and one span per host call
 carrying interface, operation and outcome only (never the key or the value). A job
 submitted over HTTP runs in its submitter's trace, under the publish of the submitting
-request.
+request. Dev mode traces the same way, and a spawned job runs under the publish its
+spawning run made.
 """
 
 from __future__ import annotations
 
 import asyncio
-import gzip
 import json
-import threading
-import time
+import os
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 import pytest_asyncio
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceRequest,
-    ExportTraceServiceResponse,
-)
 
+from flotilla.dev.stack import build_dev
+from flotilla.settings import DispatcherSettings
 from loadtest.fleet import Fleet
 from tests.guests.build import probe_wasm  # noqa: F401 - fixture
+from tests.ops.otlp import (
+    CLIENT,
+    CONSUMER,
+    ERROR,
+    PRODUCER,
+    SERVER,
+    Receiver,
+    Span,
+    new_traceparent,
+    of_trace,
+    one,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
-
-
-@dataclass(frozen=True)
-class Span:
-    """One received span, flattened."""
-
-    service: str
-    name: str
-    trace_id: str
-    span_id: str
-    parent_id: str
-    kind: int
-    start_ns: int
-    end_ns: int
-    attributes: dict[str, Any]
-    status_code: int
-
-
-class Receiver:
-    """An OTLP/HTTP traces endpoint (POST /v1/traces, protobuf) keeping every span."""
-
-    def __init__(self) -> None:
-        self.spans: list[Span] = []
-        self.requests = 0
-        self._changed = threading.Condition()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                if self.headers.get("Content-Encoding") == "gzip":
-                    body = gzip.decompress(body)
-                ok = self.path == "/v1/traces" and \
-                    self.headers.get("Content-Type") == "application/x-protobuf"
-                if ok:
-                    receiver.take(ExportTraceServiceRequest.FromString(body))
-                answer = ExportTraceServiceResponse().SerializeToString()
-                self.send_response(200 if ok else 404)
-                self.send_header("Content-Type", "application/x-protobuf")
-                self.send_header("Content-Length", str(len(answer)))
-                self.end_headers()
-                self.wfile.write(answer)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.endpoint = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-
-    def take(self, request: ExportTraceServiceRequest) -> None:
-        spans = []
-        for resource_spans in request.resource_spans:
-            service = next((a.value.string_value for a in resource_spans.resource.attributes
-                            if a.key == "service.name"), "")
-            for scope_spans in resource_spans.scope_spans:
-                for s in scope_spans.spans:
-                    spans.append(Span(
-                        service, s.name, s.trace_id.hex(), s.span_id.hex(),
-                        s.parent_span_id.hex(), s.kind, s.start_time_unix_nano,
-                        s.end_time_unix_nano,
-                        {a.key: _value(a.value) for a in s.attributes}, s.status.code,
-                    ))
-        with self._changed:
-            self.requests += 1
-            self.spans.extend(spans)
-            self._changed.notify_all()
-
-    def wait(self, done: Callable[[list[Span]], bool], timeout: float = 20) -> list[Span]:
-        """The spans received, once `done(spans)` holds (AssertionError after `timeout`)."""
-        end = time.monotonic() + timeout
-        with self._changed:
-            while not done(self.spans):
-                left = end - time.monotonic()
-                assert left > 0, f"spans did not arrive: {[s.name for s in self.spans]}"
-                self._changed.wait(left)
-            return list(self.spans)
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-
-def _value(value: Any) -> Any:
-    kind = value.WhichOneof("value")
-    return getattr(value, kind) if kind else None
 
 
 @pytest.fixture(scope="module")
@@ -155,28 +74,6 @@ async def fleet(
         yield fleet
     finally:
         await fleet.stop()
-
-
-def new_traceparent() -> tuple[str, str, str]:
-    """(traceparent, trace id, span id) of a caller's span."""
-    trace_id, span_id = uuid.uuid4().hex, uuid.uuid4().hex[:16]
-    return f"00-{trace_id}-{span_id}-01", trace_id, span_id
-
-
-def of_trace(trace_id: str, names: set[str]) -> Callable[[list[Span]], bool]:
-    def done(spans: list[Span]) -> bool:
-        return names <= {s.name for s in spans if s.trace_id == trace_id}
-    return done
-
-
-def one(spans: list[Span], name: str) -> Span:
-    found = [s for s in spans if s.name == name]
-    assert len(found) == 1, (name, [s.name for s in spans])
-    return found[0]
-
-
-SERVER, CLIENT, PRODUCER, CONSUMER = 2, 3, 4, 5  # OTLP Span.SpanKind
-ERROR = 2  # OTLP Status.StatusCode
 
 
 async def test_a_call_is_one_tree_in_the_callers_trace(
@@ -269,3 +166,50 @@ async def test_probes_and_scrapes_are_not_traced(fleet: Fleet, receiver: Receive
     assert {s.name for s in spans[before:]} >= {"GET /v1/functions/{name}"}
     assert not [s for s in spans[before:] if s.name.startswith(("GET /healthz", "GET /metrics",
                                                                  "GET unmatched"))]
+
+
+async def test_dev_mode_traces_a_spawned_job_under_its_spawning_run(
+    receiver: Receiver, probe_wasm: Path, aws_endpoint_url: str,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint)
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "50")
+    monkeypatch.delenv("OTEL_SERVICE_NAME", raising=False)
+    environ = {"FLOTILLA_CACHE_DIR": os.environ["FLOTILLA_CACHE_DIR"]}
+    settings = DispatcherSettings.from_env(environ, aws_endpoint_url=aws_endpoint_url)
+    stack = build_dev(settings, loop=asyncio.get_running_loop(), concurrency=2)
+    await stack.start()
+    traceparent, trace_id, caller_span = new_traceparent()
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=stack.app),
+                                     base_url="http://dev", timeout=120) as client:
+            resp = await client.put(
+                "/v1/functions/probe", files={"component": ("f", probe_wasm.read_bytes())},
+                data={"config": json.dumps({"spawn_functions": ["probe"]})})
+            assert resp.status_code == 201, resp.text
+            child = json.dumps({"op": "cache.get", "key": "spawned"})
+            resp = await client.post(
+                "/v1/functions/probe/invoke", headers={"traceparent": traceparent},
+                content=json.dumps({"op": "spawn.job", "function": "probe", "body": child}))
+            assert resp.status_code == 200, resp.text
+            assert resp.json()["ok"], resp.text
+
+        def done(spans: list[Span]) -> bool:
+            names = [s.name for s in spans if s.trace_id == trace_id]
+            return names.count("run probe") == 2 and "cache.get" in names
+        spans = await asyncio.to_thread(receiver.wait, done)
+    finally:
+        await stack.close()
+    spans = [s for s in spans if s.trace_id == trace_id]
+    assert {s.service for s in spans} == {"flotilla-dev"}
+    http = one(spans, "POST /v1/functions/{name}/invoke")
+    assert http.parent_id == caller_span
+    runs = {s.attributes["flotilla.kind"]: s for s in spans if s.name == "run probe"}
+    publishes = {s.attributes["flotilla.kind"]: s for s in spans if s.name == "publish probe"}
+    assert set(runs) == set(publishes) == {"sync", "spawned"}
+    assert publishes["sync"].parent_id == http.span_id
+    assert runs["sync"].parent_id == publishes["sync"].span_id
+    assert one(spans, "spawn.job").parent_id == runs["sync"].span_id
+    assert publishes["spawned"].parent_id == runs["sync"].span_id
+    assert runs["spawned"].parent_id == publishes["spawned"].span_id
+    assert one(spans, "cache.get").parent_id == runs["spawned"].span_id
