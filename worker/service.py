@@ -30,6 +30,7 @@ from flotilla.hosts.cache import connect_redis
 from flotilla.metrics import WorkerMetrics
 from flotilla.settings import WorkerSettings
 from flotilla.topology import RECONNECT_INTERVAL_S, Topology
+from flotilla.tracing import WORKER, Tracing
 from worker.consumer import Consumer
 from worker.handler import EnvelopeHandler, RunLedger, Runner
 from worker.probes import ProbeServer
@@ -79,13 +80,18 @@ def sandbox_runtime(
     from worker.artifacts import ArtifactCache, StoreArtifactSource
     from worker.runner import SandboxRunner
 
-    hosts = HostClients.from_settings(settings, observe=metrics.observe_host_call)
+    tracing = Tracing.from_env(WORKER, settings.tracing)
+    observe = metrics.observe_host_call if tracing is None else tracing.observing(
+        metrics.observe_host_call)
+    hosts = HostClients.from_settings(settings, observe=observe)
     topics = AmqpTopics(settings.amqp_url, Topology(settings.queue_prefix).topics,
                         connection_name=f"flotilla-worker-topics-{settings.queue_prefix}")
     hosts = hosts.with_clients(topics=BusPublisher(topics, loop))
     runtime = Runtime(runner=None, closers=[hosts.close], services=[topics])  # type: ignore[arg-type]
+    if tracing is not None:
+        runtime.closers.insert(0, tracing.shutdown)  # last: after the last invocation
     try:
-        reader = RedisSecrets.from_settings(settings, hosts.redis, observe=metrics.observe_host_call)
+        reader = RedisSecrets.from_settings(settings, hosts.redis, observe=observe)
         hosts = hosts.with_clients(secrets=reader)  # None (no FLOTILLA_SECRETS_KEY): unavailable
         sandbox = Sandbox(hosts, cache_dir=settings.cache_dir)
         runtime.closers.append(sandbox.close)
@@ -110,6 +116,8 @@ def sandbox_runtime(
             metrics=metrics,
         )
         runtime.runner = SandboxRunner(sandbox, cache)
+        if tracing is not None:
+            runtime.runner = tracing.runner(runtime.runner)
     except BaseException:
         runtime.close()
         raise

@@ -50,6 +50,7 @@ from flotilla.registry import Deployer, FunctionVersion, Registry, ResolveCache
 from flotilla.schedules import Scheduler, submit_with
 from flotilla.settings import DispatcherSettings, WorkerSettings
 from flotilla.spawner import Spawner
+from flotilla.tracing import DEV, Tracing
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +174,7 @@ def build_dev(
     from flotilla.topics import MemoryTopics
     from flotilla.topology import Topology
     from worker.artifacts import ArtifactCache, StoreArtifactSource
-    from worker.handler import EnvelopeHandler
+    from worker.handler import EnvelopeHandler, Runner
     from worker.runner import SandboxRunner
 
     cache_dir = settings.cache_dir
@@ -201,18 +202,23 @@ def build_dev(
     registry_metrics = CollectorRegistry()
     worker_metrics = WorkerMetrics(registry_metrics)
     dispatcher_metrics = DispatcherMetrics(registry_metrics)
-    hosts = HostClients.for_dev(worker_settings, observe=worker_metrics.observe_host_call)
+    tracing = Tracing.from_env(DEV, settings.tracing)
+    observe = worker_metrics.observe_host_call if tracing is None else tracing.observing(
+        worker_metrics.observe_host_call)
+    if tracing is not None:
+        closers.insert(0, tracing.shutdown)  # closed last (closers run in reverse)
+    hosts = HostClients.for_dev(worker_settings, observe=observe)
     closers.append(hosts.close)
     secrets_redis = fakeredis.FakeRedis(server=server)
     closers.append(secrets_redis.close)
     hosts = hosts.with_clients(secrets=RedisSecrets(
-        secrets_redis, SecretBox(keyring, settings.queue_prefix),
-        observe=worker_metrics.observe_host_call,
+        secrets_redis, SecretBox(keyring, settings.queue_prefix), observe=observe,
     ))
     topics = MemoryTopics()
     hosts = hosts.with_clients(topics=BusPublisher(topics, loop))
     # Spawned jobs go through the same transport; it is attached once it exists.
-    spawner = Spawner(ResolveCache(registry), jobs, loop, job_ttl_s=settings.job_ttl_s)
+    spawner = Spawner(ResolveCache(registry), jobs, loop, job_ttl_s=settings.job_ttl_s,
+                      tracing=tracing, observe=observe)
     hosts = hosts.with_clients(spawn=spawner)
     try:
         sandbox = Sandbox(hosts, cache_dir=cache_dir)
@@ -224,8 +230,10 @@ def build_dev(
             tag=lambda data: artifact_tag(store.key, fingerprint, data), metrics=worker_metrics,
         )
         topology = Topology(prefix=settings.queue_prefix)
+        runner: Runner = SandboxRunner(sandbox, cache)
         handler = EnvelopeHandler(
-            SandboxRunner(sandbox, cache), job_results=topology.job_results,
+            runner if tracing is None else tracing.runner(runner),
+            job_results=topology.job_results,
             metrics=worker_metrics,
         )
         transport = MemoryTransport(handler, topology=topology, concurrency=concurrency)
@@ -245,7 +253,7 @@ def build_dev(
                                     public_limit=public_limit(settings))
         if settings.admin_key else None,
         secrets=SecretStore(redis, keyring, prefix=settings.queue_prefix),
-        topics=topics,
+        topics=topics, tracing=tracing,
     )
     api = app.state.api
     transport.on_dead_letter = DeadLetterConsumer(
