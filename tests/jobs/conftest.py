@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aio_pika
 import pytest
 
 from flotilla.topology import Topology
+from tests.guests.build import probe_wasm, python_guest  # noqa: F401 - fixtures
 
 
 @pytest.fixture
@@ -20,3 +22,9 @@ async def topology(amqp_url: str, unique: str) -> AsyncIterator[Topology]:
     )
     async with connection:
         await topo.delete(await connection.channel())
+
+
+@pytest.fixture(scope="session")
+def flaky_wasm() -> Path:
+    """tests/guests/python/flaky: fails until a cache counter reaches a number."""
+    return python_guest("flaky")
