@@ -354,8 +354,8 @@ class AmqpTransport:
     ) -> ChannelFrame:
         now = now_ms()
         ttl = message_ttl_ms(envelope.reply_mode, envelope.remaining_ms(now))
-        if hop is not None:  # a delayed job (no TTL of its own): the hop's expiration
-            ttl = int(hop.expiration) if hop.expiration else None
+        if hop is not None:  # a delayed job: its delay levels' TTLs are the only ones
+            ttl = None
         body = envelope.encode(published_ms=now)
         properties = aiormq.spec.Basic.Properties(
             content_type="application/msgpack",

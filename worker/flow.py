@@ -65,6 +65,7 @@ class Again:
     function: str
     delay_ms: int
     notice: Retrying | None = None
+    reason: str = "retried"  # or "deferred:max_concurrency", "deferred:rate_limit" (metrics)
 
 
 @dataclass(frozen=True)
@@ -80,8 +81,9 @@ FollowUp = Again | Exhausted
 
 @dataclass(frozen=True)
 class Admission:
-    """What `JobFlow.admit` decided: run (holding `lease`, if any), defer a job, or refuse
-    a synchronous call whose deadline passed while waiting."""
+    """What `JobFlow.admit` decided: run (holding `lease`, if any), defer a job (`refused`
+    names the limit), or refuse a synchronous call whose deadline passed while waiting
+    (`refused` says so)."""
 
     lease: str | None = None
     defer_ms: int | None = None
@@ -136,23 +138,27 @@ class JobFlow:
         fn = envelope.function
         if config.max_concurrency and self._leases is not None:
             hold_ms = config.timeout_ms + LEASE_MARGIN_MS
-            while self._leases.acquire(fn, envelope.invocation_id, config.max_concurrency,
-                                       hold_ms):
+            # One per attempt: a redelivery (same attempt) takes its own lease over, and a
+            # late thread of an earlier attempt cannot give a later attempt's lease back.
+            lease_id = f"{envelope.invocation_id}:{envelope.attempt}"
+            while self._leases.acquire(fn, lease_id, config.max_concurrency, hold_ms):
                 if job:
-                    return Admission(defer_ms=round(self._uniform(*DEFER_MS)))
+                    return Admission(defer_ms=round(self._uniform(*DEFER_MS)),
+                                     refused="max_concurrency")
                 left = envelope.deadline_ms - self._clock()
                 if left <= 0:
                     return Admission(refused=(
                         f"{fn} runs at most {config.max_concurrency} at once across the "
                         "fleet; no slot came free before the deadline"))
                 self._sleep(min(left, self._uniform(*SYNC_POLL_MS)) / 1000)
-            lease = envelope.invocation_id
+            lease = lease_id
         limit = config.rate_limit
         if job and limit is not None and self._tokens is not None:
             wait_ms = self._tokens.take(fn, Limit(limit.per_second, limit.burst))
             if wait_ms:
                 self.release(fn, lease)
-                return Admission(defer_ms=wait_ms + round(self._uniform(0, 50)))
+                return Admission(defer_ms=wait_ms + round(self._uniform(0, 50)),
+                                 refused="rate_limit")
         return Admission(lease=lease)
 
     def release(self, function: str, lease: str | None) -> None:
@@ -218,14 +224,14 @@ async def publish_follow_up(
         )
         return
     queue = destination(topology, follow_up.function)
-    exchange, key, expiration = "", queue, None
+    exchange, key = "", queue
     if follow_up.delay_ms > 0:
         hop = topology.delays.hop(follow_up.delay_ms, queue)
-        exchange, key, expiration = hop.exchange, hop.routing_key, hop.expiration
+        exchange, key = hop.exchange, hop.routing_key
     await channel.basic_publish(
         follow_up.body, exchange=exchange, routing_key=key, mandatory=True,
         properties=aiormq.spec.Basic.Properties(
-            content_type="application/msgpack", delivery_mode=2, expiration=expiration,
+            content_type="application/msgpack", delivery_mode=2,
         ),
     )
     if follow_up.notice is not None:

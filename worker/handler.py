@@ -85,6 +85,7 @@ class Watch:
     """
 
     envelope: Envelope | None = None
+    counted: Envelope | None = None  # the envelope with its attempt as counted on the wire
     route: str = ""
     queued_ms: int | None = None
     due_ms: int | None = None  # wall clock by which the run must have ended
@@ -204,6 +205,13 @@ class EnvelopeHandler:
             f"poll such as sleep) {blocked_ms} ms past it; its thread was abandoned",
         )
         handled = Handled(Settle.ACK, reply, watch.route, envelope.function, watch.queued_ms)
+        flow, counted = self._flow, watch.counted
+        if flow is not None and counted is not None and envelope.reply_mode == REPLY_JOB:
+            # A timeout like any other: retried per the policy (its lease expires by itself).
+            config = flow.config(envelope)
+            follow_up = flow.after(counted, reply, config) if config is not None else None
+            route = "" if isinstance(follow_up, Again) else watch.route
+            handled = dataclasses.replace(handled, route=route, follow_up=follow_up)
         if self._metrics is not None:
             self._metrics.abandoned.inc()
             observe(self._metrics, handled)
@@ -258,9 +266,10 @@ class EnvelopeHandler:
         lease = None
         if flow is not None:
             if config is not None:
-                admission = flow.admit(envelope, config, job)
+                admission = flow.admit(counted, config, job)
                 if admission.defer_ms is not None:
-                    again = Again(body, envelope.function, admission.defer_ms)
+                    again = Again(body, envelope.function, admission.defer_ms,
+                                  reason=f"deferred:{admission.refused}")
                     return Handled(Settle.ACK, None, route, envelope.function, queued_ms, again)
                 if admission.refused:
                     reply = reply_to(envelope, Outcome.TIMEOUT, admission.refused)
@@ -276,6 +285,7 @@ class EnvelopeHandler:
                 log.exception("announcing job %s as started failed", envelope.invocation_id)
         if watch is not None:
             watch.envelope, watch.route, watch.queued_ms = envelope, route, queued_ms
+            watch.counted = counted
             # Set last: the transport reads due_ms first. A runner may re-arm it (arm_watch).
             watch.due_ms = now + budget + self._run_slack_ms
         token = _current_watch.set(watch)
@@ -306,9 +316,15 @@ class EnvelopeHandler:
 def observe(metrics: WorkerMetrics, handled: Handled) -> None:
     """Count one handled delivery in the worker's metrics."""
     reply = handled.reply
-    if reply is None:  # malformed (rejected), or a job not run: cancelled, deferred
+    follow_up = handled.follow_up
+    if follow_up is not None:
+        event = follow_up.reason if isinstance(follow_up, Again) else "exhausted"
+        metrics.job_flow.labels(handled.function, event).inc()
+    if reply is None:  # malformed (rejected), or a job not run: cancelled, finished, deferred
         if handled.settle is Settle.REJECT:
             metrics.dead_lettered.labels("malformed").inc()
+        elif follow_up is None:
+            metrics.job_flow.labels(handled.function, "not_run").inc()
         return
     if reply.outcome is Outcome.EXPIRED:
         metrics.expired.inc()

@@ -1,8 +1,10 @@
 """The delay chain (flotilla/delays.py): its arithmetic, and delayed publishes on the real broker.
 
-The unit tests walk a message through the chain's bindings with a small AMQP topic matcher
-(the broker's rules: `*` one word, `#` any number), so a wrong binding pattern shows up as
-a wrong wait or a wrong destination, not only a wrong string.
+The unit tests walk a message through the chain's bindings and dead-letter arguments with a
+small AMQP topic matcher (the broker's rules: `*` one word, `#` any number), so a wrong
+binding pattern shows up as a wrong wait or a wrong destination, not only a wrong string.
+On the broker, delays must arrive no sooner than asked and within a second (the issue's
+precision; on an idle broker they are tens of ms late, see bench_flow.py).
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ import pytest
 from flotilla.delays import (
     LEVELS,
     MAX_DELAY_S,
+    TICK_MS,
     DelayChain,
+    bits,
     destination_pattern,
     level_pattern,
     routing_key,
@@ -45,55 +49,58 @@ def walk(chain: DelayChain, delay_ms: int, destination: str, queues: list[str]) 
     """Follow a message from its first hop through the chain's bindings as declared:
     (milliseconds it waits in all, the queue it ends in)."""
     hop = chain.hop(delay_ms, destination)
+    names = chain.queue_names()
     waited = 0
     exchange = hop.exchange
-    if exchange == chain.fine:
-        waited += int(hop.expiration or 0)
-        exchange = chain.level(chain.levels - 1)  # the fine queue's dead-letter exchange
     while True:
         if exchange == chain.deliver:
-            found = [q for q in queues if topic_match(destination_pattern(q, chain.levels),
+            found = [q for q in queues if topic_match(destination_pattern(q, chain.count),
                                                       hop.routing_key)]
             assert len(found) == 1, found
             return waited, found[0]
-        k = int(exchange.rsplit(".", 1)[1])
-        to_queue = topic_match(level_pattern(k, "1", chain.levels), hop.routing_key)
-        passes = topic_match(level_pattern(k, "0", chain.levels), hop.routing_key)
+        position = names.index(exchange)
+        to_queue = topic_match(level_pattern(position, "1", chain.count), hop.routing_key)
+        passes = topic_match(level_pattern(position, "0", chain.count), hop.routing_key)
         assert to_queue != passes  # exactly one binding of each level matches
+        arguments = chain.level_arguments(position)
         if to_queue:
-            waited += chain.level_arguments(k)["x-message-ttl"]
-        exchange = chain.level(k - 1) if k > 0 else chain.deliver
+            waited += arguments["x-message-ttl"]
+        exchange = arguments["x-dead-letter-exchange"]  # same routing key on the way
 
 
 @pytest.mark.parametrize("delay_ms", [
-    1, 999, 1000, 1001, 1500, 2000, 3000, 4095_000, 65_537_250, MAX_DELAY_MS,
+    1, 16, 17, 999, 1000, 1001, 1500, 2000, 3000, 4095_000, 65_537_250, MAX_DELAY_MS,
     MAX_DELAY_S * 1000, MAX_DELAY_S * 1000 + 999,
 ])
 def test_a_message_waits_its_delay_and_reaches_its_destination(delay_ms: int) -> None:
     chain = DelayChain("p")
     queues = ["p.invocations", "x.p.invocations", "p.jobs.a", "p.jobs.a-b"]
     for destination in queues:
-        assert walk(chain, delay_ms, destination, queues) == (delay_ms, destination)
+        waited, reached = walk(chain, delay_ms, destination, queues)
+        assert reached == destination
+        assert delay_ms <= waited < delay_ms + TICK_MS  # rounded up to the next tick
 
 
-@pytest.mark.parametrize(("delay_ms", "exchange", "expiration"), [
-    (1000, "p.delay.0", None),
-    (2000, "p.delay.1", None),
-    (3000, "p.delay.1", None),  # enters at its highest set bit
-    (4000, "p.delay.2", None),
-    (1, "p.delay.fine", "1"),
-    (2500, "p.delay.fine", "500"),
+@pytest.mark.parametrize(("delay_ms", "exchange"), [
+    (1000, "p.delay.0"),
+    (2000, "p.delay.1"),
+    (3000, "p.delay.1"),  # enters at its heaviest set bit
+    (4000, "p.delay.2"),
+    (1, "p.delay.16ms"),
+    (500, "p.delay.512ms"),
+    (999, "p.delay.512ms"),
+    (250, "p.delay.256ms"),  # 16 ticks of 16 ms
 ])
-def test_first_hop(delay_ms: int, exchange: str, expiration: str | None) -> None:
-    hop = DelayChain("p").hop(delay_ms, "p.invocations")
-    assert (hop.exchange, hop.expiration) == (exchange, expiration)
+def test_first_hop(delay_ms: int, exchange: str) -> None:
+    assert DelayChain("p").hop(delay_ms, "p.invocations").exchange == exchange
 
 
-def test_routing_key_spells_the_seconds_in_binary_then_the_destination() -> None:
-    assert routing_key(5, "q.a", levels=4) == "0.1.0.1.q.a"
-    assert routing_key(0, "q", levels=3) == "0.0.0.q"
-    assert level_pattern(0, "1", levels=4) == "*.*.*.1.#"
-    assert level_pattern(3, "0", levels=4) == "0.#"
+def test_routing_key_spells_the_delay_in_binary_then_the_destination() -> None:
+    assert routing_key(5_016, "q.a", levels=4) == "0.1.0.1.0.0.0.0.0.1.q.a"
+    assert routing_key(999, "q", levels=2) == "0.0.1.1.1.1.1.1.q"  # 63 ticks of 16 ms
+    assert bits(1, levels=1) == [0, 0, 0, 0, 0, 0, 1]
+    assert level_pattern(3, "1", 6) == "*.*.*.1.#"
+    assert level_pattern(0, "0", 6) == "0.#"
     with pytest.raises(ValueError, match="at most"):
         DelayChain("p").hop((MAX_DELAY_S + 1) * 1000, "q")
     with pytest.raises(ValueError, match="delay_ms > 0"):
@@ -104,17 +111,20 @@ def test_routing_key_spells_the_seconds_in_binary_then_the_destination() -> None
 
 def test_chain_arguments() -> None:
     chain = DelayChain("p", quorum_size=3)
-    top = chain.level_arguments(LEVELS - 1)
+    assert chain.count == LEVELS + 6
+    assert chain.queue_names()[0] == f"p.delay.{LEVELS - 1}"
+    assert chain.queue_names()[-1] == "p.delay.16ms"
+    top = chain.level_arguments(0)
     assert top["x-message-ttl"] == 2 ** (LEVELS - 1) * 1000
     assert top["x-dead-letter-exchange"] == f"p.delay.{LEVELS - 2}"
-    assert chain.level_arguments(0)["x-dead-letter-exchange"] == "p.delay.deliver"
-    assert chain.fine_arguments()["x-dead-letter-exchange"] == f"p.delay.{LEVELS - 1}"
-    for args in (top, chain.fine_arguments()):
+    assert chain.level_arguments(LEVELS - 1)["x-dead-letter-exchange"] == "p.delay.512ms"
+    assert chain.level_arguments(chain.count - 1)["x-dead-letter-exchange"] == "p.delay.deliver"
+    for position in range(chain.count):
+        args = chain.level_arguments(position)
         assert (args["x-dead-letter-strategy"], args["x-overflow"], args["x-queue-type"],
                 args["x-quorum-initial-group-size"]) == ("at-least-once", "reject-publish",
                                                          "quorum", 3)
     assert MAX_DELAY_MS <= MAX_DELAY_S * 1000  # 7 days fit in 20 levels
-    assert len(chain.queue_names()) == LEVELS + 1
     assert set(chain.queue_names()) <= set(Topology("p").queue_names())
 
 
@@ -126,7 +136,7 @@ def test_chain_arguments() -> None:
 async def test_delayed_jobs_arrive_after_their_delay_and_within_a_second(
     amqp_url: str, topology: Topology
 ) -> None:
-    delays_ms = [1300, 2000, 700, 3000]
+    delays_ms = [1300, 2000, 700, 3000, 300, 1700]
     async with AmqpTransport(amqp_url, topology, connection_name="delays-test") as transport:
         connection = await aio_pika.connect(amqp_url)
         async with connection:
