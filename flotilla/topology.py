@@ -23,6 +23,7 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractQueue
 
+from flotilla.delays import DelayChain
 from flotilla.envelope import REPLY_JOB
 
 # Seconds between reconnect attempts of robust connections (aio-pika's default is 5 s;
@@ -58,6 +59,11 @@ class Topology:
         if self.quorum_size:
             args["x-quorum-initial-group-size"] = self.quorum_size
         return args
+
+    @property
+    def delays(self) -> DelayChain:
+        """The delay levels of delayed jobs and retries (flotilla/delays.py)."""
+        return DelayChain(self.prefix, self.quorum_size)
 
     @property
     def invocations(self) -> str:
@@ -112,7 +118,7 @@ class Topology:
 
     def queue_names(self) -> tuple[str, ...]:
         """Every durable queue of this deployment (tests delete them afterwards)."""
-        return (self.invocations, self.dead_letters, self.job_results)
+        return (self.invocations, self.dead_letters, self.job_results, *self.delays.queue_names())
 
     async def declare(self, channel: AbstractChannel) -> AbstractQueue:
         """Declare everything (idempotent); returns the invocations queue."""
@@ -126,9 +132,11 @@ class Topology:
         await channel.declare_queue(
             self.job_results, durable=True, arguments=self.job_result_arguments()
         )
-        return await channel.declare_queue(
+        invocations = await channel.declare_queue(
             self.invocations, durable=True, arguments=self.invocation_arguments()
         )
+        await self.delays.declare(channel, destinations=(self.invocations,))
+        return invocations
 
     async def delete(self, channel: AbstractChannel) -> None:
         """Delete every queue and exchange of this prefix (tests and `flotilla` teardown)."""
@@ -136,6 +144,8 @@ class Topology:
             await channel.queue_delete(name)
         await channel.exchange_delete(self.dead_letter_exchange)
         await channel.exchange_delete(self.topics)
+        for name in self.delays.exchange_names():
+            await channel.exchange_delete(name)
 
 
 def message_ttl_ms(reply_mode: str, remaining_ms: int, grace_ms: int = 1_000) -> int | None:

@@ -4,7 +4,8 @@ A transport does three things:
 
 - `call(envelope, timeout) -> Reply`: publish a synchronous invocation and wait for its reply
   on the caller's own reply queue, matched by correlation id;
-- `submit(envelope)`: publish a job (publisher-confirmed: once it returns, the broker has it);
+- `submit(envelope, delay_ms=0)`: publish a job (publisher-confirmed: once it returns, the
+  broker has it); a delayed one goes into the delay chain (flotilla/delays.py);
 - `consume_job_results(handler, on_started)`: feed job replies to an async callback (and
   workers' `Started` notices to `on_started`); a result is acked only after the callback
   returned, so it survives a dispatcher dying mid-way.
@@ -38,6 +39,7 @@ from aio_pika.abc import (
 from aiormq.abc import ChannelFrame
 
 from flotilla import amqp
+from flotilla.delays import Hop
 from flotilla.envelope import (
     REPLY_JOB,
     REPLY_QUEUE,
@@ -220,13 +222,13 @@ class AmqpTransport:
         """Publish a job envelope and wait (up to `publish_timeout_s`) for the broker's confirm."""
         if envelope.reply_mode != REPLY_JOB:
             raise ValueError("submit() needs an envelope with reply_mode='job'")
-        if delay_ms > 0:
-            # The delay queues come with the per-function lanes (design-workload.md).
-            raise NotImplementedError("delayed jobs need the delay queues, not built yet")
+        # Delayed: into the delay chain (flotilla/delays.py), which hands it to the queue.
+        hop = self._topology.delays.hop(delay_ms, self._topology.invocations) \
+            if delay_ms > 0 else None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._publish_timeout
         try:
-            confirmation = await self._send(envelope, deadline)
+            confirmation = await self._send(envelope, deadline, hop)
             async with asyncio.timeout_at(deadline):
                 await asyncio.shield(confirmation)
         except TimeoutError:
@@ -309,7 +311,9 @@ class AmqpTransport:
         """Calls waiting for a reply."""
         return len(self._futures)
 
-    async def _send(self, envelope: Envelope, deadline: float) -> asyncio.Future[Any]:
+    async def _send(
+        self, envelope: Envelope, deadline: float, hop: Hop | None = None
+    ) -> asyncio.Future[Any]:
         """Queue the envelope's publish on the confirmed channel; its confirmation future.
 
         aiormq's own `basic_publish` keeps the same books (delivery tag, confirmation
@@ -325,7 +329,7 @@ class AmqpTransport:
         if channel is None or channel.is_closed:
             async with asyncio.timeout_at(deadline):
                 channel = await self._reopened_channel()
-        frame = self._publish_frame(channel, envelope)
+        frame = self._publish_frame(channel, envelope, hop)
         if not amqp.queue_frame(channel, frame):  # the writer is behind: wait for room (rare)
             async with asyncio.timeout_at(deadline):
                 await amqp.put_frame(channel, frame)
@@ -345,9 +349,13 @@ class AmqpTransport:
         self._publisher = channel
         return channel
 
-    def _publish_frame(self, channel: aiormq.Channel, envelope: Envelope) -> ChannelFrame:
+    def _publish_frame(
+        self, channel: aiormq.Channel, envelope: Envelope, hop: Hop | None = None
+    ) -> ChannelFrame:
         now = now_ms()
         ttl = message_ttl_ms(envelope.reply_mode, envelope.remaining_ms(now))
+        if hop is not None:  # a delayed job: its delay levels' TTLs are the only ones
+            ttl = None
         body = envelope.encode(published_ms=now)
         properties = aiormq.spec.Basic.Properties(
             content_type="application/msgpack",
@@ -358,6 +366,11 @@ class AmqpTransport:
             reply_to=envelope.reply_to or None,
             expiration=str(ttl) if ttl is not None else None,
         )
+        if hop is not None:
+            method = aiormq.spec.Basic.Publish(
+                exchange=hop.exchange, routing_key=hop.routing_key, mandatory=True
+            )
+            return amqp.publish_frame(channel, amqp.marshal(method, channel), body, properties)
         if self._method_frame[0] != channel.number:
             method = aiormq.spec.Basic.Publish(
                 exchange="", routing_key=self._topology.invocations, mandatory=True

@@ -25,13 +25,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from flotilla.admission import JobTokens, Leases
 from flotilla.amqp import connect_robust
 from flotilla.hosts.cache import connect_redis
+from flotilla.jobstate import JobGate
 from flotilla.metrics import WorkerMetrics
 from flotilla.settings import WorkerSettings
 from flotilla.topology import RECONNECT_INTERVAL_S, Topology
 from flotilla.tracing import WORKER, Tracing
 from worker.consumer import Consumer
+from worker.flow import JobFlow
 from worker.handler import EnvelopeHandler, RunLedger, Runner
 from worker.probes import ProbeServer
 
@@ -124,6 +127,17 @@ def sandbox_runtime(
     return runtime
 
 
+def job_flow(runner: Runner, settings: WorkerSettings, closers: list[Callable[[], Any]]) -> JobFlow:
+    """Admission, the start gate and retries (worker/flow.py) on a Redis pool of their own
+    (one connection per invocation thread at most)."""
+    redis = connect_redis(settings.redis_url, max_connections=settings.effective_concurrency()
+                          + settings.effective_max_abandoned() + 2)
+    closers.append(redis.close)
+    prefix = settings.queue_prefix
+    return JobFlow(configs=getattr(runner, "config", None), gate=JobGate(redis, prefix=prefix),
+                   leases=Leases(redis, prefix=prefix), tokens=JobTokens(redis, prefix=prefix))
+
+
 class WorkerService:
     """One worker process's lifecycle; `run()` returns the exit status."""
 
@@ -190,6 +204,7 @@ class WorkerService:
                 metrics=self.metrics,
                 runs=RunLedger(ledger, settings.queue_prefix),
                 poison_runs=settings.poison_runs,
+                flow=job_flow(runtime.runner, settings, runtime.closers),
             )
             connection = await connect_robust(
                 settings.amqp_url,

@@ -9,8 +9,9 @@ Stand-ins, each behind the same interface the fleet uses:
 - `MemoryTopics` for the topic exchange (guests publish, /v1/topics/... subscribes).
 
 Jobs spawned by functions, dead letters (envelopes the in-process worker rejects) and cron
-schedules work as in the fleet, in memory: a delayed job waits on an asyncio timer, and
-nothing survives the process.
+schedules, cancellation before a job starts, retries, `max_concurrency` and jobs' rate
+limits work as in the fleet, in memory: a delayed job or retry waits on an asyncio timer,
+and nothing survives the process.
 
 API keys are off unless FLOTILLA_ADMIN_KEY is set (then that bootstrap key, and keys created
 with it through /v1/keys, are required, as in production); startup says which.
@@ -165,15 +166,18 @@ def build_dev(
     import httpx
     from prometheus_client import CollectorRegistry
 
+    from flotilla.admission import JobTokens, Leases
     from flotilla.dev.memory import MemoryTransport
     from flotilla.hosts.clients import HostClients
     from flotilla.hosts.secrets import RedisSecrets
     from flotilla.hosts.topics import BusPublisher
+    from flotilla.jobstate import JobGate
     from flotilla.sandbox import Sandbox
     from flotilla.secrets import Keyring, SecretBox, SecretStore, new_key
     from flotilla.topics import MemoryTopics
     from flotilla.topology import Topology
     from worker.artifacts import ArtifactCache, StoreArtifactSource
+    from worker.flow import JobFlow
     from worker.handler import EnvelopeHandler, Runner
     from worker.runner import SandboxRunner
 
@@ -230,11 +234,18 @@ def build_dev(
             tag=lambda data: artifact_tag(store.key, fingerprint, data), metrics=worker_metrics,
         )
         topology = Topology(prefix=settings.queue_prefix)
-        runner: Runner = SandboxRunner(sandbox, cache)
+        sandbox_runner = SandboxRunner(sandbox, cache)
+        runner: Runner = sandbox_runner if tracing is None else tracing.runner(sandbox_runner)
+        # Admission, the start gate and retries, on the same fake Redis as the job store.
+        flow_redis = fakeredis.FakeRedis(server=server)
+        closers.append(flow_redis.close)
+        prefix = settings.queue_prefix
+        flow = JobFlow(configs=sandbox_runner.config,
+                       gate=JobGate(flow_redis, prefix=prefix, ttl_s=settings.job_ttl_s),
+                       leases=Leases(flow_redis, prefix=prefix),
+                       tokens=JobTokens(flow_redis, prefix=prefix))
         handler = EnvelopeHandler(
-            runner if tracing is None else tracing.runner(runner),
-            job_results=topology.job_results,
-            metrics=worker_metrics,
+            runner, job_results=topology.job_results, metrics=worker_metrics, flow=flow,
         )
         transport = MemoryTransport(handler, topology=topology, concurrency=concurrency)
         spawner.publisher = transport
