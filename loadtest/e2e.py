@@ -391,11 +391,11 @@ async def _measure(
         for _ in range(plan.warmup):
             await call()
         staged = metrics is not None and name in ("http", "client")
-        before = await _scrape(metrics) if metrics and staged else {}
+        snapshot = await _scrape(metrics) if metrics and staged else {}
         run = await closed_loop(f"{name}_c1", call, concurrency=1, requests=plan.c1_requests)
         results[f"{name}_c1"] = run.summary()
         if metrics and staged:
-            stages = stage_means(before, await _scrape(metrics))
+            stages = stage_means(snapshot, await _scrape(metrics))
             stages["call"] = results[f"{name}_c1"]["mean_ms"]  # as the caller saw it
             results[f"{name}_c1"]["stages_ms"] = stages
     rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in calls}
