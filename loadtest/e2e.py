@@ -328,19 +328,76 @@ def _cpu(pids: dict[str, int]) -> dict[str, float]:
             for name, pid in pids.items()}
 
 
+# Where a synchronous call's time goes, from the processes' own Prometheus histograms
+# (means over a run: `_sum` and `_count` deltas): stage -> (process, metric, label filter).
+STAGES: dict[str, tuple[str, str, dict[str, str]]] = {
+    "dispatcher_request": (
+        "dispatcher", "flotilla_http_request_duration_seconds",
+        {"route": "/v1/functions/{name}/invoke"},
+    ),
+    "publish_to_reply": ("dispatcher", "flotilla_reply_latency_seconds", {}),
+    "publish_to_worker_start": ("worker", "flotilla_queue_wait_seconds", {}),
+    "worker_delivery_to_reply": ("worker", "flotilla_invocation_duration_seconds", {}),
+}
+Snapshot = dict[str, tuple[float, float]]  # stage -> (sum of seconds, count)
+
+
+async def _scrape(urls: dict[str, str]) -> Snapshot:
+    """Every stage's histogram sum and count, read from each process's /metrics."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    texts: dict[str, str] = {}
+    async with httpx.AsyncClient(timeout=5) as http:
+        for process, url in urls.items():
+            texts[process] = (await http.get(url)).text
+    out: Snapshot = {}
+    for stage, (process, metric, labels) in STAGES.items():
+        total = count = 0.0
+        for family in text_string_to_metric_families(texts.get(process, "")):
+            for sample in family.samples:
+                if not all(sample.labels.get(k) == v for k, v in labels.items()):
+                    continue
+                if sample.name == f"{metric}_sum":
+                    total += sample.value
+                elif sample.name == f"{metric}_count":
+                    count += sample.value
+        out[stage] = (total, count)
+    return out
+
+
+def stage_means(before: Snapshot, after: Snapshot) -> dict[str, float | None]:
+    """Mean milliseconds per observation of each stage between two snapshots (None: none)."""
+    means: dict[str, float | None] = {}
+    for stage, (total, count) in after.items():
+        prior_total, prior_count = before.get(stage, (0.0, 0.0))
+        n = count - prior_count
+        means[stage] = round((total - prior_total) / n * 1000, 3) if n > 0 else None
+    return means
+
+
 async def _measure(
     calls: dict[str, Callable[[], Awaitable[Any]]],
     plan: Plan,
     results: dict[str, Any],
     pids: dict[str, int] | None = None,
+    metrics: dict[str, str] | None = None,
 ) -> None:
     """c1 of each system, then `plan.rounds` interleaved c64 rounds of each (a neighbour's
-    load then hits every system alike); the c64 figure is the round with the median rps."""
+    load then hits every system alike); the c64 figure is the round with the median rps.
+    With `metrics` (process -> /metrics URL), each Flotilla c1 run also gets the mean time of
+    each of its STAGES."""
     for name, call in calls.items():
         for _ in range(plan.warmup):
             await call()
+        staged = metrics is not None and name in ("http", "client")
+        snapshot = await _scrape(metrics) if metrics and staged else {}
         run = await closed_loop(f"{name}_c1", call, concurrency=1, requests=plan.c1_requests)
         results[f"{name}_c1"] = run.summary()
+        if metrics and staged:
+            stages = stage_means(snapshot, await _scrape(metrics))
+            stages["call"] = results[f"{name}_c1"]["mean_ms"]  # as the caller saw it
+            results[f"{name}_c1"]["stages_ms"] = stages
     rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in calls}
     cpu: dict[str, dict[str, float]] = {name: {} for name in calls}
     pids = pids or {}
@@ -423,7 +480,9 @@ async def run_e2e(
                 )
             )
             await _deploy("127.0.0.1", http_port, wasm)
-            worker_args = ["--cache-dir", f"{tmp}/w", "--metrics-port", "0", "--log-level", "INFO"]
+            metrics_port = _free_port()
+            worker_args = ["--cache-dir", f"{tmp}/w", "--metrics-port", str(metrics_port),
+                           "--log-level", "INFO"]
             if plan.worker_concurrency:
                 worker_args += ["--concurrency", str(plan.worker_concurrency)]
             if plan.worker_prefetch:
@@ -473,7 +532,11 @@ async def run_e2e(
                 pids["celery_worker"] = celery_worker.pid
             if (broker := _listening_pid(urlsplit(amqp_url).port or 5672)) is not None:
                 pids["broker"] = broker
-            await _measure(calls, plan, results, pids)
+            metrics = {
+                "dispatcher": f"http://127.0.0.1:{http_port}/metrics",
+                "worker": f"http://127.0.0.1:{metrics_port}/metrics",
+            }
+            await _measure(calls, plan, results, pids, metrics)
     finally:
         moto.terminate()
         moto.wait(10)
@@ -535,6 +598,10 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
               else out[key] <= bound if op == "<=" else out[key] >= bound}
         for key, op, bound in TARGETS[out["guest"]]
     }
+    out["c1_stages_ms"] = {
+        system: results[f"{system}_c1"].get("stages_ms")
+        for system in ("http", "client") if f"{system}_c1" in results
+    }
     out["celery_skipped"] = results.get("celery_skipped")
     out["load_average"] = results["load_average"]
     out["load_average_after"] = results.get("load_average_after")
@@ -575,6 +642,9 @@ def format_table(results: dict[str, Any]) -> str:
             f"{h[f'{system}_vs_celery_c64']}x celery; c1 p50 {h[f'{system}_vs_bare_c1_p50']}x "
             f"bare, {h[f'{system}_vs_celery_c1_p50']}x celery"
         )
+    for system, stages in h["c1_stages_ms"].items():
+        if stages:
+            lines.append(f"{system} c1, mean ms per stage: {json.dumps(stages)}")
     for key, target in h["targets"].items():
         met = {True: "met", False: "NOT met", None: "not measured"}[target["met"]]
         lines.append(f"target {key} {target['target']}: {target['value']} ({met})")

@@ -66,6 +66,20 @@ def _check_ratios(figures: dict[str, Any], bases: tuple[str, ...]) -> None:
                 abs=0.002)
 
 
+def _check_stages(stages: dict[str, dict[str, float | None]]) -> None:
+    """Each stage's mean comes from the processes' own histograms; each interval encloses
+    the next one in, call by call, so their means are ordered too."""
+    http, client = stages["http"], stages["client"]
+    for key in ("call", "dispatcher_request", "publish_to_reply", "publish_to_worker_start",
+                "worker_delivery_to_reply"):
+        assert isinstance(http[key], float) and http[key] >= 0, (key, http)
+    assert http["call"] >= http["dispatcher_request"] >= http["publish_to_reply"]
+    assert http["publish_to_reply"] >= http["worker_delivery_to_reply"] > 0
+    # The Python client does not pass through the dispatcher.
+    assert client["dispatcher_request"] is None and client["publish_to_reply"] is None
+    assert client["call"] >= client["worker_delivery_to_reply"] > 0
+
+
 @pytest.mark.integration
 @pytest.mark.timeout(300)
 def test_python_guest_reports_every_figure_beside_bare_and_celery(
@@ -81,6 +95,7 @@ def test_python_guest_reports_every_figure_beside_bare_and_celery(
     assert figures["errors"] == {}
     assert figures["ok"] == figures["requests"]
     assert figures["requests"]["celery_c64"] == 64 and figures["requests"]["client_c1"] == 5
+    _check_stages(figures["c1_stages_ms"])
     # It cleaned up after itself: its invocations and Celery queues are gone.
     prefix = figures["prefix"]
     assert not asyncio.run(_queue_exists(amqp_url, f"{prefix}.invocations"))
