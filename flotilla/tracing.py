@@ -250,9 +250,9 @@ class Tracing:
         if envelope.published_ms > 0:
             # Clocks of two machines: a publish "after" the start is drawn as no wait.
             start = min(envelope.published_ms * 1_000_000, now)
-            self._tracer.start_span(
-                "queue wait", context=parent, attributes=attributes, start_time=start,
-            ).end(end_time=now)
+            # No attributes of its own: its parent (the publish) and sibling (the run) have them.
+            self._tracer.start_span("queue wait", context=parent, start_time=start).end(
+                end_time=now)
         span = self._tracer.start_span(
             f"run {envelope.function}", context=parent, kind=self._kind.CONSUMER,
             attributes=attributes, start_time=now,
