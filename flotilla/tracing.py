@@ -39,6 +39,7 @@ error's type as description, never its message (a guest's error text is the gues
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import time
@@ -62,6 +63,8 @@ DISPATCHER = "flotilla-dispatcher"
 WORKER = "flotilla-worker"
 DEV = "flotilla-dev"
 ENDPOINT_VARS = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+# What tracing needs beyond opentelemetry-api (the `tracing` extra).
+SDK_MODULES = ("opentelemetry.sdk.trace", "opentelemetry.exporter.otlp.proto.http.trace_exporter")
 
 # The hooks' answers when tracing is off: shared, so the off path allocates nothing.
 NO_SPAN: AbstractContextManager[None] = nullcontext(None)
@@ -80,6 +83,26 @@ def enabled(switch: bool | None, environ: Mapping[str, str]) -> bool:
     if switch is not None:
         return switch
     return any(environ.get(name) for name in ENDPOINT_VARS)
+
+
+def check_installed(switch: bool | None, environ: Mapping[str, str] | None = None) -> None:
+    """SettingsError when tracing is on but the SDK or the exporter is not installed (a
+    supervisor checks before it starts processes that would all refuse to start)."""
+    if not enabled(switch, os.environ if environ is None else environ):
+        return
+    for module in SDK_MODULES:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ImportError:  # a parent package is missing
+            found = False
+        if not found:
+            raise SettingsError(_not_installed(module))
+
+
+def _not_installed(module: str) -> str:
+    return (f"tracing is on (FLOTILLA_TRACING, or an OTEL_EXPORTER_OTLP_*ENDPOINT is set) but "
+            f"{module} is not installed: pip install 'flotilla[tracing]', or set "
+            "FLOTILLA_TRACING=0")
 
 
 def traceparent_of(span: Span) -> str:
@@ -140,11 +163,7 @@ class Tracing:
             from opentelemetry.sdk.trace import TracerProvider
             from opentelemetry.sdk.trace.export import BatchSpanProcessor
         except ImportError as exc:
-            raise SettingsError(
-                f"tracing is on (FLOTILLA_TRACING or an OTEL_EXPORTER_OTLP_*ENDPOINT is set) "
-                f"but OpenTelemetry is not installed ({exc.name}): pip install "
-                "'flotilla[tracing]', or set FLOTILLA_TRACING=0"
-            ) from None
+            raise SettingsError(_not_installed(exc.name or "opentelemetry")) from None
 
         name = environ.get("OTEL_SERVICE_NAME") or service
         provider = TracerProvider(resource=Resource.create({SERVICE_NAME: name}))
