@@ -4,14 +4,16 @@ queue and the worker to each of the guest's host calls.
 Off unless the process is told otherwise: `Tracing.from_env(service, switch)` answers None
 when `switch` (the `tracing` setting, FLOTILLA_TRACING) is false, or when it is unset and
 neither OTEL_EXPORTER_OTLP_TRACES_ENDPOINT nor OTEL_EXPORTER_OTLP_ENDPOINT is set (and when
-OTEL_SDK_DISABLED is true). Off, nothing of opentelemetry is imported, and every hook on the
-hot path is one check: `if tracing is None` or a `with` over a shared `nullcontext` (the
-dispatcher), the host-call hook and runner left unwrapped (the worker), a ContextVar read
-finding None (spawn). On, a `Tracing` owns its own TracerProvider (not the global one: the
-process decides, a library embedding Flotilla keeps its own) with a batch processor and the
-OTLP/HTTP exporter; the SDK reads the other standard variables itself (OTEL_SERVICE_NAME,
-OTEL_RESOURCE_ATTRIBUTES, OTEL_TRACES_SAMPLER, OTEL_EXPORTER_OTLP_HEADERS, OTEL_BSP_*...),
-and incoming headers are read with the propagators of OTEL_PROPAGATORS (default W3C).
+OTEL_SDK_DISABLED is true). Off, Flotilla imports nothing of opentelemetry (fastapi and
+redis load parts of its API on their own), and every hook on the hot path is one check: `if
+tracing is None` or a `with` over a shared `nullcontext` (the dispatcher), the host-call hook
+and runner left unwrapped (the worker), a ContextVar read finding None (spawn). On, a
+`Tracing` owns its own TracerProvider (not the global one: the process decides, a library
+embedding Flotilla keeps its own) with a batch processor and the OTLP/HTTP exporter. The
+service name is OTEL_SERVICE_NAME or the process's (DISPATCHER, WORKER, DEV); the SDK reads
+the other standard variables itself (OTEL_RESOURCE_ATTRIBUTES, OTEL_TRACES_SAMPLER,
+OTEL_EXPORTER_OTLP_HEADERS, OTEL_BSP_*...), and incoming headers are read with the
+propagators of OTEL_PROPAGATORS (default W3C trace context and baggage).
 
 The spans of one synchronous call (one trace id: the caller's when it sent `traceparent`):
 
