@@ -32,7 +32,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from flotilla.envelope import DEFAULT_METHOD, DEFAULT_PATH, Reply, Started
 from flotilla.errors import InvalidRequest, JobNotCancellable, JobNotFound, Unavailable
@@ -58,6 +58,9 @@ from flotilla.topics import (
 )
 from flotilla.topology import Topology
 from flotilla.transport import AmqpTransport, BrokerUnavailable
+
+if TYPE_CHECKING:
+    from flotilla.tracing import Tracing
 
 DEFAULT_RESOLVE_TTL_S = 1.0
 
@@ -89,7 +92,10 @@ class Client:
         reply_margin_ms: int = DEFAULT_REPLY_MARGIN_MS,
         resolve_ttl_s: float = DEFAULT_RESOLVE_TTL_S,
         record_job_results: bool = False,
+        tracing: Tracing | None = None,
     ) -> None:
+        """`tracing` (flotilla/tracing.py, e.g. `Tracing.from_env("my-app")`): each call and
+        job a publish span under the caller's current span, the workers' spans under it."""
         self._redis: Any = None
         needs_redis = (registry is None and resolve is None) or jobs is None
         if needs_redis and redis_url is not None:
@@ -118,7 +124,7 @@ class Client:
         self._invoker = Invoker(
             ResolveCache(source, ttl_s=resolve_ttl_s), self._transport, jobs=jobs,
             reply_margin_ms=reply_margin_ms,
-            job_ttl_s=jobs.ttl_s if jobs is not None else DEFAULT_JOB_TTL_S,
+            job_ttl_s=jobs.ttl_s if jobs is not None else DEFAULT_JOB_TTL_S, tracing=tracing,
         )
         self._record_job_results = record_job_results
 

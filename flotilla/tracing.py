@@ -4,14 +4,16 @@ queue and the worker to each of the guest's host calls.
 Off unless the process is told otherwise: `Tracing.from_env(service, switch)` answers None
 when `switch` (the `tracing` setting, FLOTILLA_TRACING) is false, or when it is unset and
 neither OTEL_EXPORTER_OTLP_TRACES_ENDPOINT nor OTEL_EXPORTER_OTLP_ENDPOINT is set (and when
-OTEL_SDK_DISABLED is true). Off, nothing of opentelemetry is imported, and every hook on the
-hot path is one check: `if tracing is None` or a `with` over a shared `nullcontext` (the
-dispatcher), the host-call hook and runner left unwrapped (the worker), a ContextVar read
-finding None (spawn). On, a `Tracing` owns its own TracerProvider (not the global one: the
-process decides, a library embedding Flotilla keeps its own) with a batch processor and the
-OTLP/HTTP exporter; the SDK reads the other standard variables itself (OTEL_SERVICE_NAME,
-OTEL_RESOURCE_ATTRIBUTES, OTEL_TRACES_SAMPLER, OTEL_EXPORTER_OTLP_HEADERS, OTEL_BSP_*...),
-and incoming headers are read with the propagators of OTEL_PROPAGATORS (default W3C).
+OTEL_SDK_DISABLED is true). Off, Flotilla imports nothing of opentelemetry (fastapi and
+redis load parts of its API on their own), and every hook on the hot path is one check: `if
+tracing is None` or a `with` over a shared `nullcontext` (the dispatcher), the host-call hook
+and runner left unwrapped (the worker), a ContextVar read finding None (spawn). On, a
+`Tracing` owns its own TracerProvider (not the global one: the process decides, a library
+embedding Flotilla keeps its own) with a batch processor and the OTLP/HTTP exporter. The
+service name is OTEL_SERVICE_NAME or the process's (DISPATCHER, WORKER, DEV); the SDK reads
+the other standard variables itself (OTEL_RESOURCE_ATTRIBUTES, OTEL_TRACES_SAMPLER,
+OTEL_EXPORTER_OTLP_HEADERS, OTEL_BSP_*...), and incoming headers are read with the
+propagators of OTEL_PROPAGATORS (default W3C trace context and baggage).
 
 The spans of one synchronous call (one trace id: the caller's when it sent `traceparent`):
 
@@ -39,6 +41,7 @@ error's type as description, never its message (a guest's error text is the gues
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import time
@@ -62,6 +65,8 @@ DISPATCHER = "flotilla-dispatcher"
 WORKER = "flotilla-worker"
 DEV = "flotilla-dev"
 ENDPOINT_VARS = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+# What tracing needs beyond opentelemetry-api (the `tracing` extra).
+SDK_MODULES = ("opentelemetry.sdk.trace", "opentelemetry.exporter.otlp.proto.http.trace_exporter")
 
 # The hooks' answers when tracing is off: shared, so the off path allocates nothing.
 NO_SPAN: AbstractContextManager[None] = nullcontext(None)
@@ -80,6 +85,26 @@ def enabled(switch: bool | None, environ: Mapping[str, str]) -> bool:
     if switch is not None:
         return switch
     return any(environ.get(name) for name in ENDPOINT_VARS)
+
+
+def check_installed(switch: bool | None, environ: Mapping[str, str] | None = None) -> None:
+    """SettingsError when tracing is on but the SDK or the exporter is not installed (a
+    supervisor checks before it starts processes that would all refuse to start)."""
+    if not enabled(switch, os.environ if environ is None else environ):
+        return
+    for module in SDK_MODULES:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ImportError:  # a parent package is missing
+            found = False
+        if not found:
+            raise SettingsError(_not_installed(module))
+
+
+def _not_installed(module: str) -> str:
+    return (f"tracing is on (FLOTILLA_TRACING, or an OTEL_EXPORTER_OTLP_*ENDPOINT is set) but "
+            f"{module} is not installed: pip install 'flotilla[tracing]', or set "
+            "FLOTILLA_TRACING=0")
 
 
 def traceparent_of(span: Span) -> str:
@@ -140,11 +165,7 @@ class Tracing:
             from opentelemetry.sdk.trace import TracerProvider
             from opentelemetry.sdk.trace.export import BatchSpanProcessor
         except ImportError as exc:
-            raise SettingsError(
-                f"tracing is on (FLOTILLA_TRACING or an OTEL_EXPORTER_OTLP_*ENDPOINT is set) "
-                f"but OpenTelemetry is not installed ({exc.name}): pip install "
-                "'flotilla[tracing]', or set FLOTILLA_TRACING=0"
-            ) from None
+            raise SettingsError(_not_installed(exc.name or "opentelemetry")) from None
 
         name = environ.get("OTEL_SERVICE_NAME") or service
         provider = TracerProvider(resource=Resource.create({SERVICE_NAME: name}))
@@ -250,9 +271,9 @@ class Tracing:
         if envelope.published_ms > 0:
             # Clocks of two machines: a publish "after" the start is drawn as no wait.
             start = min(envelope.published_ms * 1_000_000, now)
-            self._tracer.start_span(
-                "queue wait", context=parent, attributes=attributes, start_time=start,
-            ).end(end_time=now)
+            # No attributes of its own: its parent (the publish) and sibling (the run) have them.
+            self._tracer.start_span("queue wait", context=parent, start_time=start).end(
+                end_time=now)
         span = self._tracer.start_span(
             f"run {envelope.function}", context=parent, kind=self._kind.CONSUMER,
             attributes=attributes, start_time=now,

@@ -64,6 +64,9 @@ def check_settings(settings: WorkerSettings) -> None:
         from flotilla.secrets import Keyring
 
         Keyring.parse(settings.secrets_key)
+    from flotilla.tracing import check_installed
+
+    check_installed(settings.tracing)
 
 
 def given_flags(args: argparse.Namespace) -> list[str]:

@@ -41,6 +41,7 @@ CHECKS: dict[str, str] = {
     "extra:build": "the [build] extra is installed",
     "extra:dev": "the [dev] extra is installed",
     "extra:loadtest": "the [loadtest] extra is installed",
+    "extra:tracing": "the [tracing] extra is installed (OpenTelemetry export)",
 }
 
 # What each use cannot do without. c-extension is never implied: the ctypes path is slower
@@ -53,7 +54,7 @@ USES: dict[str, tuple[str, ...]] = {
     "dev": ("settings", "wasmtime", "wasm-tools", "wit", "cache", "componentize-py",
             "extra:dev"),
 }
-EXTRAS = ("build", "dev", "loadtest")
+EXTRAS = ("build", "dev", "loadtest", "tracing")
 CTYPES_ENV = "FLOTILLA_SANDBOX_CTYPES"
 
 

@@ -213,3 +213,34 @@ async def test_dev_mode_traces_a_spawned_job_under_its_spawning_run(
     assert publishes["spawned"].parent_id == runs["sync"].span_id
     assert runs["spawned"].parent_id == publishes["spawned"].span_id
     assert one(spans, "cache.get").parent_id == runs["spawned"].span_id
+
+
+async def test_the_python_client_publishes_under_its_callers_span(
+    fleet: Fleet, receiver: Receiver
+) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import use_span
+
+    from flotilla.client import Client
+    from flotilla.tracing import Tracing
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("app")
+    async with Client(fleet.amqp_url, queue_prefix=fleet.prefix, redis_url=fleet.redis_url,
+                      tracing=Tracing(tracer)) as client:
+        with use_span(tracer.start_span("app request"), end_on_exit=True):
+            response = await client.invoke("probe", b"plain body")
+    assert response.status == 200
+    app, publish = sorted(exporter.get_finished_spans(), key=lambda s: s.name)
+    assert (app.name, publish.name) == ("app request", "publish probe")
+    assert publish.parent is not None and publish.parent.span_id == app.context.span_id
+    trace_id = format(app.context.trace_id, "032x")
+    spans = await asyncio.to_thread(receiver.wait, of_trace(trace_id, {"run probe"}))
+    run = one([s for s in spans if s.trace_id == trace_id], "run probe")
+    assert run.parent_id == format(publish.context.span_id, "016x")
+    assert run.attributes["flotilla.invocation_id"] == response.invocation_id
+    provider.shutdown()

@@ -242,7 +242,7 @@ def test_bad_settings_are_a_failed_check_not_a_crash(
 
 def test_extras_of_the_test_install_are_all_present() -> None:
     assert {name: e["ok"] for name, e in doctor.extras().items()} == {
-        "build": True, "dev": True, "loadtest": True
+        "build": True, "dev": True, "loadtest": True, "tracing": True
     }
 
 

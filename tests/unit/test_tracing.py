@@ -318,3 +318,34 @@ def test_traceparent_of_an_invalid_span_is_empty() -> None:
     from opentelemetry.trace import INVALID_SPAN
 
     assert traceparent_of(INVALID_SPAN) == ""
+
+
+def test_a_process_told_to_trace_without_the_sdk_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from flotilla import tracing
+    from flotilla.errors import SettingsError
+
+    # The exporter cannot be imported (None in sys.modules makes `import` raise).
+    monkeypatch.setitem(sys.modules, tracing.SDK_MODULES[1], None)
+    with pytest.raises(SettingsError, match=r"pip install 'flotilla\[tracing\]'"):
+        Tracing.from_env(tracing.WORKER, True, {})
+    monkeypatch.setattr(tracing.importlib.util, "find_spec",
+                        lambda name: None if name == tracing.SDK_MODULES[0] else object())
+    with pytest.raises(SettingsError, match="opentelemetry.sdk.trace is not installed"):
+        tracing.check_installed(None, {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"})
+    tracing.check_installed(None, {})  # off: nothing is needed
+    tracing.check_installed(False, {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"})
+
+
+def test_a_server_error_marks_the_http_span_failed(
+    exported: tuple[Tracing, InMemorySpanExporter],
+) -> None:
+    tracing, exporter = exported
+    for status in (404, 503):
+        with tracing.serving({"method": "GET", "headers": []}, f"/r{status}") as span:
+            tracing.responded(span, status)
+    spans = by_name(exporter)
+    assert spans["GET /r404"].status.status_code is StatusCode.UNSET
+    assert spans["GET /r503"].status.status_code is StatusCode.ERROR
+    assert spans["GET /r503"].parent is None  # no traceparent: a trace of its own
