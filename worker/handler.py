@@ -16,8 +16,9 @@ and a `follow_up` publishing the next attempt and a `Retrying` notice; an exhaus
 keeps its reply and adds a dead letter. The transport publishes `follow_up` before the
 reply, and both before the ack.
 
-A redelivered envelope's `attempt` is raised by the broker's count of earlier deliveries
-(`x-delivery-count` of the quorum queue, passed in as `redeliveries`). A job about to run is
+An envelope's `attempt` counts a job's retries only: a redelivery after a worker crash (the
+quorum queue's `x-delivery-count`, passed in as `redeliveries`) keeps it, since a crash is
+not an attempt; `redeliveries` feeds poison detection (`RunLedger`). A job about to run is
 announced through `on_start` (a `Started` notice; the job then reads as `running`).
 
 The transport then publishes the reply (if any) to `route` and settles the delivery: reply
@@ -85,7 +86,6 @@ class Watch:
     """
 
     envelope: Envelope | None = None
-    counted: Envelope | None = None  # the envelope with its attempt as counted on the wire
     route: str = ""
     queued_ms: int | None = None
     due_ms: int | None = None  # wall clock by which the run must have ended
@@ -182,7 +182,8 @@ class EnvelopeHandler:
     ) -> Handled:
         """Handle one delivery's body; never raises.
 
-        `redeliveries`: how often the broker delivered it before (raises `attempt`);
+        `redeliveries`: how often the broker delivered it before (poison detection; a
+        redelivery is not an attempt: `attempt` counts retries only);
         `on_start`: called (on this thread) just before a job-mode envelope runs;
         `watch`: filled just before the function runs (see `abandon`).
         """
@@ -205,11 +206,11 @@ class EnvelopeHandler:
             f"poll such as sleep) {blocked_ms} ms past it; its thread was abandoned",
         )
         handled = Handled(Settle.ACK, reply, watch.route, envelope.function, watch.queued_ms)
-        flow, counted = self._flow, watch.counted
-        if flow is not None and counted is not None and envelope.reply_mode == REPLY_JOB:
+        flow = self._flow
+        if flow is not None and envelope.reply_mode == REPLY_JOB:
             # A timeout like any other: retried per the policy (its lease expires by itself).
             config = flow.config(envelope)
-            follow_up = flow.after(counted, reply, config) if config is not None else None
+            follow_up = flow.after(envelope, reply, config) if config is not None else None
             route = "" if isinstance(follow_up, Again) else watch.route
             handled = dataclasses.replace(handled, route=route, follow_up=follow_up)
         if self._metrics is not None:
@@ -231,9 +232,6 @@ class EnvelopeHandler:
             log.warning("rejecting malformed envelope to the DLQ: %s", exc)
             return Handled(Settle.REJECT)
         logs.bind(envelope.invocation_id, envelope.function)
-        counted = envelope  # its attempt as counted on the wire (a crash is not an attempt)
-        if redeliveries > 0:
-            envelope = dataclasses.replace(envelope, attempt=envelope.attempt + redeliveries)
         route = self._job_results if envelope.reply_mode == REPLY_JOB else envelope.reply_to
         now = self._clock()
         queued_ms = now - envelope.published_ms if envelope.published_ms > 0 else None
@@ -266,7 +264,7 @@ class EnvelopeHandler:
         lease = None
         if flow is not None:
             if config is not None:
-                admission = flow.admit(counted, config, job)
+                admission = flow.admit(envelope, config, job)
                 if admission.defer_ms is not None:
                     again = Again(body, envelope.function, admission.defer_ms,
                                   reason=f"deferred:{admission.refused}")
@@ -275,7 +273,7 @@ class EnvelopeHandler:
                     reply = reply_to(envelope, Outcome.TIMEOUT, admission.refused)
                     return Handled(Settle.ACK, reply, route, envelope.function, queued_ms)
                 lease = admission.lease
-            if job and not flow.start(counted):
+            if job and not flow.start(envelope):
                 flow.release(envelope.function, lease)
                 return Handled(Settle.ACK, None, route, envelope.function, queued_ms)
         if on_start is not None and job:
@@ -285,7 +283,6 @@ class EnvelopeHandler:
                 log.exception("announcing job %s as started failed", envelope.invocation_id)
         if watch is not None:
             watch.envelope, watch.route, watch.queued_ms = envelope, route, queued_ms
-            watch.counted = counted
             # Set last: the transport reads due_ms first. A runner may re-arm it (arm_watch).
             watch.due_ms = now + budget + self._run_slack_ms
         token = _current_watch.set(watch)
@@ -306,9 +303,9 @@ class EnvelopeHandler:
                 flow.release(envelope.function, lease)
         if log.isEnabledFor(logging.DEBUG):  # tagged with the invocation by flotilla.logs
             log.debug("ran: %s in %.2f ms", reply.outcome, (time.perf_counter() - started) * 1000)
-        follow_up = flow.after(counted, reply, config) \
+        follow_up = flow.after(envelope, reply, config) \
             if flow is not None and job and config is not None and not reply.ok else None
-        if isinstance(follow_up, Again):  # retried: the reply is counted, not published
+        if isinstance(follow_up, Again):  # retried: the reply is envelope, not published
             return Handled(Settle.ACK, reply, "", envelope.function, queued_ms, follow_up)
         return Handled(Settle.ACK, reply, route, envelope.function, queued_ms, follow_up)
 

@@ -24,6 +24,7 @@ from worker.artifacts import ArtifactCache, ArtifactNotFound
 from worker.handler import arm_watch
 
 DEADLINE_SLACK_MS = 1_000
+MAX_CONFIGS = 1024
 
 
 def capped_timeout_ms(config_timeout_ms: int, budget_ms: int, slack_ms: int = DEADLINE_SLACK_MS) -> int:
@@ -64,11 +65,22 @@ class SandboxRunner:
     def __init__(self, sandbox: Any, artifacts: ArtifactCache) -> None:
         self._sandbox = sandbox
         self._artifacts = artifacts
+        self._configs: dict[tuple[str, str], Any] = {}
 
     def config(self, envelope: Envelope) -> Any:
         """The `FunctionConfig` of the envelope's version (retry policy, limits); raises
-        ArtifactNotFound like `run` answers not_found (the artifact stays cached for it)."""
-        return self._artifacts.get(envelope.function, envelope.digest)[1]
+        ArtifactNotFound like `run` answers not_found (the artifact stays cached for it).
+
+        Kept here by (name, digest), immutable, so the job flow's lookup before and after
+        each run does not count as artifact cache hits (the run's own lookup does)."""
+        key = (envelope.function, envelope.digest)
+        config = self._configs.get(key)
+        if config is None:
+            config = self._artifacts.get(envelope.function, envelope.digest)[1]
+            if len(self._configs) >= MAX_CONFIGS:
+                self._configs.clear()  # rare: more versions than this seen by one worker
+            self._configs[key] = config
+        return config
 
     def run(self, envelope: Envelope, timeout_ms: int) -> Reply:
         """Invoke the envelope's function version; `not_found` when it does not exist."""

@@ -190,7 +190,8 @@ def test_message_ttl(mode: str, remaining: int, expected: int | None) -> None:
 
 def test_topology_names_derive_from_prefix() -> None:
     t = Topology("abc", delivery_limit=3, max_length=10)
-    assert t.queue_names() == ("abc.invocations", "abc.dead", "abc.job-results")
+    assert t.queue_names() == ("abc.invocations", "abc.dead", "abc.job-results",
+                               *t.delays.queue_names())
     args = t.invocation_arguments()
     assert args["x-queue-type"] == "quorum"
     assert args["x-overflow"] == "reject-publish"

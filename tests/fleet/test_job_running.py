@@ -1,8 +1,8 @@
-"""Jobs read `running` once a worker started them; redeliveries raise the envelope's attempt.
+"""Jobs read `running` once a worker started them; redeliveries keep the envelope's attempt.
 
 The worker publishes a `Started` notice to the job-results queue before running a job; the
 dispatcher's job consumer turns it into `JobStore.mark_running` unless a result exists.
-`attempt` comes from the quorum queue's `x-delivery-count` on redelivery.
+`attempt` counts retries, not redeliveries (a worker crash is not an attempt).
 """
 
 from __future__ import annotations
@@ -78,14 +78,15 @@ async def _stop(parts: tuple[Consumer, aio_pika.abc.AbstractRobustConnection, Th
 # -- the handler (no broker) ------------------------------------------------------------
 
 
-def test_redeliveries_raise_the_attempt_and_jobs_announce_their_start() -> None:
+def test_redeliveries_keep_the_attempt_and_jobs_announce_their_start() -> None:
+    # A crash is not an attempt (issue 12): only retries raise it (worker/flow.py).
     runner = AttemptRunner()
     handler = EnvelopeHandler(runner, job_results="results")
     notices: list[Started] = []
     job = envelope("echo", job=True)
     handler.handle(job.encode(), 2, notices.append)
-    assert runner.attempts == [3]
-    assert notices == [Started(job.invocation_id, 3)]
+    assert runner.attempts == [1]
+    assert notices == [Started(job.invocation_id, 1)]
 
 
 def test_sync_and_expired_envelopes_announce_nothing() -> None:
@@ -139,7 +140,7 @@ async def test_job_reads_running_while_it_runs_then_succeeded(
 
 
 @pytest.mark.integration
-async def test_redelivered_job_runs_with_the_next_attempt(
+async def test_redelivered_job_runs_again_as_the_same_attempt(
     amqp_url: str, topology: Topology, unique: str
 ) -> None:
     notices: asyncio.Queue[Started] = asyncio.Queue()
@@ -161,10 +162,11 @@ async def test_redelivered_job_runs_with_the_next_attempt(
         second_runner.release.set()
         second = await _consumer(amqp_url, topology, second_runner, f"w2-{unique}")
         try:
-            assert (await asyncio.wait_for(notices.get(), 10)) == Started(job.invocation_id, 2)
+            # Run again, and still attempt 1: a worker dying is not an attempt.
+            assert (await asyncio.wait_for(notices.get(), 10)) == Started(job.invocation_id, 1)
             reply = await asyncio.wait_for(results.get(), 10)
             assert (reply.invocation_id, reply.outcome) == (job.invocation_id, "ok")
-            assert second_runner.attempts == [2]
+            assert second_runner.attempts == [1]
         finally:
             first_runner.release.set()
             await _stop(second)
