@@ -2,15 +2,17 @@
 
 A transport does three things:
 
-- `call(envelope, timeout) -> Reply`: publish a synchronous invocation and wait for its reply
-  on the caller's own reply queue, matched by correlation id;
-- `submit(envelope)`: publish a job (publisher-confirmed: once it returns, the broker has it);
+- `call(envelope, timeout) -> Reply`: publish a synchronous invocation to the sync lane and
+  wait for its reply on the caller's own reply queue, matched by correlation id;
+- `submit(envelope)`: publish a job to its function's job lane (publisher-confirmed: once it
+  returns, the broker has it; the lane is declared by the transport's first job of the
+  function, so a job is never published to a queue that does not exist);
 - `consume_job_results(handler, on_started)`: feed job replies to an async callback (and
   workers' `Started` notices to `on_started`); a result is acked only after the callback
   returned, so it survives a dispatcher dying mid-way.
 
-Publishing errors are typed: `QueueFull` (the invocations queue is at `x-max-length` and
-rejected the publish) and `BrokerUnavailable` (no connection); both become 503 upstream.
+Publishing errors are typed: `QueueFull` (the lane is at `x-max-length` and rejected the
+publish) and `BrokerUnavailable` (no connection); both become 503 upstream.
 `CallTimeout` means no reply came in time (504 upstream).
 
 `flotilla/dev/memory.py` implements the same protocol in-process for dev mode.
@@ -69,7 +71,12 @@ class BrokerUnavailable(TransportError):
 
 
 class QueueFull(TransportError):
-    """The invocations queue is full and rejected the envelope; retry later."""
+    """The lane (sync or the function's job queue) is full and rejected the envelope; retry
+    later."""
+
+
+class Unroutable(BrokerUnavailable):
+    """The lane the envelope was published to does not exist (the broker returned it)."""
 
 
 class CallTimeout(TransportError):
@@ -134,7 +141,10 @@ class AmqpTransport:
         self._job_channel: AbstractChannel | None = None
         self._futures: dict[str, asyncio.Future[Reply]] = {}
         self._publisher: aiormq.Channel | None = None  # the confirmed channel's aiormq channel
-        self._method_frame: tuple[int, bytes] = (-1, b"")  # Basic.Publish, marshalled once
+        # Basic.Publish frames marshalled once per route, for the channel numbered first.
+        self._method_frames: tuple[int, dict[str, bytes]] = (-1, {})
+        # Job lanes this transport declared (a job's publish would be unroutable before).
+        self._job_lanes: set[str] = set()
         # A stable name, so the robust connection re-declares the same queue after a reconnect.
         self.reply_queue_name = f"{topology.prefix}.reply.{uuid.uuid4().hex}"
         self.stray_replies = 0
@@ -217,7 +227,8 @@ class AmqpTransport:
             self._futures.pop(cid, None)
 
     async def submit(self, envelope: Envelope, *, delay_ms: int = 0) -> None:
-        """Publish a job envelope and wait (up to `publish_timeout_s`) for the broker's confirm."""
+        """Publish a job envelope to its function's job lane and wait (up to
+        `publish_timeout_s`) for the broker's confirm."""
         if envelope.reply_mode != REPLY_JOB:
             raise ValueError("submit() needs an envelope with reply_mode='job'")
         if delay_ms > 0:
@@ -225,16 +236,38 @@ class AmqpTransport:
             raise NotImplementedError("delayed jobs need the delay queues, not built yet")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._publish_timeout
+        lane = self._topology.job_queue(envelope.function)
+        for again in (True, False):
+            try:
+                if lane not in self._job_lanes:
+                    async with asyncio.timeout_at(deadline):
+                        await self._declare_jobs(envelope.function)
+                confirmation = await self._send(envelope, deadline)
+                async with asyncio.timeout_at(deadline):
+                    await asyncio.shield(confirmation)
+            except TimeoutError:
+                raise self._unconfirmed("job", envelope, self._publish_timeout) from None
+            except Exception as exc:
+                raise _publish_error(exc) from exc
+            if (error := _refusal(confirmation.result())) is None:
+                return
+            if not (again and isinstance(error, Unroutable)):
+                raise error
+            # The lane was deleted since this transport declared it: declare it again.
+            self._job_lanes.discard(lane)
+
+    async def _declare_jobs(self, function: str) -> None:
+        """Declare `function`'s job lane on a channel of its own (a refused declare closes
+        its channel: it must not be the publishing one)."""
+        if self._connection is None:
+            raise BrokerUnavailable("transport not started")
+        channel = await self._connection.channel(publisher_confirms=False)
         try:
-            confirmation = await self._send(envelope, deadline)
-            async with asyncio.timeout_at(deadline):
-                await asyncio.shield(confirmation)
-        except TimeoutError:
-            raise self._unconfirmed("job", envelope, self._publish_timeout) from None
-        except Exception as exc:
-            raise _publish_error(exc) from exc
-        if (error := _refusal(confirmation.result())) is not None:
-            raise error
+            await self._topology.declare_jobs(channel, function)
+        finally:
+            if not channel.is_closed:
+                await channel.close()
+        self._job_lanes.add(self._topology.job_queue(function))
 
     def _expire(
         self, fut: asyncio.Future[Reply], confirmation: asyncio.Future[Any], envelope: Envelope,
@@ -349,21 +382,29 @@ class AmqpTransport:
         now = now_ms()
         ttl = message_ttl_ms(envelope.reply_mode, envelope.remaining_ms(now))
         body = envelope.encode(published_ms=now)
+        job = envelope.reply_mode == REPLY_JOB
+        route = self._topology.job_queue(envelope.function) if job else self._topology.sync
         properties = aiormq.spec.Basic.Properties(
             content_type="application/msgpack",
-            delivery_mode=2,  # persistent
+            # Jobs are persistent; sync calls as their lane keeps them (Topology.sync_lane).
+            delivery_mode=2 if job or self._topology.sync_persistent else 1,
             correlation_id=envelope.correlation_id,
             # Unique per publish: aiormq matches a returned message to its confirm by it.
             message_id=envelope.invocation_id,
             reply_to=envelope.reply_to or None,
             expiration=str(ttl) if ttl is not None else None,
         )
-        if self._method_frame[0] != channel.number:
-            method = aiormq.spec.Basic.Publish(
-                exchange="", routing_key=self._topology.invocations, mandatory=True
-            )
-            self._method_frame = (channel.number, amqp.marshal(method, channel))
-        return amqp.publish_frame(channel, self._method_frame[1], body, properties)
+        number, frames = self._method_frames
+        if number != channel.number:
+            frames = {}
+            self._method_frames = (channel.number, frames)
+        method = frames.get(route)
+        if method is None:
+            if len(frames) >= MAX_CACHED_FRAMES:
+                frames.clear()
+            publish = aiormq.spec.Basic.Publish(exchange="", routing_key=route, mandatory=True)
+            method = frames[route] = amqp.marshal(publish, channel)
+        return amqp.publish_frame(channel, method, body, properties)
 
     async def _on_reply(self, message: aiormq.abc.DeliveredMessage) -> None:
         try:
@@ -396,10 +437,13 @@ async def _on_notice(
     await message.ack()
 
 
+# Marshalled Basic.Publish frames kept (one per lane published to) before starting afresh.
+MAX_CACHED_FRAMES = 1024
+
 # A nack: the queue is at x-max-length, or (on a cluster) its quorum queue has no leader yet
 # after a node died; either way nothing was enqueued and a retry may succeed.
-REFUSED = ("the broker refused the envelope: the invocations queue is full or electing a "
-           "leader after a node loss; retry later")
+REFUSED = ("the broker refused the envelope: its lane (the sync queue or the function's job "
+           "queue) is full or electing a leader after a node loss; retry later")
 
 
 def _refusal(result: Any) -> TransportError | None:
@@ -407,7 +451,7 @@ def _refusal(result: Any) -> TransportError | None:
     if isinstance(result, aiormq.spec.Basic.Nack):
         return QueueFull(REFUSED)
     if isinstance(result, (aiormq.spec.Basic.Return, aiormq.abc.DeliveredMessage)):
-        return BrokerUnavailable("the invocations queue does not exist (envelope not routable)")
+        return Unroutable("the envelope's lane does not exist (envelope not routable)")
     return None
 
 
@@ -434,5 +478,5 @@ def _on_confirmed(fut: asyncio.Future[Reply], confirmation: asyncio.Future[Any])
 def _delivery_error(exc: aio_pika.exceptions.DeliveryError) -> TransportError:
     frame = getattr(exc, "frame", None)
     if isinstance(frame, aiormq.spec.Basic.Return):
-        return BrokerUnavailable(f"envelope was not routable: {frame.reply_text}")
+        return Unroutable(f"envelope was not routable: {frame.reply_text}")
     return QueueFull(REFUSED)

@@ -25,13 +25,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis.asyncio
+
 from flotilla.amqp import connect_robust
 from flotilla.hosts.cache import connect_redis
 from flotilla.metrics import WorkerMetrics
 from flotilla.settings import WorkerSettings
 from flotilla.topology import RECONNECT_INTERVAL_S, Topology
-from worker.consumer import Consumer
+from worker.consumer import SYNC_RESERVE, Consumer
 from worker.handler import EnvelopeHandler, RunLedger, Runner
+from worker.lanes import FunctionWatch
 from worker.probes import ProbeServer
 
 log = logging.getLogger(__name__)
@@ -132,7 +135,7 @@ class WorkerService:
         self._serve_probes = serve_probes
         self.topology = topology or Topology(
             settings.queue_prefix, max_length=settings.queue_max_length,
-            quorum_size=settings.quorum_size,
+            quorum_size=settings.quorum_size, sync_lane=settings.sync_lane,
         )
         self._runtime_factory = runtime_factory
         self.stop_requested = asyncio.Event()
@@ -142,6 +145,7 @@ class WorkerService:
         self.metrics = WorkerMetrics()
         self.probes: ProbeServer | None = None
         self._runtime: Runtime | None = None
+        self.watch: FunctionWatch | None = None
 
     @property
     def forced(self) -> bool:
@@ -164,9 +168,10 @@ class WorkerService:
         loop = asyncio.get_running_loop()
         settings = self.settings
         runtime = self._runtime = self._runtime_factory(settings, loop, self.metrics)
-        # Headroom for threads abandoned blocked in a host call (see worker/executor.py).
+        # Headroom for the sync reserve (worker/consumer.py) and for threads abandoned
+        # blocked in a host call (see worker/executor.py).
         executor = ThreadPoolExecutor(
-            settings.effective_concurrency() + settings.effective_max_abandoned(),
+            settings.effective_concurrency() + SYNC_RESERVE + settings.effective_max_abandoned(),
             "flotilla-invoke",
         )
         connection = None
@@ -199,14 +204,22 @@ class WorkerService:
                 max_abandoned=settings.effective_max_abandoned(),
             )
             await self.consumer.start()
+            # Its own client: the subscription holds a connection for good.
+            watch_redis = redis.asyncio.from_url(settings.redis_url, socket_connect_timeout=2.0)
+            self.watch = FunctionWatch(watch_redis, settings.queue_prefix,
+                                       self.consumer.add_function)
+            await self.watch.start()
             self.ready.set()
-            log.info("worker consuming %s", self.topology.invocations)
+            log.info("worker consuming %s and the job lanes of %d functions",
+                     self.topology.sync, len(self.consumer.functions))
             await self.stop_requested.wait()
             status = await self._shutdown()
             return status
         finally:
             if self.probes is not None:
                 await self.probes.close()
+            if self.watch is not None:
+                await self.watch.close()
             if self.consumer is not None:
                 await self.consumer.close()
             if connection is not None:

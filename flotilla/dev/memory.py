@@ -1,7 +1,8 @@
 """`MemoryTransport`: the `Transport` protocol in one process, for dev mode and unit tests.
 
-Envelopes go through an asyncio queue (bounded: a full queue raises `QueueFull`, like the
-broker's `reject-publish`) to worker tasks that run the same `EnvelopeHandler` the AMQP
+Envelopes go through an asyncio priority queue (bounded: a full queue raises `QueueFull`,
+like the broker's `reject-publish`; sync calls ahead of jobs, as the workers' slots order
+the broker's lanes) to worker tasks that run the same `EnvelopeHandler` the AMQP
 consumer runs, on a thread pool, through the same `InvocationPool` (a run blocked in a host
 call past its timeout is answered `timeout` and its thread abandoned). Replies are routed the way the consumer routes them: to the
 waiting caller's future, or to the job-results handler. Envelopes still travel as bytes, so
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import logging
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -55,7 +57,11 @@ class MemoryTransport:
         self._handler = handler
         self._topology = topology or Topology()
         self._concurrency = concurrency
-        self._queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=max_length)
+        # (0 for sync calls, 1 for jobs; publish order; the lane a broker would hold it in; body)
+        self._queue: asyncio.PriorityQueue[tuple[int, int, str, bytes]] = asyncio.PriorityQueue(
+            maxsize=max_length
+        )
+        self._order = itertools.count()
         self._own_executor = executor is None
         self._executor = executor or ThreadPoolExecutor(
             concurrency + max_abandoned, "flotilla-memory"
@@ -148,15 +154,18 @@ class MemoryTransport:
     def _publish(self, envelope: Envelope) -> None:
         if not self._tasks:
             raise BrokerUnavailable("memory transport not started")
+        job = envelope.reply_mode == REPLY_JOB
+        lane = self._topology.job_queue(envelope.function) if job else self._topology.sync
+        item = (int(job), next(self._order), lane, envelope.encode(published_ms=now_ms()))
         try:
-            self._queue.put_nowait(envelope.encode(published_ms=now_ms()))
+            self._queue.put_nowait(item)
         except asyncio.QueueFull:
             raise QueueFull("the in-memory invocation queue is full; retry later") from None
 
     async def _work(self) -> None:
         while True:
             await self.pool.wait_for_room()
-            body = await self._queue.get()
+            _, _, lane, body = await self._queue.get()
             handled = await self.pool.handle(body, 0, self._announce)
             try:
                 await self._route(handled)
@@ -164,12 +173,12 @@ class MemoryTransport:
                 log.exception("routing a reply failed")
             if handled.settle is Settle.REJECT:
                 self.dead_letters.append(body)
-                await self._dead_letter(body)
+                await self._dead_letter(body, lane)
 
-    async def _dead_letter(self, body: bytes) -> None:
+    async def _dead_letter(self, body: bytes, lane: str) -> None:
         if self.on_dead_letter is None:
             return
-        headers = {"x-death": [{"reason": "rejected", "queue": self._topology.invocations}]}
+        headers = {"x-death": [{"reason": "rejected", "queue": lane}]}
         try:
             await self.on_dead_letter(body, headers)
         except Exception:

@@ -38,7 +38,7 @@ def test_bench_e2e_json_reports_every_figure_and_every_call_succeeds(
     assert figures["ok"] == figures["requests"]
     assert figures["requests"]["http_c64"] == 64 and figures["requests"]["client_c1"] == 5
     # It cleaned up after itself: its invocations queue is gone.
-    assert not asyncio.run(_queue_exists(amqp_url, f"{figures['prefix']}.invocations"))
+    assert not asyncio.run(_queue_exists(amqp_url, f"{figures['prefix']}.sync"))
 
 
 async def _queue_exists(amqp_url: str, name: str) -> bool:
