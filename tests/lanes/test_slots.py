@@ -29,6 +29,7 @@ async def test_jobs_fill_the_slots_and_a_sync_call_still_starts_in_the_reserve()
     job = _waiting(slots, "a", order, "a3")
     sync = _waiting(slots, None, order, "sync")
     await _settle()
+    assert sync.done() and sync.result()
     # The sync call did not wait for a job; the third job does.
     assert order == ["sync"] and not job.done() and slots.running == 3
     # A second sync call waits (one reserve slot), and goes before the waiting job.
