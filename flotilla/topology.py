@@ -176,8 +176,10 @@ class Topology:
         jobs = tuple(self.job_queue(f) for f in sorted(set(functions)))
         return (self.sync, self.dead_letters, self.job_results, *jobs)
 
-    async def declare(self, channel: AbstractChannel) -> AbstractQueue:
-        """Declare everything but the job lanes (idempotent); returns the sync lane."""
+    async def declare(self, channel: AbstractChannel, *, adopt_sync: bool = False) -> AbstractQueue:
+        """Declare everything but the job lanes (idempotent); returns the sync lane. With
+        `adopt_sync`, the sync lane is only looked up (passive): it exists already, maybe of
+        the other `sync_lane` type."""
         dlx = await channel.declare_exchange(
             self.dead_letter_exchange, aio_pika.ExchangeType.FANOUT, durable=True
         )
@@ -188,6 +190,8 @@ class Topology:
         await channel.declare_queue(
             self.job_results, durable=True, arguments=self.job_result_arguments()
         )
+        if adopt_sync:
+            return await channel.declare_queue(self.sync, passive=True)
         return await channel.declare_queue(
             self.sync, durable=True, arguments=self.sync_arguments()
         )

@@ -160,7 +160,7 @@ class AmqpTransport:
             )
             self._channel = await self._connection.channel(publisher_confirms=True)
             if self._declare:
-                await self._topology.declare(self._channel)
+                await self._declare_topology()
             reply_channel: AbstractRobustChannel = await self._connection.channel(
                 publisher_confirms=False
             )
@@ -175,6 +175,23 @@ class AmqpTransport:
         except (aiormq.exceptions.AMQPError, ConnectionError, OSError) as exc:
             await self.close()
             raise BrokerUnavailable(f"cannot connect to RabbitMQ: {exc}") from exc
+
+    async def _declare_topology(self) -> None:
+        """Declare the topology; a sync lane that exists with other arguments (another
+        FLOTILLA_SYNC_LANE: a Python client does not know the deployment's) is used as it
+        is, with a warning: publishing to it works whatever its type."""
+        assert self._connection is not None and self._channel is not None
+        try:
+            await self._topology.declare(self._channel)
+        except aio_pika.exceptions.ChannelPreconditionFailed as exc:
+            if self._topology.sync not in str(exc):
+                raise
+            log.warning("the sync lane %s exists with other arguments than this process's "
+                        "(FLOTILLA_SYNC_LANE=%s, queue max length, quorum size): using it as "
+                        "it is; set them as the deployment's", self._topology.sync,
+                        self._topology.sync_lane)
+            self._channel = await self._connection.channel(publisher_confirms=True)
+            await self._topology.declare(self._channel, adopt_sync=True)
 
     async def _consume_replies(self, channel: AbstractRobustChannel) -> None:
         underlay = await channel.get_underlay_channel()

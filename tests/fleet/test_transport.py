@@ -93,3 +93,23 @@ async def test_expired_sync_envelope_is_dead_lettered_by_the_broker(
     assert Envelope.decode(message.body).invocation_id == env.invocation_id
     death = message.headers["x-death"][0]  # type: ignore[index]
     assert death["reason"] == "expired"  # type: ignore[index]
+
+
+async def test_a_sync_lane_of_the_other_type_is_used_as_it_is(
+    amqp_url: str, topology: Topology
+) -> None:
+    # Given a deployment whose sync lane is classic (its workers and dispatchers say so)
+    classic = Topology(topology.prefix, delivery_limit=topology.delivery_limit,
+                       max_length=topology.max_length, sync_lane="classic")
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        await classic.declare(await connection.channel())
+        # When a transport of the default type (a Python client) starts
+        async with AmqpTransport(amqp_url, topology) as t:
+            # Then it publishes to the lane there is: a call is queued there (nobody answers)
+            with pytest.raises(CallTimeout):
+                await t.call(envelope(), timeout=0.3)
+        queue = await (await connection.channel()).declare_queue(topology.sync, passive=True)
+        assert queue.declaration_result.message_count == 1
+        # and the lane is still the classic one: re-declaring it as classic succeeds
+        await classic.declare(await connection.channel())
