@@ -56,6 +56,7 @@ from flotilla.registry import Deployer, Registry, ResolveCache
 from flotilla.schedules import ScheduleStore
 from flotilla.secrets import SecretStore
 from flotilla.topics import TopicBus
+from flotilla.tracing import Tracing
 from flotilla.transport import Transport
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,7 @@ def create_app(
     schedules: ScheduleStore | None = None,
     secrets: SecretStore | None = None,
     topics: TopicBus | None = None,
+    tracing: Tracing | None = None,
 ) -> FastAPI:
     """The HTTP API wired to its collaborators (nothing is started or connected here).
 
@@ -90,13 +92,14 @@ def create_app(
     served at `/metrics` (Prometheus text format). With `auth`, routes need API keys;
     without it they are open (the processes decide explicitly: see service.py and dev.py).
     Without `topics`, subscribing answers 503. Dead letters and schedules live in the job
-    store's Redis unless given.
+    store's Redis unless given. With `tracing`, /v1 requests and publishes are spans.
     """
     opts = options or ApiOptions()
     cache = ResolveCache(registry, ttl_s=opts.resolve_ttl_s) if opts.resolve_ttl_s > 0 else None
     invoker = Invoker(
         cache or registry, transport, jobs=jobs, reply_margin_ms=opts.reply_margin_ms,
         job_ttl_s=opts.job_ttl_s, retry_after_s=opts.retry_after_s, metrics=metrics,
+        tracing=tracing,
     )
     api = Api(
         registry, deployer, jobs, transport, invoker, opts, metrics, cache, auth, topics,
@@ -138,6 +141,11 @@ class FlotillaApp(FastAPI):
             if target is not None:
                 await self.invoke_handler(scope, receive, send, *target)
                 return
+        tracing = self.invoke_handler.tracing
+        if tracing is not None and scope["type"] == "http" and "/v1/" in scope["path"]:
+            # The API's routes (jobs, deploys...) as spans too, not probes and scrapes.
+            await tracing.serve_http(super().__call__, scope, receive, send)
+            return
         await super().__call__(scope, receive, send)
 
 

@@ -20,7 +20,9 @@ handlers do for other routes:
 4. the guest's response (hop-by-hop headers dropped; no body for HEAD), or the error's
    problem document from `problems.problem_response`, the renderer the app's exception
    handlers use;
-5. the request counted under the route template, as the middleware counts other routes.
+5. the request counted under the route template, as the middleware counts other routes;
+6. with tracing on (flotilla/tracing.py), all of it inside a server span named by the route
+   template, continuing the caller's `traceparent`; the invoker's publish span is its child.
 
 `routes` holds the two routes as routing sees them (every method of `METHODS`, so other
 methods get 405 with their `Allow`); each carries one documented route per method for the
@@ -69,6 +71,7 @@ from flotilla.errors import (
 from flotilla.invoker import METHODS, PLAIN_POST, WebRequest
 from flotilla.jobs import new_id
 from flotilla.registry import LATEST, FunctionVersion
+from flotilla.tracing import NO_SPAN
 
 INVOKE_ROUTE = "/v1/functions/{name}/invoke"
 INVOKE_PATH_ROUTE = "/v1/functions/{name}/invoke/{path:path}"
@@ -111,6 +114,7 @@ class InvokeHandler:
 
     def __init__(self, api: Api) -> None:
         self.api = api
+        self.tracing = api.invoker.tracing  # None: off (flotilla/tracing.py)
         m = api.metrics
         self._duration = m.request_duration.labels(INVOKE_ROUTE) if m is not None else None
         self._requests: dict[int, Any] = {}  # by status, looked up once (labels() locks)
@@ -131,32 +135,39 @@ class InvokeHandler:
         logs.bind(invocation_id, name)
         began = time.perf_counter()
         status = 500
-        try:
+        tracing = self.tracing
+        with (NO_SPAN if tracing is None
+              else tracing.serving(scope, INVOKE_PATH_ROUTE if sub_path else INVOKE_ROUTE)) as span:
             try:
-                status, headers, body = await self._invoke(
-                    scope, receive, name, sub_path, invocation_id
-                )
-            except ClientGone:
-                status = CLIENT_GONE
-                return
-            except Exception as exc:  # noqa: BLE001 - each error becomes its problem document
-                response = problem_response(
-                    exc, invocation_id=invocation_id, instance=scope["path"],
-                    retry_after_s=self.api.options.retry_after_s,
-                    where=f"{scope['method']} {scope['path']}",
-                )
-                status, headers, body = (
-                    response.status_code, list(response.raw_headers), bytes(response.body)
-                )
-            headers.append((_INVOCATION_HEADER, invocation_id.encode()))
-            if scope["method"] == "HEAD":
-                body = b""  # the headers (Content-Length too) as a GET would have them
-            await send({"type": "http.response.start", "status": status, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
-        finally:
-            # Counted once the response is sent, as InvocationIdMiddleware does.
-            if counted and self._duration is not None:
-                self._count(status, time.perf_counter() - began)
+                try:
+                    status, headers, body = await self._invoke(
+                        scope, receive, name, sub_path, invocation_id
+                    )
+                except ClientGone:
+                    status = CLIENT_GONE
+                    return
+                except Exception as exc:  # noqa: BLE001 - each error becomes its problem document
+                    response = problem_response(
+                        exc, invocation_id=invocation_id, instance=scope["path"],
+                        retry_after_s=self.api.options.retry_after_s,
+                        where=f"{scope['method']} {scope['path']}",
+                    )
+                    status, headers, body = (
+                        response.status_code, list(response.raw_headers), bytes(response.body)
+                    )
+                headers.append((_INVOCATION_HEADER, invocation_id.encode()))
+                if scope["method"] == "HEAD":
+                    body = b""  # the headers (Content-Length too) as a GET would have them
+                await send({"type": "http.response.start", "status": status, "headers": headers})
+                await send({"type": "http.response.body", "body": body})
+            finally:
+                # Counted once the response is sent, as InvocationIdMiddleware does.
+                if counted and self._duration is not None:
+                    self._count(status, time.perf_counter() - began)
+                if span is not None and tracing is not None:
+                    span.set_attribute("flotilla.function", name)
+                    span.set_attribute("flotilla.invocation_id", invocation_id)
+                    tracing.responded(span, status)
 
     async def _invoke(
         self, scope: MutableMapping[str, Any], receive: Any, name: str, sub_path: str,

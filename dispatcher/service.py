@@ -34,6 +34,7 @@ from flotilla.schedules import Scheduler, ScheduleStore, submit_with
 from flotilla.secrets import SecretStore
 from flotilla.settings import DispatcherSettings, split_listen
 from flotilla.topics import AmqpTopics
+from flotilla.tracing import DISPATCHER, Tracing
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,7 @@ class Dispatcher:
     topics: AmqpTopics | None = None
     dead_letters: DeadLetterConsumer | None = None
     scheduler: Scheduler | None = None
+    tracing: Tracing | None = None
     _scheduling: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
 
     async def start(self) -> None:
@@ -135,6 +137,8 @@ class Dispatcher:
         await self.redis.aclose()
         if self.sandbox is not None:
             self.sandbox.close()
+        if self.tracing is not None:
+            await asyncio.to_thread(self.tracing.shutdown)  # exports the last spans
 
 
 def build(settings: DispatcherSettings) -> Dispatcher:
@@ -164,6 +168,7 @@ def build(settings: DispatcherSettings) -> Dispatcher:
     transport = AmqpTransport(settings.amqp_url, topology)
     http = httpx.AsyncClient(follow_redirects=False)
     metrics = DispatcherMetrics()
+    tracing = Tracing.from_env(DISPATCHER, settings.tracing)
     auth = None if settings.insecure else Authenticator.on_redis(
         redis, prefix=settings.queue_prefix, admin_key=settings.admin_key,
         public_limit=public_limit(settings),
@@ -185,6 +190,7 @@ def build(settings: DispatcherSettings) -> Dispatcher:
         schedules=ScheduleStore(redis, prefix=settings.queue_prefix),
         secrets=SecretStore.from_settings(settings, redis),
         topics=topics,
+        tracing=tracing,
     )
     metrics.watch_transport(transport)
     watch = RedisWatch(redis, settings.queue_prefix, auth=auth, metrics=metrics)
@@ -193,7 +199,7 @@ def build(settings: DispatcherSettings) -> Dispatcher:
     consumer = DeadLetterConsumer(api.dead_letters, topology, metrics=metrics)
     scheduler = Scheduler(api.schedules, submit_with(api.invoker), metrics=metrics)
     return Dispatcher(app, redis, transport, ResultRecorder(jobs, callback_poster(http)), http,
-                      sandbox, auth, watch, topics, consumer, scheduler)
+                      sandbox, auth, watch, topics, consumer, scheduler, tracing)
 
 
 def public_limit(settings: DispatcherSettings) -> Limit | None:

@@ -26,7 +26,9 @@ The HTTP API (`dispatcher/invoke.py`, the jobs route) and the Python client
 The rate limiter and the idempotency keys live in the job store's Redis unless given.
 
 With `metrics` (the dispatcher's), it counts publishes by result, the callers waiting for
-a reply and the reply latency.
+a reply and the reply latency. With `tracing` (flotilla/tracing.py), each publish is a span
+(a call's lasts until its reply) whose traceparent the envelope carries; without it the
+only cost is a `with` over a shared null context.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from flotilla.envelope import (
     DEFAULT_PATH,
     KIND_JOB,
     KIND_SCHEDULED,
+    KIND_SYNC,
     Envelope,
     Headers,
     Reply,
@@ -61,10 +64,12 @@ from flotilla.jobs import JobRecord, JobStore, new_id
 from flotilla.outcomes import Outcome
 from flotilla.ratelimit import Limit, RateLimiter, function_bucket, retry_after_s
 from flotilla.registry import LATEST, FunctionNotDeployed, FunctionVersion, VersionSource
+from flotilla.tracing import NO_TRACEPARENT
 from flotilla.transport import BrokerUnavailable, CallTimeout, QueueFull, Transport
 
 if TYPE_CHECKING:  # the client runs without prometheus_client's import cost
     from flotilla.metrics import DispatcherMetrics
+    from flotilla.tracing import Tracing
 
 DEFAULT_REPLY_MARGIN_MS = 2_000
 DEFAULT_JOB_TTL_S = 86_400
@@ -140,8 +145,10 @@ class Invoker:
         metrics: DispatcherMetrics | None = None,
         limiter: RateLimiter | None = None,
         idempotency: IdempotencyKeys | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.versions = versions
+        self.tracing = tracing
         self.transport = transport
         self.jobs = jobs
         self.reply_margin_ms = reply_margin_ms
@@ -183,37 +190,42 @@ class Invoker:
         iid = invocation_id or new_id()
         timeout_ms = fn.config.timeout_ms if timeout_ms is None else timeout_ms
         margin_ms = self.reply_margin_ms
-        envelope = Envelope.for_call(
-            iid, fn.name, fn.digest, headers, body, timeout_ms=timeout_ms,
-            # The transport's own reply queue up front, so its call() need not copy the envelope.
-            reply_to=self.transport.reply_queue_name,
-            **(request.envelope_fields() if request is not PLAIN_POST else {}),
-        )
-        if fn.config.rate_limit is not None:
-            await self.admit(fn)
-        m = self.metrics
-        began = time.perf_counter()
-        if m is not None:
-            m.in_flight.inc()
-        try:
-            reply = await self.transport.call(envelope, (timeout_ms + margin_ms) / 1000)
-        except CallTimeout:
-            self._count("confirmed")
-            raise FunctionTimeout(
-                f"no reply within {timeout_ms} ms (+{margin_ms} ms margin)",
-                outcome=Outcome.TIMEOUT, invocation_id=iid,
-            ) from None
-        except (QueueFull, BrokerUnavailable) as exc:
-            raise self._unavailable(exc) from None
-        finally:
+        tracing = self.tracing
+        with (NO_TRACEPARENT if tracing is None
+              else tracing.publishing(fn.name, fn.digest, iid, KIND_SYNC)) as traceparent:
+            fields = request.envelope_fields() if request is not PLAIN_POST else {}
+            if traceparent:
+                fields["traceparent"] = traceparent
+            envelope = Envelope.for_call(
+                iid, fn.name, fn.digest, headers, body, timeout_ms=timeout_ms,
+                # The transport's own reply queue up front, so its call() need not copy it.
+                reply_to=self.transport.reply_queue_name, **fields,
+            )
+            if fn.config.rate_limit is not None:
+                await self.admit(fn)
+            m = self.metrics
+            began = time.perf_counter()
             if m is not None:
-                m.in_flight.dec()
-        self._count("confirmed")
-        if m is not None:
-            m.reply_latency.observe(time.perf_counter() - began)
-        if not reply.ok:
-            raise error_for_reply(reply, retry_after_s=self.retry_after_s)
-        return reply
+                m.in_flight.inc()
+            try:
+                reply = await self.transport.call(envelope, (timeout_ms + margin_ms) / 1000)
+            except CallTimeout:
+                self._count("confirmed")
+                raise FunctionTimeout(
+                    f"no reply within {timeout_ms} ms (+{margin_ms} ms margin)",
+                    outcome=Outcome.TIMEOUT, invocation_id=iid,
+                ) from None
+            except (QueueFull, BrokerUnavailable) as exc:
+                raise self._unavailable(exc) from None
+            finally:
+                if m is not None:
+                    m.in_flight.dec()
+            self._count("confirmed")
+            if m is not None:
+                m.reply_latency.observe(time.perf_counter() - began)
+            if not reply.ok:
+                raise error_for_reply(reply, retry_after_s=self.retry_after_s)
+            return reply
 
     async def admit(self, fn: FunctionVersion) -> None:
         """Take a token from `fn`'s fleet-wide rate-limit bucket (synchronous calls only);
@@ -249,9 +261,12 @@ class Invoker:
         delay_ms: int = 0,
         kind: str | None = None,
         parent_id: str | None = None,
+        traceparent: str = "",
     ) -> str:
         """Queue `fn` as a job (due in `delay_ms`); its id once the broker accepted it
-        (Unavailable otherwise). `kind` defaults to `scheduled` with a delay, else `job`."""
+        (Unavailable otherwise). `kind` defaults to `scheduled` with a delay, else `job`.
+        `traceparent`: the trace context of whoever asked for it (a spawning invocation's
+        run; default: the current span, when tracing)."""
         if self.jobs is None:
             raise ValueError("jobs need a JobStore")
         check_body(fn, len(body))
@@ -265,22 +280,26 @@ class Invoker:
             JobRecord(job_id, fn.name, fn.digest, now, callback_url, kind, run_at, parent_id),
             ttl_s=ttl_s,
         )
-        envelope = Envelope.for_job(
-            job_id, fn.name, fn.digest, headers, body, ttl_s=ttl_s,
-            kind="" if kind == KIND_JOB else kind, parent_id=parent_id or "",
-            **request.envelope_fields(),
-        )
-        try:
-            if delay_ms > 0:
-                await self.transport.submit(envelope, delay_ms=delay_ms)
-            else:
-                await self.transport.submit(envelope)
-        except (QueueFull, BrokerUnavailable) as exc:
-            await self.jobs.forget(job_id)  # never queued: do not report it as queued
-            raise self._unavailable(exc) from None
-        except BaseException:
-            await self.jobs.forget(job_id)
-            raise
+        tracing = self.tracing
+        with (NO_TRACEPARENT if tracing is None
+              else tracing.publishing(fn.name, fn.digest, job_id, kind, traceparent)) as parent:
+            envelope = Envelope.for_job(
+                job_id, fn.name, fn.digest, headers, body, ttl_s=ttl_s,
+                kind="" if kind == KIND_JOB else kind, parent_id=parent_id or "",
+                # Without tracing here, the caller's trace context still travels on.
+                traceparent=parent or traceparent, **request.envelope_fields(),
+            )
+            try:
+                if delay_ms > 0:
+                    await self.transport.submit(envelope, delay_ms=delay_ms)
+                else:
+                    await self.transport.submit(envelope)
+            except (QueueFull, BrokerUnavailable) as exc:
+                await self.jobs.forget(job_id)  # never queued: do not report it as queued
+                raise self._unavailable(exc) from None
+            except BaseException:
+                await self.jobs.forget(job_id)
+                raise
         self._count("confirmed")
         return job_id
 

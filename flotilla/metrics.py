@@ -82,6 +82,11 @@ class WorkerMetrics:
             "flotilla_expired_total", "Envelopes not run because their deadline had passed",
             registry=r,
         )
+        self.job_flow = Counter(
+            "flotilla_job_flow_total",
+            "Jobs retried, deferred (max_concurrency, rate_limit), exhausted or not run "
+            "(cancelled or finished) by the worker", ["function", "event"], registry=r,
+        )
         self.abandoned = Counter(
             "flotilla_invocations_abandoned_total",
             "Invocations answered `timeout` while their thread was still blocked in a host call",

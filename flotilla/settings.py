@@ -160,6 +160,13 @@ class _Base(BaseSettings):
         "the first seals, every one opens (`flotilla secrets new-key`; empty: secrets are off)",
     )
 
+    tracing: bool | None = Field(
+        default=None,
+        description="Export OpenTelemetry traces over OTLP/HTTP (unset: on when "
+        "OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set; true without "
+        "them: to http://localhost:4318). Needs `pip install 'flotilla[tracing]'`",
+    )
+
     def __init__(self, **values: Any) -> None:
         """Validate `values` (and nothing else: see `from_env`); SettingsError names the
         variable of the first bad one."""

@@ -12,7 +12,8 @@ The call runs on the invocation's thread. In order:
    `parent_id` and published with kind `spawned` (`Invoker.submit`: the record first, then
    the confirmed publish; the record is forgotten when the publish fails);
 4. the job id comes back at once; the job runs later with its own function's config (its
-   retry policy, limits and timeout).
+   retry policy, limits and timeout), in the spawning invocation's trace (its envelope
+   carries the run span's traceparent, flotilla/tracing.py).
 
 The thread waits at most `timeout_s`, and never past its invocation's deadline; a queue or
 job store that cannot be reached is `unavailable`. A spawn that failed is not counted
@@ -30,7 +31,7 @@ import asyncio
 import concurrent.futures
 import logging
 from collections.abc import Sequence
-from typing import Protocol, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 from redis.exceptions import RedisError
 
@@ -38,11 +39,16 @@ from flotilla.config import NAME_RE
 from flotilla.envelope import KIND_SPAWNED, Envelope
 from flotilla.errors import BodyTooLarge, FunctionNotFound, Unavailable
 from flotilla.hosts.base import HostError, InvocationContext
+from flotilla.hosts.observe import Meter, Observe
 from flotilla.hosts.spawn import MAX_SPAWNS_PER_INVOCATION
 from flotilla.invoker import DEFAULT_JOB_TTL_S, Invoker
 from flotilla.jobs import JobStore
 from flotilla.registry import VersionSource
+from flotilla.tracing import current_traceparent
 from flotilla.transport import Transport
+
+if TYPE_CHECKING:
+    from flotilla.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -88,21 +94,32 @@ class Spawner:
         publisher: JobPublisher | None = None,
         job_ttl_s: int = DEFAULT_JOB_TTL_S,
         timeout_s: float = DEFAULT_TIMEOUT_S,
+        tracing: Tracing | None = None,
+        observe: Observe | None = None,
     ) -> None:
         """`versions`: the registry (or a ResolveCache over it); `loop`: the worker's event
-        loop, where `jobs` and `publisher` live."""
+        loop, where `jobs` and `publisher` live; `tracing`: a publish span per spawn;
+        `observe`: the host-call hook (metrics, trace spans) as the other hosts have it."""
+        self._meter = Meter("spawn", observe)
         self.loop = loop
         self.publisher = publisher
         self.timeout_s = timeout_s
         # The invoker only publishes jobs here: `submit` is all it asks of its transport.
         self._invoker = Invoker(versions, cast(Transport, _Attached(self)), jobs=jobs,
-                                job_ttl_s=job_ttl_s)
+                                job_ttl_s=job_ttl_s, tracing=tracing)
 
     def job(
         self, ctx: InvocationContext, function: str, headers: Sequence[tuple[str, str]],
         body: bytes,
     ) -> str:
         """Queue a job of `function` for the invocation `ctx`; its id (HostError otherwise)."""
+        with self._meter.measure("job"):
+            return self._job(ctx, function, headers, body)
+
+    def _job(
+        self, ctx: InvocationContext, function: str, headers: Sequence[tuple[str, str]],
+        body: bytes,
+    ) -> str:
         if not NAME_RE.match(function):
             raise HostError("invalid-argument", f"{function!r} is not a function name")
         if function not in ctx.config.spawn_functions:
@@ -123,7 +140,10 @@ class Spawner:
             raise HostError("unavailable", "spawn called on the worker's event loop")
         ctx.spawns += 1
         future = asyncio.run_coroutine_threadsafe(
-            self._submit(ctx.invocation_id, function, pairs, bytes(body)), self.loop
+            # The trace context is read here, on the invocation's thread, not on the loop.
+            self._submit(ctx.invocation_id, function, pairs, bytes(body),
+                         current_traceparent()),
+            self.loop,
         )
         try:
             return future.result(wait_s)
@@ -137,12 +157,14 @@ class Spawner:
             raise
 
     async def _submit(
-        self, parent_id: str, function: str, headers: tuple[tuple[str, str], ...], body: bytes
+        self, parent_id: str, function: str, headers: tuple[tuple[str, str], ...], body: bytes,
+        traceparent: str,
     ) -> str:
         try:
             fn = await self._invoker.resolve(function)
             return await self._invoker.submit(
-                fn, body, headers, kind=KIND_SPAWNED, parent_id=parent_id
+                fn, body, headers, kind=KIND_SPAWNED, parent_id=parent_id,
+                traceparent=traceparent,
             )
         except FunctionNotFound:
             raise HostError("invalid-argument", f"no function {function!r} is deployed") \

@@ -39,6 +39,7 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractQueue
 
+from flotilla.delays import DelayChain
 from flotilla.envelope import REPLY_JOB
 
 # Seconds between reconnect attempts of robust connections (aio-pika's default is 5 s;
@@ -84,6 +85,11 @@ class Topology:
         if self.quorum_size:
             args["x-quorum-initial-group-size"] = self.quorum_size
         return args
+
+    @property
+    def delays(self) -> DelayChain:
+        """The delay levels of delayed jobs and retries (flotilla/delays.py)."""
+        return DelayChain(self.prefix, self.quorum_size)
 
     @property
     def sync(self) -> str:
@@ -174,7 +180,8 @@ class Topology:
         delete them afterwards; the registry's function set names every job lane a worker
         or a dispatcher declared)."""
         jobs = tuple(self.job_queue(f) for f in sorted(set(functions)))
-        return (self.sync, self.dead_letters, self.job_results, *jobs)
+        return (self.sync, self.dead_letters, self.job_results, *self.delays.queue_names(),
+                *jobs)
 
     async def declare(self, channel: AbstractChannel, *, adopt_sync: bool = False) -> AbstractQueue:
         """Declare everything but the job lanes (idempotent); returns the sync lane. With
@@ -190,6 +197,8 @@ class Topology:
         await channel.declare_queue(
             self.job_results, durable=True, arguments=self.job_result_arguments()
         )
+        # The delay chain of delayed jobs and retries; each job lane binds itself to it.
+        await self.delays.declare(channel)
         if adopt_sync:
             return await channel.declare_queue(self.sync, passive=True)
         return await channel.declare_queue(
@@ -197,10 +206,17 @@ class Topology:
         )
 
     async def declare_jobs(self, channel: AbstractChannel, function: str) -> AbstractQueue:
-        """Declare the job lane of `function` (idempotent)."""
-        return await channel.declare_queue(
+        """Declare the job lane of `function` and bind it to the delay chain's last exchange,
+        so delayed jobs and retries of the function reach it (idempotent)."""
+        queue = await channel.declare_queue(
             self.job_queue(function), durable=True, arguments=self.job_arguments()
         )
+        delays = self.delays
+        # The chain's last exchange (declared by `declare`, repeated here: cheap and
+        # idempotent, and a transport told not to declare may be first).
+        await channel.declare_exchange(delays.deliver, aio_pika.ExchangeType.TOPIC, durable=True)
+        await delays.bind_destination(channel, queue.name)
+        return queue
 
     async def delete(self, channel: AbstractChannel, functions: Iterable[str] = ()) -> None:
         """Delete every queue and exchange of this prefix, the job lanes of `functions`
@@ -209,6 +225,8 @@ class Topology:
             await channel.queue_delete(name)
         await channel.exchange_delete(self.dead_letter_exchange)
         await channel.exchange_delete(self.topics)
+        for name in self.delays.exchange_names():
+            await channel.exchange_delete(name)
 
 
 def message_ttl_ms(reply_mode: str, remaining_ms: int, grace_ms: int = 1_000) -> int | None:

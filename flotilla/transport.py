@@ -4,9 +4,11 @@ A transport does three things:
 
 - `call(envelope, timeout) -> Reply`: publish a synchronous invocation to the sync lane and
   wait for its reply on the caller's own reply queue, matched by correlation id;
-- `submit(envelope)`: publish a job to its function's job lane (publisher-confirmed: once it
-  returns, the broker has it; the lane is declared by the transport's first job of the
-  function, so a job is never published to a queue that does not exist);
+- `submit(envelope, delay_ms=0)`: publish a job to its function's job lane
+  (publisher-confirmed: once it returns, the broker has it; the lane is declared by the
+  transport's first job of the function, so a job is never published to a queue that does
+  not exist); a delayed one goes into the delay chain (flotilla/delays.py), which hands it
+  to the lane when due;
 - `consume_job_results(handler, on_started)`: feed job replies to an async callback (and
   workers' `Started` notices to `on_started`); a result is acked only after the callback
   returned, so it survives a dispatcher dying mid-way.
@@ -40,6 +42,7 @@ from aio_pika.abc import (
 from aiormq.abc import ChannelFrame
 
 from flotilla import amqp
+from flotilla.delays import Hop
 from flotilla.envelope import (
     REPLY_JOB,
     REPLY_QUEUE,
@@ -248,18 +251,17 @@ class AmqpTransport:
         `publish_timeout_s`) for the broker's confirm."""
         if envelope.reply_mode != REPLY_JOB:
             raise ValueError("submit() needs an envelope with reply_mode='job'")
-        if delay_ms > 0:
-            # The delay queues come with the per-function lanes (design-workload.md).
-            raise NotImplementedError("delayed jobs need the delay queues, not built yet")
+        lane = self._topology.job_queue(envelope.function)
+        # Delayed: into the delay chain (flotilla/delays.py), which hands it to the lane.
+        hop = self._topology.delays.hop(delay_ms, lane) if delay_ms > 0 else None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._publish_timeout
-        lane = self._topology.job_queue(envelope.function)
         for again in (True, False):
             try:
                 if lane not in self._job_lanes:
                     async with asyncio.timeout_at(deadline):
                         await self._declare_jobs(envelope.function)
-                confirmation = await self._send(envelope, deadline)
+                confirmation = await self._send(envelope, deadline, hop)
                 async with asyncio.timeout_at(deadline):
                     await asyncio.shield(confirmation)
             except TimeoutError:
@@ -359,7 +361,9 @@ class AmqpTransport:
         """Calls waiting for a reply."""
         return len(self._futures)
 
-    async def _send(self, envelope: Envelope, deadline: float) -> asyncio.Future[Any]:
+    async def _send(
+        self, envelope: Envelope, deadline: float, hop: Hop | None = None
+    ) -> asyncio.Future[Any]:
         """Queue the envelope's publish on the confirmed channel; its confirmation future.
 
         aiormq's own `basic_publish` keeps the same books (delivery tag, confirmation
@@ -375,7 +379,7 @@ class AmqpTransport:
         if channel is None or channel.is_closed:
             async with asyncio.timeout_at(deadline):
                 channel = await self._reopened_channel()
-        frame = self._publish_frame(channel, envelope)
+        frame = self._publish_frame(channel, envelope, hop)
         if not amqp.queue_frame(channel, frame):  # the writer is behind: wait for room (rare)
             async with asyncio.timeout_at(deadline):
                 await amqp.put_frame(channel, frame)
@@ -395,9 +399,13 @@ class AmqpTransport:
         self._publisher = channel
         return channel
 
-    def _publish_frame(self, channel: aiormq.Channel, envelope: Envelope) -> ChannelFrame:
+    def _publish_frame(
+        self, channel: aiormq.Channel, envelope: Envelope, hop: Hop | None = None
+    ) -> ChannelFrame:
         now = now_ms()
         ttl = message_ttl_ms(envelope.reply_mode, envelope.remaining_ms(now))
+        if hop is not None:  # a delayed job: its delay levels' TTLs are the only ones
+            ttl = None
         body = envelope.encode(published_ms=now)
         job = envelope.reply_mode == REPLY_JOB
         route = self._topology.job_queue(envelope.function) if job else self._topology.sync
@@ -411,6 +419,11 @@ class AmqpTransport:
             reply_to=envelope.reply_to or None,
             expiration=str(ttl) if ttl is not None else None,
         )
+        if hop is not None:
+            publish = aiormq.spec.Basic.Publish(
+                exchange=hop.exchange, routing_key=hop.routing_key, mandatory=True
+            )
+            return amqp.publish_frame(channel, amqp.marshal(publish, channel), body, properties)
         number, frames = self._method_frames
         if number != channel.number:
             frames = {}

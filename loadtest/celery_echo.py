@@ -1,15 +1,20 @@
 """The Celery baseline: a trivial echo task, RabbitMQ broker, `rpc://` result backend.
 
-The worker is started by `loadtest.compare` as
-`celery -A loadtest.celery_echo worker -Q $LOADTEST_CELERY_QUEUE`; the broker URL comes
-from `FLOTILLA_AMQP_URL`. Callers use `CeleryCaller`, which runs the (blocking) Celery
+`loadtest.compare` and `loadtest.e2e` (`flotilla bench e2e`) start the worker with
+`worker_argv(queue, concurrency)` and `worker_env(amqp_url, queue)`: Celery's own defaults
+(the prefork pool, one process per CPU) with gossip, mingle and heartbeats off, since the
+benchmark has one worker. Callers use `CeleryCaller`, which runs the (blocking) Celery
 client calls in a thread pool as wide as the concurrency under test.
+
+This module imports Celery, which comes with the `loadtest` extra: check
+`celery_missing()` (in `loadtest.e2e`) before importing it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 from celery import Celery
@@ -38,13 +43,34 @@ def echo(body: str) -> str:
     return body
 
 
+# The worker's readiness line (`celery@host ready.` on its log).
+READY = "ready."
+
+
+def worker_argv(queue: str, concurrency: int) -> list[str]:
+    """The command that runs the Celery worker of `queue` with `concurrency` processes."""
+    return [
+        sys.executable, "-m", "celery", "-A", "loadtest.celery_echo", "worker", "-Q", queue,
+        "-c", str(concurrency), "--without-gossip", "--without-mingle", "--without-heartbeat",
+        "-l", "INFO",
+    ]
+
+
+def worker_env(amqp_url: str, queue: str) -> dict[str, str]:
+    """The environment entries that point the worker at `amqp_url` and `queue`."""
+    return {"FLOTILLA_AMQP_URL": amqp_url, "LOADTEST_CELERY_QUEUE": queue}
+
+
 class CeleryCaller:
     """`await call(body)`: `echo.delay(body).get()` on one of `threads` client threads.
 
     Celery's app.backend is thread-local, so each thread consumes its own rpc reply queue.
+    `broker_url`, when given, replaces the URL read from `FLOTILLA_AMQP_URL` at import.
     """
 
-    def __init__(self, threads: int, queue: str = QUEUE) -> None:
+    def __init__(self, threads: int, queue: str = QUEUE, broker_url: str | None = None) -> None:
+        if broker_url is not None:
+            app.conf.broker_url = broker_url
         self._pool = ThreadPoolExecutor(threads, "celery-client")
         self._queue = queue
 

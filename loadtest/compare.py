@@ -88,10 +88,11 @@ async def compare(concurrencies: list[int], duration_s: float, *, workers: int =
             [sys.executable, "-m", "loadtest.bare_echo", "serve", AMQP, bare_queue], env, "ready")
         stack.callback(_stop, bare)
         stack.push_async_callback(_delete_queue, bare_queue)
+        from loadtest import celery_echo
+
         celery = await _spawn_ready(
-            [sys.executable, "-m", "celery", "-A", "loadtest.celery_echo", "worker",
-             "-Q", celery_queue, "-c", str(celery_workers or nproc), "--without-gossip",
-             "--without-mingle", "--without-heartbeat", "-l", "INFO"], env, "ready.")
+            celery_echo.worker_argv(celery_queue, celery_workers or nproc),
+            {**env, **celery_echo.worker_env(AMQP, celery_queue)}, celery_echo.READY)
         stack.callback(_stop, celery)
         stack.push_async_callback(_delete_queue, celery_queue)
         fleet = Fleet(workers=workers)

@@ -1,15 +1,20 @@
 """`flotilla bench e2e`: the whole path against RabbitMQ + Redis on this machine, beside a bare
-aio-pika RPC echo measured in the same run.
+aio-pika RPC echo and a Celery task measured in the same run.
 
-It starts what it needs (a moto server for the artifact bucket, one `flotilla worker`, one
-`flotilla dispatcher`, the bare echo server), all under a unique queue prefix, deploys the
-trivial WAT echo (flotilla/sandbox/wat/echo.wat) through the HTTP API, then drives, at
-concurrency 1 and 64 (closed loop):
+It starts what it needs (a moto server for the artifact bucket, one `flotilla worker` with
+its default settings, one `flotilla dispatcher`, the bare echo server, a Celery worker), all
+under a unique queue prefix, deploys the chosen echo guest through the HTTP API (`wat`: the
+trivial flotilla/sandbox/wat/echo.wat; `python`: examples/echo/app.py built with
+componentize-py, cached by content), then drives, at concurrency 1 and 64 (closed loop):
 
 - `bare`: `loadtest.bare_echo` (publish with reply_to + correlation id, a consumer replies);
 - `http`: POST /v1/functions/echo/invoke over keep-alive HTTP/1.1 connections (a minimal
   client, so the figures measure the dispatcher rather than the load generator's HTTP stack);
-- `client`: `flotilla.client.Client.invoke` (AMQP straight to the workers).
+- `client`: `flotilla.client.Client.invoke` (AMQP straight to the workers);
+- `celery`: `loadtest.celery_echo`, a trivial task on the same RabbitMQ with the `rpc://`
+  result backend and Celery's default worker (prefork, one process per CPU), the baseline of
+  `python -m loadtest compare` too. Celery comes with the `loadtest` extra; without it (or
+  with `Plan.celery` off) the celery figures are None and `celery_skipped` says why.
 
 Afterwards it stops the processes and deletes its queues and Redis keys.
 """
@@ -30,13 +35,16 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from loadtest.fleet import children_of, registry_names
+from loadtest.fleet import build_guests, children_of, registry_names
 from loadtest.runner import closed_loop
 
 ROOT = Path(__file__).resolve().parents[1]
 FUNCTION = "echo"
 BODY = b"ping"
+GUESTS = ("wat", "python")
+SYSTEMS = ("bare", "http", "client", "celery")
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,12 @@ class Plan:
     worker_prefetch: int = 0  # 0: the worker's default (2 x concurrency)
     concurrency: int = 64
     rounds: int = 3  # interleaved c64 rounds per system
+    guest: str = "wat"  # one of GUESTS
+    celery: bool = True  # measure the Celery baseline (when Celery is installed)
+
+    def __post_init__(self) -> None:
+        if self.guest not in GUESTS:
+            raise ValueError(f"guest must be one of {', '.join(GUESTS)}, got {self.guest!r}")
 
 
 QUICK = Plan(c1_requests=20, c64_requests=200, warmup=5, rounds=1)
@@ -243,6 +257,36 @@ async def _wait_port(port: int, timeout: float) -> None:
             await asyncio.sleep(0.05)  # polling a port: the child offers no event to await
 
 
+def guest_component(guest: str, cache_dir: str) -> bytes:
+    """The echo component of `guest`: the packaged WAT echo, or the Python echo example built
+    with componentize-py (cached by content, so only the first run pays the ~13 s build)."""
+    if guest == "python":
+        return build_guests(["echo"])["echo"]
+    from flotilla.sandbox.guests import packaged
+
+    return packaged(FUNCTION, cache_dir)
+
+
+def celery_missing() -> str | None:
+    """Why the Celery baseline cannot run here, or None when it can."""
+    try:
+        import celery  # noqa: F401 - the loadtest extra; imported here to find out
+    except ImportError as exc:
+        return f"celery cannot be imported ({exc}); pip install 'flotilla[loadtest]'"
+    return None
+
+
+async def _delete_celery_queue(amqp_url: str, queue: str) -> None:
+    # The task queue and the direct exchange of the same name that Celery declared for it.
+    import aio_pika
+
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        await channel.queue_delete(queue)
+        await channel.exchange_delete(queue)
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process, from /proc (0 when unreadable)."""
     try:
@@ -252,10 +296,30 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _broker_pid() -> int | None:
-    done = subprocess.run(["pgrep", "-f", "beam.smp"], capture_output=True, text=True, check=False)
-    pids = done.stdout.split()
-    return int(pids[0]) if pids else None
+def _listening_pid(port: int) -> int | None:
+    """The process listening on TCP `port` of this machine, from /proc (None when unknown).
+
+    Other RabbitMQ nodes may run beside the machine's own (cluster tests), so the broker is
+    found by the port it serves rather than by its name."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # LISTEN
+                inodes.add(f"socket:[{fields[9]}]")
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if any(os.readlink(fd) in inodes for fd in (proc / "fd").iterdir()):
+                return int(proc.name)
+        except OSError:  # gone, or not ours to read
+            continue
+    return None
 
 
 def _cpu(pids: dict[str, int]) -> dict[str, float]:
@@ -316,7 +380,6 @@ async def run_e2e(
     import redis.asyncio as aioredis
 
     from flotilla.client import Client
-    from flotilla.sandbox.guests import packaged
     from flotilla.topology import Topology
     from loadtest.bare_echo import BareEchoClient
 
@@ -338,13 +401,20 @@ async def run_e2e(
         "PYTHONUNBUFFERED": "1",
     }
     flotilla = [sys.executable, "-m", "flotilla"]
-    bare_queue = f"{prefix}.bare"
-    results: dict[str, Any] = {"prefix": prefix, "load_average": list(os.getloadavg())}
+    bare_queue, celery_queue = f"{prefix}.bare", f"{prefix}.celery"
+    results: dict[str, Any] = {
+        "prefix": prefix,
+        "guest": plan.guest,
+        "load_average": list(os.getloadavg()),
+        "celery_skipped": None if plan.celery else "not requested",
+    }
+    if plan.celery and (missing := celery_missing()) is not None:
+        results["celery_skipped"] = missing
     moto = _moto(moto_port)
     try:
         async with AsyncExitStack() as stack:
             await _wait_port(moto_port, 30)
-            wasm = packaged(FUNCTION, tmp)
+            wasm = guest_component(plan.guest, tmp)
             dispatcher = await stack.enter_async_context(
                 _process(
                     [*flotilla, "dispatcher", "--listen", f"127.0.0.1:{http_port}",
@@ -385,7 +455,23 @@ async def run_e2e(
                 "worker": worker.pid,
                 "bare_server": bare_server.pid,
             }
-            if (broker := _broker_pid()) is not None:
+            if results["celery_skipped"] is None:
+                from loadtest import celery_echo
+
+                stack.push_async_callback(_delete_celery_queue, amqp_url, celery_queue)
+                celery_worker = await stack.enter_async_context(
+                    _process(
+                        celery_echo.worker_argv(celery_queue, os.cpu_count() or 1),
+                        celery_echo.READY.encode(),
+                        {**env, **celery_echo.worker_env(amqp_url, celery_queue)},
+                    )
+                )
+                celery = celery_echo.CeleryCaller(plan.concurrency, celery_queue, amqp_url)
+                stack.callback(celery.close)
+                celery_body = BODY.decode()
+                calls["celery"] = lambda: celery.call(celery_body)
+                pids["celery_worker"] = celery_worker.pid
+            if (broker := _listening_pid(urlsplit(amqp_url).port or 5672)) is not None:
                 pids["broker"] = broker
             await _measure(calls, plan, results, pids)
     finally:
@@ -404,39 +490,76 @@ async def run_e2e(
     return results
 
 
+# Issue 10 §4's targets per guest: (figure, "<=" or ">=", bound). A figure is a headline key.
+TARGETS: dict[str, tuple[tuple[str, str, float], ...]] = {
+    "wat": (
+        ("http_vs_bare_c1_p50", "<=", 1.5),
+        ("client_vs_bare_c1_p50", "<=", 1.3),
+        ("http_vs_bare_c64", ">=", 0.7),
+        ("client_vs_bare_c64", ">=", 1.0),
+    ),
+    "python": (
+        ("http_vs_celery_c64", ">=", 1.2),
+        ("http_vs_bare_c64", ">=", 0.4),
+        ("http_c1_p50_ms", "<=", 3.0),
+    ),
+}
+
+
+def _ratio(value: float | None, base: float | None) -> float | None:
+    return round(value / base, 3) if value and base else None
+
+
+def _figure(results: dict[str, Any], run: str, field: str) -> float | None:
+    summary = results.get(run)
+    return summary[field] if summary is not None else None
+
+
 def headline(results: dict[str, Any]) -> dict[str, Any]:
-    """The six figures `--json` prints, plus the ratios to the bare echo."""
-    out: dict[str, Any] = {
-        "http_c1_p50_ms": results["http_c1"]["p50_ms"],
-        "http_c64_rps": results["http_c64"]["rps"],
-        "client_c1_p50_ms": results["client_c1"]["p50_ms"],
-        "client_c64_rps": results["client_c64"]["rps"],
-        "bare_c1_p50_ms": results["bare_c1"]["p50_ms"],
-        "bare_c64_rps": results["bare_c64"]["rps"],
+    """The figures `--json` prints: c1 p50 and c64 throughput of every system (None for a
+    system that did not run), their ratios to the bare echo and to Celery, the targets."""
+    out: dict[str, Any] = {"guest": results.get("guest", "wat")}
+    for system in SYSTEMS:
+        out[f"{system}_c1_p50_ms"] = _figure(results, f"{system}_c1", "p50_ms")
+        out[f"{system}_c64_rps"] = _figure(results, f"{system}_c64", "rps")
+    # Throughput ratios above 1 and latency ratios below 1 favour Flotilla.
+    for system in ("http", "client"):
+        for base in ("bare", "celery"):
+            out[f"{system}_vs_{base}_c64"] = _ratio(
+                out[f"{system}_c64_rps"], out[f"{base}_c64_rps"])
+            out[f"{system}_vs_{base}_c1_p50"] = _ratio(
+                out[f"{system}_c1_p50_ms"], out[f"{base}_c1_p50_ms"])
+    out["targets"] = {
+        key: {"value": out[key], "target": f"{op} {bound}",
+              "met": None if out[key] is None
+              else out[key] <= bound if op == "<=" else out[key] >= bound}
+        for key, op, bound in TARGETS[out["guest"]]
     }
-    bare = out["bare_c64_rps"] or 0
-    out["http_vs_bare_c64"] = round(out["http_c64_rps"] / bare, 3) if bare else None
-    out["client_vs_bare_c64"] = round(out["client_c64_rps"] / bare, 3) if bare else None
+    out["celery_skipped"] = results.get("celery_skipped")
     out["load_average"] = results["load_average"]
+    out["load_average_after"] = results.get("load_average_after")
     out["prefix"] = results["prefix"]
-    out["rounds_rps"] = {k: v.get("rounds_rps") for k, v in results.items() if k.endswith("c64")}
-    out["cpu_us_per_call"] = {
-        k: v.get("cpu_us_per_call") for k, v in results.items() if k.endswith("c64")
-    }
+    c64 = {k: v for k, v in results.items() if k.endswith("_c64")}
+    out["rounds_rps"] = {k: v.get("rounds_rps") for k, v in c64.items()}
+    out["cpu_us_per_call"] = {k: v.get("cpu_us_per_call") for k, v in c64.items()}
     out["errors"] = {
         k: v["errors"] for k, v in results.items() if isinstance(v, dict) and v.get("errors")
     }
-    out["requests"] = {k: v["requests"] for k, v in results.items() if isinstance(v, dict)}
-    out["ok"] = {k: v["ok"] for k, v in results.items() if isinstance(v, dict)}
+    runs = {k: v for k, v in results.items() if isinstance(v, dict) and "requests" in v}
+    out["requests"] = {k: v["requests"] for k, v in runs.items()}
+    out["ok"] = {k: v["ok"] for k, v in runs.items()}
     return out
 
 
 def format_table(results: dict[str, Any]) -> str:
-    """A human-readable table of every run."""
+    """A human-readable table of every run, the ratios and the targets."""
+    h = headline(results)
     lines = [
-        f"{'run':12} {'requests':>8} {'ok':>6} {'rps':>8} {'p50 ms':>8} {'p99 ms':>8}  rounds rps"
+        (f"guest: {h['guest']}; load average before {h['load_average']}, "
+         f"after {h['load_average_after']}"),
+        f"{'run':12} {'requests':>8} {'ok':>6} {'rps':>8} {'p50 ms':>8} {'p99 ms':>8}  rounds rps",
     ]
-    for name in ("bare_c1", "http_c1", "client_c1", "bare_c64", "http_c64", "client_c64"):
+    for name in [f"{s}_c{c}" for c in (1, 64) for s in SYSTEMS]:
         r = results.get(name)
         if r is None:
             continue
@@ -444,12 +567,18 @@ def format_table(results: dict[str, Any]) -> str:
             f"{name:12} {r['requests']:>8} {r['ok']:>6} {r['rps']:>8} "
             f"{r['p50_ms']!s:>8} {r['p99_ms']!s:>8}  {r.get('rounds_rps', '')}"
         )
-    h = headline(results)
-    lines.append(
-        f"c64 throughput vs bare: http {h['http_vs_bare_c64']}, client {h['client_vs_bare_c64']} "
-        f"(targets 0.7 and 1.0); load average {results['load_average']}"
-    )
-    for name in ("bare_c64", "http_c64", "client_c64"):
+    if h["celery_skipped"]:
+        lines.append(f"celery: skipped ({h['celery_skipped']})")
+    for system in ("http", "client"):
+        lines.append(
+            f"{system}: c64 rps {h[f'{system}_vs_bare_c64']}x bare, "
+            f"{h[f'{system}_vs_celery_c64']}x celery; c1 p50 {h[f'{system}_vs_bare_c1_p50']}x "
+            f"bare, {h[f'{system}_vs_celery_c1_p50']}x celery"
+        )
+    for key, target in h["targets"].items():
+        met = {True: "met", False: "NOT met", None: "not measured"}[target["met"]]
+        lines.append(f"target {key} {target['target']}: {target['value']} ({met})")
+    for name in [f"{s}_c64" for s in SYSTEMS]:
         if name in results:
             lines.append(f"cpu us/call {name}: {results[name].get('cpu_us_per_call')}")
     if h["errors"]:

@@ -57,6 +57,7 @@ from flotilla.metrics import WorkerMetrics
 from flotilla.outcomes import Outcome
 from flotilla.topology import Topology
 from worker.executor import InvocationPool
+from worker.flow import publish_follow_up
 from worker.handler import EnvelopeHandler, Handled, Settle
 
 log = logging.getLogger(__name__)
@@ -376,6 +377,10 @@ class Consumer:
         )
 
     async def _reply(self, handled: Handled) -> None:
+        if handled.follow_up is not None and self._channel is not None:
+            # A retry, a deferral or a dead letter (worker/flow.py), confirmed before the reply.
+            confirmed = await self._channel.get_underlay_channel()
+            await publish_follow_up(confirmed, self._topology, handled.follow_up)
         reply = handled.reply
         if reply is None or not handled.route:
             return

@@ -8,6 +8,14 @@ in-process `MemoryTransport` run for each delivery, on a worker thread:
 - otherwise the `Runner` runs it -> its reply (ok, guest failure, not_found...), ACK;
 - the runner raising -> `internal` reply, ACK (retrying a worker bug would not help).
 
+With a `JobFlow` (worker/flow.py), around the run: admission (`max_concurrency`, a job's
+`rate_limit`): a job refused is ACKed with no reply and a `follow_up` that publishes it
+again later; the start gate: a cancelled or finished job is ACKed with no reply and never
+runs; retries: a failed attempt to retry is ACKed with no reply (its outcome still counted)
+and a `follow_up` publishing the next attempt and a `Retrying` notice; an exhausted one
+keeps its reply and adds a dead letter. The transport publishes `follow_up` before the
+reply, and both before the ack.
+
 A redelivered envelope's `attempt` is raised by the broker's count of earlier deliveries
 (`x-delivery-count` of the quorum queue, passed in as `redeliveries`). A job about to run is
 announced through `on_start` (a `Started` notice; the job then reads as `running`).
@@ -31,6 +39,7 @@ from flotilla import logs
 from flotilla.envelope import REPLY_JOB, Envelope, EnvelopeError, Reply, Started, now_ms, reply_to
 from flotilla.metrics import WorkerMetrics
 from flotilla.outcomes import Outcome
+from worker.flow import Again, FollowUp, JobFlow
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +61,7 @@ class Handled:
     route: str = ""  # queue to publish `reply` to ("" when there is no reply)
     function: str = ""  # the envelope's function ("" when malformed)
     queued_ms: int | None = None  # publish to start of handling, when the envelope says
+    follow_up: FollowUp | None = None  # to publish before the reply (worker/flow.py)
 
 
 class Runner(Protocol):
@@ -75,6 +85,7 @@ class Watch:
     """
 
     envelope: Envelope | None = None
+    counted: Envelope | None = None  # the envelope with its attempt as counted on the wire
     route: str = ""
     queued_ms: int | None = None
     due_ms: int | None = None  # wall clock by which the run must have ended
@@ -148,9 +159,12 @@ class EnvelopeHandler:
         run_slack_ms: int = RUN_SLACK_MS,
         runs: RunLedger | None = None,
         poison_runs: int = POISON_RUNS,
+        flow: JobFlow | None = None,
     ) -> None:
         """`runs`/`poison_runs`: an envelope redelivered after it started `poison_runs` times
-        is dead-lettered (with an `internal` reply) instead of run again (see RunLedger)."""
+        is dead-lettered (with an `internal` reply) instead of run again (see RunLedger);
+        `flow`: admission, the start gate and retries (worker/flow.py)."""
+        self._flow = flow
         self._runs = runs
         self._poison_runs = poison_runs
         self._runner = runner
@@ -191,6 +205,13 @@ class EnvelopeHandler:
             f"poll such as sleep) {blocked_ms} ms past it; its thread was abandoned",
         )
         handled = Handled(Settle.ACK, reply, watch.route, envelope.function, watch.queued_ms)
+        flow, counted = self._flow, watch.counted
+        if flow is not None and counted is not None and envelope.reply_mode == REPLY_JOB:
+            # A timeout like any other: retried per the policy (its lease expires by itself).
+            config = flow.config(envelope)
+            follow_up = flow.after(counted, reply, config) if config is not None else None
+            route = "" if isinstance(follow_up, Again) else watch.route
+            handled = dataclasses.replace(handled, route=route, follow_up=follow_up)
         if self._metrics is not None:
             self._metrics.abandoned.inc()
             observe(self._metrics, handled)
@@ -210,6 +231,7 @@ class EnvelopeHandler:
             log.warning("rejecting malformed envelope to the DLQ: %s", exc)
             return Handled(Settle.REJECT)
         logs.bind(envelope.invocation_id, envelope.function)
+        counted = envelope  # its attempt as counted on the wire (a crash is not an attempt)
         if redeliveries > 0:
             envelope = dataclasses.replace(envelope, attempt=envelope.attempt + redeliveries)
         route = self._job_results if envelope.reply_mode == REPLY_JOB else envelope.reply_to
@@ -238,13 +260,32 @@ class EnvelopeHandler:
                     "and each time its worker process died",
                 )
                 return Handled(Settle.REJECT, reply, route, envelope.function, queued_ms)
-        if on_start is not None and envelope.reply_mode == REPLY_JOB:
+        job = envelope.reply_mode == REPLY_JOB
+        flow = self._flow
+        config = flow.config(envelope) if flow is not None else None
+        lease = None
+        if flow is not None:
+            if config is not None:
+                admission = flow.admit(counted, config, job)
+                if admission.defer_ms is not None:
+                    again = Again(body, envelope.function, admission.defer_ms,
+                                  reason=f"deferred:{admission.refused}")
+                    return Handled(Settle.ACK, None, route, envelope.function, queued_ms, again)
+                if admission.refused:
+                    reply = reply_to(envelope, Outcome.TIMEOUT, admission.refused)
+                    return Handled(Settle.ACK, reply, route, envelope.function, queued_ms)
+                lease = admission.lease
+            if job and not flow.start(counted):
+                flow.release(envelope.function, lease)
+                return Handled(Settle.ACK, None, route, envelope.function, queued_ms)
+        if on_start is not None and job:
             try:
                 on_start(Started(envelope.invocation_id, envelope.attempt))
             except Exception:  # the running mark is informative: run the job anyway
                 log.exception("announcing job %s as started failed", envelope.invocation_id)
         if watch is not None:
             watch.envelope, watch.route, watch.queued_ms = envelope, route, queued_ms
+            watch.counted = counted
             # Set last: the transport reads due_ms first. A runner may re-arm it (arm_watch).
             watch.due_ms = now + budget + self._run_slack_ms
         token = _current_watch.set(watch)
@@ -261,16 +302,29 @@ class EnvelopeHandler:
             )
         finally:
             _current_watch.reset(token)
+            if flow is not None:
+                flow.release(envelope.function, lease)
         if log.isEnabledFor(logging.DEBUG):  # tagged with the invocation by flotilla.logs
             log.debug("ran: %s in %.2f ms", reply.outcome, (time.perf_counter() - started) * 1000)
-        return Handled(Settle.ACK, reply, route, envelope.function, queued_ms)
+        follow_up = flow.after(counted, reply, config) \
+            if flow is not None and job and config is not None and not reply.ok else None
+        if isinstance(follow_up, Again):  # retried: the reply is counted, not published
+            return Handled(Settle.ACK, reply, "", envelope.function, queued_ms, follow_up)
+        return Handled(Settle.ACK, reply, route, envelope.function, queued_ms, follow_up)
 
 
 def observe(metrics: WorkerMetrics, handled: Handled) -> None:
     """Count one handled delivery in the worker's metrics."""
     reply = handled.reply
-    if reply is None:
-        metrics.dead_lettered.labels("malformed").inc()
+    follow_up = handled.follow_up
+    if follow_up is not None:
+        event = follow_up.reason if isinstance(follow_up, Again) else "exhausted"
+        metrics.job_flow.labels(handled.function, event).inc()
+    if reply is None:  # malformed (rejected), or a job not run: cancelled, finished, deferred
+        if handled.settle is Settle.REJECT:
+            metrics.dead_lettered.labels("malformed").inc()
+        elif follow_up is None:
+            metrics.job_flow.labels(handled.function, "not_run").inc()
         return
     if reply.outcome is Outcome.EXPIRED:
         metrics.expired.inc()

@@ -65,6 +65,11 @@ class SandboxRunner:
         self._sandbox = sandbox
         self._artifacts = artifacts
 
+    def config(self, envelope: Envelope) -> Any:
+        """The `FunctionConfig` of the envelope's version (retry policy, limits); raises
+        ArtifactNotFound like `run` answers not_found (the artifact stays cached for it)."""
+        return self._artifacts.get(envelope.function, envelope.digest)[1]
+
     def run(self, envelope: Envelope, timeout_ms: int) -> Reply:
         """Invoke the envelope's function version; `not_found` when it does not exist."""
         from flotilla.sandbox.results import Request

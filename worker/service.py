@@ -27,12 +27,16 @@ from typing import Any
 
 import redis.asyncio
 
+from flotilla.admission import JobTokens, Leases
 from flotilla.amqp import connect_robust
 from flotilla.hosts.cache import connect_redis
+from flotilla.jobstate import JobGate
 from flotilla.metrics import WorkerMetrics
 from flotilla.settings import WorkerSettings
 from flotilla.topology import RECONNECT_INTERVAL_S, Topology
+from flotilla.tracing import WORKER, Tracing
 from worker.consumer import SYNC_RESERVE, Consumer
+from worker.flow import JobFlow
 from worker.handler import EnvelopeHandler, RunLedger, Runner
 from worker.lanes import FunctionWatch
 from worker.probes import ProbeServer
@@ -82,13 +86,18 @@ def sandbox_runtime(
     from worker.artifacts import ArtifactCache, StoreArtifactSource
     from worker.runner import SandboxRunner
 
-    hosts = HostClients.from_settings(settings, observe=metrics.observe_host_call)
+    tracing = Tracing.from_env(WORKER, settings.tracing)
+    observe = metrics.observe_host_call if tracing is None else tracing.observing(
+        metrics.observe_host_call)
+    hosts = HostClients.from_settings(settings, observe=observe)
     topics = AmqpTopics(settings.amqp_url, Topology(settings.queue_prefix).topics,
                         connection_name=f"flotilla-worker-topics-{settings.queue_prefix}")
     hosts = hosts.with_clients(topics=BusPublisher(topics, loop))
     runtime = Runtime(runner=None, closers=[hosts.close], services=[topics])  # type: ignore[arg-type]
+    if tracing is not None:
+        runtime.closers.insert(0, tracing.shutdown)  # last: after the last invocation
     try:
-        reader = RedisSecrets.from_settings(settings, hosts.redis, observe=metrics.observe_host_call)
+        reader = RedisSecrets.from_settings(settings, hosts.redis, observe=observe)
         hosts = hosts.with_clients(secrets=reader)  # None (no FLOTILLA_SECRETS_KEY): unavailable
         sandbox = Sandbox(hosts, cache_dir=settings.cache_dir)
         runtime.closers.append(sandbox.close)
@@ -113,10 +122,23 @@ def sandbox_runtime(
             metrics=metrics,
         )
         runtime.runner = SandboxRunner(sandbox, cache)
+        if tracing is not None:
+            runtime.runner = tracing.runner(runtime.runner)
     except BaseException:
         runtime.close()
         raise
     return runtime
+
+
+def job_flow(runner: Runner, settings: WorkerSettings, closers: list[Callable[[], Any]]) -> JobFlow:
+    """Admission, the start gate and retries (worker/flow.py) on a Redis pool of their own
+    (one connection per invocation thread at most)."""
+    redis = connect_redis(settings.redis_url, max_connections=settings.effective_concurrency()
+                          + settings.effective_max_abandoned() + 2)
+    closers.append(redis.close)
+    prefix = settings.queue_prefix
+    return JobFlow(configs=getattr(runner, "config", None), gate=JobGate(redis, prefix=prefix),
+                   leases=Leases(redis, prefix=prefix), tokens=JobTokens(redis, prefix=prefix))
 
 
 class WorkerService:
@@ -187,6 +209,7 @@ class WorkerService:
                 metrics=self.metrics,
                 runs=RunLedger(ledger, settings.queue_prefix),
                 poison_runs=settings.poison_runs,
+                flow=job_flow(runtime.runner, settings, runtime.closers),
             )
             connection = await connect_robust(
                 settings.amqp_url,

@@ -163,13 +163,20 @@ def _engine_settings(pairs: list[tuple[str, str]]) -> Any:
 def _add_e2e(benches: Any) -> None:
     p = benches.add_parser(
         "e2e",
-        help="HTTP API and Python client end to end vs a bare aio-pika RPC echo",
-        description="Starts a moto server, a worker, a dispatcher and a bare aio-pika echo "
-        "under a unique queue prefix (RabbitMQ and Redis from FLOTILLA_AMQP_URL and "
-        "FLOTILLA_REDIS_URL), deploys the WAT echo, and prints p50/p99 latency and "
-        "throughput at concurrency 1 and 64 for each; then deletes its queues and keys.",
+        help="HTTP API and Python client end to end vs a bare aio-pika RPC echo and Celery",
+        description="Starts a moto server, a worker (default settings), a dispatcher, a bare "
+        "aio-pika echo and a Celery worker (trivial task, rpc backend) under a unique queue "
+        "prefix (RabbitMQ and Redis from FLOTILLA_AMQP_URL and FLOTILLA_REDIS_URL), deploys "
+        "the chosen echo guest, and prints p50/p99 latency and throughput at concurrency 1 "
+        "and 64 for each, the ratios to the bare echo and to Celery, and issue 10's targets; "
+        "then deletes its queues and keys. Without Celery installed (the loadtest extra) its "
+        "figures are null.",
     )
     p.add_argument("--json", action="store_true", help="print the headline figures as JSON")
+    p.add_argument("--guest", choices=["wat", "python"], default="wat",
+                   help="wat: the trivial WAT echo; python: examples/echo built with "
+                   "componentize-py (cached by content); default wat")
+    p.add_argument("--no-celery", action="store_true", help="skip the Celery baseline")
     p.add_argument("--requests", type=int, default=6000, help="calls at concurrency 64")
     p.add_argument("--c1-requests", type=int, default=1000, help="calls at concurrency 1")
     p.add_argument("--warmup", type=int, default=50, help="calls before each measured run")
@@ -193,11 +200,15 @@ def _run_e2e(args: argparse.Namespace) -> int:
         worker_concurrency=args.worker_concurrency,
         worker_prefetch=args.worker_prefetch,
         rounds=max(1, args.rounds),
+        guest=args.guest,
+        celery=not args.no_celery,
     )
     results = asyncio.run(
         # One node: the baseline is a bare aio-pika echo, which connects to one URL.
         run_e2e(plan, amqp_url=settings.amqp_url[0], redis_url=settings.redis_url)
     )
+    if (skipped := results.get("celery_skipped")) and plan.celery:
+        print(f"flotilla bench e2e: no Celery baseline: {skipped}", file=sys.stderr)
     if args.json:
         json.dump(headline(results), sys.stdout, sort_keys=True)
         sys.stdout.write("\n")

@@ -30,6 +30,7 @@ from flotilla.transport import (
     QueueFull,
 )
 from worker.executor import InvocationPool
+from worker.flow import Exhausted, FollowUp
 from worker.handler import EnvelopeHandler, Handled, Settle
 
 log = logging.getLogger(__name__)
@@ -168,6 +169,8 @@ class MemoryTransport:
             _, _, lane, body = await self._queue.get()
             handled = await self.pool.handle(body, 0, self._announce)
             try:
+                if handled.follow_up is not None:
+                    await self._follow_up(handled.follow_up)
                 await self._route(handled)
             except Exception:
                 log.exception("routing a reply failed")
@@ -175,10 +178,44 @@ class MemoryTransport:
                 self.dead_letters.append(body)
                 await self._dead_letter(body, lane)
 
-    async def _dead_letter(self, body: bytes, lane: str) -> None:
+    async def _follow_up(self, follow_up: FollowUp) -> None:
+        # What the AMQP consumer publishes (worker/flow.py), in process: a delay on a timer.
+        if isinstance(follow_up, Exhausted):
+            self.dead_letters.append(follow_up.body)
+            await self._dead_letter(follow_up.body, "", dict(follow_up.headers))
+            return
+        lane = self._topology.job_queue(follow_up.function)
+        if follow_up.delay_ms > 0:
+            asyncio.get_running_loop().call_later(
+                follow_up.delay_ms / 1000, self._publish_bytes_due, follow_up.body, lane
+            )
+        else:
+            self._publish_bytes(follow_up.body, lane)
+        if follow_up.notice is not None and self._retrying_handler is not None:
+            await self._retrying_handler(follow_up.notice)
+
+    def _publish_bytes_due(self, body: bytes, lane: str) -> None:
+        try:
+            self._publish_bytes(body, lane)
+        except (QueueFull, BrokerUnavailable) as exc:
+            log.error("dropping a delayed envelope: %s", exc)
+
+    def _publish_bytes(self, body: bytes, lane: str) -> None:
+        """Queue an encoded job envelope (a retry) in `lane`."""
+        if not self._tasks:
+            raise BrokerUnavailable("memory transport not started")
+        try:
+            self._queue.put_nowait((1, next(self._order), lane, body))
+        except asyncio.QueueFull:
+            raise QueueFull("the in-memory invocation queue is full; retry later") from None
+
+    async def _dead_letter(
+        self, body: bytes, lane: str, headers: dict[str, Any] | None = None
+    ) -> None:
         if self.on_dead_letter is None:
             return
-        headers = {"x-death": [{"reason": "rejected", "queue": lane}]}
+        if headers is None:
+            headers = {"x-death": [{"reason": "rejected", "queue": lane}]}
         try:
             await self.on_dead_letter(body, headers)
         except Exception:
@@ -203,7 +240,7 @@ class MemoryTransport:
 
     async def _route(self, handled: Handled) -> None:
         reply = handled.reply
-        if reply is None:
+        if reply is None or not handled.route:
             return
         if handled.route == self._topology.job_results:
             if self._job_handler is not None:

@@ -9,8 +9,9 @@ Stand-ins, each behind the same interface the fleet uses:
 - `MemoryTopics` for the topic exchange (guests publish, /v1/topics/... subscribes).
 
 Jobs spawned by functions, dead letters (envelopes the in-process worker rejects) and cron
-schedules work as in the fleet, in memory: a delayed job waits on an asyncio timer, and
-nothing survives the process.
+schedules, cancellation before a job starts, retries, `max_concurrency` and jobs' rate
+limits work as in the fleet, in memory: a delayed job or retry waits on an asyncio timer,
+and nothing survives the process.
 
 API keys are off unless FLOTILLA_ADMIN_KEY is set (then that bootstrap key, and keys created
 with it through /v1/keys, are required, as in production); startup says which.
@@ -50,6 +51,7 @@ from flotilla.registry import Deployer, FunctionVersion, Registry, ResolveCache
 from flotilla.schedules import Scheduler, submit_with
 from flotilla.settings import DispatcherSettings, WorkerSettings
 from flotilla.spawner import Spawner
+from flotilla.tracing import DEV, Tracing
 
 log = logging.getLogger(__name__)
 
@@ -164,16 +166,19 @@ def build_dev(
     import httpx
     from prometheus_client import CollectorRegistry
 
+    from flotilla.admission import JobTokens, Leases
     from flotilla.dev.memory import MemoryTransport
     from flotilla.hosts.clients import HostClients
     from flotilla.hosts.secrets import RedisSecrets
     from flotilla.hosts.topics import BusPublisher
+    from flotilla.jobstate import JobGate
     from flotilla.sandbox import Sandbox
     from flotilla.secrets import Keyring, SecretBox, SecretStore, new_key
     from flotilla.topics import MemoryTopics
     from flotilla.topology import Topology
     from worker.artifacts import ArtifactCache, StoreArtifactSource
-    from worker.handler import EnvelopeHandler
+    from worker.flow import JobFlow
+    from worker.handler import EnvelopeHandler, Runner
     from worker.runner import SandboxRunner
 
     cache_dir = settings.cache_dir
@@ -201,18 +206,23 @@ def build_dev(
     registry_metrics = CollectorRegistry()
     worker_metrics = WorkerMetrics(registry_metrics)
     dispatcher_metrics = DispatcherMetrics(registry_metrics)
-    hosts = HostClients.for_dev(worker_settings, observe=worker_metrics.observe_host_call)
+    tracing = Tracing.from_env(DEV, settings.tracing)
+    observe = worker_metrics.observe_host_call if tracing is None else tracing.observing(
+        worker_metrics.observe_host_call)
+    if tracing is not None:
+        closers.insert(0, tracing.shutdown)  # closed last (closers run in reverse)
+    hosts = HostClients.for_dev(worker_settings, observe=observe)
     closers.append(hosts.close)
     secrets_redis = fakeredis.FakeRedis(server=server)
     closers.append(secrets_redis.close)
     hosts = hosts.with_clients(secrets=RedisSecrets(
-        secrets_redis, SecretBox(keyring, settings.queue_prefix),
-        observe=worker_metrics.observe_host_call,
+        secrets_redis, SecretBox(keyring, settings.queue_prefix), observe=observe,
     ))
     topics = MemoryTopics()
     hosts = hosts.with_clients(topics=BusPublisher(topics, loop))
     # Spawned jobs go through the same transport; it is attached once it exists.
-    spawner = Spawner(ResolveCache(registry), jobs, loop, job_ttl_s=settings.job_ttl_s)
+    spawner = Spawner(ResolveCache(registry), jobs, loop, job_ttl_s=settings.job_ttl_s,
+                      tracing=tracing, observe=observe)
     hosts = hosts.with_clients(spawn=spawner)
     try:
         sandbox = Sandbox(hosts, cache_dir=cache_dir)
@@ -224,9 +234,18 @@ def build_dev(
             tag=lambda data: artifact_tag(store.key, fingerprint, data), metrics=worker_metrics,
         )
         topology = Topology(prefix=settings.queue_prefix)
+        sandbox_runner = SandboxRunner(sandbox, cache)
+        runner: Runner = sandbox_runner if tracing is None else tracing.runner(sandbox_runner)
+        # Admission, the start gate and retries, on the same fake Redis as the job store.
+        flow_redis = fakeredis.FakeRedis(server=server)
+        closers.append(flow_redis.close)
+        prefix = settings.queue_prefix
+        flow = JobFlow(configs=sandbox_runner.config,
+                       gate=JobGate(flow_redis, prefix=prefix, ttl_s=settings.job_ttl_s),
+                       leases=Leases(flow_redis, prefix=prefix),
+                       tokens=JobTokens(flow_redis, prefix=prefix))
         handler = EnvelopeHandler(
-            SandboxRunner(sandbox, cache), job_results=topology.job_results,
-            metrics=worker_metrics,
+            runner, job_results=topology.job_results, metrics=worker_metrics, flow=flow,
         )
         transport = MemoryTransport(handler, topology=topology, concurrency=concurrency)
         spawner.publisher = transport
@@ -245,7 +264,7 @@ def build_dev(
                                     public_limit=public_limit(settings))
         if settings.admin_key else None,
         secrets=SecretStore(redis, keyring, prefix=settings.queue_prefix),
-        topics=topics,
+        topics=topics, tracing=tracing,
     )
     api = app.state.api
     transport.on_dead_letter = DeadLetterConsumer(

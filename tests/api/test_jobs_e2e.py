@@ -7,9 +7,8 @@ worker rejects, an exhausted job as the worker will publish it) is stored by the
 dispatchers' consumer and replayed as a job that runs; a cron tick submits exactly one job
 with two dispatchers running the scheduler, and none again after a restart; spawn allowed,
 denied and capped, the spawned job running with its parent recorded; a function's
-rate_limit answers 429 on HTTP and in the Python client. Two behaviours need the worker's
-side of the design (the `lanes` branch): a job cancelled before it starts never runs, and a
-delayed job runs when due; they are marked xfail(strict) until it lands.
+rate_limit answers 429 on HTTP and in the Python client; a job cancelled before it starts
+never runs (the worker's start gate), and a delayed job runs when due (the delay chain).
 """
 
 from __future__ import annotations
@@ -51,7 +50,6 @@ pytestmark = [
     pytest.mark.asyncio(loop_scope="module"),
 ]
 ADMIN_KEY = "jobs-e2e-bootstrap-admin-key"
-NEEDS_LANES = "needs the lanes branch: the worker's admission and the delay queues"
 
 
 @dataclass
@@ -342,10 +340,9 @@ async def test_function_rate_limit_over_http_and_the_client(fleet: Fleet) -> Non
     assert int(refused.value.headers["Retry-After"]) >= 1
 
 
-# -- what needs the worker's side ------------------------------------------------------------
+# -- the start gate and the delay chain -------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=NEEDS_LANES)
 async def test_a_job_cancelled_before_it_starts_never_runs(fleet: Fleet) -> None:
     busy = [await submit(fleet, "probe", {"op": "sleep", "ms": 1500}) for _ in range(2)]
     key = uuid.uuid4().hex
@@ -359,7 +356,6 @@ async def test_a_job_cancelled_before_it_starts_never_runs(fleet: Fleet) -> None
     assert await fleet.count(key) == 0
 
 
-@pytest.mark.xfail(strict=True, reason=NEEDS_LANES)
 async def test_a_delayed_job_runs_when_due(fleet: Fleet) -> None:
     began = time.time()
     resp = await submit(fleet, "echo", b"later", params={"delay_ms": 1500})

@@ -190,9 +190,10 @@ def test_message_ttl(mode: str, remaining: int, expected: int | None) -> None:
 
 def test_topology_names_derive_from_prefix() -> None:
     t = Topology("abc", delivery_limit=3, max_length=10)
-    assert t.queue_names() == ("abc.sync", "abc.dead", "abc.job-results")
+    delays = t.delays.queue_names()
+    assert t.queue_names() == ("abc.sync", "abc.dead", "abc.job-results", *delays)
     assert t.queue_names(["b", "a", "b"]) == (
-        "abc.sync", "abc.dead", "abc.job-results", "abc.jobs.a", "abc.jobs.b")
+        "abc.sync", "abc.dead", "abc.job-results", *delays, "abc.jobs.a", "abc.jobs.b")
     for args in (t.job_arguments(), t.sync_arguments()):
         assert args["x-queue-type"] == "quorum"
         assert args["x-overflow"] == "reject-publish"
