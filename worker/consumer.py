@@ -8,7 +8,10 @@ added while it runs (`add_function`: worker/lanes.py follows the registry). Sand
 functions: a function with thousands of queued jobs holds at most `job_prefetch` deliveries
 of a process, and a job of another function takes the next free slot. While jobs hold
 slots, a sync call may run in one slot more than `concurrency` (`sync_reserve`), so a sync
-call never waits for a job to finish.
+call never waits for a job to finish. Given a `job_executor`, jobs run on its threads, which
+`job_threads` makes nicer to the CPU than the sync calls' (`JOB_NICE`): on a machine whose
+cores jobs keep busy, a sync call, the event loop and the dispatcher still get a core when
+they need one (docs/reliability.md has the figures).
 
 Each delivery is handled on a thread of the invocation pool (wasm releases the GIL), then
 its reply is published and only then is the delivery settled; every delivery is settled
@@ -42,8 +45,10 @@ import asyncio
 import bisect
 import collections
 import logging
+import os
+import threading
 from collections.abc import Iterable
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any, cast
 
 import aiormq
@@ -66,6 +71,24 @@ log = logging.getLogger(__name__)
 STRAGGLER_ACK_S = 0.002
 # Slots a sync call may use beyond `concurrency` while jobs hold slots (module docstring).
 SYNC_RESERVE = 1
+# The nice value of job threads: Linux gives a thread of nice 10 about a tenth of the CPU
+# weight of one of nice 0, so jobs yield the CPU to sync calls and keep every idle cycle.
+# Raising a thread's nice needs no privilege; lowering it back would, hence threads of
+# their own for jobs.
+JOB_NICE = 10
+
+
+def job_threads(threads: int, nice: int = JOB_NICE) -> ThreadPoolExecutor:
+    """An executor for jobs whose threads run at `nice` (where the system lets them)."""
+
+    def lower_priority() -> None:
+        try:
+            # PRIO_PROCESS with a thread id: Linux applies it to that thread alone.
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+        except (OSError, AttributeError) as exc:  # not Linux, or not allowed: run as is
+            log.debug("job thread keeps its priority: %s", exc)
+
+    return ThreadPoolExecutor(threads, "flotilla-job", initializer=lower_priority)
 # Pauses before publishing a job result again after the broker refused it (Basic.Nack, seen
 # while the job-results quorum queue elects a new leader after its node died: ~1-8 s).
 RESULT_RETRY_DELAYS_S = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
@@ -114,14 +137,18 @@ class Consumer:
         job_prefetch: int | None = None,
         functions: Iterable[str] = (),
         sync_reserve: int = SYNC_RESERVE,
+        job_executor: Executor | None = None,
     ) -> None:
         """`executor` needs `concurrency + sync_reserve + max_abandoned` threads (abandoned
-        ones included). `job_prefetch` (default 2 x concurrency) is each job lane's prefetch;
-        `functions` the job lanes consumed from the start."""
+        ones included), a `job_executor` (jobs run on `executor` without one)
+        `concurrency + max_abandoned`. `job_prefetch` (default 2 x concurrency) is each job
+        lane's prefetch; `functions` the job lanes consumed from the start."""
         self._connection = connection
         self._topology = topology
         self._handler = handler
         self.pool = InvocationPool(handler, executor, max_abandoned=max_abandoned)
+        self.job_pool = self.pool if job_executor is None else InvocationPool(
+            handler, job_executor, max_abandoned=max_abandoned)
         self._prefetch = prefetch
         self._job_prefetch = job_prefetch or 2 * concurrency
         self._slots = _Slots(concurrency, sync_reserve)
@@ -305,7 +332,7 @@ class Consumer:
             if not await self._acquire_slot(lane):
                 return  # stopping: requeue it for another worker
             try:
-                decision = await self._run(message, acks)
+                decision = await self._run(message, acks, self._pool(lane))
             finally:
                 self._slots.release(lane)
         except asyncio.CancelledError:
@@ -325,13 +352,24 @@ class Consumer:
                 # goes out at the latest when drain() returns).
                 self._tasks.discard(task)
 
+    def _pool(self, lane: str | None) -> InvocationPool:
+        """The pool running deliveries of `lane` (None: the sync lane)."""
+        return self.pool if lane is None else self.job_pool
+
+    @property
+    def abandoned(self) -> int:
+        """Threads abandoned blocked past their timeout, sync and job pools together."""
+        return self.pool.abandoned + (self.job_pool.abandoned if self.job_pool is not self.pool
+                                      else 0)
+
     async def _acquire_slot(self, lane: str | None) -> bool:
         """Wait for a free invocation slot for a delivery of `lane`; False (holding none)
         once stopping."""
         if self._stopping:
             return False
-        if self.pool.saturated:
-            room = asyncio.ensure_future(self.pool.wait_for_room())
+        pool = self._pool(lane)
+        if pool.saturated:
+            room = asyncio.ensure_future(pool.wait_for_room())
             stop = asyncio.ensure_future(self._stop.wait())
             await asyncio.wait({room, stop}, return_when=asyncio.FIRST_COMPLETED)
             room.cancel()
@@ -345,14 +383,14 @@ class Consumer:
         which can only be a consumer of a closed channel: treated as sync)."""
         return lane if lane is not None and lane != self._topology.sync else None
 
-    async def _run(self, message: DeliveredMessage, acks: _Acks) -> Settle:
+    async def _run(self, message: DeliveredMessage, acks: _Acks, pool: InvocationPool) -> Settle:
         loop = asyncio.get_running_loop()
         started = loop.time()
         metrics = self._metrics
         if metrics is not None:
             metrics.in_flight.inc()
         try:
-            handled = await self.pool.handle(message.body, _redeliveries(message), self._announce)
+            handled = await pool.handle(message.body, _redeliveries(message), self._announce)
         finally:
             if metrics is not None:
                 metrics.in_flight.dec()

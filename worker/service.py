@@ -35,7 +35,7 @@ from flotilla.metrics import WorkerMetrics
 from flotilla.settings import WorkerSettings
 from flotilla.topology import RECONNECT_INTERVAL_S, Topology
 from flotilla.tracing import WORKER, Tracing
-from worker.consumer import SYNC_RESERVE, Consumer
+from worker.consumer import SYNC_RESERVE, Consumer, job_threads
 from worker.flow import JobFlow
 from worker.handler import EnvelopeHandler, RunLedger, Runner
 from worker.lanes import FunctionWatch
@@ -196,6 +196,9 @@ class WorkerService:
             settings.effective_concurrency() + SYNC_RESERVE + settings.effective_max_abandoned(),
             "flotilla-invoke",
         )
+        # Jobs on threads of their own, nicer to the CPU than sync calls (worker/consumer.py).
+        jobs_executor = job_threads(
+            settings.effective_concurrency() + settings.effective_max_abandoned())
         connection = None
         try:
             if self._serve_probes:
@@ -225,6 +228,7 @@ class WorkerService:
                 prefetch=settings.effective_prefetch(),
                 metrics=self.metrics,
                 max_abandoned=settings.effective_max_abandoned(),
+                job_executor=jobs_executor,
             )
             await self.consumer.start()
             # Its own client: the subscription holds a connection for good.
@@ -252,9 +256,10 @@ class WorkerService:
             # After a forced exit or a drain timeout, threads still running guest code are
             # abandoned rather than joined (each is bounded by its function's timeout anyway).
             drained = self.consumer is None or (
-                self.consumer.in_flight == 0 and self.consumer.pool.abandoned == 0
+                self.consumer.in_flight == 0 and self.consumer.abandoned == 0
             )
-            executor.shutdown(wait=drained and not self._force.is_set(), cancel_futures=True)
+            for pool in (executor, jobs_executor):
+                pool.shutdown(wait=drained and not self._force.is_set(), cancel_futures=True)
             runtime.close()
 
     def is_ready(self) -> bool:
@@ -353,7 +358,7 @@ def run_process(
     # Python would join threads still blocked in a guest's host call at exit (a guest may
     # sleep for hours): a forced stop, or abandoned threads still out, exit without them.
     if service is not None and (
-        service.forced or (service.consumer is not None and service.consumer.pool.abandoned)
+        service.forced or (service.consumer is not None and service.consumer.abandoned)
     ):
         exit_now(status)
     return status
