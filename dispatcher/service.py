@@ -164,7 +164,7 @@ def build(settings: DispatcherSettings) -> Dispatcher:
     jobs = JobStore(redis, prefix=settings.queue_prefix, ttl_s=settings.job_ttl_s)
     sandbox, compile = compile_step(settings.cache_dir)
     topology = Topology(prefix=settings.queue_prefix, max_length=settings.queue_max_length,
-                        quorum_size=settings.quorum_size)
+                        quorum_size=settings.quorum_size, sync_lane=settings.sync_lane)
     transport = AmqpTransport(settings.amqp_url, topology)
     http = httpx.AsyncClient(follow_redirects=False)
     metrics = DispatcherMetrics()

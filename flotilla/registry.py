@@ -6,7 +6,9 @@ Redis layout (every key starts with `<prefix>:`, the deployment's queue prefix):
 - `fn:<name>`: hash with `latest` (digest of the newest deploy) and `updated_at`;
 - `fn:<name>:versions`: sorted set of digests scored by version number (deploy order);
 - `fn:<name>:v:<digest>`: JSON of one `FunctionVersion` (never changed once written);
-- `fn:<name>:seq`: counter handing out version numbers.
+- `fn:<name>:seq`: counter handing out version numbers;
+- `deploys` (a pub/sub channel, not a key): every deploy publishes the function's name, so
+  workers consume a new function's job lane at once (worker/lanes.py).
 
 A version's digest is sha256(component sha256 + "\\n" + canonical config JSON), so
 redeploying identical bytes and config finds the existing version and changes nothing
@@ -97,6 +99,11 @@ class FunctionSummary:
     version_count: int
 
 
+def deploy_channel(prefix: str) -> str:
+    """The Redis pub/sub channel a deploy's function name is published on."""
+    return f"{prefix}:deploys"
+
+
 class Registry:
     """Function metadata and version history in Redis (`redis.asyncio` client passed in)."""
 
@@ -148,8 +155,13 @@ class Registry:
                 self._k("fn", name), mapping={"latest": digest, "updated_at": str(time.time())}
             )
             pipe.sadd(self._k("functions"), name)
+            pipe.publish(deploy_channel(self.prefix), name)
             await pipe.execute()
         return version, created
+
+    async def names(self) -> list[str]:
+        """The names of every deployed function, sorted."""
+        return sorted(_text(n) for n in await self.redis.smembers(self._k("functions")))
 
     async def get_version(self, name: str, selector: str | int = LATEST) -> FunctionVersion:
         """The version matching `selector`; FunctionNotDeployed when there is none."""

@@ -139,8 +139,15 @@ class _Base(BaseSettings):
     )
     queue_max_length: int = Field(
         default=100_000, ge=1,
-        description="Most envelopes the invocation queue holds; publishes past it are refused "
-        "(503). Workers and dispatchers of one prefix must agree: it is a queue argument",
+        description="Most envelopes each lane (the sync queue, each function's job queue) "
+        "holds; publishes past it are refused (503). Workers and dispatchers of one prefix "
+        "must agree: it is a queue argument",
+    )
+    sync_lane: Literal["quorum", "classic"] = Field(
+        default="quorum",
+        description="Queue type of the synchronous lane: quorum (replicated, persistent) or "
+        "classic (one node, transient messages: lost by a broker restart, seen by the caller "
+        "as a timeout). A queue argument: all processes of one prefix must agree",
     )
     log_format: Literal["json", "text"] = Field(
         default="json",
@@ -241,7 +248,8 @@ class WorkerSettings(_Base):
     )
     prefetch: int = Field(
         default=0, ge=0,
-        description="Unacked deliveries held per process (0: 16 x concurrency)",
+        description="Unacked sync-lane deliveries held per process (0: 16 x concurrency); "
+        "each function's job lane holds 2 x concurrency",
     )
     poison_runs: int = Field(
         default=3, ge=1,

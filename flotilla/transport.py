@@ -2,16 +2,19 @@
 
 A transport does three things:
 
-- `call(envelope, timeout) -> Reply`: publish a synchronous invocation and wait for its reply
-  on the caller's own reply queue, matched by correlation id;
-- `submit(envelope, delay_ms=0)`: publish a job (publisher-confirmed: once it returns, the
-  broker has it); a delayed one goes into the delay chain (flotilla/delays.py);
+- `call(envelope, timeout) -> Reply`: publish a synchronous invocation to the sync lane and
+  wait for its reply on the caller's own reply queue, matched by correlation id;
+- `submit(envelope, delay_ms=0)`: publish a job to its function's job lane
+  (publisher-confirmed: once it returns, the broker has it; the lane is declared by the
+  transport's first job of the function, so a job is never published to a queue that does
+  not exist); a delayed one goes into the delay chain (flotilla/delays.py), which hands it
+  to the lane when due;
 - `consume_job_results(handler, on_started)`: feed job replies to an async callback (and
   workers' `Started` notices to `on_started`); a result is acked only after the callback
   returned, so it survives a dispatcher dying mid-way.
 
-Publishing errors are typed: `QueueFull` (the invocations queue is at `x-max-length` and
-rejected the publish) and `BrokerUnavailable` (no connection); both become 503 upstream.
+Publishing errors are typed: `QueueFull` (the lane is at `x-max-length` and rejected the
+publish) and `BrokerUnavailable` (no connection); both become 503 upstream.
 `CallTimeout` means no reply came in time (504 upstream).
 
 `flotilla/dev/memory.py` implements the same protocol in-process for dev mode.
@@ -71,7 +74,12 @@ class BrokerUnavailable(TransportError):
 
 
 class QueueFull(TransportError):
-    """The invocations queue is full and rejected the envelope; retry later."""
+    """The lane (sync or the function's job queue) is full and rejected the envelope; retry
+    later."""
+
+
+class Unroutable(BrokerUnavailable):
+    """The lane the envelope was published to does not exist (the broker returned it)."""
 
 
 class CallTimeout(TransportError):
@@ -136,7 +144,10 @@ class AmqpTransport:
         self._job_channel: AbstractChannel | None = None
         self._futures: dict[str, asyncio.Future[Reply]] = {}
         self._publisher: aiormq.Channel | None = None  # the confirmed channel's aiormq channel
-        self._method_frame: tuple[int, bytes] = (-1, b"")  # Basic.Publish, marshalled once
+        # Basic.Publish frames marshalled once per route, for the channel numbered first.
+        self._method_frames: tuple[int, dict[str, bytes]] = (-1, {})
+        # Job lanes this transport declared (a job's publish would be unroutable before).
+        self._job_lanes: set[str] = set()
         # A stable name, so the robust connection re-declares the same queue after a reconnect.
         self.reply_queue_name = f"{topology.prefix}.reply.{uuid.uuid4().hex}"
         self.stray_replies = 0
@@ -152,7 +163,7 @@ class AmqpTransport:
             )
             self._channel = await self._connection.channel(publisher_confirms=True)
             if self._declare:
-                await self._topology.declare(self._channel)
+                await self._declare_topology()
             reply_channel: AbstractRobustChannel = await self._connection.channel(
                 publisher_confirms=False
             )
@@ -167,6 +178,23 @@ class AmqpTransport:
         except (aiormq.exceptions.AMQPError, ConnectionError, OSError) as exc:
             await self.close()
             raise BrokerUnavailable(f"cannot connect to RabbitMQ: {exc}") from exc
+
+    async def _declare_topology(self) -> None:
+        """Declare the topology; a sync lane that exists with other arguments (another
+        FLOTILLA_SYNC_LANE: a Python client does not know the deployment's) is used as it
+        is, with a warning: publishing to it works whatever its type."""
+        assert self._connection is not None and self._channel is not None
+        try:
+            await self._topology.declare(self._channel)
+        except aio_pika.exceptions.ChannelPreconditionFailed as exc:
+            if self._topology.sync not in str(exc):
+                raise
+            log.warning("the sync lane %s exists with other arguments than this process's "
+                        "(FLOTILLA_SYNC_LANE=%s, queue max length, quorum size): using it as "
+                        "it is; set them as the deployment's", self._topology.sync,
+                        self._topology.sync_lane)
+            self._channel = await self._connection.channel(publisher_confirms=True)
+            await self._topology.declare(self._channel, adopt_sync=True)
 
     async def _consume_replies(self, channel: AbstractRobustChannel) -> None:
         underlay = await channel.get_underlay_channel()
@@ -219,24 +247,46 @@ class AmqpTransport:
             self._futures.pop(cid, None)
 
     async def submit(self, envelope: Envelope, *, delay_ms: int = 0) -> None:
-        """Publish a job envelope and wait (up to `publish_timeout_s`) for the broker's confirm."""
+        """Publish a job envelope to its function's job lane and wait (up to
+        `publish_timeout_s`) for the broker's confirm."""
         if envelope.reply_mode != REPLY_JOB:
             raise ValueError("submit() needs an envelope with reply_mode='job'")
-        # Delayed: into the delay chain (flotilla/delays.py), which hands it to the queue.
-        hop = self._topology.delays.hop(delay_ms, self._topology.invocations) \
-            if delay_ms > 0 else None
+        lane = self._topology.job_queue(envelope.function)
+        # Delayed: into the delay chain (flotilla/delays.py), which hands it to the lane.
+        hop = self._topology.delays.hop(delay_ms, lane) if delay_ms > 0 else None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._publish_timeout
+        for again in (True, False):
+            try:
+                if lane not in self._job_lanes:
+                    async with asyncio.timeout_at(deadline):
+                        await self._declare_jobs(envelope.function)
+                confirmation = await self._send(envelope, deadline, hop)
+                async with asyncio.timeout_at(deadline):
+                    await asyncio.shield(confirmation)
+            except TimeoutError:
+                raise self._unconfirmed("job", envelope, self._publish_timeout) from None
+            except Exception as exc:
+                raise _publish_error(exc) from exc
+            if (error := _refusal(confirmation.result())) is None:
+                return
+            if not (again and isinstance(error, Unroutable)):
+                raise error
+            # The lane was deleted since this transport declared it: declare it again.
+            self._job_lanes.discard(lane)
+
+    async def _declare_jobs(self, function: str) -> None:
+        """Declare `function`'s job lane on a channel of its own (a refused declare closes
+        its channel: it must not be the publishing one)."""
+        if self._connection is None:
+            raise BrokerUnavailable("transport not started")
+        channel = await self._connection.channel(publisher_confirms=False)
         try:
-            confirmation = await self._send(envelope, deadline, hop)
-            async with asyncio.timeout_at(deadline):
-                await asyncio.shield(confirmation)
-        except TimeoutError:
-            raise self._unconfirmed("job", envelope, self._publish_timeout) from None
-        except Exception as exc:
-            raise _publish_error(exc) from exc
-        if (error := _refusal(confirmation.result())) is not None:
-            raise error
+            await self._topology.declare_jobs(channel, function)
+        finally:
+            if not channel.is_closed:
+                await channel.close()
+        self._job_lanes.add(self._topology.job_queue(function))
 
     def _expire(
         self, fut: asyncio.Future[Reply], confirmation: asyncio.Future[Any], envelope: Envelope,
@@ -357,9 +407,12 @@ class AmqpTransport:
         if hop is not None:  # a delayed job: its delay levels' TTLs are the only ones
             ttl = None
         body = envelope.encode(published_ms=now)
+        job = envelope.reply_mode == REPLY_JOB
+        route = self._topology.job_queue(envelope.function) if job else self._topology.sync
         properties = aiormq.spec.Basic.Properties(
             content_type="application/msgpack",
-            delivery_mode=2,  # persistent
+            # Jobs are persistent; sync calls as their lane keeps them (Topology.sync_lane).
+            delivery_mode=2 if job or self._topology.sync_persistent else 1,
             correlation_id=envelope.correlation_id,
             # Unique per publish: aiormq matches a returned message to its confirm by it.
             message_id=envelope.invocation_id,
@@ -367,16 +420,21 @@ class AmqpTransport:
             expiration=str(ttl) if ttl is not None else None,
         )
         if hop is not None:
-            method = aiormq.spec.Basic.Publish(
+            publish = aiormq.spec.Basic.Publish(
                 exchange=hop.exchange, routing_key=hop.routing_key, mandatory=True
             )
-            return amqp.publish_frame(channel, amqp.marshal(method, channel), body, properties)
-        if self._method_frame[0] != channel.number:
-            method = aiormq.spec.Basic.Publish(
-                exchange="", routing_key=self._topology.invocations, mandatory=True
-            )
-            self._method_frame = (channel.number, amqp.marshal(method, channel))
-        return amqp.publish_frame(channel, self._method_frame[1], body, properties)
+            return amqp.publish_frame(channel, amqp.marshal(publish, channel), body, properties)
+        number, frames = self._method_frames
+        if number != channel.number:
+            frames = {}
+            self._method_frames = (channel.number, frames)
+        method = frames.get(route)
+        if method is None:
+            if len(frames) >= MAX_CACHED_FRAMES:
+                frames.clear()
+            publish = aiormq.spec.Basic.Publish(exchange="", routing_key=route, mandatory=True)
+            method = frames[route] = amqp.marshal(publish, channel)
+        return amqp.publish_frame(channel, method, body, properties)
 
     async def _on_reply(self, message: aiormq.abc.DeliveredMessage) -> None:
         try:
@@ -409,10 +467,13 @@ async def _on_notice(
     await message.ack()
 
 
+# Marshalled Basic.Publish frames kept (one per lane published to) before starting afresh.
+MAX_CACHED_FRAMES = 1024
+
 # A nack: the queue is at x-max-length, or (on a cluster) its quorum queue has no leader yet
 # after a node died; either way nothing was enqueued and a retry may succeed.
-REFUSED = ("the broker refused the envelope: the invocations queue is full or electing a "
-           "leader after a node loss; retry later")
+REFUSED = ("the broker refused the envelope: its lane (the sync queue or the function's job "
+           "queue) is full or electing a leader after a node loss; retry later")
 
 
 def _refusal(result: Any) -> TransportError | None:
@@ -420,7 +481,7 @@ def _refusal(result: Any) -> TransportError | None:
     if isinstance(result, aiormq.spec.Basic.Nack):
         return QueueFull(REFUSED)
     if isinstance(result, (aiormq.spec.Basic.Return, aiormq.abc.DeliveredMessage)):
-        return BrokerUnavailable("the invocations queue does not exist (envelope not routable)")
+        return Unroutable("the envelope's lane does not exist (envelope not routable)")
     return None
 
 
@@ -447,5 +508,5 @@ def _on_confirmed(fut: asyncio.Future[Reply], confirmation: asyncio.Future[Any])
 def _delivery_error(exc: aio_pika.exceptions.DeliveryError) -> TransportError:
     frame = getattr(exc, "frame", None)
     if isinstance(frame, aiormq.spec.Basic.Return):
-        return BrokerUnavailable(f"envelope was not routable: {frame.reply_text}")
+        return Unroutable(f"envelope was not routable: {frame.reply_text}")
     return QueueFull(REFUSED)

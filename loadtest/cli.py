@@ -75,6 +75,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     procs.add_argument("--out", type=Path, default=Path("loadtest-results/procs"))
     procs.set_defaults(handler=_procs)
 
+    fair = sub.add_parser("fairness", help="one function's job backlog vs another's sync "
+                          "calls and job (issue 12): p50s, ratio, job start delay as JSON")
+    fair.add_argument("--backlog", type=int, default=2_000, help="queued jobs of the backlog")
+    fair.add_argument("--job-ms", type=int, default=20, help="each backlog job's busy time")
+    fair.add_argument("--calls", type=int, default=50, help="sync calls, idle and busy")
+    fair.add_argument("--processes", type=int, default=2, help="worker processes")
+    fair.add_argument("--worker-concurrency", type=int, default=2,
+                      help="invocations per worker process")
+    fair.add_argument("--out", type=Path, default=Path("loadtest-results/fairness"))
+    fair.set_defaults(handler=_fairness)
+
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--duration", type=float, default=10, help="seconds of load per run")
@@ -201,6 +212,8 @@ def main(args: argparse.Namespace) -> int:
         return 0
     if handler is _procs:
         return _run_procs(args)
+    if handler is _fairness:
+        return _run_fairness(args)
     results = asyncio.run(compare.scale(scenarios.get(args.scenario), args.concurrency,
                                         args.duration,
                                         worker_concurrency=args.worker_concurrency))
@@ -219,6 +232,23 @@ def _scale(args: argparse.Namespace) -> None: ...  # marker: handled in main
 
 
 def _procs(args: argparse.Namespace) -> None: ...  # marker: handled in main
+
+
+def _fairness(args: argparse.Namespace) -> None: ...  # marker: handled in main
+
+
+def _run_fairness(args: argparse.Namespace) -> int:
+    import json
+
+    from loadtest import fairness
+
+    plan = fairness.FairnessPlan(backlog=args.backlog, job_ms=args.job_ms, calls=args.calls)
+    doc = asyncio.run(fairness.run(plan, processes=args.processes,
+                                   concurrency=args.worker_concurrency))
+    print(json.dumps(doc, indent=2))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(doc, indent=2) + "\n")
+    return 0
 
 
 def _run_procs(args: argparse.Namespace) -> int:

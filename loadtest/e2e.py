@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from loadtest.fleet import build_guests, children_of
+from loadtest.fleet import build_guests, children_of, registry_names
 from loadtest.runner import closed_loop
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -543,7 +543,7 @@ async def run_e2e(
         connection = await aio_pika.connect(amqp_url)
         async with connection:
             channel = await connection.channel()
-            await Topology(prefix).delete(channel)
+            await Topology(prefix).delete(channel, await registry_names(redis_url, prefix))
             await channel.queue_delete(bare_queue)
         redis = aioredis.from_url(redis_url)
         async for key in redis.scan_iter(match=f"{prefix}:*"):

@@ -212,7 +212,7 @@ class Fleet:
             self._moto.terminate()
             await asyncio.to_thread(self._moto.wait, 10)
             self._moto = None
-        await delete_queues(self.amqp_url, self.prefix)
+        await delete_queues(self.amqp_url, self.prefix, self.redis_url)
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -233,15 +233,30 @@ async def deploy_all(client: httpx.AsyncClient, components: dict[str, bytes]) ->
             raise FleetError(f"deploy of {name} failed: {resp.status_code} {resp.text}")
 
 
-async def delete_queues(amqp_url: str, prefix: str) -> None:
-    """Delete the queues and exchange of `prefix`."""
+async def delete_queues(amqp_url: str, prefix: str, redis_url: str | None = None) -> None:
+    """Delete the queues and exchange of `prefix`, with the job lane of every function its
+    registry (at `redis_url`) names: read before the prefix's Redis keys go."""
     import aio_pika
 
     from flotilla.topology import Topology
 
+    functions = await registry_names(redis_url, prefix) if redis_url else []
     connection = await aio_pika.connect(amqp_url)
     async with connection:
-        await Topology(prefix).delete(await connection.channel())
+        await Topology(prefix).delete(await connection.channel(), functions)
+
+
+async def registry_names(redis_url: str, prefix: str) -> list[str]:
+    """The functions deployed under `prefix` (each has a job lane: flotilla/topology.py)."""
+    import redis.asyncio as aioredis
+
+    from flotilla.registry import Registry
+
+    client = aioredis.from_url(redis_url)
+    try:
+        return await Registry(client, prefix=prefix).names()
+    finally:
+        await client.aclose()
 
 
 @dataclass

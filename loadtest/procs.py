@@ -284,7 +284,7 @@ async def drain(shapes: list[Shape], function: str, body: bytes, *, envelopes: i
 
         async def one(fleet: Fleet) -> float:
             digest = (await Registry(redis, prefix=fleet.prefix).get_version(function)).digest
-            queue = Topology(fleet.prefix).invocations
+            queue = Topology(fleet.prefix).sync
             start = await invoked(fleet)
             for _ in range(envelopes):
                 iid = uuid.uuid4().hex

@@ -37,7 +37,7 @@ from typing import Any
 import httpx
 
 from flotilla.settings import WorkerSettings
-from loadtest.fleet import children_of
+from loadtest.fleet import children_of, registry_names
 
 ROOT = Path(__file__).resolve().parents[1]
 AMQP = "amqp://guest:guest@127.0.0.1:5672/"
@@ -319,7 +319,8 @@ class Fleet:
 
         connection = await amqp.connect_robust(self.amqp_url)  # one URL or a cluster's
         async with connection:
-            await Topology(self.prefix).delete(await connection.channel())
+            await Topology(self.prefix).delete(
+                await connection.channel(), await registry_names(self.redis_url, self.prefix))
         redis = aioredis.from_url(self.redis_url)
         for pattern in (f"{self.prefix}:*", f"fn:{self.prefix}:*"):
             async for key in redis.scan_iter(match=pattern, count=1000):

@@ -105,3 +105,39 @@ def moto_server() -> Iterator[str]:
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+# Functions the tests' envelopes and fleets name (tests.fleet.fakes.envelope: "echo"; the
+# fake runners' "block", "crash"...): consumers in tests consume their job lanes.
+TEST_FUNCTIONS = ("echo", "probe", "block", "crash", "work", "fail", "gone", "alpha", "sleep")
+
+
+async def lane_functions(redis_url: str | None, prefix: str) -> set[str]:
+    """The functions whose job lanes a test under `prefix` may have made: its registry's
+    (workers declare the lane of every deployed function) and TEST_FUNCTIONS. Read it before
+    the test's Redis keys are deleted; pass it to `Topology.delete`."""
+    names = set(TEST_FUNCTIONS)
+    if redis_url is None:
+        return names
+    import redis.asyncio
+
+    from flotilla.registry import Registry
+
+    client = redis.asyncio.from_url(redis_url)
+    try:
+        names.update(await Registry(client, prefix=prefix).names())
+    finally:
+        await client.aclose()
+    return names
+
+
+async def register_names(redis_url: str, prefix: str, *names: str) -> None:
+    """Add `names` to the registry's function set, as deploys would: worker processes with a
+    fake runner (nothing deployed) then consume their job lanes (worker/lanes.py)."""
+    import redis.asyncio
+
+    client = redis.asyncio.from_url(redis_url)
+    try:
+        await client.sadd(f"{prefix}:functions", *names)
+    finally:
+        await client.aclose()

@@ -1,5 +1,18 @@
 """The worker's AMQP consumer: a thin layer between RabbitMQ and `EnvelopeHandler`.
 
+It consumes every lane of the topology (flotilla/topology.py) on one channel: the sync lane
+with the deep prefetch the sync round trip needs, and each function's job lane with a small
+one (`job_prefetch`), a consumer each (RabbitMQ's prefetch is per consumer). Job lanes are
+added while it runs (`add_function`: worker/lanes.py follows the registry). Sandbox slots
+(`_Slots`) go to waiting sync deliveries first, then to waiting jobs round-robin over their
+functions: a function with thousands of queued jobs holds at most `job_prefetch` deliveries
+of a process, and a job of another function takes the next free slot. While jobs hold
+slots, a sync call may run in one slot more than `concurrency` (`sync_reserve`), so a sync
+call never waits for a job to finish. Given a `job_executor`, jobs run on its threads, which
+`job_threads` makes nicer to the CPU than the sync calls' (`JOB_NICE`): on a machine whose
+cores jobs keep busy, a sync call, the event loop and the dispatcher still get a core when
+they need one (docs/reliability.md has the figures).
+
 Each delivery is handled on a thread of the invocation pool (wasm releases the GIL), then
 its reply is published and only then is the delivery settled; every delivery is settled
 exactly once, in one `finally`, on every path (ack, reject to the DLQ, or requeue). The one
@@ -32,7 +45,10 @@ import asyncio
 import bisect
 import collections
 import logging
-from concurrent.futures import Executor
+import os
+import threading
+from collections.abc import Iterable
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any, cast
 
 import aiormq
@@ -53,6 +69,26 @@ log = logging.getLogger(__name__)
 
 # How long a finished delivery behind a still-running one may wait for a batched ack.
 STRAGGLER_ACK_S = 0.002
+# Slots a sync call may use beyond `concurrency` while jobs hold slots (module docstring).
+SYNC_RESERVE = 1
+# The nice value of job threads: Linux gives a thread of nice 10 about a tenth of the CPU
+# weight of one of nice 0, so jobs yield the CPU to sync calls and keep every idle cycle.
+# Raising a thread's nice needs no privilege; lowering it back would, hence threads of
+# their own for jobs.
+JOB_NICE = 10
+
+
+def job_threads(threads: int, nice: int = JOB_NICE) -> ThreadPoolExecutor:
+    """An executor for jobs whose threads run at `nice` (where the system lets them)."""
+
+    def lower_priority() -> None:
+        try:
+            # PRIO_PROCESS with a thread id: Linux applies it to that thread alone.
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+        except (OSError, AttributeError) as exc:  # not Linux, or not allowed: run as is
+            log.debug("job thread keeps its priority: %s", exc)
+
+    return ThreadPoolExecutor(threads, "flotilla-job", initializer=lower_priority)
 # Pauses before publishing a job result again after the broker refused it (Basic.Nack, seen
 # while the job-results quorum queue elects a new leader after its node died: ~1-8 s).
 RESULT_RETRY_DELAYS_S = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
@@ -84,7 +120,8 @@ async def publish_result(
 
 
 class Consumer:
-    """Consumes the invocations queue of one topology with manual acks and bounded prefetch."""
+    """Consumes the sync lane and every known job lane of one topology with manual acks and
+    bounded prefetch."""
 
     def __init__(
         self,
@@ -97,19 +134,34 @@ class Consumer:
         prefetch: int,
         metrics: WorkerMetrics | None = None,
         max_abandoned: int = 0,
+        job_prefetch: int | None = None,
+        functions: Iterable[str] = (),
+        sync_reserve: int = SYNC_RESERVE,
+        job_executor: Executor | None = None,
     ) -> None:
-        """`executor` needs `concurrency + max_abandoned` threads (abandoned ones included)."""
+        """`executor` needs `concurrency + sync_reserve + max_abandoned` threads (abandoned
+        ones included), a `job_executor` (jobs run on `executor` without one)
+        `concurrency + max_abandoned`. `job_prefetch` (default 2 x concurrency) is each job
+        lane's prefetch; `functions` the job lanes consumed from the start."""
         self._connection = connection
         self._topology = topology
         self._handler = handler
         self.pool = InvocationPool(handler, executor, max_abandoned=max_abandoned)
+        self.job_pool = self.pool if job_executor is None else InvocationPool(
+            handler, job_executor, max_abandoned=max_abandoned)
         self._prefetch = prefetch
-        self._slots = _Slots(concurrency)
+        self._job_prefetch = job_prefetch or 2 * concurrency
+        self._slots = _Slots(concurrency, sync_reserve)
         self._tasks: set[asyncio.Task[None]] = set()
         self._channel: AbstractChannel | None = None
         self._reply_channel: AbstractChannel | None = None
-        self._queue: AbstractQueue | None = None
-        self._tag: str | None = None
+        # Every lane consumed (the sync lane first), and the consumer tag of each on the
+        # current aiormq channel (a lane being declared or re-consumed has none).
+        self._queues: dict[str, AbstractQueue] = {}
+        self._tags: dict[str, str] = {}
+        self._lanes: dict[str, str] = {}  # consumer tag -> lane
+        self._functions = list(dict.fromkeys(functions))
+        self._consume_lock = asyncio.Lock()  # basic.qos then basic.consume, one lane at a time
         self._acks: _Acks | None = None  # those of the channel consumed now
         # The aiormq channels under the job (True) and reply (False) channels, as last seen.
         self._underlays: dict[bool, aiormq.Channel] = {}
@@ -121,10 +173,10 @@ class Consumer:
         self.settled = {s: 0 for s in Settle}
 
     async def start(self) -> None:
-        """Open the channel, declare the topology and start consuming."""
+        """Open the channel, declare the topology and start consuming every lane."""
         self._loop = asyncio.get_running_loop()
-        # The robust channel re-applies qos and re-declares after a reconnect; its reopen
-        # callback (below) consumes again.
+        # The robust channel re-declares the queues after a reconnect; its reopen callback
+        # (below) consumes them again.
         channel = await self._connection.channel(publisher_confirms=True)
         self._channel = channel
         # Sync replies go out unconfirmed: their queue is transient anyway, and not waiting
@@ -132,58 +184,94 @@ class Consumer:
         # sooner. Job results use the confirmed channel: acked only once the broker has them.
         self._reply_channel = await self._connection.channel(publisher_confirms=False)
         await channel.set_qos(prefetch_count=self._prefetch)
-        self._queue = await self._topology.declare(channel)
+        sync = await self._topology.declare(channel)
+        self._queues[sync.name] = sync
         channel.reopen_callbacks.add(self._on_reopen)  # type: ignore[attr-defined]
-        await self._consume()
+        await self._consume(sync.name)
+        functions, self._functions = self._functions, []
+        for function in functions:
+            await self.add_function(function)
 
-    async def _consume(self) -> None:
-        """Consume the queue on the robust channel's current aiormq channel."""
-        assert self._channel is not None and self._queue is not None
-        underlay = cast(aiormq.Channel, await self._channel.get_underlay_channel())
-        same = self._acks is not None and self._acks.channel is underlay
-        if same and self._tag is not None:
-            return  # already consuming on this one
-        if not same:
-            # One `_Acks` per aiormq channel, kept across a re-consume on the same channel:
-            # tags are the channel's, and a multiple ack must see all of them.
-            self._acks = _Acks(underlay)
-            underlay.on_consumer_cancel_callbacks.add(self._on_cancelled)
-        ok = await underlay.basic_consume(self._queue.name, self._on_delivery)
-        tag = ok.consumer_tag
-        assert tag is not None
-        if self._stopping:  # stop_consuming() ran meanwhile: undo
-            await underlay.basic_cancel(tag)
+    @property
+    def functions(self) -> list[str]:
+        """The functions whose job lanes are consumed, in the order they were added."""
+        return list(self._functions)
+
+    async def add_function(self, function: str) -> None:
+        """Declare and consume `function`'s job lane (nothing if it already is, or once
+        stopping). Errors propagate: the caller (worker/lanes.py) tries again later."""
+        if function in self._functions or self._stopping:
             return
-        self._tag = tag
+        assert self._channel is not None, "start() first"
+        lane = self._topology.job_queue(function)
+        if lane not in self._queues:
+            self._queues[lane] = await self._topology.declare_jobs(self._channel, function)
+        await self._consume(lane)
+        self._functions.append(function)
+
+    async def _consume(self, lane: str) -> None:
+        """Consume `lane` on the robust channel's current aiormq channel."""
+        assert self._channel is not None
+        async with self._consume_lock:
+            underlay = cast(aiormq.Channel, await self._channel.get_underlay_channel())
+            same = self._acks is not None and self._acks.channel is underlay
+            if same and lane in self._tags:
+                return  # already consuming it on this one
+            if not same:
+                # One `_Acks` per aiormq channel, kept across a re-consume on the same
+                # channel: tags are the channel's, and a multiple ack must see all of them.
+                self._acks = _Acks(underlay)
+                self._tags.clear()
+                self._lanes.clear()
+                underlay.on_consumer_cancel_callbacks.add(self._on_cancelled)
+            # The prefetch of consumers started after it (global=False: per consumer).
+            prefetch = self._prefetch if lane == self._topology.sync else self._job_prefetch
+            await underlay.basic_qos(prefetch_count=prefetch)
+            ok = await underlay.basic_consume(lane, self._on_delivery)
+            tag = ok.consumer_tag
+            assert tag is not None
+            if self._stopping:  # stop_consuming() ran meanwhile: undo
+                await underlay.basic_cancel(tag)
+                return
+            self._tags[lane] = tag
+            self._lanes[tag] = lane
 
     async def _on_reopen(self, *_: Any) -> None:
-        # The robust channel reopened (reconnect or channel error) and re-declared the queue.
-        self._tag = None
+        # The robust channel reopened (reconnect or channel error) and re-declared the queues.
+        self._tags.clear()
+        self._lanes.clear()
         if self._stopping:
             return
-        try:
-            await self._consume()
-        except Exception:
-            log.exception("consuming again after the channel reopened failed")
+        for lane in list(self._queues):
+            try:
+                await self._consume(lane)
+            except Exception:
+                log.exception("consuming %s again after the channel reopened failed", lane)
 
     def _on_cancelled(self, frame: spec.Basic.Cancel) -> None:
-        # The broker cancelled the consumer (the queue was deleted, say): declare and consume
+        # The broker cancelled a consumer (its queue was deleted, say): declare and consume
         # again, as aio-pika's robust queue would.
-        if frame.consumer_tag != self._tag or self._stopping:
+        lane = self._lanes.pop(frame.consumer_tag or "", None)
+        if lane is None or self._stopping:
             return
-        self._tag = None
-        log.warning("the broker cancelled the consumer; declaring and consuming again")
-        task = asyncio.ensure_future(self._resubscribe())
+        self._tags.pop(lane, None)
+        log.warning("the broker cancelled the consumer of %s; declaring and consuming again",
+                    lane)
+        task = asyncio.ensure_future(self._resubscribe(lane))
         self._notices.add(task)
         task.add_done_callback(self._notices.discard)
 
-    async def _resubscribe(self) -> None:
+    async def _resubscribe(self, lane: str) -> None:
         assert self._channel is not None
         try:
-            self._queue = await self._topology.declare(self._channel)
-            await self._consume()
+            function = self._topology.job_function(lane)
+            if function is None:
+                self._queues[lane] = await self._topology.declare(self._channel)
+            else:
+                self._queues[lane] = await self._topology.declare_jobs(self._channel, function)
+            await self._consume(lane)
         except Exception:
-            log.exception("consuming again after the broker cancelled the consumer failed")
+            log.exception("consuming %s again after the broker cancelled it failed", lane)
 
     @property
     def in_flight(self) -> int:
@@ -195,13 +283,15 @@ class Consumer:
         self._stopping = True
         self._stop.set()
         self._slots.close()
-        acks, tag = self._acks, self._tag
-        self._tag = None
-        if acks is not None and tag is not None and not acks.channel.is_closed:
+        acks, tags = self._acks, list(self._tags.values())
+        self._tags.clear()
+        if acks is None or acks.channel.is_closed:
+            return
+        for tag in tags:
             try:
                 await acks.channel.basic_cancel(tag)
             except Exception as exc:  # noqa: BLE001 - the channel may be gone; leftovers requeue
-                log.warning("cancelling the consumer failed: %s", exc)
+                log.warning("cancelling the consumer %s failed: %s", tag, exc)
 
     async def drain(self, timeout: float) -> bool:
         """Wait up to `timeout` s for in-flight deliveries to settle; True if all did."""
@@ -236,14 +326,15 @@ class Consumer:
             # Not the channel consumed now (cannot happen).
             acks = _Acks(cast(aiormq.Channel, message.channel))
         acks.delivered(tag)
+        lane = self._job_lane(self._lanes.get(message.delivery.consumer_tag or ""))  # type: ignore[union-attr]
         decision: Settle | None = Settle.REQUEUE
         try:
-            if not await self._acquire_slot():
+            if not await self._acquire_slot(lane):
                 return  # stopping: requeue it for another worker
             try:
-                decision = await self._run(message, acks)
+                decision = await self._run(message, acks, self._pool(lane))
             finally:
-                self._slots.release()
+                self._slots.release(lane)
         except asyncio.CancelledError:
             # close() cancels after the drain deadline, and aiormq when the channel closes:
             # the broker requeues whatever is unsettled; settling now would race that close.
@@ -261,28 +352,45 @@ class Consumer:
                 # goes out at the latest when drain() returns).
                 self._tasks.discard(task)
 
-    async def _acquire_slot(self) -> bool:
-        """Wait for a free invocation slot; False (holding none) once stopping."""
+    def _pool(self, lane: str | None) -> InvocationPool:
+        """The pool running deliveries of `lane` (None: the sync lane)."""
+        return self.pool if lane is None else self.job_pool
+
+    @property
+    def abandoned(self) -> int:
+        """Threads abandoned blocked past their timeout, sync and job pools together."""
+        return self.pool.abandoned + (self.job_pool.abandoned if self.job_pool is not self.pool
+                                      else 0)
+
+    async def _acquire_slot(self, lane: str | None) -> bool:
+        """Wait for a free invocation slot for a delivery of `lane`; False (holding none)
+        once stopping."""
         if self._stopping:
             return False
-        if self.pool.saturated:
-            room = asyncio.ensure_future(self.pool.wait_for_room())
+        pool = self._pool(lane)
+        if pool.saturated:
+            room = asyncio.ensure_future(pool.wait_for_room())
             stop = asyncio.ensure_future(self._stop.wait())
             await asyncio.wait({room, stop}, return_when=asyncio.FIRST_COMPLETED)
             room.cancel()
             stop.cancel()
             if self._stopping:
                 return False
-        return await self._slots.acquire()
+        return await self._slots.acquire(lane)
 
-    async def _run(self, message: DeliveredMessage, acks: _Acks) -> Settle:
+    def _job_lane(self, lane: str | None) -> str | None:
+        """`lane` if it is a job lane; None for the sync lane (or a lane no longer known,
+        which can only be a consumer of a closed channel: treated as sync)."""
+        return lane if lane is not None and lane != self._topology.sync else None
+
+    async def _run(self, message: DeliveredMessage, acks: _Acks, pool: InvocationPool) -> Settle:
         loop = asyncio.get_running_loop()
         started = loop.time()
         metrics = self._metrics
         if metrics is not None:
             metrics.in_flight.inc()
         try:
-            handled = await self.pool.handle(message.body, _redeliveries(message), self._announce)
+            handled = await pool.handle(message.body, _redeliveries(message), self._announce)
         finally:
             if metrics is not None:
                 metrics.in_flight.dec()
@@ -299,7 +407,7 @@ class Consumer:
         """True while the broker may send deliveries and they will run (started, not stopping,
         channel open, not at the cap of abandoned threads)."""
         return (
-            self._tag is not None
+            self._topology.sync in self._tags
             and not self._stopping
             and not self.pool.saturated
             and self._channel is not None
@@ -502,53 +610,107 @@ class _Acks:
 
 
 class _Slots:
-    """At most `n` invocations at once; waiters are served in order and all get False (no
-    slot) once `close()`d. One future per waiting delivery, no task."""
+    """At most `n` invocations at once, plus `reserve` sync ones while jobs hold slots.
 
-    def __init__(self, n: int) -> None:
-        self._free = n
-        self._waiters: collections.deque[asyncio.Future[bool]] = collections.deque()
+    A delivery asks for a slot with its job lane, or None for the sync lane. A job starts
+    while fewer than `n` invocations run; a sync call too, and also while jobs run and fewer
+    than `n + reserve` do (it never waits for a job to finish). When a slot frees, waiting
+    sync calls go first, in order; then waiting jobs, round-robin over their lanes (the lane
+    served moves behind the others). Every waiter, now and later, gets False once
+    `close()`d. One future per waiting delivery, no task."""
+
+    def __init__(self, n: int, reserve: int = 0) -> None:
+        self._n = n
+        self._reserve = reserve
+        self._running = 0
+        self._jobs_running = 0
+        self._sync: collections.deque[asyncio.Future[bool]] = collections.deque()
+        # Lanes with waiting jobs, the next to be served first.
+        self._jobs: collections.OrderedDict[str, collections.deque[asyncio.Future[bool]]] = (
+            collections.OrderedDict()
+        )
         self._closed = False
 
-    async def acquire(self) -> bool:
-        """A slot (True), or False once closed (holding none)."""
+    def _may_start(self, lane: str | None) -> bool:
+        if self._running < self._n:
+            return True
+        return lane is None and self._jobs_running > 0 and self._running < self._n + self._reserve
+
+    def _take(self, lane: str | None) -> None:
+        self._running += 1
+        if lane is not None:
+            self._jobs_running += 1
+
+    async def acquire(self, lane: str | None = None) -> bool:
+        """A slot for a delivery of job lane `lane` (None: the sync lane): True, or False
+        once closed (holding none)."""
         if self._closed:
             return False
-        if self._free > 0 and not self._waiters:
-            self._free -= 1
+        waiting = self._sync if lane is None else self._jobs.get(lane)
+        if not waiting and (lane is None or not self._jobs) and self._may_start(lane):
+            self._take(lane)
             return True
         waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
+        if lane is None:
+            self._sync.append(waiter)
+        else:
+            self._jobs.setdefault(lane, collections.deque()).append(waiter)
         try:
             return await waiter
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled() and waiter.result():
-                self.release()  # handed a slot just as it was cancelled: pass it on
+                self.release(lane)  # handed a slot just as it was cancelled: pass it on
             raise
 
-    def release(self) -> None:
-        """Give a slot back (to the first waiter still waiting)."""
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(True)
-                return
-        self._free += 1
+    def release(self, lane: str | None = None) -> None:
+        """Give back a slot taken for `lane`, then hand free slots to waiters."""
+        self._running -= 1
+        if lane is not None:
+            self._jobs_running -= 1
+        while self._sync and self._may_start(None):
+            if self._hand(self._sync.popleft(), None):
+                continue
+        while self._jobs and self._may_start(next(iter(self._jobs))):
+            lane_next, waiters = next(iter(self._jobs.items()))
+            waiter = waiters.popleft()
+            if waiters:
+                self._jobs.move_to_end(lane_next)
+            else:
+                del self._jobs[lane_next]
+            self._hand(waiter, lane_next)
+
+    def _hand(self, waiter: asyncio.Future[bool], lane: str | None) -> bool:
+        if waiter.done():
+            return False
+        self._take(lane)
+        waiter.set_result(True)
+        return True
+
+    @property
+    def running(self) -> int:
+        """Invocations holding a slot."""
+        return self._running
 
     def close(self) -> None:
         """Every waiter, now and later, gets False."""
         self._closed = True
-        while self._waiters:
-            waiter = self._waiters.popleft()
+        waiters = [*self._sync, *(w for q in self._jobs.values() for w in q)]
+        self._sync.clear()
+        self._jobs.clear()
+        for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(False)
 
 
 def _redeliveries(message: DeliveredMessage) -> int:
-    """Earlier deliveries of `message`: the quorum queue's `x-delivery-count` (absent at first)."""
+    """Earlier deliveries of `message`: a quorum queue's `x-delivery-count` (absent at first);
+    a classic queue (a classic sync lane) counts nothing, so a redelivered message counts as
+    one earlier delivery there (enough for the run ledger to look for a poison envelope)."""
     headers = message.header.properties.headers
     count = headers.get("x-delivery-count") if headers else None
-    return count if isinstance(count, int) and count > 0 else 0
+    if isinstance(count, int) and count > 0:
+        return count
+    return 1 if message.delivery.redelivered else 0  # type: ignore[union-attr]
 
 
 def _label(handled: Handled) -> str:

@@ -205,8 +205,8 @@ class JobFlow:
 
 
 def destination(topology: Topology, function: str) -> str:
-    """The queue a job of `function` is published to (one queue today; lanes route here)."""
-    return topology.invocations
+    """The queue a job of `function` is published to: its job lane (flotilla/topology.py)."""
+    return topology.job_queue(function)
 
 
 async def publish_follow_up(

@@ -25,6 +25,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis.asyncio
+
 from flotilla.admission import JobTokens, Leases
 from flotilla.amqp import connect_robust
 from flotilla.hosts.cache import connect_redis
@@ -33,9 +35,10 @@ from flotilla.metrics import WorkerMetrics
 from flotilla.settings import WorkerSettings
 from flotilla.topology import RECONNECT_INTERVAL_S, Topology
 from flotilla.tracing import WORKER, Tracing
-from worker.consumer import Consumer
+from worker.consumer import SYNC_RESERVE, Consumer, job_threads
 from worker.flow import JobFlow
 from worker.handler import EnvelopeHandler, RunLedger, Runner
+from worker.lanes import FunctionWatch
 from worker.probes import ProbeServer
 
 log = logging.getLogger(__name__)
@@ -154,7 +157,7 @@ class WorkerService:
         self._serve_probes = serve_probes
         self.topology = topology or Topology(
             settings.queue_prefix, max_length=settings.queue_max_length,
-            quorum_size=settings.quorum_size,
+            quorum_size=settings.quorum_size, sync_lane=settings.sync_lane,
         )
         self._runtime_factory = runtime_factory
         self.stop_requested = asyncio.Event()
@@ -164,6 +167,7 @@ class WorkerService:
         self.metrics = WorkerMetrics()
         self.probes: ProbeServer | None = None
         self._runtime: Runtime | None = None
+        self.watch: FunctionWatch | None = None
 
     @property
     def forced(self) -> bool:
@@ -186,11 +190,15 @@ class WorkerService:
         loop = asyncio.get_running_loop()
         settings = self.settings
         runtime = self._runtime = self._runtime_factory(settings, loop, self.metrics)
-        # Headroom for threads abandoned blocked in a host call (see worker/executor.py).
+        # Headroom for the sync reserve (worker/consumer.py) and for threads abandoned
+        # blocked in a host call (see worker/executor.py).
         executor = ThreadPoolExecutor(
-            settings.effective_concurrency() + settings.effective_max_abandoned(),
+            settings.effective_concurrency() + SYNC_RESERVE + settings.effective_max_abandoned(),
             "flotilla-invoke",
         )
+        # Jobs on threads of their own, nicer to the CPU than sync calls (worker/consumer.py).
+        jobs_executor = job_threads(
+            settings.effective_concurrency() + settings.effective_max_abandoned())
         connection = None
         try:
             if self._serve_probes:
@@ -220,16 +228,25 @@ class WorkerService:
                 prefetch=settings.effective_prefetch(),
                 metrics=self.metrics,
                 max_abandoned=settings.effective_max_abandoned(),
+                job_executor=jobs_executor,
             )
             await self.consumer.start()
+            # Its own client: the subscription holds a connection for good.
+            watch_redis = redis.asyncio.from_url(settings.redis_url, socket_connect_timeout=2.0)
+            self.watch = FunctionWatch(watch_redis, settings.queue_prefix,
+                                       self.consumer.add_function)
+            await self.watch.start()
             self.ready.set()
-            log.info("worker consuming %s", self.topology.invocations)
+            log.info("worker consuming %s and the job lanes of %d functions",
+                     self.topology.sync, len(self.consumer.functions))
             await self.stop_requested.wait()
             status = await self._shutdown()
             return status
         finally:
             if self.probes is not None:
                 await self.probes.close()
+            if self.watch is not None:
+                await self.watch.close()
             if self.consumer is not None:
                 await self.consumer.close()
             if connection is not None:
@@ -239,9 +256,10 @@ class WorkerService:
             # After a forced exit or a drain timeout, threads still running guest code are
             # abandoned rather than joined (each is bounded by its function's timeout anyway).
             drained = self.consumer is None or (
-                self.consumer.in_flight == 0 and self.consumer.pool.abandoned == 0
+                self.consumer.in_flight == 0 and self.consumer.abandoned == 0
             )
-            executor.shutdown(wait=drained and not self._force.is_set(), cancel_futures=True)
+            for pool in (executor, jobs_executor):
+                pool.shutdown(wait=drained and not self._force.is_set(), cancel_futures=True)
             runtime.close()
 
     def is_ready(self) -> bool:
@@ -340,7 +358,7 @@ def run_process(
     # Python would join threads still blocked in a guest's host call at exit (a guest may
     # sleep for hours): a forced stop, or abandoned threads still out, exit without them.
     if service is not None and (
-        service.forced or (service.consumer is not None and service.consumer.pool.abandoned)
+        service.forced or (service.consumer is not None and service.consumer.abandoned)
     ):
         exit_now(status)
     return status

@@ -1,7 +1,8 @@
 """`MemoryTransport`: the `Transport` protocol in one process, for dev mode and unit tests.
 
-Envelopes go through an asyncio queue (bounded: a full queue raises `QueueFull`, like the
-broker's `reject-publish`) to worker tasks that run the same `EnvelopeHandler` the AMQP
+Envelopes go through an asyncio priority queue (bounded: a full queue raises `QueueFull`,
+like the broker's `reject-publish`; sync calls ahead of jobs, as the workers' slots order
+the broker's lanes) to worker tasks that run the same `EnvelopeHandler` the AMQP
 consumer runs, on a thread pool, through the same `InvocationPool` (a run blocked in a host
 call past its timeout is answered `timeout` and its thread abandoned). Replies are routed the way the consumer routes them: to the
 waiting caller's future, or to the job-results handler. Envelopes still travel as bytes, so
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import logging
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -56,7 +58,11 @@ class MemoryTransport:
         self._handler = handler
         self._topology = topology or Topology()
         self._concurrency = concurrency
-        self._queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=max_length)
+        # (0 for sync calls, 1 for jobs; publish order; the lane a broker would hold it in; body)
+        self._queue: asyncio.PriorityQueue[tuple[int, int, str, bytes]] = asyncio.PriorityQueue(
+            maxsize=max_length
+        )
+        self._order = itertools.count()
         self._own_executor = executor is None
         self._executor = executor or ThreadPoolExecutor(
             concurrency + max_abandoned, "flotilla-memory"
@@ -149,15 +155,18 @@ class MemoryTransport:
     def _publish(self, envelope: Envelope) -> None:
         if not self._tasks:
             raise BrokerUnavailable("memory transport not started")
+        job = envelope.reply_mode == REPLY_JOB
+        lane = self._topology.job_queue(envelope.function) if job else self._topology.sync
+        item = (int(job), next(self._order), lane, envelope.encode(published_ms=now_ms()))
         try:
-            self._queue.put_nowait(envelope.encode(published_ms=now_ms()))
+            self._queue.put_nowait(item)
         except asyncio.QueueFull:
             raise QueueFull("the in-memory invocation queue is full; retry later") from None
 
     async def _work(self) -> None:
         while True:
             await self.pool.wait_for_room()
-            body = await self._queue.get()
+            _, _, lane, body = await self._queue.get()
             handled = await self.pool.handle(body, 0, self._announce)
             try:
                 if handled.follow_up is not None:
@@ -167,42 +176,46 @@ class MemoryTransport:
                 log.exception("routing a reply failed")
             if handled.settle is Settle.REJECT:
                 self.dead_letters.append(body)
-                await self._dead_letter(body)
+                await self._dead_letter(body, lane)
 
     async def _follow_up(self, follow_up: FollowUp) -> None:
         # What the AMQP consumer publishes (worker/flow.py), in process: a delay on a timer.
         if isinstance(follow_up, Exhausted):
             self.dead_letters.append(follow_up.body)
-            await self._dead_letter(follow_up.body, dict(follow_up.headers))
+            await self._dead_letter(follow_up.body, "", dict(follow_up.headers))
             return
+        lane = self._topology.job_queue(follow_up.function)
         if follow_up.delay_ms > 0:
             asyncio.get_running_loop().call_later(
-                follow_up.delay_ms / 1000, self._publish_bytes_due, follow_up.body
+                follow_up.delay_ms / 1000, self._publish_bytes_due, follow_up.body, lane
             )
         else:
-            self._publish_bytes(follow_up.body)
+            self._publish_bytes(follow_up.body, lane)
         if follow_up.notice is not None and self._retrying_handler is not None:
             await self._retrying_handler(follow_up.notice)
 
-    def _publish_bytes_due(self, body: bytes) -> None:
+    def _publish_bytes_due(self, body: bytes, lane: str) -> None:
         try:
-            self._publish_bytes(body)
+            self._publish_bytes(body, lane)
         except (QueueFull, BrokerUnavailable) as exc:
             log.error("dropping a delayed envelope: %s", exc)
 
-    def _publish_bytes(self, body: bytes) -> None:
+    def _publish_bytes(self, body: bytes, lane: str) -> None:
+        """Queue an encoded job envelope (a retry) in `lane`."""
         if not self._tasks:
             raise BrokerUnavailable("memory transport not started")
         try:
-            self._queue.put_nowait(body)
+            self._queue.put_nowait((1, next(self._order), lane, body))
         except asyncio.QueueFull:
             raise QueueFull("the in-memory invocation queue is full; retry later") from None
 
-    async def _dead_letter(self, body: bytes, headers: dict[str, Any] | None = None) -> None:
+    async def _dead_letter(
+        self, body: bytes, lane: str, headers: dict[str, Any] | None = None
+    ) -> None:
         if self.on_dead_letter is None:
             return
         if headers is None:
-            headers = {"x-death": [{"reason": "rejected", "queue": self._topology.invocations}]}
+            headers = {"x-death": [{"reason": "rejected", "queue": lane}]}
         try:
             await self.on_dead_letter(body, headers)
         except Exception:

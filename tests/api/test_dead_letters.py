@@ -23,7 +23,7 @@ pytestmark = pytest.mark.integration
 JOB_RESULTS = "p.job-results"
 
 
-def death(reason: str, queue: str = "p.invocations") -> dict[str, Any]:
+def death(reason: str, queue: str = "p.sync") -> dict[str, Any]:
     """Headers as RabbitMQ sets them on a dead-lettered message (strings may be bytes)."""
     return {"x-death": [{"reason": reason, "queue": queue.encode(), "count": 1}],
             "x-first-death-reason": reason}
@@ -227,9 +227,9 @@ async def test_dev_mode_stores_what_its_worker_rejects(store: DeadLetterStore) -
     transport.on_dead_letter = take
     await transport.start()
     try:
-        transport._queue.put_nowait(b"\x00junk")  # what a broken publisher could queue
+        transport._queue.put_nowait((0, 0, topology.sync, b"\x00junk"))  # what a broken publisher could queue
         await asyncio.wait_for(taken.wait(), 30)
     finally:
         await transport.close()
     page, _ = await store.page()
-    assert [(d.reason, d.queue) for d in page] == [("malformed", topology.invocations)]
+    assert [(d.reason, d.queue) for d in page] == [("malformed", topology.sync)]

@@ -23,7 +23,7 @@ import uvicorn
 from dispatcher import service
 from flotilla.settings import DispatcherSettings, WorkerSettings
 from flotilla.topology import Topology
-from tests.services import free_port
+from tests.services import free_port, lane_functions
 from worker.service import WorkerService
 
 pytestmark = [
@@ -122,7 +122,8 @@ async def fleet(
         await hook_task
         connection = await aio_pika.connect(amqp_url)
         async with connection:
-            await Topology(prefix=prefix).delete(await connection.channel())
+            await Topology(prefix=prefix).delete(
+                await connection.channel(), await lane_functions(redis_url, prefix))
         redis = aioredis.from_url(redis_url)
         keys = [k async for k in redis.scan_iter(f"{prefix}:*")]
         if keys:

@@ -41,6 +41,7 @@ from flotilla.settings import DispatcherSettings, WorkerSettings
 from flotilla.spawner import Spawner
 from flotilla.topology import Topology
 from flotilla.transport import AmqpTransport
+from tests.services import lane_functions
 from worker.service import Runtime, WorkerService
 
 pytestmark = [
@@ -161,7 +162,8 @@ async def fleet(
             await d.close()
         connection = await aio_pika.connect(amqp_url)
         async with connection:
-            await Topology(prefix=prefix).delete(await connection.channel())
+            await Topology(prefix=prefix).delete(
+                await connection.channel(), await lane_functions(redis_url, prefix))
         keys = [k async for k in redis.scan_iter(f"{prefix}:*")]
         if keys:
             await redis.delete(*keys)
@@ -225,14 +227,14 @@ async def letters(fleet: Fleet, **params: str) -> list[dict[str, Any]]:
 async def test_a_malformed_envelope_is_stored_and_not_replayable(fleet: Fleet) -> None:
     junk = b"\x81\xa1v\x07 not an envelope " + uuid.uuid4().bytes
     topology = Topology(fleet.prefix)
-    await publish_to(fleet, "", topology.invocations, junk)  # the real worker rejects it
+    await publish_to(fleet, "", topology.job_queue("echo"), junk)  # the real worker rejects it
 
     async def stored() -> list[dict[str, Any]]:
         return [d for d in await letters(fleet) if d["size"] == len(junk)
                 and d["reason"] == "malformed"]
 
     (letter,) = await eventually(stored)
-    assert letter["queue"] == topology.invocations and not letter["replayable"]
+    assert letter["queue"] == topology.job_queue("echo") and not letter["replayable"]
     shown = (await fleet.client.get(f"/v1/dead-letters/{letter['id']}")).json()
     assert base64.b64decode(shown["raw_base64"]) == junk
     replay = await fleet.client.post(f"/v1/dead-letters/{letter['id']}/replay")

@@ -23,6 +23,7 @@ import uvicorn
 from dispatcher import service
 from flotilla.settings import DispatcherSettings, WorkerSettings
 from flotilla.topology import Topology
+from tests.services import lane_functions
 from worker.service import WorkerService
 
 ADMIN_KEY = "webfleet-bootstrap-admin-key"
@@ -122,7 +123,8 @@ async def web_fleet(
         sock.close()
         connection = await aio_pika.connect(amqp_url)
         async with connection:
-            await Topology(prefix=prefix).delete(await connection.channel())
+            await Topology(prefix=prefix).delete(
+                await connection.channel(), await lane_functions(redis_url, prefix))
         redis = aioredis.from_url(redis_url)
         keys = [k async for k in redis.scan_iter(f"{prefix}:*")]
         if keys:

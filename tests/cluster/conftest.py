@@ -8,6 +8,7 @@ import aio_pika
 import pytest
 
 from flotilla.topology import Topology
+from tests.services import TEST_FUNCTIONS
 
 
 @pytest.fixture
@@ -17,4 +18,4 @@ async def topology(amqp_url: str, unique: str) -> AsyncIterator[Topology]:
     yield topo
     connection = await aio_pika.connect(amqp_url)
     async with connection:
-        await topo.delete(await connection.channel())
+        await topo.delete(await connection.channel(), TEST_FUNCTIONS)

@@ -19,7 +19,7 @@ from flotilla.topology import Topology
 from flotilla.transport import AmqpTransport
 from tests.fleet.fakes import FakeRunner, envelope
 from tests.fleet.proxy import CuttableProxy
-from tests.services import free_port
+from tests.services import TEST_FUNCTIONS, free_port
 from worker.consumer import Consumer
 from worker.handler import EnvelopeHandler
 
@@ -116,7 +116,7 @@ async def test_worker_moves_to_the_next_node_and_consumes_again(
     )
     executor = ThreadPoolExecutor(2)
     handler = EnvelopeHandler(FakeRunner(), job_results=topology.job_results)
-    consumer = Consumer(connection, topology, handler, executor, concurrency=2, prefetch=4)
+    consumer = Consumer(connection, topology, handler, executor, concurrency=2, prefetch=4, functions=TEST_FUNCTIONS)
     await consumer.start()
     try:
         async with AmqpTransport(amqp_url, topology, connection_name=f"caller-{unique}") as caller:
@@ -133,7 +133,7 @@ async def test_worker_moves_to_the_next_node_and_consumes_again(
             assert [r.body for r in replies] == [b"%d" % i for i in range(10)]
             async with await aio_pika.connect(amqp_url) as plain:
                 queue = await (await plain.channel()).declare_queue(
-                    topology.invocations, passive=True
+                    topology.sync, passive=True
                 )
                 assert queue.declaration_result.consumer_count == 1
             # And when b dies too while a is back, it returns to a.
@@ -156,7 +156,7 @@ async def test_caller_fails_over_and_gets_replies_again(
     worker_conn = await aio_pika.connect_robust(amqp_url)
     executor = ThreadPoolExecutor(2)
     handler = EnvelopeHandler(FakeRunner(), job_results=topology.job_results)
-    consumer = Consumer(worker_conn, topology, handler, executor, concurrency=2, prefetch=4)
+    consumer = Consumer(worker_conn, topology, handler, executor, concurrency=2, prefetch=4, functions=TEST_FUNCTIONS)
     await consumer.start()
     try:
         # A dispatcher-like transport given both nodes (its reply queue lives on its node).

@@ -56,9 +56,9 @@ def test_quorum_size_is_checked() -> None:
 
 def test_quorum_size_becomes_the_group_size_of_every_quorum_queue() -> None:
     three = Topology("p", quorum_size=3)
-    for args in (three.invocation_arguments(), three.job_result_arguments(),
+    for args in (three.sync_arguments(), three.job_arguments(), three.job_result_arguments(),
                  three.dead_letter_arguments()):
         assert args["x-queue-type"] == "quorum"
         assert args["x-quorum-initial-group-size"] == 3
     # 0 (the default) sends no argument: queues declared before keep matching.
-    assert "x-quorum-initial-group-size" not in Topology("p").invocation_arguments()
+    assert "x-quorum-initial-group-size" not in Topology("p").job_arguments()

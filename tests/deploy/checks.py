@@ -428,7 +428,8 @@ def check_dispatcher_autoscaler(objects: list[Manifest]) -> list[str]:
 
 
 def check_worker_autoscaler(objects: list[Manifest]) -> list[str]:
-    """The KEDA ScaledObject scales the worker Deployment on the real invocations queue."""
+    """The KEDA ScaledObject scales the worker Deployment on the summed depth of the real
+    lanes (the sync lane and every job lane: a regular expression, over the management API)."""
     sos = [s for s in find(objects, "ScaledObject")
            if s["spec"]["scaleTargetRef"]["name"] == "flotilla-worker"
            and s["spec"]["scaleTargetRef"].get("kind", "Deployment") == "Deployment"]
@@ -457,9 +458,16 @@ def check_worker_autoscaler(objects: list[Manifest]) -> list[str]:
     if len(triggers) != 1:
         return problems + ["ScaledObject: need exactly one rabbitmq trigger"]
     meta = triggers[0]["metadata"]
-    if meta.get("queueName") != Topology(prefix=prefix).invocations:
+    pattern = Topology(prefix=prefix).lane_pattern
+    if meta.get("queueName") != pattern:
         problems.append(f"rabbitmq trigger queueName {meta.get('queueName')!r} is not "
-                        f"{Topology(prefix=prefix).invocations!r}")
+                        f"{pattern!r}")
+    if str(meta.get("useRegex", "false")).lower() != "true":
+        problems.append("rabbitmq trigger: useRegex is not true (the job lanes go unseen)")
+    if meta.get("operation", "sum") != "sum":
+        problems.append(f"rabbitmq trigger: operation {meta['operation']!r}, not sum")
+    if meta.get("protocol") != "http":
+        problems.append("rabbitmq trigger: useRegex needs protocol http (management API)")
     if meta.get("mode") != "QueueLength":
         problems.append("rabbitmq trigger mode is not QueueLength")
     auth_name = triggers[0].get("authenticationRef", {}).get("name")

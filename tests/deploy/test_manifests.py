@@ -213,11 +213,20 @@ BREAKAGES: list[tuple[str, Callable[[list[Manifest]], Any], Callable[..., list[s
      lambda o: _so(o)["scaleTargetRef"].update(name="worker"),
      checks.check_worker_autoscaler, "no single ScaledObject"),
     ("trigger on another queue",
-     lambda o: _so(o)["triggers"][0]["metadata"].update(queueName="invocations"),
-     checks.check_worker_autoscaler, "queueName 'invocations'"),
+     lambda o: _so(o)["triggers"][0]["metadata"].update(queueName="flotilla.invocations"),
+     checks.check_worker_autoscaler, "queueName 'flotilla.invocations'"),
     ("queue prefix changed but trigger not",
      lambda o: _cm(o, "flotilla-common").update(FLOTILLA_QUEUE_PREFIX="prod"),
-     checks.check_worker_autoscaler, "is not 'prod.invocations'"),
+     checks.check_worker_autoscaler, "is not '^prod\\\\.(sync|jobs\\\\..+)$'"),
+    ("trigger on the sync lane alone",
+     lambda o: _so(o)["triggers"][0]["metadata"].pop("useRegex"),
+     checks.check_worker_autoscaler, "useRegex is not true"),
+    ("lanes' depths not summed",
+     lambda o: _so(o)["triggers"][0]["metadata"].update(operation="max"),
+     checks.check_worker_autoscaler, "operation 'max', not sum"),
+    ("regex over AMQP",
+     lambda o: _so(o)["triggers"][0]["metadata"].update(protocol="amqp"),
+     checks.check_worker_autoscaler, "needs protocol http"),
     ("trigger authentication reading a missing key",
      lambda o: _obj(o, "TriggerAuthentication", "flotilla-rabbitmq")["spec"][
          "secretTargetRef"][0].update(key="AMQP_URL"),
@@ -355,7 +364,7 @@ def test_base_lists_every_broker_node_and_replicates_queues_on_three(
     assert dispatcher_env["FLOTILLA_QUORUM_SIZE"] == "3"  # a queue argument: both agree
     # KEDA reads one URL: the cluster's Service, same user.
     host = _obj(base, "Secret", "flotilla-keda")["stringData"]["host"]
-    assert host == "amqp://CHANGE-ME:CHANGE-ME@flotilla-rabbitmq:5672/"
+    assert host == "http://CHANGE-ME:CHANGE-ME@flotilla-rabbitmq:15672/"  # management API
 
 
 def test_base_secret_holds_only_placeholders(base: list[Manifest]) -> None:

@@ -34,7 +34,7 @@ from loadtest.bare_echo import BareEchoClient
 from loadtest.fleet import children_of
 from loadtest.runner import closed_loop
 from tests.guests.wat import build_wat
-from tests.services import moto_server
+from tests.services import TEST_FUNCTIONS, moto_server
 
 ROOT = Path(__file__).resolve().parents[2]
 AMQP = "amqp://guest:guest@127.0.0.1:5672/"
@@ -122,7 +122,7 @@ async def main(aws: str) -> None:
     await worker.wait()
     connection = await aio_pika.connect(AMQP)
     async with connection:
-        await Topology(prefix).delete(await connection.channel())
+        await Topology(prefix).delete(await connection.channel(), TEST_FUNCTIONS)
     await redis.aclose()
     sandbox.close()
 

@@ -40,7 +40,7 @@ from loadtest.bare_echo import BareEchoClient
 from loadtest.runner import closed_loop
 from tests.fleet.bench_client import broker_pid, cpu_seconds, wait_line
 from tests.guests.wat import build_wat
-from tests.services import moto_server
+from tests.services import TEST_FUNCTIONS, moto_server
 
 AMQP = "amqp://guest:guest@127.0.0.1:5672/"
 REDIS = "redis://127.0.0.1:6379/0"
@@ -156,7 +156,7 @@ async def main(aws: str) -> None:
     connection = await aio_pika.connect(AMQP)
     async with connection:
         for prefix, _, _ in started.values():
-            await Topology(prefix).delete(await connection.channel())
+            await Topology(prefix).delete(await connection.channel(), TEST_FUNCTIONS)
     await redis.aclose()
     sandbox.close()
 

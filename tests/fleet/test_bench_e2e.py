@@ -96,9 +96,9 @@ def test_python_guest_reports_every_figure_beside_bare_and_celery(
     assert figures["ok"] == figures["requests"]
     assert figures["requests"]["celery_c64"] == 64 and figures["requests"]["client_c1"] == 5
     _check_stages(figures["c1_stages_ms"])
-    # It cleaned up after itself: its invocations and Celery queues are gone.
+    # It cleaned up after itself: its sync lane and Celery queues are gone.
     prefix = figures["prefix"]
-    assert not asyncio.run(_queue_exists(amqp_url, f"{prefix}.invocations"))
+    assert not asyncio.run(_queue_exists(amqp_url, f"{prefix}.sync"))
     assert not asyncio.run(_queue_exists(amqp_url, f"{prefix}.celery"))
 
 
@@ -123,7 +123,7 @@ def test_wat_guest_without_celery_reports_null_celery_figures_and_says_why(
     assert figures["errors"] == {}
     assert figures["ok"] == figures["requests"]
     assert "celery_c64" not in figures["requests"]
-    assert not asyncio.run(_queue_exists(amqp_url, f"{figures['prefix']}.invocations"))
+    assert not asyncio.run(_queue_exists(amqp_url, f"{figures['prefix']}.sync"))
 
 
 def test_headline_marks_a_target_unmeasured_when_its_baseline_did_not_run() -> None:

@@ -28,6 +28,7 @@ from flotilla.sandbox import Sandbox
 from flotilla.settings import WorkerSettings
 from flotilla.topology import Topology
 from tests.guests.wat import build_wat
+from tests.services import lane_functions
 
 pytestmark = [
     pytest.mark.integration,
@@ -97,7 +98,8 @@ async def fleet(
     hosts.close()
     connection = await aio_pika.connect(amqp_url)
     async with connection:
-        await Topology(prefix).delete(await connection.channel())
+        await Topology(prefix).delete(
+            await connection.channel(), await lane_functions(redis_url, prefix))
     await redis.aclose()
 
 

@@ -10,7 +10,7 @@ import aio_pika
 import pytest
 
 from flotilla.topology import Topology
-from flotilla.transport import AmqpTransport, BrokerUnavailable, QueueFull
+from flotilla.transport import AmqpTransport, BrokerUnavailable, CallTimeout, QueueFull
 from tests.fleet.fakes import envelope
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -50,36 +50,40 @@ async def test_unroutable_publish_is_broker_unavailable(amqp_url: str, unique: s
         with pytest.raises(BrokerUnavailable, match="not routable"):
             await t.call(envelope(), timeout=30)
         assert loop.time() - started < 10
-        # and so does a job
-        with pytest.raises(BrokerUnavailable, match="not routable"):
-            await t.submit(envelope(job=True))
         assert t.pending == 0
-        # and the transport still publishes once the queues exist
-        connection = await aio_pika.connect(amqp_url)
-        async with connection:
-            await topology.declare(await connection.channel())
         try:
-            await t.submit(envelope(job=True))
+            # but a job is not: the transport declares its function's lane before its first
+            # job of the function, and again when the lane was deleted since
+            job = envelope(job=True)
+            await t.submit(job)
+            assert await _drain(amqp_url, topology, job.function) == {job.invocation_id}
+            await _delete(amqp_url, topology, [job.function])
+            await t.submit(job)
+            assert await _drain(amqp_url, topology, job.function) == {job.invocation_id}
+            # and calls go through once the sync lane exists
+            connection = await aio_pika.connect(amqp_url)
+            async with connection:
+                await topology.declare(await connection.channel())
+            with pytest.raises(CallTimeout):
+                await t.call(envelope(), timeout=0.3)  # routed: nobody answers
         finally:
-            await _delete(amqp_url, topology)
+            await _delete(amqp_url, topology, [job.function])
 
 
-async def _drain(amqp_url: str, topology: Topology) -> set[str]:
-    """The message ids of every envelope in the invocations queue (consumed)."""
+async def _drain(amqp_url: str, topology: Topology, function: str = "echo") -> set[str]:
+    """The message ids of every envelope in `function`'s job lane (consumed)."""
     ids: set[str] = set()
     connection = await aio_pika.connect(amqp_url)
     async with connection:
         channel = await connection.channel()
-        queue = await channel.declare_queue(
-            topology.invocations, durable=True, arguments=topology.invocation_arguments()
-        )
+        queue = await topology.declare_jobs(channel, function)
         while (message := await queue.get(no_ack=True, fail=False)) is not None:
             assert message.message_id is not None
             ids.add(message.message_id)
     return ids
 
 
-async def _delete(amqp_url: str, topology: Topology) -> None:
+async def _delete(amqp_url: str, topology: Topology, functions: list[str] | None = None) -> None:
     connection = await aio_pika.connect(amqp_url)
     async with connection:
-        await topology.delete(await connection.channel())
+        await topology.delete(await connection.channel(), functions or ["echo"])

@@ -14,6 +14,7 @@ from flotilla.envelope import Reply, now_ms
 from flotilla.topology import Topology
 from flotilla.transport import AmqpTransport, CallTimeout
 from tests.fleet.fakes import FakeRunner, envelope
+from tests.services import TEST_FUNCTIONS
 from worker.consumer import Consumer
 from worker.handler import EnvelopeHandler, Settle
 
@@ -38,7 +39,7 @@ async def worker(amqp_url: str, topology: Topology, unique: str) -> AsyncIterato
         amqp_url, client_properties={"connection_name": f"worker-{unique}"}
     )
     executor = ThreadPoolExecutor(4)
-    consumer = Consumer(connection, topology, handler, executor, concurrency=4, prefetch=8)
+    consumer = Consumer(connection, topology, handler, executor, concurrency=4, prefetch=8, functions=TEST_FUNCTIONS)
     await consumer.start()
     yield Worker(runner, consumer, offset)
     runner.release.set()
@@ -149,7 +150,7 @@ async def test_malformed_envelope_goes_to_the_dlq(
     async with connection:
         channel = await connection.channel()
         await channel.default_exchange.publish(
-            aio_pika.Message(b"\x00not msgpack"), routing_key=topology.invocations
+            aio_pika.Message(b"\x00not msgpack"), routing_key=topology.sync
         )
     message = await _next_message(amqp_url, topology.dead_letters)
     assert message.body == b"\x00not msgpack"

@@ -16,6 +16,7 @@ from pamqp import frame as pamqp_frame
 from flotilla.topology import Topology
 from flotilla.transport import AmqpTransport
 from tests.fleet.fakes import FakeRunner, envelope
+from tests.services import TEST_FUNCTIONS
 from worker.consumer import Consumer, _Acks
 from worker.handler import EnvelopeHandler, Settle
 
@@ -165,7 +166,7 @@ async def test_channel_survives_out_of_order_completions_and_rejects(
     )
     executor = ThreadPoolExecutor(8)
     handler = EnvelopeHandler(FakeRunner(), job_results=topology.job_results)
-    consumer = Consumer(connection, topology, handler, executor, concurrency=8, prefetch=16)
+    consumer = Consumer(connection, topology, handler, executor, concurrency=8, prefetch=16, functions=TEST_FUNCTIONS)
     await consumer.start()
     acks_before = consumer._acks
     try:
@@ -174,7 +175,7 @@ async def test_channel_survives_out_of_order_completions_and_rejects(
 
             async def malformed() -> None:
                 await raw.default_exchange.publish(
-                    aio_pika.Message(b"\xc1junk"), routing_key=topology.invocations
+                    aio_pika.Message(b"\xc1junk"), routing_key=topology.sync
                 )
 
             async def call(i: int) -> None:
@@ -199,7 +200,7 @@ async def test_channel_survives_out_of_order_completions_and_rejects(
         await consumer.close()
         # Closed with nothing unacked: nothing went back to the queue.
         check = await connection.channel()
-        queue = await check.declare_queue(topology.invocations, passive=True)
+        queue = await check.declare_queue(topology.sync, passive=True)
         assert queue.declaration_result.message_count == 0
     finally:
         await consumer.close()

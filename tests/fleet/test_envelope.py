@@ -190,13 +190,45 @@ def test_message_ttl(mode: str, remaining: int, expected: int | None) -> None:
 
 def test_topology_names_derive_from_prefix() -> None:
     t = Topology("abc", delivery_limit=3, max_length=10)
-    assert t.queue_names() == ("abc.invocations", "abc.dead", "abc.job-results",
-                               *t.delays.queue_names())
-    args = t.invocation_arguments()
-    assert args["x-queue-type"] == "quorum"
-    assert args["x-overflow"] == "reject-publish"
-    assert (args["x-delivery-limit"], args["x-max-length"]) == (3, 10)
+    delays = t.delays.queue_names()
+    assert t.queue_names() == ("abc.sync", "abc.dead", "abc.job-results", *delays)
+    assert t.queue_names(["b", "a", "b"]) == (
+        "abc.sync", "abc.dead", "abc.job-results", *delays, "abc.jobs.a", "abc.jobs.b")
+    for args in (t.job_arguments(), t.sync_arguments()):
+        assert args["x-queue-type"] == "quorum"
+        assert args["x-overflow"] == "reject-publish"
+        assert (args["x-delivery-limit"], args["x-max-length"]) == (3, 10)
+        assert args["x-dead-letter-exchange"] == "abc.dlx"
+
+
+def test_job_lanes_map_to_their_function_and_back() -> None:
+    t = Topology("a.b")
+    assert t.job_queue("resize-image") == "a.b.jobs.resize-image"
+    assert t.job_function("a.b.jobs.resize-image") == "resize-image"
+    for other in ("a.b.sync", "a.b.jobs.", "x.jobs.f", "a.b.job-results"):
+        assert t.job_function(other) is None
+
+
+def test_lane_pattern_matches_the_lanes_of_its_prefix_only() -> None:
+    import re
+
+    pattern = re.compile(Topology("p.x").lane_pattern)
+    assert pattern.match("p.x.sync") and pattern.match("p.x.jobs.f-1")
+    for other in ("p.x.dead", "p.x.job-results", "pax.sync", "q.p.x.sync", "p.x.sync2",
+                  "p.x.jobs."):
+        assert not pattern.match(other), other
+
+
+def test_a_classic_sync_lane_is_transient_and_has_no_delivery_limit() -> None:
+    t = Topology("abc", max_length=10, sync_lane="classic")
+    args = t.sync_arguments()
+    assert args["x-queue-type"] == "classic" and "x-delivery-limit" not in args
+    assert (args["x-max-length"], args["x-overflow"]) == (10, "reject-publish")
     assert args["x-dead-letter-exchange"] == "abc.dlx"
+    assert not t.sync_persistent and Topology("abc").sync_persistent
+    assert t.job_arguments()["x-queue-type"] == "quorum"  # jobs stay durable
+    with pytest.raises(ValueError, match="sync_lane"):
+        Topology("abc", sync_lane="stream")
 
 
 # ---- the optional fields (method, path, query, caller, kind, parent, trace context) ------

@@ -22,6 +22,7 @@ from flotilla.jobs import JobRecord, JobStore, ResultRecorder
 from flotilla.topology import Topology
 from flotilla.transport import AmqpTransport
 from tests.fleet.fakes import FakeRunner, envelope
+from tests.services import TEST_FUNCTIONS
 from worker.consumer import Consumer
 from worker.handler import EnvelopeHandler
 
@@ -62,7 +63,7 @@ async def _consumer(amqp_url: str, topology: Topology, runner: FakeRunner, name:
     )
     executor = ThreadPoolExecutor(2)
     handler = EnvelopeHandler(runner, job_results=topology.job_results)
-    consumer = Consumer(connection, topology, handler, executor, concurrency=2, prefetch=2)
+    consumer = Consumer(connection, topology, handler, executor, concurrency=2, prefetch=2, functions=TEST_FUNCTIONS)
     await consumer.start()
     return consumer, connection, executor
 

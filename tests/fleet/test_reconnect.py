@@ -16,6 +16,7 @@ from flotilla.topology import Topology
 from flotilla.transport import AmqpTransport, BrokerUnavailable, CallTimeout
 from tests.fleet.fakes import FakeRunner, envelope
 from tests.fleet.proxy import CuttableProxy
+from tests.services import TEST_FUNCTIONS
 from worker.consumer import Consumer
 from worker.handler import EnvelopeHandler
 
@@ -36,7 +37,7 @@ async def worker_connection(amqp_url: str, topology: Topology, unique: str) -> A
     )
     executor = ThreadPoolExecutor(2)
     handler = EnvelopeHandler(FakeRunner(), job_results=topology.job_results)
-    consumer = Consumer(connection, topology, handler, executor, concurrency=2, prefetch=4)
+    consumer = Consumer(connection, topology, handler, executor, concurrency=2, prefetch=4, functions=TEST_FUNCTIONS)
     await consumer.start()
     yield connection
     await consumer.close()
@@ -140,12 +141,12 @@ async def test_worker_consumes_again_after_its_queue_was_deleted(
         assert (await caller.call(envelope("echo", b"1"), timeout=10)).body == b"1"
         admin = await aio_pika.connect(amqp_url)
         async with admin:
-            await (await admin.channel()).queue_delete(topology.invocations)
+            await (await admin.channel()).queue_delete(topology.sync)
 
             async def consumers() -> int:
                 channel = await admin.channel()
                 try:
-                    queue = await channel.declare_queue(topology.invocations, passive=True)
+                    queue = await channel.declare_queue(topology.sync, passive=True)
                 except aio_pika.exceptions.ChannelNotFoundEntity:
                     return 0
                 count = queue.declaration_result.consumer_count or 0

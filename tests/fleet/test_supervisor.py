@@ -141,7 +141,7 @@ async def test_sigterm_drains_every_process_and_loses_nothing(spawn, caller: Amq
     first = {inv for inv, _ in running}
     done = [c for c, e in zip(calls, envs, strict=True) if e.invocation_id in first]
     assert [(r.outcome, r.body) for r in await asyncio.gather(*done)] == [("ok", b"700")] * 2
-    assert await _ready_messages(amqp_url, topology.invocations) == 4
+    assert await _ready_messages(amqp_url, topology.sync) == 4
     # A new worker runs those four; nothing ran twice.
     other = await spawn(concurrency=1, prefetch=1)
     replies = await asyncio.gather(*calls)

@@ -11,7 +11,7 @@ from flotilla.envelope import Envelope
 from flotilla.topology import Topology
 from flotilla.transport import AmqpTransport, BrokerUnavailable, CallTimeout, QueueFull
 from tests.fleet.fakes import envelope
-from tests.services import free_port
+from tests.services import TEST_FUNCTIONS, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -27,8 +27,15 @@ async def test_full_queue_rejects_publishes(amqp_url: str, unique: str) -> None:
                     await t.submit(envelope(job=True))
                     accepted += 1
             assert accepted in (2, 3)
+            # The sync lane is a queue apart: a full job lane refuses no call (nobody answers)
+            queued = 0
             with pytest.raises(QueueFull):
-                await t.call(envelope(), timeout=5)
+                for _ in range(4):
+                    with pytest.raises(CallTimeout):
+                        await t.call(envelope(), timeout=0.3)
+                    queued += 1
+            # until the sync lane itself is full
+            assert queued in (2, 3)
             assert t.pending == 0
     finally:
         await _delete(amqp_url, topology)
@@ -53,20 +60,20 @@ async def test_declared_queues_have_the_topology_arguments(amqp_url: str, topolo
         channel = await connection.channel()
         # Re-declaring with the same arguments succeeds; different ones would be refused.
         queue = await channel.declare_queue(
-            topology.invocations, durable=True, arguments=topology.invocation_arguments()
+            topology.sync, durable=True, arguments=topology.sync_arguments()
         )
         assert queue.declaration_result.message_count == 0
         channel = await connection.channel()
         with pytest.raises(aio_pika.exceptions.ChannelPreconditionFailed):
             await channel.declare_queue(
-                topology.invocations, durable=True, arguments={"x-queue-type": "classic"}
+                topology.sync, durable=True, arguments={"x-queue-type": "classic"}
             )
 
 
 async def _delete(amqp_url: str, topology: Topology) -> None:
     connection = await aio_pika.connect(amqp_url)
     async with connection:
-        await topology.delete(await connection.channel())
+        await topology.delete(await connection.channel(), TEST_FUNCTIONS)
 
 
 async def test_expired_sync_envelope_is_dead_lettered_by_the_broker(
@@ -86,3 +93,23 @@ async def test_expired_sync_envelope_is_dead_lettered_by_the_broker(
     assert Envelope.decode(message.body).invocation_id == env.invocation_id
     death = message.headers["x-death"][0]  # type: ignore[index]
     assert death["reason"] == "expired"  # type: ignore[index]
+
+
+async def test_a_sync_lane_of_the_other_type_is_used_as_it_is(
+    amqp_url: str, topology: Topology
+) -> None:
+    # Given a deployment whose sync lane is classic (its workers and dispatchers say so)
+    classic = Topology(topology.prefix, delivery_limit=topology.delivery_limit,
+                       max_length=topology.max_length, sync_lane="classic")
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        await classic.declare(await connection.channel())
+        # When a transport of the default type (a Python client) starts
+        async with AmqpTransport(amqp_url, topology) as t:
+            # Then it publishes to the lane there is: a call is queued there (nobody answers)
+            with pytest.raises(CallTimeout):
+                await t.call(envelope(), timeout=0.3)
+        queue = await (await connection.channel()).declare_queue(topology.sync, passive=True)
+        assert queue.declaration_result.message_count == 1
+        # and the lane is still the classic one: re-declaring it as classic succeeds
+        await classic.declare(await connection.channel())

@@ -21,6 +21,7 @@ from flotilla.transport import AmqpTransport
 from tests.fleet.fakes import envelope
 from tests.fleet.proxy import CuttableProxy
 from tests.fleet.workers import LIMIT, WorkerProcess, alive, started
+from tests.services import register_names
 from worker.handler import POISON_RUNS
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
@@ -92,7 +93,7 @@ async def test_sigkill_of_the_supervisor_mid_invocation_lets_its_processes_drain
     assert (reply.outcome, dict(reply.headers)["x-worker"]) == ("ok", str(pid))
     for child in children:
         await _gone(child)
-    assert await _consumers(amqp_url, topology_limited.invocations) == 0
+    assert await _consumers(amqp_url, topology_limited.sync) == 0
     shutil.rmtree(metrics_dir)  # a SIGKILLed supervisor cannot remove it itself
 
 
@@ -129,8 +130,9 @@ async def test_second_sigterm_exits_at_once_and_work_is_redelivered(spawn, calle
     assert (await call).outcome == "ok"
 
 
-async def test_poison_message_reaches_the_dlq(spawn, caller: AmqpTransport, amqp_url: str, topology: Topology) -> None:  # type: ignore[no-untyped-def]
+async def test_poison_message_reaches_the_dlq(spawn, caller: AmqpTransport, amqp_url: str, redis_url: str, topology: Topology) -> None:  # type: ignore[no-untyped-def]
     env = envelope("crash", job=True)
+    await register_names(redis_url, topology.prefix, "crash")  # its job lane is consumed
     await caller.submit(env)
     dead = await _dead_letter_waiter(amqp_url, topology.dead_letters)
     # Each run kills the process running it; the supervisor starts another each time.
@@ -151,7 +153,7 @@ async def test_runs_not_deliveries_decide_poison(spawn, amqp_url: str, topology:
         poison = envelope("crash")
         innocents = [envelope("echo", f"innocent {n}".encode()) for n in range(6)]
         calls = [asyncio.create_task(caller.call(e, timeout=120)) for e in (poison, *innocents)]
-        await _queued(amqp_url, backstop.invocations, len(calls))
+        await _queued(amqp_url, backstop.sync, len(calls))
         w = await spawn(concurrency=1, delivery_limit=20, prefetch=8, wait=False)
         runs = await _runs_until(w, calls[0], poison.invocation_id, POISON_RUNS)
         reply = await calls[0]

@@ -30,6 +30,7 @@ from flotilla.registry import Deployer, FunctionVersion, Registry
 from flotilla.settings import WorkerSettings
 from flotilla.topology import Topology
 from tests.guests.wat import WAT_DIR, build_wat_text
+from tests.services import lane_functions
 from worker.service import WorkerService
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -74,7 +75,8 @@ async def fleet(redis_url: str, amqp_url: str, aws_endpoint_url: str, unique: st
         await asyncio.wait_for(task, 30)
         connection = await aio_pika.connect(amqp_url)
         async with connection:
-            await topology.delete(await connection.channel())
+            await topology.delete(
+                await connection.channel(), await lane_functions(redis_url, unique))
         keys = [k async for k in redis.scan_iter(f"{unique}:*")]
         if keys:
             await redis.delete(*keys)
@@ -126,7 +128,7 @@ async def test_poison_envelopes_never_stop_a_real_worker(amqp_url: str, fleet: F
                   *(g.encode() for g in good[1:])]
         for body in bodies:
             await channel.default_exchange.publish(
-                aio_pika.Message(body, reply_to=rt), routing_key=fleet.topology.invocations
+                aio_pika.Message(body, reply_to=rt), routing_key=fleet.topology.sync
             )
 
         expected = {

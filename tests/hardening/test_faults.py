@@ -267,7 +267,7 @@ async def test_workers_killed_in_a_loop_lose_nothing(
         channel = await connection.channel()
         for body in poison:
             await channel.default_exchange.publish(
-                aio_pika.Message(body), routing_key=topology.invocations
+                aio_pika.Message(body), routing_key=topology.sync
             )
     jobs: dict[str, bytes] = {}
     async with httpx.AsyncClient(base_url=url, timeout=30) as client:

@@ -136,7 +136,7 @@ async def fleet(amqp_url: str, redis_url: str, aws_endpoint_url: str,
         yield processes
     finally:
         await processes.stop()
-        await delete_queues(amqp_url, processes.prefix)
+        await delete_queues(amqp_url, processes.prefix, redis_url)
         redis = aioredis.from_url(redis_url)
         keys = [k async for k in redis.scan_iter(f"{processes.prefix}:*")]
         if keys:

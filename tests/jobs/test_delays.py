@@ -142,7 +142,7 @@ async def test_delayed_jobs_arrive_after_their_delay_in_due_order(
         connection = await aio_pika.connect(amqp_url)
         async with connection:
             channel = await connection.channel()
-            queue = await channel.get_queue(topology.invocations)
+            queue = await topology.declare_jobs(channel, "echo")
             arrived: dict[str, float] = {}
             done = asyncio.Event()
 

@@ -119,7 +119,7 @@ async def test_malformed_and_expired_deliveries_are_counted(fleet: Fleet) -> Non
         channel = await connection.channel()
         for body in (b"not an envelope", expired.encode()):
             await channel.default_exchange.publish(aio_pika.Message(body),
-                                                   routing_key=topology.invocations)
+                                                   routing_key=topology.sync)
     # Poll the worker's own counters: they are the event (each scrape is one GET).
     malformed = ("flotilla_dead_lettered_total", frozenset({("reason", "malformed")}))
     deadline = asyncio.get_running_loop().time() + 20
