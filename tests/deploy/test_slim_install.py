@@ -138,7 +138,7 @@ def test_doctor_reports_the_c_extension_and_no_extras(
     assert report["call_path"] == "c-extension", report["call_path_detail"]
     assert str(bin_dir.parent) in report["call_path_detail"]  # the venv's own build
     assert {name: e["ok"] for name, e in report["extras"].items()} == {
-        "build": False, "dev": False, "loadtest": False
+        "build": False, "dev": False, "loadtest": False, "tracing": False
     }
     assert report["toolchains"]["componentize-py"]["ok"] is False
     assert report["toolchains"]["wasm-tools"]["path"] == str(bin_dir / "wasm-tools")
