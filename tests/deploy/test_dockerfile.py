@@ -131,7 +131,8 @@ def test_process_stage_runs_a_real_subcommand_as_non_root(
 
 def test_image_is_installed_with_pip(stages: dict[str, Stage]) -> None:
     runs = " ".join(r for s in stages.values() for r in s.runs)
-    assert "pip install ." in runs
+    # With the tracing extra: operators turn tracing on with an environment variable.
+    assert "pip install '.[tracing]'" in runs
 
 
 def test_copied_sources_exist(stages: dict[str, Stage]) -> None:
@@ -249,7 +250,7 @@ def _wheel_files(
     for sources, dest in _context_copies(build):
         for source in sources:
             dockerignore.copy_into(REPO, source, root / dest.lstrip("/"), rules)
-    assert any(re.search(r"pip install \.(\s|$)", run) for run in build.runs)
+    assert any(re.search(r"pip install '?\.(\[tracing\])?'?(\s|$)", run) for run in build.runs)
     src = root / build.workdir.lstrip("/")  # `pip install .` runs in the WORKDIR
     assert not list(src.rglob("*.so")), "an in-tree build product reached the context"
     # Build isolation on, as in the image (setuptools comes from the configured index).
