@@ -99,6 +99,7 @@ def sandbox_runtime(
     try:
         reader = RedisSecrets.from_settings(settings, hosts.redis, observe=observe)
         hosts = hosts.with_clients(secrets=reader)  # None (no FLOTILLA_SECRETS_KEY): unavailable
+        hosts = hosts.with_clients(spawn=job_spawner(settings, loop, runtime))
         sandbox = Sandbox(hosts, cache_dir=settings.cache_dir)
         runtime.closers.append(sandbox.close)
         redis_client = redis.asyncio.from_url(settings.redis_url)
@@ -128,6 +129,29 @@ def sandbox_runtime(
         runtime.close()
         raise
     return runtime
+
+
+def job_spawner(
+    settings: WorkerSettings, loop: asyncio.AbstractEventLoop, runtime: Runtime
+) -> Any:
+    """The guest's `spawn.job`: a `Spawner` over the registry and the job store, publishing
+    through a confirmed transport of its own (a runtime service, connected with the rest)."""
+    import redis.asyncio
+
+    from flotilla.jobs import JobStore
+    from flotilla.registry import Registry, ResolveCache
+    from flotilla.spawner import Spawner
+    from flotilla.transport import AmqpTransport
+
+    prefix = settings.queue_prefix
+    topology = Topology(prefix, max_length=settings.queue_max_length,
+                        quorum_size=settings.quorum_size)
+    publisher = AmqpTransport(settings.amqp_url, topology, declare=False,
+                              connection_name=f"flotilla-worker-spawn-{prefix}")
+    runtime.services.append(publisher)
+    client = redis.asyncio.from_url(settings.redis_url)
+    return Spawner(ResolveCache(Registry(client, prefix=prefix)), JobStore(client, prefix=prefix),
+                   loop, publisher=publisher)
 
 
 def job_flow(runner: Runner, settings: WorkerSettings, closers: list[Callable[[], Any]]) -> JobFlow:

@@ -60,7 +60,7 @@ async def delay_lateness(n: int = 40) -> dict[str, Any]:
                 if len(late) + len(direct) == 2 * n:
                     done.set()
 
-            await queue.consume(on_message)
+            tag = await queue.consume(on_message)
             for _ in range(n):
                 for delay_ms in (random.randint(100, 3000), 0):
                     env = Envelope.for_job(uuid.uuid4().hex, "f", "d", (), b"x", ttl_s=60)
@@ -68,6 +68,7 @@ async def delay_lateness(n: int = 40) -> dict[str, Any]:
                     await transport.submit(env, delay_ms=delay_ms)
                 await asyncio.sleep(0.02)
             await asyncio.wait_for(done.wait(), 60)
+            await queue.cancel(tag)
             await topology.delete(channel)
     return {
         "delayed_late_ms_p50": round(statistics.median(late), 1),

@@ -12,6 +12,8 @@ artifacts (`loadtest.soak.Fleet`).
   (each run increments a counter as it starts and decrements it as it ends).
 - rate limit: 8 jobs of a function admitted 4/s in bursts of 2 all succeed, and their start
   times (the guest's clock) never admit more than `burst + rate * span` in any span.
+- spawn: a job a function spawns (the production worker's `spawn.job`) is retried by its
+  own function's policy, its parent recorded.
 """
 
 from __future__ import annotations
@@ -197,3 +199,19 @@ async def test_rate_limited_jobs_all_run_at_the_rate(
         for j in range(i + 1, len(starts)):
             assert j - i + 1 <= burst + rate * (starts[j] - starts[i] + 0.01), (i, j, starts)
     assert starts[-1] - starts[0] >= (len(starts) - burst) / rate - 0.05
+
+
+async def test_a_spawned_job_follows_its_own_functions_retry_policy(
+    api: httpx.AsyncClient, fleet: Fleet, flaky_wasm: Path, probe_wasm: Path
+) -> None:
+    await deploy(api, fleet, "flaky-child", flaky_wasm, retry=RETRY)
+    await deploy(api, fleet, "spawner", probe_wasm, spawn_functions=["flaky-child"])
+    work = json.dumps({"key": uuid.uuid4().hex, "succeed_at": 2})
+    resp = await api.post("/v1/functions/spawner/invoke", content=json.dumps(
+        {"op": "spawn.job", "function": "flaky-child", "body": work}))
+    spawned = resp.json()
+    assert spawned["ok"], spawned
+    child = await finished(api, spawned["result"])
+    assert (child["kind"], child["parent_id"], child["attempts"]) == (
+        "spawned", resp.headers["flotilla-invocation-id"], 2)
+    assert answer(child) == {"runs": 2, "attempt": 2}
