@@ -34,6 +34,11 @@ log = logging.getLogger(__name__)
 POLL_S = 5.0
 # Seconds before subscribing again after the subscription failed.
 RETRY_S = 1.0
+# Seconds `close()` waits for each of its steps, and a subscription for its own close.
+CLOSE_S = 2.0
+PUBSUB_CLOSE_S = 0.2
+# The longest a subscription waits for a notice before looking at the closing flag.
+WAKE_S = 0.5
 
 AddFunction = Callable[[str], Awaitable[None]]
 
@@ -51,6 +56,7 @@ class FunctionWatch:
         self._add = add
         self._poll_s = poll_s
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
         self.listed = 0  # completed listings of the registry (tests wait on it)
 
     async def start(self) -> None:
@@ -63,12 +69,19 @@ class FunctionWatch:
         self._task = asyncio.create_task(self._follow(), name="function-watch")
 
     async def close(self) -> None:
-        """Stop following and close the Redis client."""
+        """Stop following and close the Redis client, within `CLOSE_S` each (a subscription
+        cut mid-read must not hold up a worker's exit)."""
+        # The flag too: redis-py may turn a cancel mid-read into a ConnectionError, which the
+        # follow loop would otherwise take for Redis going away and subscribe again.
+        self._closing = True
         if self._task is not None:
             self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await asyncio.wait({self._task}, timeout=CLOSE_S)
             self._task = None
-        await self._redis.aclose()
+        try:
+            await asyncio.wait_for(self._redis.aclose(), CLOSE_S)
+        except Exception as exc:  # noqa: BLE001 - closing: nothing left to do but say so
+            log.warning("closing the deploy watch's Redis client failed: %r", exc)
 
     async def _list(self) -> None:
         for name in await self._registry.names():
@@ -82,12 +95,14 @@ class FunctionWatch:
             log.warning("consuming the job lane of %s failed (trying again): %r", name, exc)
 
     async def _follow(self) -> None:
-        while True:
+        while not self._closing:
             try:
                 await self._subscribed()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - Redis went away: subscribe again
+                if self._closing:
+                    return
                 log.warning("following deploys failed (subscribing again): %r", exc)
                 await asyncio.sleep(RETRY_S)
 
@@ -99,8 +114,8 @@ class FunctionWatch:
             # the set, one deployed after it sends a notice.
             await self._list()
             listed = time.monotonic()
-            while True:
-                wait = max(0.0, listed + self._poll_s - time.monotonic())
+            while not self._closing:  # redis-py may swallow a cancel: look at the flag
+                wait = max(0.0, min(WAKE_S, listed + self._poll_s - time.monotonic()))
                 message = await pubsub.get_message(timeout=wait)
                 if message is not None and message.get("type") == "message":
                     data = message["data"]
@@ -109,4 +124,9 @@ class FunctionWatch:
                     await self._list()
                     listed = time.monotonic()
         finally:
-            await pubsub.aclose()
+            # Bounded: cancelled while connecting, redis-py's close can wait on the
+            # connection for a long time; the client's own close drops it anyway.
+            try:
+                await asyncio.wait_for(pubsub.aclose(), PUBSUB_CLOSE_S)
+            except (TimeoutError, ConnectionError, OSError) as exc:
+                log.debug("closing the deploy subscription: %r", exc)

@@ -161,7 +161,7 @@ class MemoryTransport:
         try:
             self._queue.put_nowait(item)
         except asyncio.QueueFull:
-            raise QueueFull("the in-memory invocation queue is full; retry later") from None
+            raise QueueFull("the in-memory queue is full; retry later") from None
 
     async def _work(self) -> None:
         while True:
@@ -207,7 +207,7 @@ class MemoryTransport:
         try:
             self._queue.put_nowait((1, next(self._order), lane, body))
         except asyncio.QueueFull:
-            raise QueueFull("the in-memory invocation queue is full; retry later") from None
+            raise QueueFull("the in-memory queue is full; retry later") from None
 
     async def _dead_letter(
         self, body: bytes, lane: str, headers: dict[str, Any] | None = None

@@ -98,7 +98,7 @@ async def test_memory_transport_dead_letters_malformed() -> None:
     # One worker task: deliveries are handled strictly in order, so the junk is settled
     # (dead-lettered) before the echo behind it is even dequeued.
     async with MemoryTransport(handler, topology=TOPOLOGY, concurrency=1) as t:
-        t._queue.put_nowait(b"junk")  # what a corrupted publish would look like
+        t._queue.put_nowait((0, 0, TOPOLOGY.sync, b"junk"))  # a corrupted publish, sync lane
         reply = await t.call(envelope("echo"), timeout=5)  # FIFO: junk was handled first
         assert reply.ok
         assert t.dead_letters == [b"junk"]

@@ -131,7 +131,7 @@ async def dead_letters(url: str, at_least: int = 0, timeout: float = 30) -> list
 
 
 async def test_full_queue_answers_503_and_memory_stays_bounded(fault_fleet: Fleet) -> None:
-    # Given a dispatcher whose invocation queue holds 20 envelopes and no worker consuming,
+    # Given a dispatcher whose lanes hold 20 envelopes each and no worker consuming,
     limit = 20
     max_length = ("--queue-max-length", str(limit))  # a queue argument: all must agree
     url = await asyncio.to_thread(fault_fleet.start_dispatcher, extra=max_length)
@@ -148,8 +148,14 @@ async def test_full_queue_answers_503_and_memory_stays_bounded(fault_fleet: Flee
         # (a quorum queue checks its length before appending: one publish may overshoot)
         assert statuses[:limit] == [202] * limit and statuses[-9:] == [503] * 9, statuses
         assert statuses.count(202) <= limit + 1, statuses
-        r = await client.post("/v1/functions/echo/invoke", content=b"sync")
-        assert r.status_code == 503 and r.headers["content-type"].startswith("application/problem")
+        # Sync calls travel in a lane of their own: the full job lane refuses none of them;
+        # nobody consuming, they wait and time out (504) until the sync lane is full (503).
+        sync = await asyncio.gather(*(client.post("/v1/functions/echo/invoke", content=b"sync")
+                                      for _ in range(limit + 5)))
+        codes = [r.status_code for r in sync]
+        assert set(codes) == {503, 504} and codes.count(504) >= limit, codes
+        refused = next(r for r in sync if r.status_code == 503)
+        assert refused.headers["content-type"].startswith("application/problem")
         # and a flood of refused requests does not grow the dispatcher (nothing is buffered),
         pid = fault_fleet.procs["dispatcher"].pid
         body = b"x" * 32_768

@@ -1,7 +1,8 @@
 """The sync lane on the real broker, and how it shares a worker with job lanes
 (worker/consumer.py with a fake runner): a classic lane carries transient messages and is
-answered like a quorum one; a sync call is answered while every slot runs a job; a
-redelivery from a classic queue counts as one."""
+answered like a quorum one; a sync call is answered while every slot runs a job; a job lane
+deleted under a worker is declared and consumed again; a redelivery from a classic queue
+counts as one."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from types import SimpleNamespace
 import aio_pika
 import pytest
 
+from flotilla.envelope import Reply
 from flotilla.topology import Topology
 from flotilla.transport import AmqpTransport
 from tests.fleet.fakes import FakeRunner, envelope
@@ -38,7 +40,7 @@ async def _worker(amqp_url: str, topology: Topology, runner: FakeRunner, concurr
     consumer = Consumer(
         connection, topology, EnvelopeHandler(runner, job_results=topology.job_results),
         ThreadPoolExecutor(concurrency + 2), concurrency=concurrency, prefetch=8,
-        functions=["block"], job_executor=job_threads(concurrency + 1),
+        functions=["block", "echo"], job_executor=job_threads(concurrency + 1),
     )
     await consumer.start()
     return consumer, connection
@@ -92,6 +94,46 @@ async def test_a_sync_call_runs_while_jobs_fill_every_slot(
         runner.release.set()
         await consumer.stop_consuming()
         await consumer.drain(5)
+        await consumer.close()
+        await worker.close()
+
+
+async def test_a_job_lane_deleted_under_the_worker_is_consumed_again(
+    amqp_url: str, classic: Topology
+) -> None:
+    consumer, worker = await _worker(amqp_url, classic, FakeRunner(), 2)
+    lane = classic.job_queue("echo")
+    results: asyncio.Queue[Reply] = asyncio.Queue()
+    try:
+        async with AmqpTransport(amqp_url, classic) as caller:
+            await caller.consume_job_results(results.put)
+            admin = await aio_pika.connect(amqp_url)
+            async with admin:
+                # When the lane is deleted (the broker cancels the worker's consumer)
+                await (await admin.channel()).queue_delete(lane)
+
+                async def consumers() -> int:
+                    channel = await admin.channel()
+                    try:
+                        queue = await channel.declare_queue(lane, passive=True)
+                    except aio_pika.exceptions.ChannelNotFoundEntity:
+                        return 0
+                    count = queue.declaration_result.consumer_count or 0
+                    await channel.close()
+                    return count
+
+                end = asyncio.get_running_loop().time() + 20
+                while await consumers() != 1:  # the broker offers no event for this: poll
+                    assert asyncio.get_running_loop().time() < end, "no consumer again"
+                    await asyncio.sleep(0.05)
+            # Then the worker declared it again and runs its jobs
+            job = envelope("echo", b"again", job=True)
+            await caller.submit(job)
+            reply = await asyncio.wait_for(results.get(), 10)
+            assert (reply.invocation_id, reply.body) == (job.invocation_id, b"again")
+            assert consumer.functions == ["block", "echo"]
+    finally:
+        await consumer.stop_consuming()
         await consumer.close()
         await worker.close()
 
