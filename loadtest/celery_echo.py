@@ -48,11 +48,15 @@ READY = "ready."
 
 
 def worker_argv(queue: str, concurrency: int) -> list[str]:
-    """The command that runs the Celery worker of `queue` with `concurrency` processes."""
+    """The command that runs the Celery worker of `queue` with `concurrency` processes.
+
+    The node is named after the queue: two workers with Celery's default name (`celery@host`)
+    on one broker collide on the exclusive remote-control queue `celery@host.celery.pidbox`,
+    and the second exits with RESOURCE_LOCKED (two benchmarks running at once)."""
     return [
         sys.executable, "-m", "celery", "-A", "loadtest.celery_echo", "worker", "-Q", queue,
-        "-c", str(concurrency), "--without-gossip", "--without-mingle", "--without-heartbeat",
-        "-l", "INFO",
+        "-n", f"{queue}@%h", "-c", str(concurrency), "--without-gossip", "--without-mingle",
+        "--without-heartbeat", "-l", "INFO",
     ]
 
 

@@ -126,6 +126,51 @@ def test_wat_guest_without_celery_reports_null_celery_figures_and_says_why(
     assert not asyncio.run(_queue_exists(amqp_url, f"{figures['prefix']}.sync"))
 
 
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+def test_two_celery_baselines_on_one_broker_both_start(amqp_url: str, unique: str) -> None:
+    # Two benchmarks at once on one machine: with Celery's default node name the second
+    # worker died on the first one's exclusive remote-control queue (RESOURCE_LOCKED).
+    from loadtest import celery_echo
+
+    queues = [f"{unique}-celery-a", f"{unique}-celery-b"]
+    procs = [
+        subprocess.Popen(
+            celery_echo.worker_argv(queue, 1), cwd=ROOT, text=True,
+            env={**os.environ, **celery_echo.worker_env(amqp_url, queue)},
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )
+        for queue in queues
+    ]
+    try:
+        for proc in procs:
+            assert proc.stdout is not None
+            # Reads until the worker says it is ready; a worker that dies ends the output.
+            lines = [line for line in _until(proc.stdout, celery_echo.READY)]
+            assert celery_echo.READY in lines[-1], "".join(lines[-20:])
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(30)
+        asyncio.run(_delete(amqp_url, queues))
+
+
+def _until(stream: Any, marker: str) -> Any:
+    for line in stream:
+        yield line
+        if marker in line:
+            return
+
+
+async def _delete(amqp_url: str, queues: list[str]) -> None:
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        for queue in queues:
+            await channel.queue_delete(queue)
+            await channel.exchange_delete(queue)
+
+
 def test_headline_marks_a_target_unmeasured_when_its_baseline_did_not_run() -> None:
     run = {"p50_ms": 2.0, "rps": 100.0, "requests": 10, "ok": 10, "errors": {}}
     results = {
