@@ -187,11 +187,17 @@ class EnvelopeHandler:
         `on_start`: called (on this thread) just before a job-mode envelope runs;
         `watch`: filled just before the function runs (see `abandon`).
         """
-        handled = self._handle(body, redeliveries, on_start, watch)
-        # An abandoned invocation was counted when it was answered: its late result is not.
-        if self._metrics is not None and not (watch is not None and watch.abandoned):
-            observe(self._metrics, handled)
-        return handled
+        try:
+            handled = self._handle(body, redeliveries, on_start, watch)
+            # An abandoned invocation was counted when it was answered: its late result is not.
+            if self._metrics is not None and not (watch is not None and watch.abandoned):
+                observe(self._metrics, handled)
+            return handled
+        finally:
+            # The thread's lines are tagged with this delivery only while it is handled:
+            # nothing the thread logs later (or a caller of `handle` on its own thread)
+            # carries a stale invocation id.
+            logs.unbind()
 
     def abandon(self, watch: Watch, blocked_ms: int) -> Handled:
         """The `timeout` answer for a run still blocked `blocked_ms` after it was due
@@ -225,7 +231,6 @@ class EnvelopeHandler:
         on_start: Callable[[Started], None] | None,
         watch: Watch | None,
     ) -> Handled:
-        logs.unbind()  # this thread's previous delivery
         try:
             envelope = Envelope.decode(body)
         except EnvelopeError as exc:
