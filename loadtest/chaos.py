@@ -6,8 +6,12 @@ workers (loadtest.soak.Fleet) given every node's URL and FLOTILLA_QUORUM_SIZE=3,
 the WAT echo and the probe guest, and drives a steady mixed load while the faults happen one
 after another, each followed by a quiet stretch of load:
 
-- `leader-kill`: SIGKILL of the node leading the most of the fleet's quorum queues, then
-  restart; `follower-stop`: graceful stop of a node leading the fewest, then start;
+- `leader-kill`: SIGKILL of the node leading the sync lane, after the leadership of every
+  other queue the load goes through (job lanes, job results) was moved to it (the worst
+  case), then restart; `follower-stop`: graceful stop of the node leading the fewest of
+  them, then start. After either, the runbook step of docs/reliability.md: restart the
+  dead-letter workers RabbitMQ 3.10.8 left stopped (`Cluster.restart_dead_lettering`), or
+  the delay chain holds delayed jobs and retries until a leader changes;
 - `redis-restart`: the private Redis restarts empty; the bench then does what the operator's
   runbook says (docs/reliability.md): deploy the functions again;
 - `dispatcher-kill`: SIGKILL of one dispatcher while callers wait on it, then restart;
@@ -18,7 +22,9 @@ bench holds whatever the topology becomes. Load: HTTP callers spread over both d
 Python client callers (AMQP), job submitters; every call and job carries a unique token that
 its reply must return (a *wrong reply* carries another or none); every tenth call is slow
 (the probe sleeps 300 ms; a `read_file` of a path naming the token brings the token back in
-its error). Jobs are read back continuously until each shows a final status.
+its error). Jobs: of every ten a submitter sends, one is a job of the flaky guest (fails its
+first run, retried by its policy through the delay chain) and one an echo job delayed 2-5 s
+(the delay chain); all are read back continuously until each shows a final status.
 
 Figures: accepted jobs, lost jobs (never final), wrong job results, duplicate results (a job
 run twice to completion: the dispatchers log the ignored second result), sync calls by
