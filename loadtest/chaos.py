@@ -406,8 +406,13 @@ class Chaos:
         return note + (f"; not moved: {', '.join(refused)}" if refused else "")
 
     async def _leader_kill(self) -> None:
+        began = time.monotonic()
         note = await asyncio.to_thread(self._gather_load)
+        note += f"; leadership gathered in {time.monotonic() - began:.1f} s"
         node = note.split(" ", 1)[0]
+        # The fault begins with the kill, not with the preparation (recovery is counted
+        # from here).
+        self.tally.marks[-1] = ("leader-kill", time.monotonic())
         await asyncio.to_thread(self.cluster.kill, node)
         await asyncio.sleep(self.plan.outage_s)
         await asyncio.to_thread(self.cluster.start, node)
