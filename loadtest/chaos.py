@@ -2,9 +2,10 @@
 
 Starts three extra RabbitMQ nodes (loadtest.cluster), a private Redis on a free port (no
 persistence, like the machine's: never the machine's own), moto, two dispatchers and two
-workers (loadtest.soak.Fleet) given every node's URL and FLOTILLA_QUORUM_SIZE=3, deploys
-the WAT echo and the probe guest, and drives a steady mixed load while the faults happen one
-after another, each followed by a quiet stretch of load:
+workers (loadtest.soak.Fleet) given every node's URL and FLOTILLA_QUORUM_SIZE=3, deploys the
+WAT echo, the probe guest and the flaky guest (with a retry policy), and drives a steady
+mixed load while the faults happen one after another, each followed by a quiet stretch of
+load:
 
 - `leader-kill`: SIGKILL of the node leading the sync lane, after the leadership of every
   other queue the load goes through (job lanes, job results) was moved to it (the worst
@@ -17,14 +18,15 @@ after another, each followed by a quiet stretch of load:
 - `dispatcher-kill`: SIGKILL of one dispatcher while callers wait on it, then restart;
 - `worker-kill`: SIGKILL of one worker mid-invocation, then restart.
 
-Everything goes through the public HTTP API and the Python client (no queue names), so the
-bench holds whatever the topology becomes. Load: HTTP callers spread over both dispatchers,
-Python client callers (AMQP), job submitters; every call and job carries a unique token that
-its reply must return (a *wrong reply* carries another or none); every tenth call is slow
-(the probe sleeps 300 ms; a `read_file` of a path naming the token brings the token back in
-its error). Jobs: of every ten a submitter sends, one is a job of the flaky guest (fails its
-first run, retried by its policy through the delay chain) and one an echo job delayed 2-5 s
-(the delay chain); all are read back continuously until each shows a final status.
+The load goes through the public HTTP API and the Python client (no queue names); only the
+choice of the node to kill reads the topology's names (flotilla.topology). Load: HTTP
+callers spread over both dispatchers, Python client callers (AMQP), job submitters; every
+call and job carries a unique token that its reply must return (a *wrong reply* carries
+another or none); every tenth call is slow (the probe sleeps 300 ms; a `read_file` of a path
+naming the token brings the token back in its error). Jobs: of every ten a submitter sends,
+one is a job of the flaky guest (fails its first run, retried by its policy through the
+delay chain) and one an echo job delayed 2-5 s (the delay chain); all are read back
+continuously until each shows a final status.
 
 Figures: accepted jobs, lost jobs (never final), wrong job results, duplicate results (a job
 run twice to completion: the dispatchers log the ignored second result), sync calls by
