@@ -2,23 +2,31 @@
 
 Starts three extra RabbitMQ nodes (loadtest.cluster), a private Redis on a free port (no
 persistence, like the machine's: never the machine's own), moto, two dispatchers and two
-workers (loadtest.soak.Fleet) given every node's URL and FLOTILLA_QUORUM_SIZE=3, deploys
-the WAT echo and the probe guest, and drives a steady mixed load while the faults happen one
-after another, each followed by a quiet stretch of load:
+workers (loadtest.soak.Fleet) given every node's URL and FLOTILLA_QUORUM_SIZE=3, deploys the
+WAT echo, the probe guest and the flaky guest (with a retry policy), and drives a steady
+mixed load while the faults happen one after another, each followed by a quiet stretch of
+load:
 
-- `leader-kill`: SIGKILL of the node leading the most of the fleet's quorum queues, then
-  restart; `follower-stop`: graceful stop of a node leading the fewest, then start;
+- `leader-kill`: SIGKILL of the node leading the sync lane, after the leadership of every
+  other queue the load goes through (job lanes, job results) was moved to it (the worst
+  case), then restart; `follower-stop`: graceful stop of the node leading the fewest of
+  them, then start. After either, the runbook step of docs/reliability.md: restart the
+  dead-letter workers RabbitMQ 3.10.8 left stopped (`Cluster.restart_dead_lettering`), or
+  the delay chain holds delayed jobs and retries until a leader changes;
 - `redis-restart`: the private Redis restarts empty; the bench then does what the operator's
   runbook says (docs/reliability.md): deploy the functions again;
 - `dispatcher-kill`: SIGKILL of one dispatcher while callers wait on it, then restart;
 - `worker-kill`: SIGKILL of one worker mid-invocation, then restart.
 
-Everything goes through the public HTTP API and the Python client (no queue names), so the
-bench holds whatever the topology becomes. Load: HTTP callers spread over both dispatchers,
-Python client callers (AMQP), job submitters; every call and job carries a unique token that
-its reply must return (a *wrong reply* carries another or none); every tenth call is slow
-(the probe sleeps 300 ms; a `read_file` of a path naming the token brings the token back in
-its error). Jobs are read back continuously until each shows a final status.
+The load goes through the public HTTP API and the Python client (no queue names); only the
+choice of the node to kill reads the topology's names (flotilla.topology). Load: HTTP
+callers spread over both dispatchers, Python client callers (AMQP), job submitters; every
+call and job carries a unique token that its reply must return (a *wrong reply* carries
+another or none); every tenth call is slow (the probe sleeps 300 ms; a `read_file` of a path
+naming the token brings the token back in its error). Jobs: of every ten a submitter sends,
+one is a job of the flaky guest (fails its first run, retried by its policy through the
+delay chain) and one an echo job delayed 2-5 s (the delay chain); all are read back
+continuously until each shows a final status.
 
 Figures: accepted jobs, lost jobs (never final), wrong job results, duplicate results (a job
 run twice to completion: the dispatchers log the ignored second result), sync calls by
@@ -45,14 +53,21 @@ from typing import Any
 
 import httpx
 
+from flotilla.topology import JOBS_INFIX, Topology
 from loadtest.cluster import Cluster, ClusterError, free_port
-from loadtest.soak import PROBE_APP, Fleet, deploy
+from loadtest.soak import PROBE_APP, ROOT, Fleet, deploy
 
 FAULTS = ("leader-kill", "follower-stop", "redis-restart", "dispatcher-kill", "worker-kill")
 DISPATCHERS = ("dispatcher-a", "dispatcher-b")
 WORKERS = ("worker-a", "worker-b")
 RETRYABLE = (503, 504)
-NOT_FINAL = ("queued", "running")
+NOT_FINAL = ("scheduled", "queued", "running", "retrying")
+# A guest failing its first run (a cache counter per job: tests/guests/python/flaky), and the
+# retry policy that runs it again. Four attempts: a Redis restart between two runs resets the
+# counter once, so the third succeeds at the latest.
+FLAKY_APP = ROOT / "tests" / "guests" / "python" / "flaky" / "app.py"
+FLAKY_RETRY = {"max_attempts": 4, "backoff_ms": 400, "backoff_max_ms": 1_500, "on": ["trap"]}
+JOB_KINDS = ("echo", "retried", "delayed")
 # Jobs accepted this long before a Redis restart may be forgotten by it (see `report`).
 REDIS_FORGETS_S = 2.0
 
@@ -68,12 +83,20 @@ class Plan:
     client_callers: int = 2
     job_submitters: int = 2
     job_pause_s: float = 0.03  # between one submitter's jobs
+    # Of every `job_cycle` jobs a submitter sends, one is a job of the flaky function (fails
+    # its first attempt, retried through the delay chain) and one an echo job due 2-5 s
+    # later (delay chain); the others are plain echo jobs.
+    job_cycle: int = 10
+    delay_ms: tuple[int, int] = (2_000, 5_000)
     slow_every: int = 10
     slow_ms: int = 300
     min_jobs: int = 500
     min_sync: int = 500
     max_extra_s: float = 120.0  # load kept after the faults until the minimums are reached
     drain_s: float = 90.0  # how long accepted jobs may take to finish at the end
+    # Follow the runbook after a node fault (restart stopped dead-letter workers); off, the
+    # bench shows what RabbitMQ 3.10.8 does without it (delayed jobs and retries stuck).
+    restart_dead_lettering: bool = True
     worker_concurrency: int = 2
 
 
@@ -98,6 +121,10 @@ class Tally:
     calls: list[Call] = field(default_factory=list)
     jobs: dict[str, bytes] = field(default_factory=dict)  # accepted: job id -> token
     accepted_at: dict[str, float] = field(default_factory=dict)  # job id -> when
+    due_at: dict[str, float] = field(default_factory=dict)  # job id -> when it may first run
+    kinds: dict[str, str] = field(default_factory=dict)  # job id -> one of JOB_KINDS
+    last_seen: dict[str, str] = field(default_factory=dict)  # job id -> last status read
+    dead_lettering_restarted: int = 0  # queues whose dead-letter worker the runbook restarted
     done: dict[str, dict[str, Any]] = field(default_factory=dict)  # job id -> final document
     wrong_jobs: list[str] = field(default_factory=list)
     refused_jobs: Counter[str] = field(default_factory=Counter)
@@ -253,17 +280,34 @@ class Chaos:
                     await asyncio.sleep(0.05)
                 n += 1
 
+    def _job(self, n: int, token: str) -> tuple[str, str, bytes, int]:
+        """(kind, function, body, delay_ms) of job `n` (see `Plan.job_cycle`)."""
+        phase = n % self.plan.job_cycle
+        if phase == 3:
+            # The counter key is the token: each job fails its first run, whatever others do.
+            return "retried", "flaky", json.dumps({"key": token, "succeed_at": 2}).encode(), 0
+        if phase == 7:
+            low, high = self.plan.delay_ms
+            return "delayed", "echo", token.encode(), low + (n * 7919) % (high - low + 1)
+        return "echo", "echo", token.encode(), 0
+
     async def submitter(self, i: int) -> None:
-        """Jobs over HTTP; each accepted one is remembered with its token."""
+        """Jobs over HTTP; each accepted one is remembered with its token and kind."""
         n = 0
         while not self.stop.is_set():
             token = f"j{i}-{n}-{uuid.uuid4().hex[:8]}"
+            kind, function, body, delay_ms = self._job(n, token)
+            params = {"delay_ms": str(delay_ms)} if delay_ms else {}
             try:
-                r = await self.http.post(f"{self._url(i)}/v1/functions/echo/jobs",
-                                         content=token.encode())
+                r = await self.http.post(f"{self._url(i)}/v1/functions/{function}/jobs",
+                                         content=body, params=params)
                 if r.status_code == 202:
-                    self.tally.jobs[r.json()["job_id"]] = token.encode()
-                    self.tally.accepted_at[r.json()["job_id"]] = time.monotonic()
+                    job_id = r.json()["job_id"]
+                    now = time.monotonic()
+                    self.tally.jobs[job_id] = token.encode()
+                    self.tally.accepted_at[job_id] = now
+                    self.tally.due_at[job_id] = now + delay_ms / 1000
+                    self.tally.kinds[job_id] = kind
                 else:
                     self.tally.refused_jobs[f"status {r.status_code}"] += 1
             except httpx.HTTPError as exc:
@@ -290,15 +334,30 @@ class Chaos:
                 except httpx.HTTPError:
                     continue  # that dispatcher is down: ask the other
                 if r.status_code != 200:
+                    self.tally.last_seen[job_id] = f"status {r.status_code}"
                     return  # 404 after a Redis restart: the result may still come
                 doc = r.json()
+                self.tally.last_seen[job_id] = str(doc.get("status"))
                 if doc.get("status") not in NOT_FINAL:
                     self.tally.done[job_id] = doc
                     if doc.get("status") != "succeeded":
                         self._sample(f"job {doc.get('status')}", json.dumps(doc))
-                    elif _job_body(doc) != self.tally.jobs[job_id]:
+                    elif not self._right_result(job_id, doc):
                         self.tally.wrong_jobs.append(job_id)
+                        self._sample("wrong job result", json.dumps(doc))
                 return
+
+    def _right_result(self, job_id: str, doc: dict[str, Any]) -> bool:
+        """An echo job answers its own token; a flaky one succeeds only after a failed run
+        (its counter, keyed by the token, is at least 2)."""
+        body = _job_body(doc)
+        if self.tally.kinds.get(job_id) != "retried":
+            return body == self.tally.jobs[job_id]
+        try:
+            answer = json.loads(body or b"")
+        except ValueError:
+            return False
+        return isinstance(answer, dict) and int(answer.get("runs", 0)) >= 2
 
     # -- faults -------------------------------------------------------------------------
 
@@ -312,26 +371,76 @@ class Chaos:
         }
         await run[name]()
 
-    def _ranked_nodes(self) -> list[tuple[int, str]]:
-        """(queues led, node) for every node, most first (asked of the cluster)."""
-        leaders = Counter(self.cluster.queue_leaders(self.fleet.prefix).values())
-        return sorted(((leaders[n.name], n.name) for n in self.cluster.nodes), reverse=True)
+    def _carries_load(self, queue: str) -> bool:
+        """Whether `queue` carries the load: the sync lane, a job lane, the job results (not
+        the dead letters nor the delay chain, which the load only crosses)."""
+        topology = Topology(self.fleet.prefix)
+        return queue in (topology.sync, topology.job_results) or JOBS_INFIX in queue
+
+    def _ranked_nodes(self) -> list[tuple[int, int, str]]:
+        """(load queues led, quorum queues led, node) for every node, most first."""
+        leaders = self.cluster.queue_leaders(self.fleet.prefix)
+        load = Counter(n for q, n in leaders.items() if self._carries_load(q))
+        every = Counter(leaders.values())
+        return sorted(((load[n.name], every[n.name], n.name) for n in self.cluster.nodes),
+                      reverse=True)
+
+    def _gather_load(self) -> str:
+        """Move the leadership of every load queue to the node leading the sync lane (the
+        worst case: every queue the load goes through loses its leader at once); what that
+        node leads now."""
+        sync = Topology(self.fleet.prefix).sync
+        leaders = self.cluster.queue_leaders(self.fleet.prefix)
+        # A classic sync lane (FLOTILLA_SYNC_LANE) has no leader: the job lanes' then.
+        target = leaders.get(sync) or self._ranked_nodes()[0][2]
+        refused = []
+        for queue, node in sorted(leaders.items()):
+            if node != target and self._carries_load(queue):
+                try:
+                    self.cluster.transfer_leadership(queue, target)
+                except ClusterError:
+                    refused.append(queue)
+        leaders = self.cluster.queue_leaders(self.fleet.prefix)
+        led = sorted(q.removeprefix(self.fleet.prefix + ".") for q, n in leaders.items()
+                     if n == target and self._carries_load(q))
+        total = sum(1 for n in leaders.values() if n == target)
+        note = f"{target} leading {', '.join(led)} ({total} of {len(leaders)} quorum queues)"
+        return note + (f"; not moved: {', '.join(refused)}" if refused else "")
 
     async def _leader_kill(self) -> None:
-        ranked = await asyncio.to_thread(self._ranked_nodes)
-        led, node = ranked[0]
-        self.tally.notes["leader-kill"] = f"{node} (leading {led} queues)"
+        began = time.monotonic()
+        note = await asyncio.to_thread(self._gather_load)
+        note += f"; leadership gathered in {time.monotonic() - began:.1f} s"
+        node = note.split(" ", 1)[0]
+        # The fault begins with the kill, not with the preparation (recovery is counted
+        # from here).
+        self.tally.marks[-1] = ("leader-kill", time.monotonic())
         await asyncio.to_thread(self.cluster.kill, node)
         await asyncio.sleep(self.plan.outage_s)
         await asyncio.to_thread(self.cluster.start, node)
+        self.tally.notes["leader-kill"] = note + await self._runbook_after_node_fault()
+
+    async def _runbook_after_node_fault(self) -> str:
+        """What docs/reliability.md tells the operator to do once a failed node is back:
+        restart the dead-letter workers that stopped (RabbitMQ 3.10.8), so the delay chain
+        forwards again; what it did."""
+        if not self.plan.restart_dead_lettering:
+            return ""
+        moved = await asyncio.to_thread(self.cluster.restart_dead_lettering, self.fleet.prefix)
+        self.tally.dead_lettering_restarted += len(moved)
+        names = ", ".join(q.removeprefix(self.fleet.prefix + ".") for q in moved)
+        return f"; dead-lettering restarted on {len(moved)} queues" + (
+            f" ({names})" if moved else "")
 
     async def _follower_stop(self) -> None:
         ranked = await asyncio.to_thread(self._ranked_nodes)
-        led, node = ranked[-1]
-        self.tally.notes["follower-stop"] = f"{node} (leading {led} queues)"
+        load, led, node = ranked[-1]
+        self.tally.notes["follower-stop"] = (
+            f"{node} (leading {load} load queues, {led} quorum queues)")
         await asyncio.to_thread(self.cluster.stop, node)
         await asyncio.sleep(self.plan.outage_s)
         await asyncio.to_thread(self.cluster.start, node)
+        self.tally.notes["follower-stop"] += await self._runbook_after_node_fault()
 
     async def _redis_restart(self) -> None:
         began = time.monotonic()
@@ -409,8 +518,11 @@ def report(tally: Tally, fleet_logs: list[Path], plan: Plan) -> dict[str, Any]:
     # its result, if it finished before the restart and was not read yet) was in Redis. No
     # broker fault is under way then (the previous one was healed `steady_s` earlier).
     restarts = [t for name, t in tally.marks if name == "redis-restart"]
+    # A delayed job's record may be forgotten any time before it runs; the result it writes
+    # then is readable (GET /v1/jobs answers from the result alone): only a result written
+    # just before the restart can be missed, so the window is around its due time.
     forgotten = [j for j in never_final if any(
-        t - REDIS_FORGETS_S <= tally.accepted_at.get(j, 0.0) <= t + 1.0 for t in restarts)]
+        t - REDIS_FORGETS_S <= tally.due_at.get(j, 0.0) <= t + 1.0 for t in restarts)]
     lost = [j for j in never_final if j not in forgotten]
     not_ok = Counter(str(d.get("status")) for d in tally.done.values()
                      if d.get("status") != "succeeded")
@@ -431,13 +543,23 @@ def report(tally: Tally, fleet_logs: list[Path], plan: Plan) -> dict[str, Any]:
         errors[name] = dict(Counter(c.outcome for c in failed))
     return {
         "accepted_jobs": len(tally.jobs),
+        "accepted_by_kind": dict(Counter(tally.kinds.values())),
+        "final_by_kind": dict(Counter(tally.kinds[j] for j in tally.done)),
+        "retried_attempts": dict(Counter(
+            str(d.get("attempts")) for j, d in tally.done.items()
+            if tally.kinds.get(j) == "retried")),
         "lost_jobs": len(lost),
         "lost_job_ids": lost[:20],
+        "lost_by_kind": dict(Counter(tally.kinds.get(j, "?") for j in lost)),
+        "lost_last_seen": dict(Counter(tally.last_seen.get(j, "never read") for j in lost)),
+        "lost_accepted_s": [round(tally.accepted_at[j] - tally.marks[0][1], 2)
+                            for j in lost[:20]] if tally.marks else [],
         "jobs_forgotten_by_redis_restart": len(forgotten),
         "wrong_job_results": len(tally.wrong_jobs),
         "jobs_not_succeeded": dict(not_ok),
         "refused_jobs": dict(tally.refused_jobs),
         "duplicate_results": duplicates,
+        "dead_lettering_restarted": tally.dead_lettering_restarted,
         "sync_calls": len(tally.calls),
         "sync_ok": outcomes["ok"],
         "sync_wrong_replies": outcomes["wrong"],
@@ -476,18 +598,24 @@ async def run_chaos(plan: Plan, *, keep_logs: Path | None = None) -> dict[str, A
         for name in WORKERS:
             await asyncio.to_thread(fleet.start_worker, name,
                                     concurrency=plan.worker_concurrency, extra=extra)
-        components = {
+        components: dict[str, tuple[bytes, dict[str, Any]]] = {
             "echo": (packaged("echo", fleet.cache_dir), {"timeout_ms": 5_000}),
             "probe": (build_guest(PROBE_APP).read_bytes(), {"timeout_ms": 5_000}),
+            "flaky": (build_guest(FLAKY_APP).read_bytes(),
+                      {"timeout_ms": 5_000, "retry": FLAKY_RETRY}),
         }
         chaos = Chaos(plan, fleet, cluster, redis, components)
         await chaos.deploy_all()
         ready_s = time.monotonic() - started
         tally = await chaos.run()
+        # What the broker still holds (a job never final may be stuck in a queue rather than
+        # lost): asked before the teardown.
+        depths = await asyncio.to_thread(cluster.queue_depths, fleet.prefix)
         logs = [p for p in fleet.dir.glob("dispatcher-*.log")]
         result = report(tally, logs, plan)
         result["cluster_startup_s"] = round(startup_s, 1)
         result["fleet_ready_s"] = round(ready_s, 1)
+        result["queues_at_end"] = depths
         if keep_logs is not None:
             shutil.copytree(fleet.dir, keep_logs, dirs_exist_ok=True)
         return result

@@ -29,6 +29,7 @@ import argparse
 import atexit
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -346,6 +347,79 @@ class Cluster:
             return {q["name"]: q["leader"] for q in json.loads(out)
                     if q["name"].startswith(prefix) and q.get("type") == "quorum"}
         return {}
+
+    def queue_depths(self, prefix: str = "") -> dict[str, int]:
+        """Queue name -> messages in it (ready and unacknowledged), for queues whose name
+        starts with `prefix` and that hold any (asked of the first running node)."""
+        for n in self.nodes:
+            if beam_pid(n.name) is None:
+                continue
+            try:
+                out = self.ctl(n, "list_queues", "name", "messages", "--formatter", "json",
+                               "-q", timeout=30)
+            except ClusterError:
+                continue
+            return {q["name"]: int(q["messages"]) for q in json.loads(out)
+                    if q["name"].startswith(prefix) and q.get("messages")}
+        return {}
+
+    def dead_letters_pending(self, prefix: str = "") -> set[str]:
+        """Quorum queues (name starting with `prefix`) holding messages that are neither
+        ready nor unacknowledged: dead-lettered at least once, waiting for their queue's
+        dead-letter worker to forward them (asked of the first running node)."""
+        for n in self.nodes:
+            if beam_pid(n.name) is None:
+                continue
+            try:
+                out = self.ctl(n, "list_queues", "name", "type", "messages", "messages_ready",
+                               "messages_unacknowledged", "--formatter", "json", "-q",
+                               timeout=30)
+            except ClusterError:
+                continue
+            return {q["name"] for q in json.loads(out)
+                    if q["name"].startswith(prefix) and q.get("type") == "quorum"
+                    and int(q["messages"] or 0) > int(q["messages_ready"] or 0)
+                    + int(q["messages_unacknowledged"] or 0)}
+        return set()
+
+    def restart_dead_lettering(self, prefix: str = "", settle_s: float = 2.0) -> list[str]:
+        """Move the leadership of every quorum queue whose dead-lettered messages stay
+        pending (seen twice, `settle_s` apart: a working dead-letter worker forwards them in
+        milliseconds) to another running node: the new leader starts a new dead-letter
+        worker, which forwards them. RabbitMQ 3.10.8's worker stops forwarding when the
+        leader of its target queue died (docs/reliability.md); the queues moved."""
+        stuck = self.dead_letters_pending(prefix)
+        if stuck:
+            time.sleep(settle_s)  # a second look, not a wait for an event: there is none
+            stuck &= self.dead_letters_pending(prefix)
+        leaders = self.queue_leaders(prefix)
+        running = set(self.running_nodes())
+        moved = []
+        for queue in sorted(stuck):
+            to = next((n for n in self.nodes if n.name in running
+                       and n.name != leaders.get(queue)), None)
+            if to is not None:
+                self.transfer_leadership(queue, to)
+                moved.append(queue)
+        return moved
+
+    def transfer_leadership(self, queue: str, to: Node | str | int, vhost: str = "/") -> str:
+        """Make `to` the leader of quorum queue `queue` (Raft leadership transfer, what
+        `rabbitmq-queues rebalance` does per queue; asked of `to`); the node leading it after.
+        ClusterError when the queue is unknown or the transfer is refused."""
+        n = to if isinstance(to, Node) else self.node(to)
+        for text in (queue, vhost):
+            if not re.fullmatch(r"[\w.:/-]+", text):
+                raise ClusterError(f"refusing to quote {text!r} into an Erlang expression")
+        expr = (
+            f'{{ok, Q}} = rabbit_amqqueue:lookup(rabbit_misc:r(<<"{vhost}">>, queue, '
+            f'<<"{queue}">>)), rabbit_quorum_queue:transfer_leadership(Q, \'{n.name}\').'
+        )
+        out = self.ctl(n, "eval", expr, timeout=30).strip()
+        match = re.search(r"\{(?:migrated|not_migrated),\s*'?([^'}]+)'?\}", out)
+        if out.startswith("{not_migrated") or match is None:
+            raise ClusterError(f"{queue}: leadership not moved to {n.name}: {out}")
+        return match.group(1)
 
     def log_tail(self, node: Node, size: int = 1500) -> str:
         """The end of a node's server log."""
