@@ -10,9 +10,10 @@ load:
 - `leader-kill`: SIGKILL of the node leading the sync lane, after the leadership of every
   other queue the load goes through (job lanes, job results) was moved to it (the worst
   case), then restart; `follower-stop`: graceful stop of the node leading the fewest of
-  them, then start. After either, the runbook step of docs/reliability.md: restart the
-  dead-letter workers RabbitMQ 3.10.8 left stopped (`Cluster.restart_dead_lettering`), or
-  the delay chain holds delayed jobs and retries until a leader changes;
+  them, then start. All along, Flotilla's dead-letter doctor (`flotilla broker heal
+  --watch`, flotilla/brokerheal.py) sweeps the cluster every few seconds and restarts the
+  dead-letter workers RabbitMQ 3.10.8 leaves stopped after a leader dies; without it
+  (`heal=False`) the delay chain holds delayed jobs and retries until a leader changes;
 - `redis-restart`: the private Redis restarts empty; the bench then does what the operator's
   runbook says (docs/reliability.md): deploy the functions again;
 - `dispatcher-kill`: SIGKILL of one dispatcher while callers wait on it, then restart;
@@ -43,6 +44,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
 from collections import Counter
@@ -94,9 +96,11 @@ class Plan:
     min_sync: int = 500
     max_extra_s: float = 120.0  # load kept after the faults until the minimums are reached
     drain_s: float = 90.0  # how long accepted jobs may take to finish at the end
-    # Follow the runbook after a node fault (restart stopped dead-letter workers); off, the
-    # bench shows what RabbitMQ 3.10.8 does without it (delayed jobs and retries stuck).
-    restart_dead_lettering: bool = True
+    # Run the dead-letter doctor beside the fleet (restarts stopped dead-letter workers);
+    # off, the bench shows what RabbitMQ 3.10.8 does without it (delayed jobs and retries
+    # stuck). It sweeps every `heal_interval_s` (each sweep looks twice, 2 s apart).
+    heal: bool = True
+    heal_interval_s: float = 5.0
     worker_concurrency: int = 2
 
 
@@ -124,7 +128,7 @@ class Tally:
     due_at: dict[str, float] = field(default_factory=dict)  # job id -> when it may first run
     kinds: dict[str, str] = field(default_factory=dict)  # job id -> one of JOB_KINDS
     last_seen: dict[str, str] = field(default_factory=dict)  # job id -> last status read
-    dead_lettering_restarted: int = 0  # queues whose dead-letter worker the runbook restarted
+    heal_moves: list[str] = field(default_factory=list)  # what the doctor moved, and when
     done: dict[str, dict[str, Any]] = field(default_factory=dict)  # job id -> final document
     wrong_jobs: list[str] = field(default_factory=list)
     refused_jobs: Counter[str] = field(default_factory=Counter)
@@ -418,19 +422,7 @@ class Chaos:
         await asyncio.to_thread(self.cluster.kill, node)
         await asyncio.sleep(self.plan.outage_s)
         await asyncio.to_thread(self.cluster.start, node)
-        self.tally.notes["leader-kill"] = note + await self._runbook_after_node_fault()
-
-    async def _runbook_after_node_fault(self) -> str:
-        """What docs/reliability.md tells the operator to do once a failed node is back:
-        restart the dead-letter workers that stopped (RabbitMQ 3.10.8), so the delay chain
-        forwards again; what it did."""
-        if not self.plan.restart_dead_lettering:
-            return ""
-        moved = await asyncio.to_thread(self.cluster.restart_dead_lettering, self.fleet.prefix)
-        self.tally.dead_lettering_restarted += len(moved)
-        names = ", ".join(q.removeprefix(self.fleet.prefix + ".") for q in moved)
-        return f"; dead-lettering restarted on {len(moved)} queues" + (
-            f" ({names})" if moved else "")
+        self.tally.notes["leader-kill"] = note
 
     async def _follower_stop(self) -> None:
         ranked = await asyncio.to_thread(self._ranked_nodes)
@@ -440,7 +432,6 @@ class Chaos:
         await asyncio.to_thread(self.cluster.stop, node)
         await asyncio.sleep(self.plan.outage_s)
         await asyncio.to_thread(self.cluster.start, node)
-        self.tally.notes["follower-stop"] += await self._runbook_after_node_fault()
 
     async def _redis_restart(self) -> None:
         began = time.monotonic()
@@ -481,6 +472,12 @@ class Chaos:
         load += [asyncio.create_task(self.client_caller(i)) for i in range(plan.client_callers)]
         load += [asyncio.create_task(self.submitter(i)) for i in range(plan.job_submitters)]
         reader = asyncio.create_task(self.reader())
+        healing = threading.Event()
+        doctor = self.cluster.doctor(self.fleet.prefix)
+        watcher = threading.Thread(target=doctor.watch, args=(plan.heal_interval_s, healing),
+                                   name="dead-letter-doctor", daemon=True)
+        if plan.heal:
+            watcher.start()
         try:
             await asyncio.sleep(plan.steady_s)
             for name in plan.faults:
@@ -498,6 +495,17 @@ class Chaos:
             await asyncio.wait_for(reader, plan.drain_s)
         except TimeoutError:
             pass  # what is still pending is lost: the report says so
+        finally:
+            healing.set()
+            if plan.heal:
+                await asyncio.to_thread(watcher.join, 60)
+        begin = self.tally.marks[0][1] if self.tally.marks else 0.0
+        for move in doctor.moves:
+            after = [name for name, t in self.tally.marks if t <= move.at] or ["no fault"]
+            self.tally.heal_moves.append(
+                f"t={move.at - begin:.1f}s after {after[-1]}: "
+                f"{move.queue.removeprefix(self.fleet.prefix + '.')} held {move.held}, "
+                + (f"{move.leader} -> {move.to}" if move.moved else f"not moved: {move.reason}"))
         await self.http.aclose()
         return self.tally
 
@@ -559,7 +567,8 @@ def report(tally: Tally, fleet_logs: list[Path], plan: Plan) -> dict[str, Any]:
         "jobs_not_succeeded": dict(not_ok),
         "refused_jobs": dict(tally.refused_jobs),
         "duplicate_results": duplicates,
-        "dead_lettering_restarted": tally.dead_lettering_restarted,
+        "dead_lettering_restarted": sum(1 for m in tally.heal_moves if " -> " in m),
+        "dead_letter_doctor": tally.heal_moves,
         "sync_calls": len(tally.calls),
         "sync_ok": outcomes["ok"],
         "sync_wrong_replies": outcomes["wrong"],

@@ -40,7 +40,10 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from flotilla.brokerheal import DeadLetterDoctor
 
 PACKAGE_BIN = Path("/usr/lib/rabbitmq/bin")  # the Debian package's scripts, unwrapped
 # The machine broker's AMQP(S), management, Prometheus and distribution ports, and epmd's.
@@ -363,45 +366,31 @@ class Cluster:
                     if q["name"].startswith(prefix) and q.get("messages")}
         return {}
 
-    def dead_letters_pending(self, prefix: str = "") -> set[str]:
-        """Quorum queues (name starting with `prefix`) holding messages that are neither
-        ready nor unacknowledged: dead-lettered at least once, waiting for their queue's
-        dead-letter worker to forward them (asked of the first running node)."""
+    def ctl_any(self, *args: str) -> str:
+        """rabbitmqctl with `args`, asked of the first running node that answers (the
+        `Ctl` of flotilla.brokerheal); BrokerCtlError when none does."""
+        from flotilla.brokerheal import BrokerCtlError
+
+        failures = []
         for n in self.nodes:
             if beam_pid(n.name) is None:
                 continue
             try:
-                out = self.ctl(n, "list_queues", "name", "type", "messages", "messages_ready",
-                               "messages_unacknowledged", "--formatter", "json", "-q",
-                               timeout=30)
-            except ClusterError:
-                continue
-            return {q["name"] for q in json.loads(out)
-                    if q["name"].startswith(prefix) and q.get("type") == "quorum"
-                    and int(q["messages"] or 0) > int(q["messages_ready"] or 0)
-                    + int(q["messages_unacknowledged"] or 0)}
-        return set()
+                return self.ctl(n, *args, timeout=30)
+            except ClusterError as exc:
+                failures.append(str(exc)[-300:])
+        raise BrokerCtlError("no node answered: " + ("; ".join(failures) or "none running"))
+
+    def doctor(self, prefix: str, **options: Any) -> DeadLetterDoctor:
+        """Flotilla's dead-letter doctor (flotilla/brokerheal.py) for these nodes."""
+        from flotilla.brokerheal import DeadLetterDoctor
+
+        return DeadLetterDoctor(self.ctl_any, prefix=prefix, **options)
 
     def restart_dead_lettering(self, prefix: str = "", settle_s: float = 2.0) -> list[str]:
-        """Move the leadership of every quorum queue whose dead-lettered messages stay
-        pending (seen twice, `settle_s` apart: a working dead-letter worker forwards them in
-        milliseconds) to another running node: the new leader starts a new dead-letter
-        worker, which forwards them. RabbitMQ 3.10.8's worker stops forwarding when the
-        leader of its target queue died (docs/reliability.md); the queues moved."""
-        stuck = self.dead_letters_pending(prefix)
-        if stuck:
-            time.sleep(settle_s)  # a second look, not a wait for an event: there is none
-            stuck &= self.dead_letters_pending(prefix)
-        leaders = self.queue_leaders(prefix)
-        running = set(self.running_nodes())
-        moved = []
-        for queue in sorted(stuck):
-            to = next((n for n in self.nodes if n.name in running
-                       and n.name != leaders.get(queue)), None)
-            if to is not None:
-                self.transfer_leadership(queue, to)
-                moved.append(queue)
-        return moved
+        """One sweep of the dead-letter doctor: the queues whose leadership it moved to
+        restart their stopped dead-letter workers (RabbitMQ 3.10.8, docs/reliability.md)."""
+        return [m.queue for m in self.doctor(prefix, settle_s=settle_s).sweep() if m.moved]
 
     def transfer_leadership(self, queue: str, to: Node | str | int, vhost: str = "/") -> str:
         """Make `to` the leader of quorum queue `queue` (Raft leadership transfer, what

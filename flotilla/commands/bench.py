@@ -259,9 +259,10 @@ def _add_chaos(benches: Any) -> None:
     p.add_argument("--min-jobs", type=int, default=500, help="jobs to submit at least")
     p.add_argument("--min-sync", type=int, default=500, help="synchronous calls to make at least")
     p.add_argument("--keep-logs", type=Path, help="copy the fleet's logs to this folder")
-    p.add_argument("--no-dead-letter-restart", action="store_true",
-                   help="skip the runbook step after a node fault (restart the dead-letter "
-                   "workers RabbitMQ 3.10.8 leaves stopped): shows delayed jobs getting stuck")
+    p.add_argument("--no-heal", action="store_true",
+                   help="run without the dead-letter doctor (flotilla broker heal --watch), "
+                   "which restarts the dead-letter workers RabbitMQ 3.10.8 leaves stopped after "
+                   "a leader dies: shows delayed jobs and retries getting stuck")
     p.set_defaults(func=_run_chaos)
 
 
@@ -271,7 +272,7 @@ def _run_chaos(args: argparse.Namespace) -> int:
     from loadtest.chaos import Plan, run_chaos, verdict
 
     plan = Plan(steady_s=args.steady_s, outage_s=args.outage_s, min_jobs=args.min_jobs,
-                min_sync=args.min_sync, restart_dead_lettering=not args.no_dead_letter_restart)
+                min_sync=args.min_sync, heal=not args.no_heal)
     result = asyncio.run(run_chaos(plan, keep_logs=args.keep_logs))
     problems = verdict(result)
     if args.json:
