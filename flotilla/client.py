@@ -29,6 +29,7 @@ deploy reaches a client within that time; `version=` pins one.
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -93,9 +94,13 @@ class Client:
         resolve_ttl_s: float = DEFAULT_RESOLVE_TTL_S,
         record_job_results: bool = False,
         tracing: Tracing | None = None,
+        sync_lane: str | None = None,
     ) -> None:
         """`tracing` (flotilla/tracing.py, e.g. `Tracing.from_env("my-app")`): each call and
-        job a publish span under the caller's current span, the workers' spans under it."""
+        job a publish span under the caller's current span, the workers' spans under it.
+        `sync_lane`: the fleet's FLOTILLA_SYNC_LANE, `quorum` or `classic` (default: that
+        variable, else `quorum`); synchronous calls are published as that lane keeps them
+        (persistent and confirmed by a quorum, or transient to a classic queue)."""
         self._redis: Any = None
         needs_redis = (registry is None and resolve is None) or jobs is None
         if needs_redis and redis_url is not None:
@@ -114,7 +119,8 @@ class Client:
         else:
             raise ValueError("Client needs a registry, a redis_url or a resolve function")
         self._jobs = jobs
-        topology = Topology(queue_prefix)
+        lane = sync_lane or os.environ.get("FLOTILLA_SYNC_LANE", "").strip() or "quorum"
+        topology = Topology(queue_prefix, sync_lane=lane)
         self._transport = AmqpTransport(amqp_url, topology, connection_name="flotilla-client")
         # Its own connection, opened by the first subscribe (most clients never subscribe).
         self._topics = AmqpTopics(amqp_url, topology.topics,

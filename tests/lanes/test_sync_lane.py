@@ -14,7 +14,10 @@ from types import SimpleNamespace
 import aio_pika
 import pytest
 
+from flotilla.client import Client
+from flotilla.config import FunctionConfig
 from flotilla.envelope import Reply
+from flotilla.registry import FunctionVersion
 from flotilla.topology import Topology
 from flotilla.transport import AmqpTransport
 from tests.fleet.fakes import FakeRunner, envelope
@@ -73,6 +76,37 @@ async def test_a_classic_lane_carries_transient_calls_and_answers_them(
             await consumer.stop_consuming()
             await consumer.close()
             await worker.close()
+
+
+async def test_the_client_publishes_to_a_classic_lane_as_the_fleet_does(
+    amqp_url: str, classic: Topology, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given the fleet's FLOTILLA_SYNC_LANE=classic in the client's environment
+    monkeypatch.setenv("FLOTILLA_SYNC_LANE", "classic")
+    version = FunctionVersion("echo", "d" * 64, 1, FunctionConfig(name="echo"), "0" * 64, 0, "0" * 64,
+                              "", 0.0)
+
+    async def resolve(name: str, selector: str | None) -> FunctionVersion:
+        return version
+
+    async with Client(amqp_url, queue_prefix=classic.prefix, resolve=resolve,
+                      redis_url=None) as client:
+        call = asyncio.ensure_future(client.invoke("echo", b"hi", timeout=20))
+        connection = await aio_pika.connect(amqp_url)
+        async with connection:
+            channel = await connection.channel()
+            queue = await channel.declare_queue(classic.sync, passive=True)
+            while queue.declaration_result.message_count == 0:
+                await asyncio.sleep(0.01)
+                queue = await channel.declare_queue(classic.sync, passive=True)
+            peeked = await queue.get(no_ack=True)
+        # Then the call is transient, as the classic lane keeps them (no fsync, no wait)
+        assert peeked is not None
+        assert peeked.delivery_mode == aio_pika.DeliveryMode.NOT_PERSISTENT
+        call.cancel()
+    with pytest.raises(ValueError, match="sync_lane must be one of"):
+        Client(amqp_url, queue_prefix=classic.prefix, resolve=resolve, redis_url=None,
+               sync_lane="mirrored")
 
 
 async def test_a_sync_call_runs_while_jobs_fill_every_slot(
