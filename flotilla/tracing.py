@@ -346,8 +346,6 @@ class _TracedRunner:
     def __init__(self, runner: Runner, tracing: Tracing) -> None:
         self._runner = runner
         self._tracing = tracing
-        # The job flow reads function configs (retry, limits) through the runner it wraps.
-        self.config = getattr(runner, "config", None)
 
     def run(self, envelope: Envelope, timeout_ms: int) -> Reply:
         return self._tracing.run(self._runner, envelope, timeout_ms)

@@ -78,6 +78,10 @@ class Exhausted:
 
 FollowUp = Again | Exhausted
 
+ConfigLookup = Callable[[Envelope], FunctionConfig | None]
+"""The `FunctionConfig` of an envelope's version (the worker's: `SandboxRunner.config`); it
+may raise when the version is not found or unreachable (`JobFlow.config` answers None)."""
+
 
 @dataclass(frozen=True)
 class Admission:
@@ -99,7 +103,7 @@ class JobFlow:
     def __init__(
         self,
         *,
-        configs: Callable[[Envelope], FunctionConfig | None] | None = None,
+        configs: ConfigLookup | None = None,
         gate: JobGate | None = None,
         leases: Leases | None = None,
         tokens: JobTokens | None = None,

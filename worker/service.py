@@ -36,7 +36,7 @@ from flotilla.settings import WorkerSettings
 from flotilla.topology import RECONNECT_INTERVAL_S, Topology
 from flotilla.tracing import WORKER, Tracing
 from worker.consumer import SYNC_RESERVE, Consumer, job_threads
-from worker.flow import JobFlow
+from worker.flow import ConfigLookup, JobFlow
 from worker.handler import EnvelopeHandler, RunLedger, Runner
 from worker.lanes import FunctionWatch
 from worker.probes import ProbeServer
@@ -57,6 +57,9 @@ class Runtime:
     services: list[Any] = field(default_factory=list)
     # Answers when the worker's Redis does (part of /readyz); None: nothing to check.
     ping: Callable[[], Awaitable[Any]] | None = None
+    # Function configs for the job flow (admission limits, retry policy; worker/flow.py):
+    # the SandboxRunner's `config`. None: no limits, no retries.
+    configs: ConfigLookup | None = None
 
     def close(self) -> None:
         """Close in reverse order of construction."""
@@ -122,7 +125,8 @@ def sandbox_runtime(
             tag=lambda data: artifact_tag(store.key, fingerprint, data),
             metrics=metrics,
         )
-        runtime.runner = SandboxRunner(sandbox, cache)
+        runtime.runner = sandbox_runner = SandboxRunner(sandbox, cache)
+        runtime.configs = sandbox_runner.config
         if tracing is not None:
             runtime.runner = tracing.runner(runtime.runner)
     except BaseException:
@@ -154,14 +158,17 @@ def job_spawner(
                    loop, publisher=publisher)
 
 
-def job_flow(runner: Runner, settings: WorkerSettings, closers: list[Callable[[], Any]]) -> JobFlow:
-    """Admission, the start gate and retries (worker/flow.py) on a Redis pool of their own
-    (one connection per invocation thread at most)."""
+def job_flow(
+    configs: ConfigLookup | None, settings: WorkerSettings, closers: list[Callable[[], Any]]
+) -> JobFlow:
+    """Admission, the start gate and retries (worker/flow.py) over the function configs
+    `configs` looks up, on a Redis pool of their own (one connection per invocation thread
+    at most)."""
     redis = connect_redis(settings.redis_url, max_connections=settings.effective_concurrency()
                           + settings.effective_max_abandoned() + 2)
     closers.append(redis.close)
     prefix = settings.queue_prefix
-    return JobFlow(configs=getattr(runner, "config", None), gate=JobGate(redis, prefix=prefix),
+    return JobFlow(configs=configs, gate=JobGate(redis, prefix=prefix),
                    leases=Leases(redis, prefix=prefix), tokens=JobTokens(redis, prefix=prefix))
 
 
@@ -236,7 +243,7 @@ class WorkerService:
                 metrics=self.metrics,
                 runs=RunLedger(ledger, settings.queue_prefix),
                 poison_runs=settings.poison_runs,
-                flow=job_flow(runtime.runner, settings, runtime.closers),
+                flow=job_flow(runtime.configs, settings, runtime.closers),
             )
             connection = await connect_robust(
                 settings.amqp_url,

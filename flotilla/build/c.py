@@ -31,12 +31,10 @@ from flotilla.build.common import (
     BuildError,
     BuildResult,
     Runner,
-    copy_atomic,
+    cached_build,
     default_cache_dir,
     feed,
     find_wit_dir,
-    locked,
-    prune,
     wit_files,
 )
 
@@ -155,23 +153,15 @@ def build_c(
     wits = wit_files(wit)
     key = cache_key(root, sources, wits, world=world, tools=tool_versions(tool), cflags=cflags)
     guests = Path(cache_dir if cache_dir is not None else default_cache_dir()) / "guests"
-    guests.mkdir(parents=True, exist_ok=True)
-    cached_path = guests / f"{key}.wasm"
-
-    cached = cached_path.exists() and not force
-    if not cached:
-        with locked(guests / f"{key}.lock"):
-            cached = cached_path.exists() and not force  # another process may have built it
-            if not cached:
-                _build(root, sources, wit, world, tool, cflags, cached_path, run or _run)
-                prune(guests)
-    if cached:
-        os.utime(cached_path)  # mtime is "last used" for eviction
-    result_path = cached_path
-    if output is not None:
-        result_path = Path(output)
-        copy_atomic(cached_path, result_path)
-    return BuildResult(result_path, key, cached, time.perf_counter() - started)
+    runner = run or _run
+    return cached_build(
+        guests,
+        key,
+        lambda target: _build(root, sources, wit, world, tool, cflags, target, runner),
+        output=output,
+        force=force,
+        started=started,
+    )
 
 
 def _build(

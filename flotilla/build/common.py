@@ -131,3 +131,39 @@ def locked(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def cached_build(
+    guests: Path,
+    key: str,
+    build: Callable[[Path], None],
+    *,
+    output: str | Path | None,
+    force: bool,
+    started: float,
+) -> BuildResult:
+    """The component `<guests>/<key>.wasm`, built first by `build(target)` when missing (or
+    `force`), and copied to `output` if given.
+
+    `build` must write `target` atomically (a temporary name renamed into place). It runs
+    under the key's lock, after a second look, so concurrent callers build a key once; a
+    fresh build prunes the cache, a hit marks the file used. `started` is the caller's
+    `time.perf_counter()` at its start, for `BuildResult.seconds`.
+    """
+    guests.mkdir(parents=True, exist_ok=True)
+    cached_path = guests / f"{key}.wasm"
+
+    cached = cached_path.exists() and not force
+    if not cached:
+        with locked(guests / f"{key}.lock"):
+            cached = cached_path.exists() and not force  # another process may have built it
+            if not cached:
+                build(cached_path)
+                prune(guests)
+    if cached:
+        os.utime(cached_path)  # mtime is "last used" for eviction (atime is often off)
+    result_path = cached_path
+    if output is not None:
+        result_path = Path(output)
+        copy_atomic(cached_path, result_path)
+    return BuildResult(result_path, key, cached, time.perf_counter() - started)

@@ -39,12 +39,10 @@ from flotilla.build.common import (
     BuildError,
     BuildResult,
     Runner,
-    copy_atomic,
+    cached_build,
     default_cache_dir,
     feed,
     find_wit_dir,
-    locked,
-    prune,
     wit_files,
 )
 
@@ -199,24 +197,8 @@ def build_js(
     versions = [toolchains.npm_version(t) for t in (tool, tsc) if t is not None]
     key = cache_key(entry, wits, engine=engine, world=world, tools=versions)
     guests = Path(cache_dir if cache_dir is not None else default_cache_dir()) / "guests"
-    guests.mkdir(parents=True, exist_ok=True)
-    cached_path = guests / f"{key}.wasm"
-
-    cached = cached_path.exists() and not force
-    if not cached:
-        with locked(guests / f"{key}.lock"):
-            cached = cached_path.exists() and not force  # another process may have built it
-            if not cached:
-                steps = _Steps(entry, wit, world, engine, tool, tsc, run or _run)
-                steps.build(cached_path)
-                prune(guests)
-    if cached:
-        os.utime(cached_path)  # mtime is "last used" for eviction
-    result_path = cached_path
-    if output is not None:
-        result_path = Path(output)
-        copy_atomic(cached_path, result_path)
-    return BuildResult(result_path, key, cached, time.perf_counter() - started)
+    steps = _Steps(entry, wit, world, engine, tool, tsc, run or _run)
+    return cached_build(guests, key, steps.build, output=output, force=force, started=started)
 
 
 def world_wit(wits: Sequence[Path], world: str) -> str:

@@ -35,12 +35,10 @@ from flotilla.build.common import (
     BuildError,
     BuildResult,
     Runner,
-    copy_atomic,
+    cached_build,
     default_cache_dir,
     feed,
     find_wit_dir,
-    locked,
-    prune,
     wit_files,
 )
 
@@ -81,24 +79,15 @@ def build(
     command = componentize_py_command()
     key = cache_key(app, wits, world=world, tool_version=componentize_py_version(command))
     guests = Path(cache_dir if cache_dir is not None else default_cache_dir()) / "guests"
-    guests.mkdir(parents=True, exist_ok=True)
-    cached_path = guests / f"{key}.wasm"
-
-    cached = cached_path.exists() and not force
-    if not cached:
-        with locked(guests / f"{key}.lock"):
-            # Another process may have finished the same build while we waited.
-            cached = cached_path.exists() and not force
-            if not cached:
-                _componentize(app, wit, world, command, cached_path, run or _run)
-                prune(guests)
-    if cached:
-        os.utime(cached_path)  # mtime is "last used" for eviction (atime is often off)
-    result_path = cached_path
-    if output is not None:
-        result_path = Path(output)
-        copy_atomic(cached_path, result_path)
-    return BuildResult(result_path, key, cached, time.perf_counter() - started)
+    runner = run or _run
+    return cached_build(
+        guests,
+        key,
+        lambda target: _componentize(app, wit, world, command, target, runner),
+        output=output,
+        force=force,
+        started=started,
+    )
 
 
 def check_app(app: Path) -> None:

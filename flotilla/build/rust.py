@@ -43,12 +43,12 @@ from flotilla.build.common import (
     BUILD_TIMEOUT_S,
     BuildError,
     BuildResult,
+    cached_build,
     copy_atomic,
     default_cache_dir,
     feed,
     find_wit_dir,
     locked,
-    prune,
     wit_files,
 )
 
@@ -177,26 +177,12 @@ def build_rust(
     meta = metadata(tools, crate, library, runner)
     profile = profile_defaults(crate)
     key = cache_key(meta, wits, profile=profile, toolchain_version=tools.version)
-    guests = cache / "guests"
-    guests.mkdir(parents=True, exist_ok=True)
-    cached_path = guests / f"{key}.wasm"
 
-    cached = cached_path.exists() and not force
-    if not cached:
-        with locked(guests / f"{key}.lock"):
-            cached = cached_path.exists() and not force  # another process may have built it
-            if not cached:
-                wit_copy = _wit_snapshot(wits, wit, rust_dir)
-                _cargo_build(tools, crate, meta, library, wit_copy, profile, rust_dir,
-                             cached_path, runner)  # fmt: skip
-                prune(guests)
-    if cached:
-        os.utime(cached_path)  # mtime is "last used" for eviction
-    result_path = cached_path
-    if output is not None:
-        result_path = Path(output)
-        copy_atomic(cached_path, result_path)
-    return BuildResult(result_path, key, cached, time.perf_counter() - started)
+    def build(target: Path) -> None:
+        wit_copy = _wit_snapshot(wits, wit, rust_dir)
+        _cargo_build(tools, crate, meta, library, wit_copy, profile, rust_dir, target, runner)
+
+    return cached_build(cache / "guests", key, build, output=output, force=force, started=started)
 
 
 def _crate_dir(source: Path) -> Path:

@@ -106,8 +106,9 @@ def spawning_runtime(publisher: AmqpTransport) -> Callable[..., Runtime]:
             sandbox, cache_dir=settings.cache_dir,
             tag=lambda data: artifact_tag(store.key, fingerprint, data), metrics=metrics,
         )
-        return Runtime(SandboxRunner(sandbox, cache), [hosts.close, sandbox.close],
-                       ping=redis_client.ping)
+        runner = SandboxRunner(sandbox, cache)
+        return Runtime(runner, [hosts.close, sandbox.close], ping=redis_client.ping,
+                       configs=runner.config)
 
     return factory
 
