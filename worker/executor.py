@@ -8,6 +8,11 @@ watches every run: once one is `grace_ms` past its due time (`Watch.due_ms`), th
 gets a `timeout` answer for it at once (`EnvelopeHandler.abandon`) and the thread is left to
 finish on its own (its store is dropped when it returns; its late result is discarded).
 
+A run's answer goes to the event loop before its sandbox is torn down
+(`flotilla.sandbox.sandbox.teardowns_after`): the reply is published and the delivery
+settled while the thread deletes the invocation's store (a memory reset, ~0.4-0.9 ms for a
+Python guest), so callers do not wait for it. The thread takes new work only after.
+
 Transports size their executor `concurrency + max_abandoned` threads, so abandoned threads do
 not starve the others; at the cap, `saturated` is true and they take no new work (the worker
 reports not ready) until an abandoned thread comes back.
@@ -23,6 +28,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 
 from flotilla.envelope import Started, now_ms
+from flotilla.sandbox.sandbox import teardowns_after
 from worker.handler import EnvelopeHandler, Handled, Watch
 
 log = logging.getLogger(__name__)
@@ -88,7 +94,8 @@ class InvocationPool:
         loop = asyncio.get_running_loop()
         watch = Watch()
         result: asyncio.Future[Handled] = loop.create_future()
-        thread = self._executor.submit(self._handler.handle, body, redeliveries, on_start, watch)
+        thread = self._executor.submit(self._run, loop, result, body, redeliveries, on_start,
+                                       watch)
         run = _WatchedRun(watch, result, thread)
         thread.add_done_callback(lambda _: _call_soon(loop, self._finished, run))
         self._runs.add(run)
@@ -98,6 +105,22 @@ class InvocationPool:
             return await result
         finally:
             self._runs.discard(run)
+
+    def _run(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        result: asyncio.Future[Handled],
+        body: bytes,
+        redeliveries: int,
+        on_start: Callable[[Started], None] | None,
+        watch: Watch,
+    ) -> Handled:
+        # On a pool thread: answer first, then delete the invocation's store.
+        with teardowns_after() as tear_down:
+            handled = self._handler.handle(body, redeliveries, on_start, watch)
+            _call_soon(loop, _answer, result, handled)
+            tear_down()
+        return handled
 
     def _finished(self, run: _WatchedRun) -> None:
         # On the loop, once the thread returned (maybe long after it was abandoned).
@@ -144,10 +167,15 @@ class InvocationPool:
         run.result.set_result(self._handler.abandon(run.watch, late_ms))
 
 
-def _call_soon(
-    loop: asyncio.AbstractEventLoop, callback: Callable[[_WatchedRun], None], run: _WatchedRun
-) -> None:
+def _answer(result: asyncio.Future[Handled], handled: Handled) -> None:
+    # On the loop: a run's answer, unless it was abandoned (answered) or its task cancelled.
+    if not result.done():
+        result.set_result(handled)
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *args: object
+               ) -> None:
     try:
-        loop.call_soon_threadsafe(callback, run)
+        loop.call_soon_threadsafe(callback, *args)
     except RuntimeError:  # the loop closed first: nobody waits for this run any more
         pass

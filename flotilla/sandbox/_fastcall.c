@@ -353,8 +353,8 @@ static PyObject *lift_result(const unsigned char *result, Py_ssize_t max_body, i
  *        env_names: tuple[bytes], env_values: tuple[bytes],
  *        invocation_id: str, function_name: str, headers: tuple[tuple[str, str], ...],
  *        body: bytes-like, stdout_fn, stderr_fn, key, finalize_fn, max_body,
- *        raw=False)
- * -> (stage, error, t_store, t_instantiate, t_call, lifted, t_post_return)
+ *        raw=False, keep_store=False)
+ * -> (stage, error, t_store, t_instantiate, t_call, lifted, t_post_return, store)
  *
  * New store with its WASI context (env + FLOTILLA_INVOCATION_ID, output callbacks carrying
  * `key`), memory limit and epoch deadline; instantiate; call `handle(request)`; read the
@@ -364,20 +364,22 @@ static PyObject *lift_result(const unsigned char *result, Py_ssize_t max_body, i
  * The GIL is released around the wasmtime calls (host callbacks take it).
  * `error` is a wasmtime_error_t* the caller owns, or 0; `stage` says where it came from.
  * The t_* are perf_counter() values at the end of each phase (0 if not reached); the store
- * teardown follows t_post_return.
+ * teardown follows t_post_return. `keep_store`: a store that reached post-return is not
+ * deleted but returned (`store`, else 0), for `drop(store)` once the reply is on its way
+ * (the teardown, a memory reset, is then off the caller's path).
  */
 static PyObject *invoke(PyObject *self, PyObject *args) {
     unsigned long long engine, linker, component, handle, stdout_fn, stderr_fn, key, finalize;
     unsigned long long ticks;
     long long memory_bytes;
     Py_ssize_t max_body;
-    int raw = 0;
+    int raw = 0, keep_store = 0;
     PyObject *names, *values, *inv_obj, *fname_obj, *headers_obj;
     Py_buffer body;
-    if (!PyArg_ParseTuple(args, "KKKKLKO!O!UUOy*KKKKn|p", &engine, &linker, &component, &handle,
+    if (!PyArg_ParseTuple(args, "KKKKLKO!O!UUOy*KKKKn|pp", &engine, &linker, &component, &handle,
                           &memory_bytes, &ticks, &PyTuple_Type, &names, &PyTuple_Type, &values,
                           &inv_obj, &fname_obj, &headers_obj, &body, &stdout_fn, &stderr_fn,
-                          &key, &finalize, &max_body, &raw))
+                          &key, &finalize, &max_body, &raw, &keep_store))
         return NULL;
     PyObject *headers = NULL, *lifted = NULL;
     unsigned char *params = NULL;
@@ -460,8 +462,8 @@ static PyObject *invoke(PyObject *self, PyObject *args) {
     Py_DECREF(headers);
     PyBuffer_Release(&body);
     if (stage != STAGE_OK)
-        return Py_BuildValue("iKdddOd", stage, (unsigned long long)(uintptr_t)err, t_store,
-                             t_inst, t_call, Py_None, 0.0);
+        return Py_BuildValue("iKdddOdK", stage, (unsigned long long)(uintptr_t)err, t_store,
+                             t_inst, t_call, Py_None, 0.0, 0ULL);
 
     lifted = lift_result(result, max_body, raw);
     double t_post;
@@ -469,25 +471,44 @@ static PyObject *invoke(PyObject *self, PyObject *args) {
     W.val_delete(result);
     err = W.func_post_return(func, context);
     t_post = now();
-    W.store_delete(store);
+    if (!keep_store || !lifted)
+        W.store_delete(store);
     Py_END_ALLOW_THREADS
     if (!lifted)
         return NULL; /* lift_result ran out of memory; a post-return error here is leaked */
+    unsigned long long kept = keep_store ? (unsigned long long)(uintptr_t)store : 0ULL;
     if (err) {
         Py_DECREF(lifted);
-        return Py_BuildValue("iKdddOd", STAGE_POST_RETURN, (unsigned long long)(uintptr_t)err,
-                             t_store, t_inst, t_call, Py_None, t_post);
+        return Py_BuildValue("iKdddOdK", STAGE_POST_RETURN, (unsigned long long)(uintptr_t)err,
+                             t_store, t_inst, t_call, Py_None, t_post, kept);
     }
-    return Py_BuildValue("iKdddNd", STAGE_OK, 0ULL, t_store, t_inst, t_call, lifted, t_post);
+    return Py_BuildValue("iKdddNdK", STAGE_OK, 0ULL, t_store, t_inst, t_call, lifted, t_post,
+                         kept);
 fail:
     Py_XDECREF(headers);
     PyBuffer_Release(&body);
     return NULL;
 }
 
+/* drop(store): delete a store `invoke(..., keep_store=True)` returned (GIL released). */
+static PyObject *drop(PyObject *self, PyObject *args) {
+    unsigned long long store;
+    if (!PyArg_ParseTuple(args, "K", &store))
+        return NULL;
+    if (!bound || !store) {
+        PyErr_SetString(PyExc_ValueError, "drop: no store (or bind() was not called)");
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    W.store_delete((void *)(uintptr_t)store);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"bind", bind, METH_VARARGS, "Set the addresses of the wasmtime C functions used."},
     {"invoke", invoke, METH_VARARGS, "One invocation: new store, instantiate, call, drop."},
+    {"drop", drop, METH_VARARGS, "Delete a store that invoke(keep_store=True) returned."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -75,6 +75,8 @@ def _layout_mismatch(module: ModuleType) -> str | None:
     for name, value in expected.items():
         if getattr(module, name, None) != value:
             return f"{name}={getattr(module, name, None)}, wasmtime-py says {value}"
+    if not hasattr(module, "drop"):  # built from an older _fastcall.c: reinstall to rebuild
+        return "an older build without drop() (reinstall Flotilla to rebuild it)"
     if capi.INSTANCE_SIZE > 64 or capi.FUNC_SIZE > 64:
         return "instance or func handle larger than 64 bytes"
     return None

@@ -12,7 +12,10 @@ import dataclasses
 import logging
 import os
 import struct
+import threading
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from ctypes import byref
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +41,54 @@ from flotilla.sandbox.wasi import CapturedOutput, GuestEnv, OutputRouter
 log = logging.getLogger(__name__)
 
 _instantiate = ffi.wasmtime_component_linker_instantiate
+
+
+class _Teardowns(threading.local):
+    """Per thread: whether store teardowns wait for `teardowns_after()` to end, and which."""
+
+    def __init__(self) -> None:
+        self.deferring = False
+        self.pending: list[Callable[[], None]] = []
+
+
+_teardowns = _Teardowns()
+
+
+@contextmanager
+def teardowns_after() -> Iterator[Callable[[], None]]:
+    """Within this block, `Sandbox.invoke` on this thread returns before deleting the
+    invocation's store; calling the function it yields (or leaving the block) deletes the
+    stores of the invocations made so far. The worker answers first and tears down after:
+    deleting a store resets its instance's memory (~0.4-0.9 ms for a Python guest), work
+    the caller need not wait for. Nothing runs in a store after its invocation returned."""
+    state = _teardowns
+    if state.deferring:  # nested: the outer block tears down
+        yield lambda: None
+        return
+
+    def tear_down() -> None:
+        pending, state.pending = state.pending, []
+        for drop in pending:
+            try:
+                drop()
+            except Exception:  # never leave the others: each is one store
+                log.exception("deleting an invocation's store failed")
+
+    state.deferring = True
+    try:
+        yield tear_down
+    finally:
+        state.deferring = False
+        tear_down()
+
+
+def defer_teardown(drop: Callable[[], None]) -> None:
+    """Run `drop` (deletes one store) when this thread's `teardowns_after` block tears down,
+    or now outside one."""
+    if _teardowns.deferring:
+        _teardowns.pending.append(drop)
+    else:
+        drop()
 
 
 class RequestTooLarge(FlotillaError, ValueError):
@@ -212,7 +263,8 @@ class Sandbox:
         current.ctx = run.ctx
         raw = fn.raw_ptr != 0
         try:
-            stage, err, t_store, t_inst, t_call, lifted, t_post = fc.invoke(
+            deferring = _teardowns.deferring
+            stage, err, t_store, t_inst, t_call, lifted, t_post, kept = fc.invoke(
                 self._engine_ptr,
                 self._linker_ptr,
                 fn.component_ptr,
@@ -231,9 +283,12 @@ class Sandbox:
                 out._finalize_addr,
                 run.max_body,
                 raw,
+                deferring,
             )
         finally:
             current.ctx = None
+        if kept:
+            defer_teardown(lambda: fc.drop(kept))
         phases = run.phases
         phases[1] = t_store or phases[0]
         phases[2] = t_inst or phases[1]
@@ -270,7 +325,7 @@ class Sandbox:
             capi.set_epoch_deadline(context, prepared.ticks)
             result = self._run(fn, request, run, context)
         finally:
-            capi.store_delete(store)
+            defer_teardown(lambda: capi.store_delete(store))
         return run.retimed(result)  # count the store teardown, as the C path does
 
     def _run(
