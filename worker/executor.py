@@ -130,7 +130,10 @@ class InvocationPool:
             if not self.saturated:
                 self._room.set()
             return
-        if run.result.done():  # the awaiting task was cancelled (transport closing)
+        if run.result.done():  # answered already, or the awaiting task was cancelled
+            return
+        if run.thread.cancelled():  # never started: the executor shut down first
+            run.result.cancel()
             return
         exc = run.thread.exception()
         if exc is not None:

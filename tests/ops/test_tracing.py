@@ -194,12 +194,15 @@ async def test_dev_mode_traces_a_spawned_job_under_its_spawning_run(
             assert resp.status_code == 200, resp.text
             assert resp.json()["ok"], resp.text
 
-        def done(spans: list[Span]) -> bool:
+        def done(spans: list[Span]) -> bool:  # every span the checks below read
             names = [s.name for s in spans if s.trace_id == trace_id]
-            return names.count("run probe") == 2 and "cache.get" in names
+            return (names.count("run probe") == 2 and names.count("publish probe") == 2
+                    and {"cache.get", "spawn.job", "POST /v1/functions/{name}/invoke"}
+                    <= set(names))
         spans = await asyncio.to_thread(receiver.wait, done)
     finally:
-        await stack.close()
+        # Bounded: a close that hangs fails here, by name, not at the suite's timeout.
+        await asyncio.wait_for(stack.close(), 60)
     spans = [s for s in spans if s.trace_id == trace_id]
     assert {s.service for s in spans} == {"flotilla-dev"}
     http = one(spans, "POST /v1/functions/{name}/invoke")
