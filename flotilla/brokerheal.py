@@ -181,14 +181,14 @@ class DeadLetterDoctor:
         if not first:
             return []
         self._sleep(self.settle_s)
-        second = self.holding()
+        second = self.queues()
         stuck = [q for name, q in sorted(second.items())
-                 if name in first and q.held >= first[name].held]
+                 if name in first and q.held >= first[name].held > 0]
         if not stuck:
             return []
         running = self.running_nodes()
         led: dict[str, int] = {}
-        for q in self.queues().values():
+        for q in second.values():
             led[q.leader] = led.get(q.leader, 0) + 1
         moves = []
         for q in stuck:
@@ -217,7 +217,7 @@ class DeadLetterDoctor:
                         at=now)
         to = min(candidates, key=lambda n: (led.get(n, 0), n))
         try:
-            self.transfer(q.name, to)
+            transfer_leadership(self.ctl, q.name, to, self.vhost)
         except BrokerCtlError as exc:
             log.warning("moving %s to %s failed: %s", q.name, to, exc)
             return Move(q.name, q.held, q.leader, to, str(exc)[:300], at=now)
@@ -225,17 +225,6 @@ class DeadLetterDoctor:
         log.warning("%s held %d dead-lettered messages that its dead-letter worker did not "
                     "forward: its leadership moved from %s to %s", q.name, q.held, q.leader, to)
         return Move(q.name, q.held, q.leader, to, at=now)
-
-    def transfer(self, queue: str, to: str) -> None:
-        """Make node `to` the leader of quorum queue `queue`; BrokerCtlError if refused."""
-        for text in (queue, self.vhost, to):
-            if not SAFE_NAME.fullmatch(text):
-                raise BrokerCtlError(f"refusing to quote {text!r} into an Erlang expression")
-        expr = (f'{{ok, Q}} = rabbit_amqqueue:lookup(rabbit_misc:r(<<"{self.vhost}">>, queue, '
-                f'<<"{queue}">>)), rabbit_quorum_queue:transfer_leadership(Q, \'{to}\').')
-        out = self.ctl("eval", expr).strip()
-        if not out.startswith("{migrated"):
-            raise BrokerCtlError(f"{queue}: leadership not moved to {to}: {out[:200]}")
 
     def watch(self, interval_s: float = 10.0, stop: threading.Event | None = None) -> None:
         """Sweep every `interval_s` until `stop` is set; a broker that does not answer is
@@ -247,6 +236,22 @@ class DeadLetterDoctor:
             except BrokerCtlError as exc:
                 log.warning("dead-letter sweep failed: %s", exc)
             stop.wait(interval_s)
+
+
+def transfer_leadership(ctl: Ctl, queue: str, to: str, vhost: str = "/") -> str:
+    """Make node `to` the leader of quorum queue `queue` (a Raft leadership transfer, what
+    `rabbitmq-queues rebalance` does per queue); the node leading it after. BrokerCtlError
+    when a name cannot be quoted, the queue is unknown or the transfer is refused."""
+    for text in (queue, vhost, to):
+        if not SAFE_NAME.fullmatch(text):
+            raise BrokerCtlError(f"refusing to quote {text!r} into an Erlang expression")
+    expr = (f'{{ok, Q}} = rabbit_amqqueue:lookup(rabbit_misc:r(<<"{vhost}">>, queue, '
+            f'<<"{queue}">>)), rabbit_quorum_queue:transfer_leadership(Q, \'{to}\').')
+    out = ctl("eval", expr).strip()
+    migrated = re.match(r"\{migrated,\s*'?([^'}]+)'?\}", out)
+    if migrated is None:
+        raise BrokerCtlError(f"{queue}: leadership not moved to {to}: {out[:200]}")
+    return migrated.group(1)
 
 
 def _count(value: Any) -> int:

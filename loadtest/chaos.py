@@ -129,6 +129,7 @@ class Tally:
     kinds: dict[str, str] = field(default_factory=dict)  # job id -> one of JOB_KINDS
     last_seen: dict[str, str] = field(default_factory=dict)  # job id -> last status read
     heal_moves: list[str] = field(default_factory=list)  # what the doctor moved, and when
+    heal_restarted: int = 0  # queues whose leadership it moved (dead-letter worker restarted)
     done: dict[str, dict[str, Any]] = field(default_factory=dict)  # job id -> final document
     wrong_jobs: list[str] = field(default_factory=list)
     refused_jobs: Counter[str] = field(default_factory=Counter)
@@ -500,6 +501,7 @@ class Chaos:
             if plan.heal:
                 await asyncio.to_thread(watcher.join, 60)
         begin = self.tally.marks[0][1] if self.tally.marks else 0.0
+        self.tally.heal_restarted = sum(1 for move in doctor.moves if move.moved)
         for move in doctor.moves:
             after = [name for name, t in self.tally.marks if t <= move.at] or ["no fault"]
             self.tally.heal_moves.append(
@@ -567,7 +569,7 @@ def report(tally: Tally, fleet_logs: list[Path], plan: Plan) -> dict[str, Any]:
         "jobs_not_succeeded": dict(not_ok),
         "refused_jobs": dict(tally.refused_jobs),
         "duplicate_results": duplicates,
-        "dead_lettering_restarted": sum(1 for m in tally.heal_moves if " -> " in m),
+        "dead_lettering_restarted": tally.heal_restarted,
         "dead_letter_doctor": tally.heal_moves,
         "sync_calls": len(tally.calls),
         "sync_ok": outcomes["ok"],

@@ -29,7 +29,6 @@ import argparse
 import atexit
 import json
 import os
-import re
 import secrets
 import shutil
 import signal
@@ -387,28 +386,18 @@ class Cluster:
 
         return DeadLetterDoctor(self.ctl_any, prefix=prefix, **options)
 
-    def restart_dead_lettering(self, prefix: str = "", settle_s: float = 2.0) -> list[str]:
-        """One sweep of the dead-letter doctor: the queues whose leadership it moved to
-        restart their stopped dead-letter workers (RabbitMQ 3.10.8, docs/reliability.md)."""
-        return [m.queue for m in self.doctor(prefix, settle_s=settle_s).sweep() if m.moved]
-
     def transfer_leadership(self, queue: str, to: Node | str | int, vhost: str = "/") -> str:
-        """Make `to` the leader of quorum queue `queue` (Raft leadership transfer, what
-        `rabbitmq-queues rebalance` does per queue; asked of `to`); the node leading it after.
-        ClusterError when the queue is unknown or the transfer is refused."""
+        """Make `to` the leader of quorum queue `queue` (flotilla.brokerheal's transfer, asked
+        of `to`); the node leading it after. ClusterError when the queue is unknown or the
+        transfer is refused."""
+        from flotilla.brokerheal import BrokerCtlError, transfer_leadership
+
         n = to if isinstance(to, Node) else self.node(to)
-        for text in (queue, vhost):
-            if not re.fullmatch(r"[\w.:/-]+", text):
-                raise ClusterError(f"refusing to quote {text!r} into an Erlang expression")
-        expr = (
-            f'{{ok, Q}} = rabbit_amqqueue:lookup(rabbit_misc:r(<<"{vhost}">>, queue, '
-            f'<<"{queue}">>)), rabbit_quorum_queue:transfer_leadership(Q, \'{n.name}\').'
-        )
-        out = self.ctl(n, "eval", expr, timeout=30).strip()
-        match = re.search(r"\{(?:migrated|not_migrated),\s*'?([^'}]+)'?\}", out)
-        if out.startswith("{not_migrated") or match is None:
-            raise ClusterError(f"{queue}: leadership not moved to {n.name}: {out}")
-        return match.group(1)
+        try:
+            return transfer_leadership(lambda *args: self.ctl(n, *args, timeout=30), queue,
+                                       n.name, vhost)
+        except BrokerCtlError as exc:
+            raise ClusterError(str(exc)) from exc
 
     def log_tail(self, node: Node, size: int = 1500) -> str:
         """The end of a node's server log."""

@@ -49,6 +49,21 @@ async def _worker(amqp_url: str, topology: Topology, runner: FakeRunner, concurr
     return consumer, connection
 
 
+async def _delivery_mode_waiting(amqp_url: str, queue_name: str) -> aio_pika.DeliveryMode:
+    """The delivery mode of the first message to wait in `queue_name` (put back after)."""
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(queue_name, passive=True)
+        while queue.declaration_result.message_count == 0:
+            await asyncio.sleep(0.01)
+            queue = await channel.declare_queue(queue_name, passive=True)
+        peeked = await queue.get(no_ack=False)
+        assert peeked is not None
+        await peeked.nack(requeue=True)
+        return peeked.delivery_mode
+
+
 async def test_a_classic_lane_carries_transient_calls_and_answers_them(
     amqp_url: str, classic: Topology
 ) -> None:
@@ -56,17 +71,8 @@ async def test_a_classic_lane_carries_transient_calls_and_answers_them(
     async with AmqpTransport(amqp_url, classic) as caller:
         # Given no worker yet: a call waits in the lane as a transient message
         call = asyncio.ensure_future(caller.call(envelope("echo", b"hi"), timeout=20))
-        connection = await aio_pika.connect(amqp_url)
-        async with connection:
-            channel = await connection.channel()
-            queue = await channel.declare_queue(classic.sync, passive=True)
-            while queue.declaration_result.message_count == 0:
-                await asyncio.sleep(0.01)
-                queue = await channel.declare_queue(classic.sync, passive=True)
-            peeked = await queue.get(no_ack=False)
-            assert peeked is not None
-            assert peeked.delivery_mode == aio_pika.DeliveryMode.NOT_PERSISTENT
-            await peeked.nack(requeue=True)
+        mode = await _delivery_mode_waiting(amqp_url, classic.sync)
+        assert mode == aio_pika.DeliveryMode.NOT_PERSISTENT
         # When a worker of the same topology starts, then it is answered
         consumer, worker = await _worker(amqp_url, classic, runner, 2)
         try:
@@ -92,17 +98,9 @@ async def test_the_client_publishes_to_a_classic_lane_as_the_fleet_does(
     async with Client(amqp_url, queue_prefix=classic.prefix, resolve=resolve,
                       redis_url=None) as client:
         call = asyncio.ensure_future(client.invoke("echo", b"hi", timeout=20))
-        connection = await aio_pika.connect(amqp_url)
-        async with connection:
-            channel = await connection.channel()
-            queue = await channel.declare_queue(classic.sync, passive=True)
-            while queue.declaration_result.message_count == 0:
-                await asyncio.sleep(0.01)
-                queue = await channel.declare_queue(classic.sync, passive=True)
-            peeked = await queue.get(no_ack=True)
+        mode = await _delivery_mode_waiting(amqp_url, classic.sync)
         # Then the call is transient, as the classic lane keeps them (no fsync, no wait)
-        assert peeked is not None
-        assert peeked.delivery_mode == aio_pika.DeliveryMode.NOT_PERSISTENT
+        assert mode == aio_pika.DeliveryMode.NOT_PERSISTENT
         call.cancel()
     with pytest.raises(ValueError, match="sync_lane must be one of"):
         Client(amqp_url, queue_prefix=classic.prefix, resolve=resolve, redis_url=None,
